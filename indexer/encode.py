@@ -1,0 +1,113 @@
+"""Encode the store's pending images in batches; each batch is committed (shard + rows) before the next.
+
+Decoding runs ahead in worker processes (a bounded window of scheduled files) while the main process
+encodes the previous batch, so CPU workers and the CPU/GPU encoder overlap. A file that fails to decode is
+committed as 'failed' in the same batch as its neighbours; it never holds the batch back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from indexer import shards
+from indexer.decode import DecodeOutcome, DecodePool
+from indexer.progress import StageTimer, progress_bar
+from indexer.settings import IndexerSettings
+from indexer.store import Decoded, MetadataStore
+from search.encoder import ClipEncoder
+
+
+@dataclass
+class EncodeStats:
+    encoded: int = 0
+    failed: int = 0
+    batches: int = 0
+    decode_worker_s: float = 0.0
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"path", "warning"}: indexed anyway
+
+
+def encode_pending(
+    pending: list[tuple[int, str]],
+    image_root: Path,
+    encoder: ClipEncoder,
+    store: MetadataStore,
+    shard_dir: Path,
+    settings: IndexerSettings,
+    timer: StageTimer,
+) -> EncodeStats:
+    """Decode, encode and commit every pending (id, relative path); returns what happened."""
+    stats = EncodeStats()
+    if not pending:
+        return stats
+    next_shard = store.next_shard_number()
+    pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels)
+    with pool, progress_bar(len(pending), "encode") as bar:
+        batch: list[tuple[int, str, DecodeOutcome]] = []
+        for row_id, path, outcome in _decoded(pool, pending, image_root, settings, timer):
+            batch.append((row_id, path, outcome))
+            if len(batch) >= settings.batch_size:
+                _commit(batch, shards.shard_name(next_shard), encoder, store, shard_dir, stats, timer)
+                next_shard, batch = next_shard + 1, []
+            bar.update(1)
+        if batch:
+            _commit(batch, shards.shard_name(next_shard), encoder, store, shard_dir, stats, timer)
+    return stats
+
+
+def _decoded(
+    pool: DecodePool,
+    pending: list[tuple[int, str]],
+    image_root: Path,
+    settings: IndexerSettings,
+    timer: StageTimer,
+) -> Iterator[tuple[int, str, DecodeOutcome]]:
+    """Outcomes in submission order, keeping a bounded number of files scheduled ahead."""
+    ahead = settings.batch_size + 4 * settings.workers
+    todo = iter(pending)
+    window: deque[tuple[int, str, Future]] = deque()
+    for row_id, path in todo:
+        window.append((row_id, path, pool.submit(str(image_root / path))))
+        if len(window) >= ahead:
+            break
+    while window:
+        row_id, path, future = window.popleft()
+        with timer.stage("decode"):
+            outcome = pool.outcome(future)
+        nxt = next(todo, None)
+        if nxt is not None:
+            window.append((nxt[0], nxt[1], pool.submit(str(image_root / nxt[1]))))
+        yield row_id, path, outcome
+
+
+def _commit(
+    batch: list[tuple[int, str, DecodeOutcome]],
+    name: str,
+    encoder: ClipEncoder,
+    store: MetadataStore,
+    shard_dir: Path,
+    stats: EncodeStats,
+    timer: StageTimer,
+) -> None:
+    """Encode the batch's decoded images, write their shard, then commit shard + successes + failures."""
+    good = [(row_id, o) for row_id, _, o in batch if o.ok]
+    failed = [(row_id, o.reason or "unknown decode failure") for row_id, _, o in batch if not o.ok]
+    stats.decode_worker_s += sum(o.seconds for _, _, o in batch)
+    stats.warnings.extend({"path": p, "warning": w} for _, p, o in batch for w in o.warnings)
+    shard: str | None = None
+    if good:
+        with timer.stage("encode"):
+            vectors = encoder.encode_pixels(np.stack([o.pixels for _, o in good]))
+        with timer.stage("write"):
+            shards.write_shard(shard_dir, name, np.array([r for r, _ in good], np.int64), vectors)
+        shard = name
+    with timer.stage("write"):
+        store.commit_batch(shard, [Decoded(r, o.width, o.height) for r, o in good], failed)
+    stats.encoded += len(good)
+    stats.failed += len(failed)
+    stats.batches += 1
