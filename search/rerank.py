@@ -32,11 +32,13 @@ class Ranked:
 
 
 def exact_cosine(query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Cosine of float32 query against (float16) stored rows, renormalised so storage rounding cancels."""
+    """Cosine of the query against stored rows (unit vectors by contract, float16 on disk).
+
+    Rows are not renormalised, so scores equal the artifact's exact search bit for bit (same float32 product).
+    """
     v = np.asarray(vectors, dtype=np.float32)
     q = np.asarray(query, dtype=np.float32).ravel()
-    norms = np.linalg.norm(v, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
-    return (v @ q) / np.maximum(norms, 1e-12)
+    return v @ (q / max(float(np.linalg.norm(q)), 1e-12))
 
 
 def _freshness(created_at: Any, half_life_days: float, now: datetime) -> float:

@@ -1,0 +1,83 @@
+"""Everything one running service holds (encoder, artifact holder, cache, batcher, metrics), built at
+startup from settings. No FastAPI here: the app only wires these parts to routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.batcher import MicroBatcher
+from search.encoder import ClipEncoder, EncoderIdentity, load_encoder
+from search.images import ImageStore
+from search.metrics import ServiceMetrics
+from search.pipeline import QueryEmbedder, Searcher
+from search.reload import ArtifactHolder, ReloadOutcome
+from search.settings import Settings
+from search.text_cache import QueryEmbeddingCache
+from search.text_encoder import TextEncoder, build_text_encoder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ServiceState", "build_state", "configured_encoder"]
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    encoder: ClipEncoder
+    text: TextEncoder
+    holder: ArtifactHolder
+    embedder: QueryEmbedder
+    searcher: Searcher
+    batcher: MicroBatcher
+    images: ImageStore
+    metrics: ServiceMetrics
+
+    @property
+    def identity(self) -> EncoderIdentity:
+        return self.encoder.identity
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.holder.close()
+
+
+def configured_encoder(settings: Settings) -> ClipEncoder:
+    """The encoder named in config; its identity must equal the served artifact's (checked on every load)."""
+    cfg = settings.encoder
+    return load_encoder(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
+
+
+def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> "callable":
+    def on_change(outcome: ReloadOutcome) -> None:
+        metrics.reloads.labels(result="ok" if outcome.loaded else "refused").inc()
+        metrics.reload_failed.set(1 if outcome.error else 0)
+        if outcome.loaded and holder_ref:
+            with holder_ref[0].lease() as artifact:
+                metrics.set_version(artifact.version, len(artifact.ids))
+    return on_change
+
+
+def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> ServiceState:
+    """Heavy start-up work (model load, ONNX export/load, index open); call from a worker thread."""
+    if settings.store is None:
+        raise ValueError("settings.store is required (pass --store STORE)")
+    metrics = ServiceMetrics()
+    encoder = encoder or configured_encoder(settings)
+    text = build_text_encoder(encoder, settings.text.backend, settings.text.cache_dir(), settings.text.threads)
+    holder_ref: list[ArtifactHolder] = []
+    holder = ArtifactHolder(Path(settings.store), encoder.identity, settings.reload.verify_checksums,
+                            on_change=_record_reload(metrics, holder_ref))
+    holder_ref.append(holder)
+    holder.reload()
+    batcher = MicroBatcher(text, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
+                           on_batch=metrics.batch_size.observe)
+    cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
+    return ServiceState(
+        settings=settings, encoder=encoder, text=text, holder=holder,
+        embedder=QueryEmbedder(encoder.identity.key, cache, batcher, metrics),
+        searcher=Searcher(holder, settings.rank), batcher=batcher,
+        images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
+    )

@@ -1,0 +1,201 @@
+"""Search-service test support (service area): a small synthetic-world store published with the real
+publish function, the real tiny encoder, settings, and a real uvicorn subprocess.
+
+The store is built once per test session and shared read-only; tests that publish or corrupt versions copy it
+first. When the trained tiny checkpoint is absent, a seeded random-init checkpoint file stands in for it, so
+the indexing side and a server subprocess load byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from search.encoder import ClipEncoder, load_encoder
+from search.models import registry
+from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+GALLERY = 96
+IMAGE_SIZE = (64, 48)  # landscape, so the orientation filter has something to say
+
+
+@dataclass(frozen=True)
+class WorldStore:
+    store: Path
+    image_root: Path
+    checkpoint: Path
+    onnx_cache: Path
+    queries: list[dict]
+    ids_by_path: dict[str, int]
+
+
+_ENCODERS: dict[str, ClipEncoder] = {}
+_STORE: list[WorldStore] = []
+
+
+def tiny_checkpoint(base: Path) -> Path:
+    """The trained checkpoint when it exists, else a seeded random-init one written under `base`."""
+    trained = registry.tiny_checkpoint_path()
+    if trained.is_file():
+        return trained
+    path = base / "tiny-random.pt"
+    if not path.is_file():
+        import torch
+
+        torch.manual_seed(0)
+        encoder = load_encoder("tiny", pretrained="random", device="cpu")
+        torch.save(encoder.model.state_dict(), path)
+    return path
+
+
+def encoder_for(checkpoint: Path) -> ClipEncoder:
+    key = str(checkpoint)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = load_encoder("tiny", pretrained=key, device="cpu")
+    return _ENCODERS[key]
+
+
+def _write_metadata(db: Path, image_root: Path, records: list[dict]) -> list[int]:
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT UNIQUE, content_hash TEXT, size INTEGER,"
+        " mtime_ns INTEGER, width INTEGER, height INTEGER, status TEXT, reason TEXT, caption TEXT, tags TEXT,"
+        " licence TEXT, popularity REAL, created_at TEXT, updated_at TEXT);"
+    )
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("image_root", str(image_root))])
+    ids = []
+    for i, rec in enumerate(records):
+        image_id = 10 + 3 * i  # ids are not row numbers: catches id/row mix-ups
+        created = f"2024-{1 + i % 12:02d}-15T00:00:00+00:00"
+        conn.execute(
+            "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (image_id, rec["path"], f"h{i}", 0, 0, IMAGE_SIZE[0], IMAGE_SIZE[1], "indexed", None,
+             rec["caption"], json.dumps(rec["tags"]), rec["licence"], rec["popularity"], created, created),
+        )
+        ids.append(image_id)
+    conn.commit()
+    conn.close()
+    return ids
+
+
+def publish(store: Path, image_root: Path, encoder: ClipEncoder, db: Path, ids: list[int],
+            vectors: np.ndarray, factory: str | None = None) -> str:
+    """Publish one version with the indexer's own publish function; returns the version name."""
+    from indexer.index_select import IndexConfig
+    from indexer.publish import publish_version
+
+    config = IndexConfig(recall_queries=40, latency_queries=10, use_gpu=False, rerank_candidates=(50,),
+                         keep_versions=10, factory=factory)
+    published = publish_version(store, np.asarray(ids, np.int64), vectors, db, encoder.identity, image_root,
+                                config, {"indexed": len(ids), "failed": 0, "deleted": 0}, {})
+    return published.name
+
+
+def world_store(base: Path) -> WorldStore:
+    """Build (once per session) world images -> encoder -> metadata -> published version."""
+    if _STORE:
+        return _STORE[0]
+    from PIL import Image
+
+    from indexer.world import write_world
+
+    write_world(base / "world", seed=0, gallery=GALLERY, size=IMAGE_SIZE)
+    image_root = base / "world" / "gallery"
+    records = [json.loads(line) for line in (image_root / "metadata.jsonl").read_text().splitlines()]
+    queries = [json.loads(line) for line in (base / "world" / "queries.jsonl").read_text().splitlines()]
+    checkpoint = tiny_checkpoint(base)
+    encoder = encoder_for(checkpoint)
+    images = [Image.open(image_root / r["path"]).convert("RGB") for r in records]
+    vectors = encoder.encode_images(images)
+    store = base / "store"
+    store.mkdir()
+    ids = _write_metadata(store / "metadata.sqlite", image_root, records)
+    np.save(store / "vectors.npy", vectors)
+    publish(store, image_root, encoder, store / "metadata.sqlite", ids, vectors)
+    _STORE.append(WorldStore(store, image_root, checkpoint, base / "onnx-cache", queries,
+                             {r["path"]: i for r, i in zip(records, ids)}))
+    return _STORE[0]
+
+
+def copy_store(world: WorldStore, target: Path) -> Path:
+    """A private copy of the shared store (tests that publish or break versions work on this)."""
+    shutil.copytree(world.store, target, symlinks=True)
+    for path in (target / "versions").iterdir():
+        path.chmod(0o755)
+    return target
+
+
+def settings_for(world: WorldStore, store: Path | None = None, **sections: object) -> Settings:
+    base = Settings(
+        store=store or world.store,
+        encoder=EncoderSettings(model="tiny", pretrained=str(world.checkpoint), device="cpu"),
+        text=TextSettings(backend="onnx", onnx_cache_dir=world.onnx_cache),
+        reload=ReloadSettings(watch=False),
+    )
+    return base.model_copy(update=sections)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m search serve` in a subprocess; started() returns once uvicorn says startup is complete."""
+
+    def __init__(self, settings: Settings, config_path: Path):
+        config_path.write_text(json.dumps(settings.model_dump(mode="json", exclude={"store"})))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "search", "serve", "--store", str(settings.store), "--config",
+             str(config_path), "--port", str(self.port), "--log-level", "info"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.log: list[str] = []
+
+    def started(self) -> "ServerProcess":
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:  # blocks on the server's own log: no polling, no sleeps
+            self.log.append(line)
+            if "Application startup complete" in line:
+                threading.Thread(target=self._drain, daemon=True).start()  # a full pipe would block the server
+                return self
+        raise RuntimeError("server exited during startup:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return "".join(self.log)
+
+
+def running_server(settings: Settings, config_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(settings, config_path).started()
+    try:
+        yield server
+    finally:
+        server.stop()
