@@ -12,7 +12,9 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "indexer.yaml"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIGS_DIR / "indexer.yaml"
+DEFAULT_INDEX_CONFIG = CONFIGS_DIR / "index.yaml"
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico")
 
 
@@ -35,12 +37,23 @@ class IndexerSettings(BaseModel):
     hash_threads: int = Field(4, ge=1)
     sidecar: str = "metadata.jsonl"
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    index: dict[str, Any] = Field(default_factory=dict)
+    index_config: str | None = None  # YAML read by IndexConfig (default configs/index.yaml when present)
+    index: dict[str, Any] = Field(default_factory=dict)  # top-level overrides on top of index_config
 
     @field_validator("extensions")
     @classmethod
     def _normalise_extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted({("." + e.lstrip(".")).lower() for e in value}))
+
+
+    def index_options(self) -> dict[str, Any]:
+        """The index build settings: the index config file's `index:` mapping, then `index` overrides."""
+        path = Path(self.index_config) if self.index_config else DEFAULT_INDEX_CONFIG
+        data: dict[str, Any] = {}
+        if self.index_config or path.is_file():
+            loaded = _read_yaml(path)
+            data = dict(loaded.get("index", loaded))
+        return {**data, **self.index}
 
 
 def load_settings(

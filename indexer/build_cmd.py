@@ -1,0 +1,47 @@
+"""Index the image folder tree under --images into --store and publish a new index version there.
+
+Prints the run report as JSON on stdout (also saved under STORE/runs/). Exit code 0 when the run completed,
+even if some images failed; 2 with a one-line error when it could not run (bad settings, weights
+unavailable, missing folder, store busy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_CANNOT_RUN = 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=Path, required=True, help="root of the image folder tree")
+    parser.add_argument("--store", type=Path, required=True, help="store directory (created if absent)")
+    parser.add_argument("--config", type=Path, help="indexer YAML (default configs/indexer.yaml)")
+    parser.add_argument("--model", help="tiny | an open_clip model name, e.g. ViT-B-32")
+    parser.add_argument("--pretrained", help="open_clip tag, checkpoint path, or 'random'")
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per encode/commit batch")
+    parser.add_argument("--workers", type=int, help="decode worker processes")
+
+
+def main(args: argparse.Namespace) -> int:
+    from indexer.pipeline import StoreBusyError, run_build
+    from indexer.settings import SettingsError, load_settings
+    from indexer.store import StoreError
+    from search.encoder import WeightsUnavailableError, load_encoder
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("indexer").setLevel(logging.INFO)
+    overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device", "batch_size", "workers")}
+    try:
+        settings = load_settings(args.config, overrides)
+        encoder = load_encoder(settings.model, settings.pretrained, settings.device)
+        report = run_build(args.images, args.store, settings, encoder)
+    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
