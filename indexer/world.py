@@ -168,7 +168,7 @@ def _shape_polygon(shape: str, r: float) -> list[tuple[float, float]]:
 def _draw_object(img: Image.Image, comp: Composition, rng: np.random.Generator, box: tuple[int, int, int]) -> None:
     """Draw the object inside the central square `box` (x0, y0, side), so a centre crop never cuts it off."""
     x0, y0, side = box
-    frac = rng.uniform(0.11, 0.15) if comp.size == "small" else rng.uniform(0.24, 0.30)
+    frac = rng.uniform(0.15, 0.19) if comp.size == "small" else rng.uniform(0.27, 0.33)
     r = frac * side
     margin = r + side * 0.03
     cx = x0 + rng.uniform(margin, side - margin)
