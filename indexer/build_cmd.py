@@ -31,17 +31,29 @@ def main(args: argparse.Namespace) -> int:
     from indexer.pipeline import StoreBusyError, run_build
     from indexer.settings import SettingsError, load_settings
     from indexer.store import StoreError
-    from search.encoder import WeightsUnavailableError, load_encoder
+    from search.encoder import WeightsUnavailableError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("indexer").setLevel(logging.INFO)
     overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device", "batch_size", "workers")}
     try:
         settings = load_settings(args.config, overrides)
-        encoder = load_encoder(settings.model, settings.pretrained, settings.device)
+        encoder = _load_encoder(settings.model, settings.pretrained, settings.device)
         report = run_build(args.images, args.store, settings, encoder)
     except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
+
+
+def _load_encoder(model: str, pretrained: str | None, device: str):
+    """Random init is seeded: its identity says "random-init", so every run must get the same weights, or a
+    resumed run would mix embeddings from two different networks under one identity."""
+    import torch
+
+    from search.encoder import load_encoder
+
+    if pretrained == "random":
+        torch.manual_seed(0)
+    return load_encoder(model, pretrained, device)

@@ -129,21 +129,35 @@ def _init_worker(preprocess: Callable[[Image.Image], Any], max_pixels: int) -> N
     _preprocess, _max_pixels = preprocess, max_pixels
 
 
+def _modules_of(preprocess: Callable) -> list[str]:
+    """Modules defining the preprocess transforms: imported once in the fork server, not in every worker."""
+    parts = [preprocess, *getattr(preprocess, "transforms", [])]
+    return sorted({type(p).__module__ for p in parts if type(p).__module__ != "builtins"})
+
+
 class DecodePool:
     """A pebble process pool: per-task timeouts, and a crashed or hung worker is replaced, not fatal."""
 
-    def __init__(self, preprocess: Callable, workers: int, timeout_s: float, max_pixels: int):
+    def __init__(
+        self,
+        preprocess: Callable,
+        workers: int,
+        timeout_s: float,
+        max_pixels: int,
+        task: Callable[[str], DecodeOutcome] = decode_file,
+    ):
         from pebble import ProcessPool
 
         context = multiprocessing.get_context("forkserver")  # clean children even after torch has threads
-        context.set_forkserver_preload(["torch", "PIL.Image", "indexer.decode"])
+        context.set_forkserver_preload(["torch", "PIL.Image", "indexer.decode", *_modules_of(preprocess)])
         self.timeout_s = timeout_s
+        self._task = task  # a module-level function of a path (tests substitute one that crashes or hangs)
         self._pool = ProcessPool(
             max_workers=workers, initializer=_init_worker, initargs=(preprocess, max_pixels), context=context
         )
 
     def submit(self, path: str) -> Future:
-        return self._pool.schedule(decode_file, args=(path,), timeout=self.timeout_s)
+        return self._pool.schedule(self._task, args=(path,), timeout=self.timeout_s)
 
     def outcome(self, future: Future) -> DecodeOutcome:
         """The task's outcome; worker death and timeouts become failures with a reason."""
