@@ -1,0 +1,163 @@
+"""Service area: every bad input gets its 4xx status and a JSON error, never a 500, and the server keeps
+serving; no index -> 503; an artifact from another encoder is refused with a clear reason."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+
+from search.app import create_app
+from search.encoder import load_encoder
+from search.settings import LimitSettings, ReloadSettings
+from tests.service_support import encoder_for, settings_for, world_store
+
+MAX_BYTES = 20_000
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    settings = settings_for(world, limits=LimitSettings(max_upload_bytes=MAX_BYTES, max_upload_pixels=MAX_PIXELS,
+                                                        max_query_chars=64, max_k=50, max_offset=100))
+    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)),
+                    client=("203.0.113.9", 4000), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _png(width: int, height: int, mode: str = "1") -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, (width, height)).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+BAD_GETS = [
+    ("/search", {}),                                 # q missing
+    ("/search", {"q": ""}),
+    ("/search", {"q": " \t "}),
+    ("/search", {"q": "x" * 65}),                    # over max_query_chars
+    ("/search", {"q": "cat", "k": 0}),
+    ("/search", {"q": "cat", "k": 51}),              # over max_k
+    ("/search", {"q": "cat", "k": "ten"}),
+    ("/search", {"q": "cat", "offset": -1}),
+    ("/search", {"q": "cat", "offset": 101}),        # over max_offset
+    ("/search/similar/notanid", {}),
+    ("/images/abc", {}),
+]
+
+
+@pytest.mark.parametrize("path,params", BAD_GETS)
+def test_invalid_get_parameters_are_422_json(client, path, params):
+    r = client.get(path, params=params)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/json") and "error" in r.json()
+
+
+BAD_POSTS = [
+    {"k": 5},                                                   # query missing
+    {"query": ""},
+    {"query": "x" * 65},
+    {"query": "cat", "k": 0},
+    {"query": "cat", "filters": {"colour": "red"}},             # unknown filter
+    {"query": "cat", "filters": {"orientation": "diagonal"}},
+    {"query": "cat", "filters": {"created_after": "not a date"}},
+    {"query": "cat", "diversity": 1.5},
+    {"query": "cat", "min_score": "high"},
+    {"query": "cat", "surprise": True},                         # unknown field
+    {"query": 42},
+]
+
+
+@pytest.mark.parametrize("body", BAD_POSTS)
+def test_invalid_post_bodies_are_422_json(client, body):
+    r = client.post("/search", json=body)
+    assert r.status_code == 422, r.text
+    assert "error" in r.json()
+
+
+def test_malformed_json_is_422(client):
+    r = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+
+
+@pytest.mark.parametrize("payload,status", [
+    (b"\x00" * (MAX_BYTES + 1), 413),                   # oversized: refused while streaming
+    (b"this is not an image at all", 400),
+    (b"", 400),
+    (_png(6_000, 6_000), 400),                           # bomb: a few kB, 36 Mpx, refused from the header
+    (_png(64, 64, "RGB")[:60], 400),                      # truncated
+])
+def test_bad_uploads(client, payload, status):
+    r = client.post("/search/image", files={"file": ("x.png", payload, "image/png")})
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+
+
+def test_upload_without_file_is_422(client):
+    assert client.post("/search/image").status_code == 422
+
+
+def test_unknown_ids_and_routes_are_404_json(client):
+    for path in ("/search/similar/999999", "/images/999999", "/no/such/route", "/images/..%2F..%2Fetc%2Fpasswd"):
+        r = client.get(path)
+        assert r.status_code in (404, 422), path
+        assert "error" in r.json()
+
+
+def test_admin_reload_refused_from_elsewhere(client):
+    r = client.post("/admin/reload")
+    assert r.status_code == 403 and "localhost" in r.json()["error"]
+
+
+def test_server_keeps_serving_after_bad_input(client, world):
+    r = client.get("/search", params={"q": world.queries[0]["query"]})
+    assert r.status_code == 200 and r.json()["hits"]
+    metrics = client.get("/metrics").text
+    assert 'photostock_errors_total{kind="422"}' in metrics
+    assert 'status="500"' not in metrics
+
+
+def test_no_index_is_503(world, tmp_path):
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    with TestClient(create_app(settings_for(world, store=empty), encoder=encoder_for(world.checkpoint))) as c:
+        r = c.get("/search", params={"q": "cat"})
+        assert r.status_code == 503 and "no index" in r.json()["error"]
+        assert c.post("/search", json={"query": "cat"}).status_code == 503
+        assert c.get("/search/similar/10").status_code == 503
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "does not exist" in ready.json()["last_reload_error"]
+        assert c.get("/healthz").status_code == 200
+
+
+def test_artifact_from_another_encoder_is_refused(world, tmp_path):
+    import torch
+
+    torch.manual_seed(99)
+    other = load_encoder("tiny", pretrained="random", device="cpu")
+    path = tmp_path / "other.pt"
+    torch.save(other.model.state_dict(), path)
+    other = load_encoder("tiny", pretrained=str(path), device="cpu")
+    with TestClient(create_app(settings_for(world), encoder=other)) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 503
+        assert "another encoder" in ready.json()["last_reload_error"]
+        assert "checksum" in ready.json()["last_reload_error"]
+        assert c.get("/search", params={"q": "cat"}).status_code == 503
+
+
+def test_admin_reload_token(world):
+    settings = settings_for(world, reload=ReloadSettings(watch=False, admin_token="s3cret"))
+    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)), client=("203.0.113.9", 1)) as c:
+        assert c.post("/admin/reload").status_code == 403
+        assert c.post("/admin/reload", headers={"X-Admin-Token": "wrong"}).status_code == 403
+        ok = c.post("/admin/reload", headers={"X-Admin-Token": "s3cret"})
+        assert ok.status_code == 200 and ok.json()["loaded"]
