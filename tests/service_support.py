@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -193,6 +194,7 @@ class ServerProcess:
         return "".join(self.log)
 
 
+@contextmanager
 def running_server(settings: Settings, config_path: Path) -> Iterator[ServerProcess]:
     server = ServerProcess(settings, config_path).started()
     try:
