@@ -1,0 +1,76 @@
+"""Service area, real HTTP: held-out captions of the synthetic world through a real uvicorn process.
+R@10 over HTTP equals R@10 of exact search over the same artifact (within 0.5 points), and concurrent
+micro-batched requests return what exact, unbatched search returns."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from search.artifact import open_current
+from search.settings import BatchSettings
+from tests.service_support import copy_store, encoder_for, publish, running_server, settings_for, world_store
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+
+
+@pytest.fixture(scope="module")
+def server(world, tmp_path_factory):
+    """A store whose current version is an HNSW index (a real ANN stage), served by `python -m search serve`."""
+    base = tmp_path_factory.mktemp("http")
+    store = copy_store(world, base / "store")
+    publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite",
+            sorted(world.ids_by_path.values()), np.load(world.store / "vectors.npy"), factory="HNSW16")
+    settings = settings_for(world, store=store, batching=BatchSettings(window_ms=20, max_batch=16))
+    with running_server(settings, base / "service.json") as proc:
+        yield proc, store
+
+
+def _recall_at_10(found_paths: list[str], relevant: list[str]) -> float:
+    return len(set(found_paths[:10]) & set(relevant)) / min(10, len(relevant))
+
+
+def test_held_out_recall_over_http_equals_exact_search(world, server):
+    proc, store = server
+    held_out = [q for q in world.queries if q["unseen"]] or world.queries
+    encoder = encoder_for(world.checkpoint)
+    path_of = {i: p for p, i in world.ids_by_path.items()}
+    with open_current(store) as artifact, httpx.Client(base_url=proc.url, timeout=30) as client:
+        assert "HNSW" in artifact.manifest.index.factory
+        _, exact_ids = artifact.exact_search(encoder.encode_texts([q["query"] for q in held_out]), 10)
+        http_recall, exact_recall = [], []
+        for q, ids in zip(held_out, exact_ids):
+            r = client.get("/search", params={"q": q["query"], "k": 10})
+            assert r.status_code == 200
+            http_recall.append(_recall_at_10([h["path"] for h in r.json()["hits"]], q["relevant"]))
+            exact_recall.append(_recall_at_10([path_of[int(i)] for i in ids], q["relevant"]))
+    http_r10, exact_r10 = 100 * np.mean(http_recall), 100 * np.mean(exact_recall)
+    assert abs(http_r10 - exact_r10) <= 0.5, (http_r10, exact_r10)
+
+
+def test_concurrent_batched_requests_equal_exact_unbatched(world, tmp_path):
+    """On the shared Flat store, where the ANN stage is exact, so any difference would come from batching."""
+    queries = [f"{q['query']} #{i}" for i, q in enumerate(world.queries[:16])]  # fresh: all cache misses
+    encoder = encoder_for(world.checkpoint)
+
+    def ask(query: str) -> list[int]:
+        with httpx.Client(base_url=proc.url, timeout=30) as client:
+            r = client.get("/search", params={"q": query, "k": 5})
+            assert r.status_code == 200 and r.json()["cache"] == "miss"
+            return [h["id"] for h in r.json()["hits"]]
+
+    settings = settings_for(world, batching=BatchSettings(window_ms=20, max_batch=16))
+    with running_server(settings, tmp_path / "service.json") as proc:
+        with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+            got = list(pool.map(ask, queries))
+        metrics = httpx.get(f"{proc.url}/metrics").text
+    assert 'photostock_query_cache_total{result="miss"} 16.0' in metrics
+    with open_current(world.store) as artifact:
+        _, want = artifact.exact_search(encoder.encode_texts(queries), 5)
+    assert got == want.tolist()
