@@ -1,0 +1,56 @@
+"""Service area: the search page in headless Debian Chromium (Playwright's Python API, never a downloaded
+browser) against a real uvicorn: type a held-out caption, see the thumbnails exact search ranks first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.artifact import open_current
+from tests.service_support import encoder_for, running_server, settings_for, world_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Debian chromium is not installed at /usr/bin/chromium "
+                                       "(apt-get install chromium; .ci/bootstrap does this)")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+
+
+def test_search_page_shows_the_right_thumbnails(world, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    query = next(q for q in world.queries if q["unseen"])["query"]
+    with open_current(world.store) as artifact:
+        _, ids = artifact.exact_search(encoder_for(world.checkpoint).encode_texts([query]), 24)
+    expected = [str(i) for i in ids[0].tolist()]
+
+    with running_server(settings_for(world), tmp_path / "service.json") as server, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
+            viewport={"width": 1000, "height": 700})  # the grid overflows it: no auto-load before "More"
+        try:
+            page = context.new_page()
+            page.goto(server.url + "/")
+            page.fill("#q", query)
+            page.press("#q", "Enter")
+            hits = page.locator("#grid li.hit")
+            expect(hits).to_have_count(24)
+            assert [hits.nth(i).get_attribute("data-id") for i in range(5)] == expected[:5]
+            expect(page.locator("#status")).to_contain_text("query time")
+            first = hits.nth(0)
+            expect(first.locator(".score")).to_contain_text("score")
+            assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+            # more results: the button appends the next page, continuing the ranking
+            page.click("#more")
+            expect(hits).to_have_count(48)
+            assert hits.nth(24).get_attribute("data-id") != hits.nth(0).get_attribute("data-id")
+        finally:
+            context.close()
