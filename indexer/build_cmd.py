@@ -25,10 +25,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per encode/commit batch")
     parser.add_argument("--workers", type=int, help="decode worker processes")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local worker processes, or a Ray Data pipeline (needs the [distributed] extra)")
+    parser.add_argument("--ray-address", dest="ray_address",
+                        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
 
 
 def main(args: argparse.Namespace) -> int:
     from indexer.pipeline import StoreBusyError, run_build
+    from indexer.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
     from indexer.settings import SettingsError, load_settings
     from indexer.store import StoreError
     from search.encoder import WeightsUnavailableError
@@ -38,9 +43,11 @@ def main(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device", "batch_size", "workers")}
     try:
         settings = load_settings(args.config, overrides)
+        encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
         encoder = _load_encoder(settings.model, settings.pretrained, settings.device)
-        report = run_build(args.images, args.store, settings, encoder)
-    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError) as exc:
+        report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)
+    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError,
+            RayUnavailableError, RayBackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     print(json.dumps(report, indent=2, sort_keys=True))

@@ -107,12 +107,17 @@ def _rescale_to_l(im: Image.Image) -> Image.Image:
 
 def decode_file(path: str) -> DecodeOutcome:
     """Worker task: decode + preprocess one file. Never raises for bad input."""
+    return decode_with(path, _preprocess, _max_pixels)  # type: ignore[arg-type]
+
+
+def decode_with(path: str, preprocess: Callable[[Image.Image], Any], max_pixels: int) -> DecodeOutcome:
+    """`decode_file` with explicit settings, for callers that are not pool workers (the Ray backend)."""
     start = time.perf_counter()
     notes: list[str] = []
     try:
-        rgb = decode_image(path, _max_pixels, notes)
+        rgb = decode_image(path, max_pixels, notes)
         width, height = rgb.size
-        pixels = np.asarray(_preprocess(rgb), dtype=np.float32)  # type: ignore[misc]
+        pixels = np.asarray(preprocess(rgb), dtype=np.float32)
     except DecodeError as exc:
         return DecodeOutcome(reason=str(exc), warnings=notes, seconds=time.perf_counter() - start)
     except Exception as exc:  # the encoder's preprocess rejecting an image is still this file's problem

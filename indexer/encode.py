@@ -99,15 +99,35 @@ def _commit(
     failed = [(row_id, o.reason or "unknown decode failure") for row_id, _, o in batch if not o.ok]
     stats.decode_worker_s += sum(o.seconds for _, _, o in batch)
     stats.warnings.extend({"path": p, "warning": w} for _, p, o in batch for w in o.warnings)
-    shard: str | None = None
+    vectors: np.ndarray | None = None
     if good:
         with timer.stage("encode"):
             vectors = encoder.encode_pixels(np.stack([o.pixels for _, o in good]))
+    decoded = [Decoded(r, o.width, o.height) for r, o in good]
+    write_batch(name, decoded, vectors, failed, store, shard_dir, stats, timer)
+
+
+def write_batch(
+    name: str,
+    decoded: list[Decoded],
+    vectors: np.ndarray | None,
+    failed: list[tuple[int, str]],
+    store: MetadataStore,
+    shard_dir: Path,
+    stats: EncodeStats,
+    timer: StageTimer,
+) -> None:
+    """Shard file first (durable), then one transaction for shard + successes + failures; shared by backends.
+
+    `vectors[i]` is the embedding of `decoded[i]`.
+    """
+    shard: str | None = None
+    if decoded:
         with timer.stage("write"):
-            shards.write_shard(shard_dir, name, np.array([r for r, _ in good], np.int64), vectors)
+            shards.write_shard(shard_dir, name, np.array([d.id for d in decoded], np.int64), vectors)
         shard = name
     with timer.stage("write"):
-        store.commit_batch(shard, [Decoded(r, o.width, o.height) for r, o in good], failed)
-    stats.encoded += len(good)
+        store.commit_batch(shard, decoded, failed)
+    stats.encoded += len(decoded)
     stats.failed += len(failed)
     stats.batches += 1

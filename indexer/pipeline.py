@@ -18,7 +18,7 @@ from typing import Any, Callable
 from filelock import FileLock, Timeout
 
 from indexer import shards
-from indexer.encode import encode_pending
+from indexer.encode import EncodeStats, encode_pending
 from indexer.progress import StageTimer
 from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
@@ -55,25 +55,35 @@ class PublishRequest:
 
 
 Publisher = Callable[[PublishRequest], str]
+# encode_pending's signature: the Ray backend (indexer.ray_backend) passes its own stage here.
+EncodeStage = Callable[
+    [list[tuple[int, str]], Path, ClipEncoder, MetadataStore, Path, IndexerSettings, StageTimer], EncodeStats
+]
 
 
 def run_build(
-    images: Path, store: Path, settings: IndexerSettings, encoder: ClipEncoder, publisher: Publisher | None = None
+    images: Path, store: Path, settings: IndexerSettings, encoder: ClipEncoder, publisher: Publisher | None = None,
+    encode_stage: EncodeStage | None = None,
 ) -> dict[str, Any]:
-    """Index `images` into `store` and publish; returns (and saves) the run report."""
+    """Index `images` into `store` and publish; returns (and saves) the run report.
+
+    `encode_stage` replaces only the decode/encode/write of pending rows (default: local worker processes).
+    """
     images, store = Path(images).resolve(), Path(store).resolve()
     if not images.is_dir():
         raise NotADirectoryError(f"image folder does not exist or is not a directory: {images}")
     store.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(store / ".lock", timeout=0):
-            return _run_locked(images, store, settings, encoder, publisher or publish_step)
+            return _run_locked(images, store, settings, encoder, publisher or publish_step,
+                               encode_stage or encode_pending)
     except Timeout as exc:
         raise StoreBusyError(f"another indexer run holds {store / '.lock'}") from exc
 
 
 def _run_locked(
-    images: Path, store: Path, settings: IndexerSettings, encoder: ClipEncoder, publisher: Publisher
+    images: Path, store: Path, settings: IndexerSettings, encoder: ClipEncoder, publisher: Publisher,
+    encode_stage: EncodeStage,
 ) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     timer = StageTimer()
@@ -88,7 +98,7 @@ def _run_locked(
             plan = plan_changes(scanned.candidates, db.rows(), settings.hash_threads)
             db.apply_plan(plan.changes, plan.deleted, {"image_root": str(images)})
         pending = db.pending()
-        stats = encode_pending(pending, images, encoder, db, shard_dir, settings, timer)
+        stats = encode_stage(pending, images, encoder, db, shard_dir, settings, timer)
         with timer.stage("sidecar"):
             sidecar = read_sidecar(images / settings.sidecar)
             sidecar_updates = db.apply_sidecar(sidecar.records)

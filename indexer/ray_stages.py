@@ -1,0 +1,79 @@
+"""The code that runs inside Ray workers: the decode task and the encoder actor of the Ray backend.
+
+Both call the local backend's own functions (`indexer.decode.decode_with`, `ClipEncoder.encode_pixels`), so
+a file decodes to the same pixels, fails with the same reason and encodes to the same vector on either
+backend. Rows travel as numpy column batches; a failed row keeps its place with zero pixels and its reason,
+so nothing is dropped between the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+def decode_batch(
+    batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...]
+) -> Batch:
+    """Ray task: decode + preprocess each (id, path) row; bad files become rows with `ok` False and a reason.
+
+    `pixel_shape` is the preprocess output shape: failed rows get zeros of it, so every block has one schema.
+    """
+    import torch
+
+    from indexer.decode import decode_with
+
+    torch.set_num_threads(1)  # decode tasks are many, one per CPU; intra-op threads would only fight
+    outcomes = [decode_with(os.path.join(image_root, str(p)), preprocess, max_pixels) for p in batch["path"]]
+    pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
+    for row, outcome in enumerate(outcomes):
+        if outcome.ok and outcome.pixels.shape != tuple(pixel_shape):
+            outcome.reason = f"preprocess gave shape {outcome.pixels.shape}, expected {tuple(pixel_shape)}"
+        if outcome.ok:
+            pixels[row] = outcome.pixels
+    return {
+        "id": np.asarray(batch["id"], np.int64),
+        "path": np.asarray(batch["path"], dtype=object),
+        "ok": np.array([o.ok for o in outcomes], bool),
+        "pixels": pixels,
+        "width": np.array([o.width for o in outcomes], np.int64),
+        "height": np.array([o.height for o in outcomes], np.int64),
+        "reason": np.array([o.reason or "" for o in outcomes], dtype=object),
+        "warnings": np.array([json.dumps(o.warnings) for o in outcomes], dtype=object),
+        "decode_s": np.array([o.seconds for o in outcomes], np.float64),
+    }
+
+
+class EncoderActor:
+    """Ray actor holding one copy of the encoder (on its GPU when it was given one); encodes decoded rows.
+
+    The driver's encoder object is shipped as is, so every actor has exactly the driver's weights and
+    identity, also for seeded random init.
+    """
+
+    def __init__(self, encoder: Any, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.encoder = encoder
+        if device != "cpu":
+            self.encoder.device = torch.device(device)
+            self.encoder.model = self.encoder.model.to(self.encoder.device)
+
+    def __call__(self, batch: Batch) -> Batch:
+        start = time.perf_counter()
+        ok = np.asarray(batch["ok"], bool)
+        vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
+        if ok.any():
+            vectors[ok] = self.encoder.encode_pixels(np.ascontiguousarray(batch["pixels"][ok]))
+        elapsed = time.perf_counter() - start
+        out = {k: v for k, v in batch.items() if k != "pixels"}  # pixels stay on the worker
+        out["vector"] = vectors
+        out["encode_s"] = np.full(len(ok), elapsed / max(len(ok), 1))  # summed by the driver: actor busy time
+        return out

@@ -1,0 +1,161 @@
+"""The Ray backend (`--backend ray`) against the local backend over the same synthetic-world folder.
+
+One local Ray instance (2 CPUs, small object store, no dashboard) serves the module and is shut down by the
+fixture's finaliser. The encoder is the real tiny CLIP with seeded random weights on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer_support import current_ids, draw, rows, settings, tiny_encoder
+
+WORLD_IMAGES = 60
+BROKEN = "part-000/broken.jpg"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="the distributed extra is not installed")
+    ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A 60-image world plus one broken file among the candidates; returns the world folder."""
+    from indexer.world import write_world
+
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, seed=7, gallery=WORLD_IMAGES, size=(64, 64))
+    (out / "gallery" / BROKEN).write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    return out
+
+
+def _build(images: Path, store: Path, backend: str) -> dict:
+    from indexer.pipeline import run_build
+    from indexer.ray_backend import RayOptions, ray_encode_stage
+
+    stage = ray_encode_stage(RayOptions()) if backend == "ray" else None
+    return run_build(images, store, settings(), tiny_encoder(), encode_stage=stage)
+
+
+@pytest.fixture(scope="module")
+def stores(ray_local, world, tmp_path_factory) -> dict[str, Path]:
+    """The same folder indexed once by each backend."""
+    base = tmp_path_factory.mktemp("stores")
+    built = {}
+    for backend in ("local", "ray"):
+        report = _build(world / "gallery", base / backend, backend)
+        assert report["published"], report
+        built[backend] = base / backend
+    return built
+
+
+def _vectors_by_path(store: Path) -> dict[str, np.ndarray]:
+    ids = current_ids(store)
+    vectors = np.load(store / "current" / "vectors.f16.npy")
+    path_of = {r["id"]: p for p, r in rows(store).items()}
+    return {path_of[int(i)]: vectors[row] for row, i in enumerate(ids)}
+
+
+def test_same_ids_and_failures(stores):
+    local, ray = rows(stores["local"]), rows(stores["ray"])
+    assert {p: r["id"] for p, r in local.items()} == {p: r["id"] for p, r in ray.items()}
+    assert len(local) == WORLD_IMAGES + 1
+    failures = {b: {p: r["reason"] for p, r in rows_.items() if r["status"] == "failed"}
+                for b, rows_ in (("local", local), ("ray", ray))}
+    assert list(failures["local"]) == [BROKEN]
+    assert failures["ray"] == failures["local"]
+    for path in local:  # decoded sizes and statuses recorded the same way
+        assert (ray[path]["status"], ray[path]["width"], ray[path]["height"]) == \
+               (local[path]["status"], local[path]["width"], local[path]["height"])
+    assert set(current_ids(stores["ray"])) == set(current_ids(stores["local"]))
+
+
+def test_embeddings_equal_within_float16(stores):
+    local, ray = _vectors_by_path(stores["local"]), _vectors_by_path(stores["ray"])
+    assert local.keys() == ray.keys() and len(local) == WORLD_IMAGES
+    paths = sorted(local)
+    a = np.stack([local[p] for p in paths]).astype(np.float32)
+    b = np.stack([ray[p] for p in paths]).astype(np.float32)
+    np.testing.assert_allclose(b, a, rtol=0, atol=2e-3)  # a couple of float16 ulps at |x| < 1
+
+
+def test_same_retrieval_for_held_out_captions(stores, world):
+    from search.artifact import open_current
+    from search.query import query_text
+
+    queries = [json.loads(line) for line in (world / "queries.jsonl").read_text().splitlines()]
+    held_out = [q["query"] for q in queries if q["unseen"]]
+    assert held_out, "the world should contain held-out (unseen) compositions"
+    local, ray = open_current(stores["local"]), open_current(stores["ray"])
+    try:
+        for text in held_out:
+            got, want = (query_text(artifact, tiny_encoder(), text, k=10) for artifact in (ray, local))
+            assert [h.path for h in got] == [h.path for h in want], text
+            np.testing.assert_allclose([h.exact_score for h in got], [h.exact_score for h in want], atol=2e-3)
+    finally:
+        local.close()
+        ray.close()
+
+
+def test_incremental_rules_match(stores, world, tmp_path):
+    """Unchanged folder: nothing re-encoded, nothing republished; one new file: the same new id on both."""
+    unchanged = _build(world / "gallery", stores["ray"], "ray")
+    assert unchanged["counts"]["encoded"] == 0 and not unchanged["published"]
+    images = tmp_path / "images"
+    shutil.copytree(world / "gallery", images)
+    draw(images / "part-000" / "zz-new.png", seed=99, size=(40, 30))
+    reports = {}
+    for backend in ("local", "ray"):
+        store = tmp_path / backend
+        shutil.copytree(stores[backend], store, symlinks=True)
+        reports[backend] = _build(images, store, backend)
+        assert reports[backend]["counts"]["encoded"] == 1 and reports[backend]["counts"]["failed_this_run"] == 0
+    new_rows = {b: rows(tmp_path / b)["part-000/zz-new.png"] for b in reports}
+    assert new_rows["ray"]["id"] == new_rows["local"]["id"] and new_rows["ray"]["status"] == "indexed"
+
+
+def test_missing_ray_gives_install_hint(monkeypatch, world, tmp_path, capsys):
+    """Simulated absence of Ray: a clear error naming the extra, from the library and from the CLI."""
+    from indexer.cli import build_parser
+    from indexer.ray_backend import RayUnavailableError, import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(RayUnavailableError, match=r"\[distributed\]"):
+        import_ray()
+    args = build_parser().parse_args(["build", "--images", str(world / "gallery"), "--store", str(tmp_path / "s"),
+                                      "--pretrained", "random", "--backend", "ray"])
+    assert args._module.main(args) == 2
+    err = capsys.readouterr().err
+    assert "pip install" in err and "distributed" in err
+    assert not (tmp_path / "s").exists()  # refused before touching the store
+
+
+def test_resource_plan():
+    from indexer.ray_backend import plan_resources
+
+    gpu = plan_resources({"CPU": 32, "GPU": 4})
+    assert (gpu.actors, gpu.gpus, gpu.device) == (4, 1, "cuda")
+    small = plan_resources({"CPU": 2})
+    assert (small.actors, small.cpus, small.gpus, small.device) == (1, 1, 0, "cpu")
+    big = plan_resources({"CPU": 16})
+    assert (big.actors, big.cpus) == (2, 2)
+    assert plan_resources({"CPU": 16}, actors=3).actors == 3
+
+
+def test_ray_address_needs_ray_backend():
+    from indexer.ray_backend import stage_for_backend
+    from indexer.settings import SettingsError
+
+    assert stage_for_backend("local", None) is None
+    with pytest.raises(SettingsError, match="--backend ray"):
+        stage_for_backend("local", "ray://head:10001")
