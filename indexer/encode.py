@@ -71,10 +71,11 @@ def _decoded(
     ahead = settings.batch_size + 4 * settings.workers
     todo = iter(pending)
     window: deque[tuple[int, str, Future]] = deque()
-    for row_id, path in todo:
-        window.append((row_id, path, pool.submit(str(image_root / path))))
-        if len(window) >= ahead:
-            break
+    with timer.stage("decode_start"):  # the first submit starts the worker processes (imports torch there)
+        for row_id, path in todo:
+            window.append((row_id, path, pool.submit(str(image_root / path))))
+            if len(window) >= ahead:
+                break
     while window:
         row_id, path, future = window.popleft()
         with timer.stage("decode"):

@@ -1,0 +1,77 @@
+"""No-op reindex cost: a full build of a small synthetic world vs an immediate rerun over the unchanged tree.
+
+Both runs happen in this process with the same encoder (the real tiny CLIP, seeded random init), so the
+ratio is against a same-run baseline. Prints one JSON object.
+
+    .venv/bin/python benchmarks/noop_reindex.py --images 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=300, help="gallery size")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import torch
+
+    from indexer.pipeline import run_build
+    from indexer.settings import load_settings
+    from indexer.world import write_world
+    from search.encoder import load_encoder
+
+    settings = load_settings(overrides={"pretrained": "random", "device": args.device, "workers": args.workers,
+                                        "batch_size": args.batch_size})
+    with tempfile.TemporaryDirectory(prefix="noop-bench-") as tmp:
+        write_world(Path(tmp) / "world", seed=0, gallery=args.images, size=(args.size, args.size))
+        images, store = Path(tmp) / "world" / "gallery", Path(tmp) / "store"
+        start = time.perf_counter()
+        torch.manual_seed(0)
+        encoder = load_encoder(settings.model, settings.pretrained, settings.device)
+        load_s = time.perf_counter() - start
+        full, full_s = _timed(lambda: run_build(images, store, settings, encoder))
+        noop, noop_s = _timed(lambda: run_build(images, store, settings, encoder))
+    result = {
+        "benchmark": "noop_reindex",
+        "images": args.images,
+        "image_size": args.size,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "device": str(encoder.device),
+        "encoder_load_s": round(load_s, 3),
+        "full_run_s": round(full_s, 3),
+        "noop_run_s": round(noop_s, 3),
+        "ratio": round(noop_s / full_s, 4),
+        "ratio_including_encoder_load": round((noop_s + load_s) / (full_s + load_s), 4),
+        "full_encoded": full["counts"]["encoded"],
+        "noop_encoded": noop["counts"]["encoded"],
+        "noop_published": noop["published"],
+        "full_timings": full["timings"],
+        "noop_timings": noop["timings"],
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    sys.exit(main())
