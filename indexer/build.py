@@ -69,6 +69,29 @@ def _use_gpu_for_training(index: Any, config: IndexConfig) -> bool:
     return True
 
 
+def _configure_training(index: Any, config: IndexConfig) -> None:
+    """Training knobs the factory string cannot carry.
+
+    Polysemous training (on by default for IVF-PQ from index_factory) is a long simulated annealing that only
+    helps Hamming-filtered search, which is not used here; OPQ iterations and sample are capped to keep the
+    build inside its budget.
+    """
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):
+            ivf.do_polysemous_training = False
+    pre = faiss.downcast_index(index)
+    if isinstance(pre, faiss.IndexPreTransform):
+        for i in range(pre.chain.size()):
+            vt = faiss.downcast_VectorTransform(pre.chain.at(i))
+            if isinstance(vt, faiss.OPQMatrix):
+                vt.niter = config.opq_iters
+                vt.max_train_points = config.opq_train_points
+
+
 def train_and_add(vectors: np.ndarray, choice: IndexChoice, config: IndexConfig,
                   rng: np.random.Generator) -> tuple[Any, dict[str, float]]:
     """Create the index from its factory string, train it on a sample (if it needs training), add all rows."""
@@ -78,6 +101,7 @@ def train_and_add(vectors: np.ndarray, choice: IndexChoice, config: IndexConfig,
     index = faiss.index_factory(d, choice.factory, faiss.METRIC_INNER_PRODUCT)
     timings: dict[str, float] = {}
     if not index.is_trained:
+        _configure_training(index, config)
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.niter = config.kmeans_iters

@@ -24,6 +24,7 @@ __all__ = ["CostModel", "IndexBudget", "IndexChoice", "IndexConfig", "choose_ind
 
 MiB = 1 << 20
 _PQ_M_CHOICES = (128, 96, 64, 48, 32, 24, 16, 8)
+_MIN_QUANTIZED = 10_000  # fewer vectors cannot train 256-centroid PQ codebooks well
 _ID_BYTES = 8  # IVF inverted lists store one int64 label per vector
 
 
@@ -53,7 +54,7 @@ class CostModel:
     gemm_gflops: all-core batched GEMM (k-means, assignment; numpy/BLAS measured ~55 GFLOP/s on 2 cores);
     hnsw_add_us: per vector per dimension, all cores, M=32 (20k x 512 added in 6.0 s);
     pq_scan_ns_per_byte: IVF-PQ list scan cost per code byte, single thread;
-    opq_train_s_per_mdim: OPQ training seconds per million (train points x dim).
+    opq_train_s_per_mdim: OPQ training seconds per million (train points x dim) at 20 iterations.
     """
 
     cores: int = 2
@@ -75,6 +76,8 @@ class IndexConfig:
     hnsw_m: int = 32
     ivf_train_points_per_list: int = 64
     kmeans_iters: int = 10
+    opq_iters: int = 20
+    opq_train_points: int = 32768
     rerank_candidates: tuple[int, ...] = (50, 100, 200)
     recall_queries: int = 500
     latency_queries: int = 200
@@ -126,6 +129,7 @@ class IndexChoice:
     estimates: dict[str, float]
     inputs: dict[str, Any]
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    within_budget: bool = True        # False: a fallback that breaks some budget (the reason says which)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,14 +157,16 @@ def _hnsw(n: int, d: int, m: int, cost: CostModel) -> dict[str, float]:
             "build_s": build}
 
 
-def _ivfpq(n: int, d: int, m: int, opq: bool, nlist: int, train: int, iters: int, rerank: int,
-           cost: CostModel) -> dict[str, float]:
+def _ivfpq(n: int, d: int, m: int, opq: bool, nlist: int, train: int, rerank: int,
+           config: IndexConfig) -> dict[str, float]:
+    cost = config.cost
     dd = min(d, 4 * m) if opq else d
     fixed = nlist * dd * 4 + 256 * dd * 4 + (d * dd * 4 if opq else 0)
-    gemm = cost.gemm_gflops * 1e9 * (cost.gpu_speedup if cost.gpu else 1.0)
-    kmeans = 2.0 * train * nlist * dd * iters / gemm
-    assign = 2.0 * n * nlist * dd / (cost.gemm_gflops * 1e9) + 2.0 * n * 256 * dd / (cost.gemm_gflops * 1e9)
-    opq_train = cost.opq_train_s_per_mdim * min(train, 65536) * d / 1e6 if opq else 0.0
+    gemm = cost.gemm_gflops * 1e9
+    kmeans = 2.0 * train * nlist * dd * config.kmeans_iters / (gemm * (cost.gpu_speedup if cost.gpu else 1.0))
+    assign = 2.0 * n * (nlist + 256) * dd / gemm
+    opq_train = (cost.opq_train_s_per_mdim * min(train, config.opq_train_points) * d / 1e6
+                 * config.opq_iters / 20) if opq else 0.0
     nprobe = 16
     scanned = nprobe * n / nlist
     latency = (2.0 * nlist * dd + 2.0 * nprobe * 256 * dd) / (cost.scan_gflops * 1e6) \
@@ -208,26 +214,35 @@ def choose_index(n: int, d: int, config: IndexConfig | None = None) -> IndexChoi
 
     nlist = ivf_nlist(n)
     train = min(n, max(config.ivf_train_points_per_list * nlist, 65536))
-    if n >= 10_000:
-        rerank = max(config.rerank_candidates)
-        for m in (m for m in _PQ_M_CHOICES if d % m == 0 and m <= d // 2):
-            for opq in (True, False):
-                est = _ivfpq(n, d, m, opq, nlist, train, config.kmeans_iters, rerank, cost)
-                factory = _ivfpq_factory(d, m, opq, nlist)
-                why = fits(est)
-                if why:
-                    rejected.append({"factory": factory, "why": why, "estimates": est})
-                    continue
-                values = tuple(p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist)
+    if n < _MIN_QUANTIZED:
+        return IndexChoice("Flat", "flat", f"no index fits the budget and {n} vectors are too few to train a "
+                           "quantizer; exact search is the fallback", None, (), 0, flat, inputs, rejected)
+    rerank = max(config.rerank_candidates)
+    nprobes = tuple(p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist)
+    over_time: tuple[str, dict[str, float], list[str], int] | None = None
+    for m in (m for m in _PQ_M_CHOICES if d % m == 0 and m <= d // 2):
+        for opq in (True, False):
+            est = _ivfpq(n, d, m, opq, nlist, train, rerank, config)
+            factory = _ivfpq_factory(d, m, opq, nlist)
+            why = fits(est)
+            if not why:
                 reason = (f"exact and graph indexes exceed the budget; PQ{m} is the largest code within "
                           f"{allowance / n:.0f} B/vector" + (", OPQ training fits the build budget" if opq
                                                              else "; OPQ would exceed the build budget"))
-                return IndexChoice(factory, "ivfpq", reason, "nprobe", values, train, est, inputs, rejected)
-
-    # Nothing fits: the smallest corpora cannot be quantized well, so stay exact and say why.
-    return IndexChoice("Flat", "flat", "no index fits the budget; exact search is the fallback "
-                       f"(corpus too small for quantization or budget too tight: {rejected[-1]['why']})",
-                       None, (), 0, flat, inputs, rejected)
+                return IndexChoice(factory, "ivfpq", reason, "nprobe", nprobes, train, est, inputs, rejected)
+            rejected.append({"factory": factory, "why": why, "estimates": est})
+            if over_time is None and est["bytes_per_vector"] * n <= allowance:
+                over_time = (factory, est, why, m)
+    if over_time is not None:
+        factory, est, why, m = over_time
+        return IndexChoice(factory, "ivfpq", f"nothing meets every budget; {factory} is the best code that fits "
+                           f"RAM, but {'; '.join(why)}", "nprobe", nprobes, train, est, inputs, rejected,
+                           within_budget=False)
+    smallest = min((r for r in rejected if r["factory"].endswith(tuple(f"PQ{m}" for m in _PQ_M_CHOICES))),
+                   key=lambda r: r["estimates"]["bytes_per_vector"])
+    return IndexChoice(smallest["factory"], "ivfpq", f"nothing fits the RAM budget; {smallest['factory']} is "
+                       "the smallest index", "nprobe", nprobes, train, smallest["estimates"], inputs, rejected,
+                       within_budget=False)
 
 
 def _ivfpq_factory(d: int, m: int, opq: bool, nlist: int) -> str:
