@@ -48,19 +48,37 @@ def main(args: argparse.Namespace) -> int:
         report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)
     except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError,
             RayUnavailableError, RayBackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
         return EXIT_CANNOT_RUN
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 
 
 def _load_encoder(model: str, pretrained: str | None, device: str):
-    """Random init is seeded: its identity says "random-init", so every run must get the same weights, or a
-    resumed run would mix embeddings from two different networks under one identity."""
+    """Check the model and device first so a typo is one clear line, not a stack trace.
+
+    An open_clip model without --pretrained gets its first published tag (an index built from random weights
+    by accident would be useless). Random init is seeded: its identity says "random-init", so every run must
+    get the same weights, or a resumed run would mix embeddings of two networks under one identity.
+    """
+    import open_clip
     import torch
 
-    from search.encoder import load_encoder
+    from indexer.settings import SettingsError
+    from search.encoder import WeightsUnavailableError, load_encoder
+    from search.models import registry
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")
+    if model not in registry.TINY_ALIASES:
+        registry.register_project_models()
+        if model not in open_clip.list_models():
+            raise SettingsError(f"unknown model {model!r}: use tiny or an open_clip model name such as ViT-B-32")
+        if pretrained is None:
+            tags = open_clip.list_pretrained_tags_by_model(model)
+            if not tags:
+                raise WeightsUnavailableError(f"no published weights for {model}: pass --pretrained PATH")
+            pretrained = tags[0]
     if pretrained == "random":
         torch.manual_seed(0)
     return load_encoder(model, pretrained, device)

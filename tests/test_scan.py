@@ -73,3 +73,17 @@ def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(NotADirectoryError, match="not a directory"):
         scan(tmp_path / "nope", DEFAULT_EXTENSIONS)
+
+
+def test_build_survives_symlink_loop_and_ignores_links_out(tmp_path: Path) -> None:
+    from indexer_support import rows, run
+
+    images, outside = tmp_path / "images", tmp_path / "outside"
+    draw(images / "d" / "x.png", 1)
+    draw(outside / "secret.png", 2)
+    os.symlink("..", images / "d" / "loop")
+    os.symlink(outside, images / "out")
+    report = run(images, tmp_path / "store")
+    assert set(rows(tmp_path / "store")) == {"d/x.png"}
+    assert report["counts"]["indexed"] == 1
+    assert {s["path"] for s in report["skipped"]} == {"d/loop", "out"}
