@@ -216,7 +216,8 @@ def choose_index(n: int, d: int, config: IndexConfig | None = None) -> IndexChoi
     train = min(n, max(config.ivf_train_points_per_list * nlist, 65536))
     if n < _MIN_QUANTIZED:
         return IndexChoice("Flat", "flat", f"no index fits the budget and {n} vectors are too few to train a "
-                           "quantizer; exact search is the fallback", None, (), 0, flat, inputs, rejected)
+                           "quantizer; exact search is the fallback", None, (), 0, flat, inputs, rejected,
+                           within_budget=False)
     rerank = max(config.rerank_candidates)
     nprobes = tuple(p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist)
     over_time: tuple[str, dict[str, float], list[str], int] | None = None
