@@ -103,22 +103,17 @@ def _run_locked(
             sidecar = read_sidecar(images / settings.sidecar)
             sidecar_updates = db.apply_sidecar(sidecar.records)
         shards.delete_shards(shard_dir, db.drop_unreferenced_shards())
-        totals = db.counts()
         counts = {
             "candidates": len(scanned.candidates), **plan.counts, "resumed": len(pending) - plan.counts["to_encode"],
             "encoded": stats.encoded, "failed_this_run": stats.failed, "sidecar_updates": sidecar_updates,
-            **totals,
+            **db.counts(),
         }
         version, published = _maybe_publish(db, store, encoder, images, settings, counts, timer, publisher)
-        finished = datetime.now(timezone.utc)
-        timings = {**timer.as_dict(), "decode_worker_cpu": round(stats.decode_worker_s, 4),
-                   "total": round((finished - started).total_seconds(), 4)}
         report = {
-            "run_id": started.strftime("%Y%m%dT%H%M%S.%fZ"), "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(), "image_root": str(images), "store": str(store),
-            "version": version, "published": published,
-            "encoder": encoder.identity.to_dict(), "settings": settings.model_dump(mode="json"),
-            "counts": counts, "timings": timings,
+            **_run_header(started, images, store, encoder, settings),
+            "version": version, "published": published, "counts": counts,
+            "timings": {**timer.as_dict(), "decode_worker_cpu": round(stats.decode_worker_s, 4),
+                        "total": round((datetime.now(timezone.utc) - started).total_seconds(), 4)},
             "skipped": scanned.skipped, "warnings": stats.warnings, "sidecar_errors": sidecar.errors,
             "debris_removed": debris,
         }
@@ -126,6 +121,17 @@ def _run_locked(
         return report
     finally:
         db.close()
+
+
+def _run_header(
+    started: datetime, images: Path, store: Path, encoder: ClipEncoder, settings: IndexerSettings
+) -> dict[str, Any]:
+    """What ran, where, with which encoder and settings: enough to reproduce the run."""
+    return {
+        "run_id": started.strftime("%Y%m%dT%H%M%S.%fZ"), "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "image_root": str(images), "store": str(store),
+        "encoder": encoder.identity.to_dict(), "settings": settings.model_dump(mode="json"),
+    }
 
 
 def _check_encoder(db: MetadataStore, encoder: ClipEncoder) -> None:
