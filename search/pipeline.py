@@ -100,11 +100,15 @@ class Searcher:
 
     async def search(self, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> SearchOutcome:
         with self.holder.lease() as artifact:
-            ranked = await asyncio.to_thread(self._rank, artifact, vector, spec, timer)
-            page = ranked[spec.offset: spec.offset + spec.k]
-            with timer.stage("metadata"):
-                hits = await asyncio.to_thread(self._hits, artifact, page)
-            return SearchOutcome(hits=hits, total=len(ranked), version=artifact.version, timer=timer)
+            hits, total = await asyncio.to_thread(self._page, artifact, vector, spec, timer)  # one thread hop
+            return SearchOutcome(hits=hits, total=total, version=artifact.version, timer=timer)
+
+    def _page(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
+              timer: StageTimer) -> tuple[list[dict[str, Any]], int]:
+        ranked = self._rank(artifact, vector, spec, timer)
+        with timer.stage("metadata"):
+            hits = self._hits(artifact, ranked[spec.offset: spec.offset + spec.k])
+        return hits, len(ranked)
 
     def _needs_metadata(self, spec: SearchSpec) -> bool:
         return spec.filters.active or self.weights.popularity != 0.0 or self.weights.freshness != 0.0
@@ -151,7 +155,7 @@ def _hit(ranked: Ranked, meta: dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError:
         tags = []
     return {
-        "id": ranked.id, "score": round(ranked.score, 6), "similarity": round(ranked.similarity, 6),
+        "id": ranked.id, "score": ranked.score, "similarity": ranked.similarity,
         "path": meta.get("path"), "url": f"/images/{ranked.id}", "thumbnail_url": f"/images/{ranked.id}?thumb=1",
         "width": meta.get("width"), "height": meta.get("height"), "caption": meta.get("caption"),
         "tags": tags if isinstance(tags, list) else [], "licence": meta.get("licence"),
