@@ -33,6 +33,14 @@ class ServiceMetrics:
         self.reloads = Counter("photostock_reloads_total", "Index reload attempts", ["result"], registry=r)
         self.reload_failed = Gauge("photostock_reload_failed", "1 while the last reload attempt failed",
                                    registry=r)
+        self.reload_error = Gauge("photostock_reload_error", "Why the last reload was refused (value 1)",
+                                  ["reason"], registry=r)
+
+    def set_reload_error(self, error: str | None) -> None:
+        """One series at most: the last refusal's reason (cut short), cleared by a successful load."""
+        self.reload_error.clear()
+        if error:
+            self.reload_error.labels(reason=error[:200]).set(1)
 
     def set_version(self, version: str, vectors: int) -> None:
         self.index_version.clear()

@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class EncoderSettings(_Strict):
-    model: str = "tiny"
+    model: str | None = "tiny"  # None: the model named in the current artifact's manifest
     pretrained: str | None = None  # None: the model's default weights (the tiny checkpoint)
     device: str = "cpu"
 

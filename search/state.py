@@ -8,9 +8,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.artifact import current_path
 from search.batcher import MicroBatcher
 from search.encoder import ClipEncoder, EncoderIdentity, load_encoder
 from search.images import ImageStore
+from search.manifest import read_manifest
 from search.metrics import ServiceMetrics
 from search.pipeline import QueryEmbedder, Searcher
 from search.reload import ArtifactHolder, ReloadOutcome
@@ -45,15 +47,24 @@ class ServiceState:
 
 
 def configured_encoder(settings: Settings) -> ClipEncoder:
-    """The encoder named in config; its identity must equal the served artifact's (checked on every load)."""
+    """The encoder named in config, or (model: null) the one the current manifest names; either way its
+    identity must equal the served artifact's, which the holder checks on every load."""
     cfg = settings.encoder
-    return load_encoder(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
+    model, pretrained = cfg.model, cfg.pretrained
+    if model is None:
+        manifest = read_manifest(current_path(Path(settings.store)))
+        model = manifest.encoder.model
+        weights = manifest.encoder.weights
+        if pretrained is None and weights != "random-init" and not Path(weights).suffix:
+            pretrained = weights  # an open_clip pretrained tag; a checkpoint file name means the model default
+    return load_encoder(model, pretrained=pretrained, device=cfg.device)
 
 
 def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> "callable":
     def on_change(outcome: ReloadOutcome) -> None:
         metrics.reloads.labels(result="ok" if outcome.loaded else "refused").inc()
         metrics.reload_failed.set(1 if outcome.error else 0)
+        metrics.set_reload_error(outcome.error)
         if outcome.loaded and holder_ref:
             with holder_ref[0].lease() as artifact:
                 metrics.set_version(artifact.version, len(artifact.ids))

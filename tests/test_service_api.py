@@ -153,3 +153,11 @@ def test_warm_up_file_fills_the_cache(world, tmp_path):
     with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint))) as client:
         assert client.get("/search", params={"q": "warm query two"}).json()["cache"] == "hit"
         assert client.get("/search", params={"q": "WARM query ONE"}).json()["cache"] == "hit"
+
+
+def test_encoder_model_taken_from_the_manifest_when_config_names_none(world):
+    settings = settings_for(world)
+    settings = settings.model_copy(update={"encoder": settings.encoder.model_copy(update={"model": None})})
+    with TestClient(create_app(settings)) as client:  # loads the encoder itself, from the manifest's model name
+        assert client.get("/readyz").json()["ready"]
+        assert client.get("/search", params={"q": _caption(world)}).status_code == 200

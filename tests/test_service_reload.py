@@ -112,7 +112,8 @@ def test_reload_under_load_loses_no_request_and_refuses_corrupt(world, tmp_path)
             assert refused.status_code == 409 and "truncated" in refused.json()["error"]
             ready = admin.get("/readyz").json()
             assert ready["ready"] and ready["version"] == new and "truncated" in ready["last_reload_error"]
-            assert "photostock_reload_failed 1.0" in admin.get("/metrics").text
+            metrics = admin.get("/metrics").text
+            assert "photostock_reload_failed 1.0" in metrics and 'photostock_reload_error{reason="' in metrics
             # 3. the watcher picks up the next good version by itself
             newest = _republish(world, store)
             _until(lambda: admin.get("/readyz").json()["version"] == newest, admin)
