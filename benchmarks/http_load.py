@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--only", nargs="*", default=None, help="run only these scenarios")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -78,6 +79,8 @@ def main() -> None:
                                   "connections": args.connections, "duration_s": args.duration,
                                   "backend": args.backend, "vectors": len(world.ids_by_path)}
     for name, mode, window, connections in scenarios:
+        if args.only and name not in args.only:
+            continue
         settings = settings_for(world, batching=BatchSettings(window_ms=window, max_batch=32))
         settings = settings.model_copy(update={"text": settings.text.model_copy(update={"backend": args.backend})})
         with running_server(settings, work / f"{name}.json") as server:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search.encoder import ClipEncoder
 from search.reload import NoIndexError, watch_current
@@ -56,7 +57,7 @@ def create_app(settings: Settings, encoder: ClipEncoder | None = None) -> FastAP
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _install_handlers(app)
-    _install_timing(app)
+    app.add_middleware(RequestMetrics)
     return app
 
 
@@ -99,15 +100,31 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(request, 500, "internal error", type(exc).__name__)
 
 
-def _install_timing(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+class RequestMetrics:
+    """Pure ASGI middleware timing every HTTP request by route template and status (cheaper than
+    BaseHTTPMiddleware, which matters on the ~1 ms cache-hit path)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response = await call_next(request)
-        service = getattr(request.app.state, "service", None)
-        route = request.scope.get("route")
-        if service is not None:
-            service.metrics.requests.labels(
-                route=getattr(route, "path", "unmatched"), status=str(response.status_code)
-            ).observe(time.perf_counter() - start)
-        return response
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            service = getattr(scope["app"].state, "service", None)
+            if service is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                service.metrics.requests.labels(route=route, status=str(status)).observe(
+                    time.perf_counter() - start)

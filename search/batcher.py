@@ -32,6 +32,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encode")
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
     async def encode(self, text: str) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -53,7 +54,9 @@ class MicroBatcher:
         batch, self._pending = self._pending, []
         if batch:
             self.on_batch(len(batch))
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
         loop = asyncio.get_running_loop()

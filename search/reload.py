@@ -90,8 +90,10 @@ class ArtifactHolder:
                     return ReloadOutcome(False, self.version)
                 artifact = open_version(target, verify_checksums=self.verify_checksums,
                                         expect_encoder=self.encoder)
-            except (ArtifactError, OSError) as exc:
-                self.last_error = str(exc)
+            except Exception as exc:  # any failure to open means: refuse it, keep serving the old version
+                if not isinstance(exc, (ArtifactError, OSError)):
+                    log.exception("unexpected error opening %s", self.store / "current")
+                self.last_error = str(exc) if isinstance(exc, (ArtifactError, OSError)) else repr(exc)
                 outcome = ReloadOutcome(False, self.version, self.last_error)
                 log.error("index reload refused, still serving %s: %s", self.version, exc)
                 self.on_change(outcome)

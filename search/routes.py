@@ -7,9 +7,10 @@ import hmac
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Header, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from search.images import ImageNotFound
 from search.pipeline import SearchOutcome, SearchSpec
@@ -18,7 +19,7 @@ from search.schemas import ErrorResponse, Ready, ReloadResult, SearchRequest, Se
 from search.state import ServiceState
 from search.text_cache import normalize_query
 from search.timing import StageTimer
-from search.uploads import decode_image, read_limited
+from search.uploads import UploadRejected, decode_image, read_limited
 
 __all__ = ["router"]
 
@@ -92,18 +93,35 @@ async def search_post(request: Request, response: Response, body: SearchRequest)
     return _respond(response, outcome, spec, body.query, state)
 
 
-@router.post("/search/image", response_model=SearchResponse, summary="Search by an uploaded image")
-async def search_image(request: Request, response: Response, file: Annotated[UploadFile, File()],
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+
+
+async def _uploaded_image(request: Request, state: ServiceState) -> object:
+    """The `file` part of a multipart body, size-checked from Content-Length before the body is parsed."""
+    limits = state.settings.limits
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes + 64 * 1024:
+        raise UploadRejected(413, f"upload exceeds {limits.max_upload_bytes} bytes")
+    form = await request.form(max_files=1, max_fields=4)  # malformed multipart: Starlette's own 400
+    upload = form.get("file")
+    if not isinstance(upload, StarletteUploadFile):
+        raise HTTPException(422, "expected a multipart/form-data body with a 'file' part")
+    data = await read_limited(upload, limits.max_upload_bytes)
+    return await asyncio.to_thread(decode_image, data, limits.max_upload_pixels)
+
+
+@router.post("/search/image", response_model=SearchResponse, summary="Search by an uploaded image (multipart "
+             "field `file`)", openapi_extra=_UPLOAD_BODY)
+async def search_image(request: Request, response: Response,
                        k: Annotated[int | None, Query(ge=1)] = None,
                        offset: Annotated[int, Query(ge=0)] = 0) -> SearchResponse:
     state = _state(request)
     spec = _spec(state, k, offset)
-    limits = state.settings.limits
     timer = StageTimer()
     with timer.stage("total"):
         with timer.stage("upload"):
-            data = await read_limited(file, limits.max_upload_bytes)
-            image = await asyncio.to_thread(decode_image, data, limits.max_upload_pixels)
+            image = await _uploaded_image(request, state)
         with timer.stage("encode"):
             vector = (await asyncio.to_thread(state.encoder.encode_images, [image]))[0]
         outcome = await state.searcher.search(vector, spec, timer)

@@ -89,7 +89,8 @@ def test_malformed_json_is_422(client):
 
 
 @pytest.mark.parametrize("payload,status", [
-    (b"\x00" * (MAX_BYTES + 1), 413),                   # oversized: refused while streaming
+    (b"\x00" * (MAX_BYTES + 1), 413),                   # oversized: refused while reading the part
+    (b"\x00" * (MAX_BYTES + 100_000), 413),             # far over: refused from Content-Length, unparsed
     (b"this is not an image at all", 400),
     (b"", 400),
     (_png(6_000, 6_000), 400),                           # bomb: a few kB, 36 Mpx, refused from the header
@@ -103,6 +104,11 @@ def test_bad_uploads(client, payload, status):
 
 def test_upload_without_file_is_422(client):
     assert client.post("/search/image").status_code == 422
+    assert client.post("/search/image", files={"other": ("x.png", b"abc", "image/png")}).status_code == 422
+    assert client.post("/search/image", json={"file": "abc"}).status_code == 422
+    broken = client.post("/search/image", content=b"--xyz\r\nnonsense",
+                         headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert broken.status_code in (400, 422) and "error" in broken.json()
 
 
 def test_unknown_ids_and_routes_are_404_json(client):
