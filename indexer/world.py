@@ -11,7 +11,6 @@ reported separately for compositions the model has never seen.
 
 from __future__ import annotations
 
-import functools
 import io
 from pathlib import Path
 import math
@@ -19,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 WORLD_VERSION = 1
 
@@ -109,26 +108,10 @@ def sample_composition(rng: np.random.Generator, split: str) -> Composition:
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-@functools.lru_cache(maxsize=32)
-def _texture(name: str, w: int, h: int) -> np.ndarray:
-    """A fixed texture twice the image size; each image shows a random crop of it (cheap, still varied)."""
-    rng = np.random.default_rng(np.random.SeedSequence([BACKGROUNDS.index(name), w, h]))
-    tex = _draw_texture(name, 2 * w, 2 * h, float(min(w, h)), rng)
-    tex.flags.writeable = False  # shared by every image of this size
-    return tex
-
-
 def _background(name: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
-    tex = _texture(name, w, h)
-    y, x = int(rng.integers(0, h + 1)), int(rng.integers(0, w + 1))
-    crop = tex[y:y + h, x:x + w]
-    return crop[:, ::-1] if rng.random() < 0.5 else crop
-
-
-def _draw_texture(name: str, w: int, h: int, s: float, rng: np.random.Generator) -> np.ndarray:
-    """A textured (H, W, 3) uint8 background whose pattern scale is the image side `s` (textures make images
-    less trivial than flat fills)."""
+    """A textured background (H, W, 3) uint8: textures make images less trivial than flat fills."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = float(min(w, h))
     if name == "grass":
         base = np.array([70, 125, 45], np.float32) + rng.normal(0, 18, (h, w, 1)).astype(np.float32)
         img = np.broadcast_to(base, (h, w, 3)).copy()
@@ -182,18 +165,6 @@ def _shape_polygon(shape: str, r: float) -> list[tuple[float, float]]:
     raise ValueError(f"not a polygon shape: {shape!r}")
 
 
-def _crescent_polygon(r: float, bite_offset: float = 0.5, bite_radius: float = 0.8,
-                      n: int = 24) -> list[tuple[float, float]]:
-    """A disc of radius r minus a disc shifted along +x: outer arc, then the bite's arc back (one polygon)."""
-    d, rho = bite_offset * r, bite_radius * r
-    x = (d * d + r * r - rho * rho) / (2 * d)  # where the two circles cross, along the x axis
-    alpha, beta = math.acos(x / r), math.acos((x - d) / rho)
-    outer = [alpha + (2 * math.pi - 2 * alpha) * k / n for k in range(n + 1)]
-    inner = [2 * math.pi - beta - (2 * math.pi - 2 * beta) * k / n for k in range(n + 1)]
-    return [(r * math.cos(t), r * math.sin(t)) for t in outer] + [(d + rho * math.cos(t), rho * math.sin(t))
-                                                                 for t in inner]
-
-
 def _draw_object(img: Image.Image, comp: Composition, rng: np.random.Generator, box: tuple[int, int, int]) -> None:
     """Draw the object inside the central square `box` (x0, y0, side), so a centre crop never cuts it off."""
     x0, y0, side = box
@@ -212,8 +183,14 @@ def _draw_object(img: Image.Image, comp: Composition, rng: np.random.Generator, 
     if comp.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
     elif comp.shape == "crescent":
-        poly = _rotate(_crescent_polygon(r), angle * 4, cx, cy)
-        draw.polygon(poly, fill=fill, outline=outline, width=width)
+        dx, dy = 0.5 * r * math.cos(angle * 4), 0.5 * r * math.sin(angle * 4)
+        disc, bite = Image.new("L", img.size, 0), Image.new("L", img.size, 0)
+        ImageDraw.Draw(disc).ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        ImageDraw.Draw(bite).ellipse((cx + dx - r * 0.8, cy + dy - r * 0.8, cx + dx + r * 0.8, cy + dy + r * 0.8),
+                                     fill=255)
+        mask = ImageChops.subtract(disc, bite)
+        img.paste(outline, (0, 0), mask.filter(ImageFilter.MaxFilter(2 * width + 1)))
+        img.paste(fill, (0, 0), mask)
     else:
         poly = _rotate(_shape_polygon(comp.shape, r), angle, cx, cy)
         draw.polygon(poly, fill=fill, outline=outline, width=width)
