@@ -1,0 +1,76 @@
+"""Shared by this folder's benchmark scripts: the machine description, JPEG folders from the synthetic world,
+a seeded random-init checkpoint file, timing of a subprocess. Each script prints one JSON object."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"  # git-ignored
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (run_all puts this above the summary table)."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _write_one(args: tuple[int, str, tuple[int, int], int]) -> None:
+    from indexer import world
+
+    index, root, size, seed = args
+    item = world.gallery_item(seed, index, size)
+    item.image.save(Path(root) / f"img-{index:06d}.jpg", format="JPEG", quality=90)
+
+
+def write_jpegs(root: Path, n: int, size: tuple[int, int], seed: int = 0, workers: int | None = None) -> Path:
+    """N synthetic-world images as JPEG files in one flat folder (reused when already complete)."""
+    root.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(n) if not (root / f"img-{i:06d}.jpg").is_file()]
+    if todo:
+        with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            list(pool.map(_write_one, [(i, str(root), size, seed) for i in todo], chunksize=16))
+    return root
+
+
+def random_checkpoint(model: str, path: Path) -> Path:
+    """A seeded random-init open_clip checkpoint file (speed does not depend on the weights' values)."""
+    if not path.is_file():
+        import open_clip
+        import torch
+
+        from search.models import registry
+
+        registry.register_project_models()
+        torch.manual_seed(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(open_clip.create_model(model).state_dict(), path)
+    return path
+
+
+def timed_run(cmd: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = None,
+              timeout_s: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of a subprocess; a non-zero exit is an error carrying the tail of its output."""
+    start = time.perf_counter()
+    done = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return seconds, done

@@ -1,0 +1,77 @@
+"""benchmarks/out/*.json -> one markdown table (benchmarks/out/summary.md): per benchmark its headline figures
+and its ratio against the same-run baseline, under a line naming the machine. Used by benchmarks/run_all."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, machine  # noqa: E402
+
+# benchmark -> (dotted key, label) for its headline figures; others get the generic pick below
+HEADLINES: dict[str, list[tuple[str, str]]] = {
+    "indexer_throughput": [("ours.images_per_s", "ours img/s"), ("clip_retrieval.images_per_s", "clip-retrieval img/s"),
+                           ("speedup_vs_clip_retrieval", "speed-up"),
+                           ("speedup_vs_clip_retrieval_without_index_build", "speed-up w/o index build"),
+                           ("images", "images"), ("image_size", "size")],
+    "noop_reindex": [("images", "files"), ("full_run_s", "full run s"), ("noop_run_s", "no-op run s"),
+                     ("ratio", "no-op / full")],
+    "cold_start": [("vectors", "vectors"), ("factory", "index"), ("startup_s", "start to ready s"),
+                   ("floor_process_s", "floor s (read index)"), ("ratio_to_floor", "ratio to floor")],
+    "gpu_check": [("skipped", "skipped"), ("device", "device"), ("indexer.images_per_s", "ViT-B-32 img/s"),
+                  ("text_encoder.batch_256_qps", "text QPS (batch 256)"), ("faiss_ivf.gpu_train_s", "IVF train s (GPU)"),
+                  ("faiss_ivf.gpu_speedup", "GPU speed-up")],
+}
+GENERIC = ("speedup", "ratio", "per_s", "qps", "p50", "p99", "recall")
+
+
+def flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from flatten(value, f"{prefix}{key}.")
+    elif not isinstance(data, list):
+        yield prefix[:-1], data
+
+
+def headline(name: str, data: dict[str, Any]) -> str:
+    flat = dict(flatten(data))
+    if "error" in data:
+        return f"**failed**: {data['error']}"
+    picks = [(label, flat[key]) for key, label in HEADLINES.get(name, []) if key in flat and flat[key] is not None]
+    if not picks:
+        picks = [(k, v) for k, v in flat.items() if isinstance(v, (int, float)) and any(g in k for g in GENERIC)][:8]
+    return "; ".join(f"{label} {_fmt(value)}" for label, value in picks)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary(names: list[str], out: Path = OUT) -> str:
+    """One row per benchmark name (OUT/<name>.json); a missing or unreadable file is a row saying so."""
+    rows = []
+    for name in names:
+        path = out / f"{name}.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            data = {"error": f"no result ({exc.__class__.__name__}: {exc})"}
+        if not isinstance(data, dict):
+            data = {"error": "result is not a JSON object"}
+        rows.append(f"| {name} | {headline(name, data)} | `{path.name}` |")
+    m = machine()
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['platform']}.", "",
+             "| benchmark | figures (ratios are against a baseline measured in the same run) | JSON |",
+             "|---|---|---|", *rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: summary.py NAME... (reads benchmarks/out/NAME.json, writes benchmarks/out/summary.md)")
+    text = summary(sys.argv[1:])
+    (OUT / "summary.md").write_text(text)
+    print(text, end="")
