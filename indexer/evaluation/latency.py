@@ -16,6 +16,8 @@ from search.encoder import ClipEncoder
 
 __all__ = ["measure_stages", "stage_percentiles", "load_stage_samples"]
 
+NOT_STAGES = frozenset({"cache_hit", "ts", "results"})  # numeric fields of query-log records that are not ms
+
 
 def measure_stages(store: Path, encoder: ClipEncoder, pretrained: str, queries: Sequence[str], k: int = 10,
                    text_backend: str = "onnx", onnx_cache: Path | None = None) -> list[dict[str, Any]]:
@@ -76,7 +78,8 @@ def stage_percentiles(records: Sequence[dict[str, Any]], percentiles: Sequence[f
         groups["cache miss"] = [r for r in records if r.get("cache_hit") is False]
     rows = []
     for group, recs in groups.items():
-        stages = sorted({s for r in recs for s, v in r.items() if isinstance(v, (int, float)) and s != "cache_hit"})
+        stages = sorted({s for r in recs for s, v in r.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool) and s not in NOT_STAGES})
         for stage in stages:
             values = np.array([r[stage] for r in recs if stage in r], dtype=np.float64)
             rows.append({"queries": group, "stage": stage, "n": len(values),
