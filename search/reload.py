@@ -15,8 +15,9 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
+from search import ann
 from search.artifact import Artifact, ArtifactError, current_path, open_version
 from search.encoder import EncoderIdentity
 
@@ -49,8 +50,10 @@ class ArtifactHolder:
     """Holds the current artifact; `lease()` pins it for one request."""
 
     def __init__(self, store: Path, encoder: EncoderIdentity, verify_checksums: bool = False,
-                 on_change: Callable[[ReloadOutcome], None] | None = None):
+                 on_change: Callable[[ReloadOutcome], None] | None = None,
+                 ann_params: Mapping[str, int] | None = None):
         self.store = Path(store)
+        self.ann_params = dict(ann_params or {})
         self.encoder = encoder
         self.verify_checksums = verify_checksums
         self.on_change = on_change or (lambda outcome: None)
@@ -90,6 +93,7 @@ class ArtifactHolder:
                     return ReloadOutcome(False, self.version)
                 artifact = open_version(target, verify_checksums=self.verify_checksums,
                                         expect_encoder=self.encoder)
+                self._check_params(artifact)
             except Exception as exc:  # any failure to open means: refuse it, keep serving the old version
                 if not isinstance(exc, (ArtifactError, OSError)):
                     log.exception("unexpected error opening %s", self.store / "current")
@@ -104,6 +108,17 @@ class ArtifactHolder:
             log.info("serving index version %s from %s", artifact.version, target)
             self.on_change(outcome)
             return outcome
+
+    def _check_params(self, artifact: Artifact) -> None:
+        """Configured per-call FAISS parameters must fit this version's index type (else: refuse it)."""
+        if not self.ann_params:
+            return
+        try:
+            ann.search_parameters(artifact.index, self.ann_params)
+        except ValueError as exc:
+            artifact.close()
+            raise ArtifactError(f"version {artifact.version}: configured rank.ann_params do not apply ({exc})") \
+                from exc
 
     def _swap(self, artifact: Artifact, path: Path) -> None:
         with self._lock:

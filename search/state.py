@@ -80,7 +80,7 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
     text = build_text_encoder(encoder, settings.text.backend, settings.text.cache_dir(), settings.text.threads)
     holder_ref: list[ArtifactHolder] = []
     holder = ArtifactHolder(Path(settings.store), encoder.identity, settings.reload.verify_checksums,
-                            on_change=_record_reload(metrics, holder_ref))
+                            on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params)
     holder_ref.append(holder)
     holder.reload()
     batcher = MicroBatcher(text, settings.batching.window_ms / 1000.0, settings.batching.max_batch,

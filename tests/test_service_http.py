@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from search.artifact import open_current
-from search.settings import BatchSettings
+from search.settings import BatchSettings, RankSettings
 from tests.service_support import copy_store, encoder_for, publish, running_server, settings_for, world_store
 
 
@@ -27,7 +27,10 @@ def server(world, tmp_path_factory):
     store = copy_store(world, base / "store")
     publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite",
             sorted(world.ids_by_path.values()), np.load(world.store / "vectors.npy"), factory="HNSW16")
-    settings = settings_for(world, store=store, batching=BatchSettings(window_ms=20, max_batch=16))
+    # efSearch per call from config: the random-init stand-in model (used until the trained checkpoint exists)
+    # clusters its vectors so tightly that the tuned graph search would be a test of that model, not the service.
+    settings = settings_for(world, store=store, batching=BatchSettings(window_ms=20, max_batch=16),
+                            rank=RankSettings(ann_params={"efSearch": 128}))
     with running_server(settings, base / "service.json") as proc:
         yield proc, store
 

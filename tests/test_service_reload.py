@@ -151,3 +151,14 @@ def test_reload_of_same_target_is_a_no_op_and_missing_current_is_reported(world,
     outcome = holder.reload()
     assert outcome.error and "does not exist" in outcome.error and holder.version == first.version
     holder.close()
+
+
+def test_configured_ann_params_that_do_not_fit_the_index_are_refused(world, tmp_path):
+    store = copy_store(world, tmp_path / "store")  # the shared store's index is Flat: it takes no parameters
+    holder = ArtifactHolder(store, encoder_for(world.checkpoint).identity, ann_params={"nprobe": 8})
+    outcome = holder.reload()
+    assert not outcome.loaded and "ann_params" in outcome.error and holder.version is None
+    hnsw = _republish(world, store, factory="HNSW16")
+    holder.ann_params = {"efSearch": 64}
+    assert holder.reload().version == hnsw
+    holder.close()
