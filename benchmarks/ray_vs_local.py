@@ -6,6 +6,7 @@ and of the whole run, images/s, per-stage timings, measured per-image costs; and
 throughput on a cluster from those per-image costs (the calculation is in the output, term by term).
 
     nice -n 10 .venv/bin/python benchmarks/ray_vs_local.py --images 240 --size 128
+    nice -n 10 .venv/bin/python benchmarks/ray_vs_local.py --images 8 --size 4000x3000 --costs-only  # photo-sized
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="local decode worker processes")
     parser.add_argument("--gpu-encode-ms", type=float, default=1.0,
                         help="per-image GPU encode cost assumed for the GPU projection (not measurable here)")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="skip the two builds; only the one-thread unit costs and the projection")
     args = parser.parse_args()
 
     from indexer.world import parse_size, write_world
@@ -157,20 +160,19 @@ def main() -> int:
         root = Path(tmp)
         write_world(root / "world", seed=11, gallery=args.images, size=parse_size(args.size))
         images = root / "world" / "gallery"
-        results = {b: _build(images, root / f"store-{b}", b, args.batch_size, args.workers)
-                   for b in ("local", "ray")}
+        results = {} if args.costs_only else {
+            b: _build(images, root / f"store-{b}", b, args.batch_size, args.workers) for b in ("local", "ray")}
         costs = _unit_costs(images, args.batch_size, min(args.images, 128))
-    ray = results["ray"]
-    out = {
+    out: dict[str, Any] = {
         "benchmark": "ray_vs_local", "machine_cpus": os.cpu_count(), "images": args.images, "size": args.size,
-        "batch_size": args.batch_size, "local": results["local"], "ray": ray,
-        "ray_over_local_stage_time": round(ray["stage_wall_s"] / results["local"]["stage_wall_s"], 2),
-        "ray_startup_s": ray["timings"].get("ray_init"),
-        "unit_costs_one_thread": costs,
-        "projection": [
-            _projection(costs, 8, 16, 0, 0.0, size) for size in (args.batch_size, 256)
-        ] + [_projection(costs, 8, 16, 1, args.gpu_encode_ms / 1e3, 256)],
+        "batch_size": args.batch_size, **results,
     }
+    if results:
+        out["ray_over_local_stage_time"] = round(results["ray"]["stage_wall_s"] / results["local"]["stage_wall_s"], 2)
+        out["ray_startup_s"] = results["ray"]["timings"].get("ray_init")
+    out["unit_costs_one_thread"] = costs
+    out["projection"] = [_projection(costs, 8, 16, 0, 0.0, size) for size in (args.batch_size, 256)] + [
+        _projection(costs, 8, 16, 1, args.gpu_encode_ms / 1e3, 256)]
     print(json.dumps(out, indent=2))
     return 0
 

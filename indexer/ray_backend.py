@@ -105,11 +105,11 @@ def stage_for_backend(backend: str, address: str | None) -> functools.partial | 
     return None
 
 
-def plan_resources(cluster: Mapping[str, float], actors: int | None = None) -> ResourcePlan:
-    """One encoder actor per GPU when there are GPUs. CPU-only: about a quarter of the CPUs hold encoder
-    actors (at least one; 2 threads each from 8 CPUs up) and the rest run decode tasks, the split the measured
-    per-image costs suggest (docs/scaling.md); `actors` overrides the count."""
-    gpus = int(cluster.get("GPU", 0))
+def plan_resources(cluster: Mapping[str, float], actors: int | None = None, use_gpus: bool = True) -> ResourcePlan:
+    """One encoder actor per GPU when there are GPUs. CPU-only: at most about a quarter of the CPUs hold
+    encoder actors (at least one; 2 threads each from 8 CPUs up), the rest decode: decoding costs as much as
+    the tiny model's encode at 128 px and ~100x more for photos (docs/scaling.md); `actors` overrides."""
+    gpus = int(cluster.get("GPU", 0)) if use_gpus else 0
     cpus = max(1, int(cluster.get("CPU", 1)))
     if gpus:
         return ResourcePlan(actors=actors or gpus, cpus=1, gpus=1)
@@ -134,7 +134,7 @@ def encode_pending_ray(
         return stats
     ray = import_ray()
     with _session(ray, options, timer):
-        plan = plan_resources(ray.cluster_resources(), options.encoder_actors)
+        plan = plan_resources(ray.cluster_resources(), options.encoder_actors, use_gpus=settings.device != "cpu")
         log.info("ray backend: %d pending images, encoder actors %s", len(pending), plan)
         dataset = _dataset(ray, pending, image_root, encoder, settings, options, plan)
         _consume(ray, dataset, len(pending), store, shard_dir, settings, stats, timer)
@@ -168,6 +168,20 @@ def _init(ray: ModuleType, options: RayOptions) -> None:
                  include_dashboard=False, logging_level=logging.WARNING)
 
 
+def _portable(encoder: ClipEncoder) -> ClipEncoder:
+    """The encoder as shipped to actors: on the CPU, so it unpickles on nodes without CUDA (actors move it)."""
+    if encoder.device.type == "cpu":
+        return encoder
+    import copy
+
+    import torch
+
+    clone = copy.copy(encoder)
+    clone.model = copy.deepcopy(encoder.model).to("cpu")
+    clone.device = torch.device("cpu")
+    return clone
+
+
 def _pixel_shape(encoder: ClipEncoder) -> tuple[int, ...]:
     """What the encoder's preprocess produces, so failed rows can carry zeros of the same shape."""
     from PIL import Image
@@ -185,7 +199,8 @@ def _dataset(
     items = [{"id": int(i), "path": p} for i, p in pending]
     blocks = max(1, math.ceil(len(items) / options.decode_rows_per_task))
     decode_kwargs = {"image_root": str(image_root), "preprocess": encoder.preprocess,
-                     "max_pixels": settings.max_image_pixels, "pixel_shape": _pixel_shape(encoder)}
+                     "max_pixels": settings.max_image_pixels, "pixel_shape": _pixel_shape(encoder),
+                     "timeout_s": settings.decode_timeout_s}
     with warnings.catch_warnings():
         # Ray Data retries a task whose worker died forever by default (a decoder that crashes its process
         # would loop); Ray 2.60 has no named parameter for max_retries, only the deprecated remote args.
@@ -196,9 +211,17 @@ def _dataset(
         )
     return decoded.map_batches(
         EncoderActor, batch_size=settings.batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"encoder": encoder, "device": plan.device, "threads": plan.cpus},
-        compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus, num_gpus=plan.gpus,
+        fn_constructor_kwargs={"encoder": _portable(encoder), "device": plan.device, "threads": plan.cpus},
+        compute=_actor_pool(ray, plan), num_cpus=plan.cpus, num_gpus=plan.gpus,
     )
+
+
+def _actor_pool(ray: ModuleType, plan: ResourcePlan) -> Any:
+    """GPU actors: a fixed pool, one per GPU. CPU actors: Ray Data grows the pool from 1 up to `plan.actors`
+    only while decoded batches queue up, so with photo-sized images (decode-bound) CPUs stay with decoding."""
+    if plan.gpus:
+        return ray.data.ActorPoolStrategy(size=plan.actors)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors)
 
 
 def _consume(

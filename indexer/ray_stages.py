@@ -10,16 +10,55 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 Batch = dict[str, np.ndarray]
 
 
+class _DecodeTimeout(BaseException):
+    """Raised by the alarm inside a decode; a BaseException so the decoder's `except Exception` lets it by."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """SIGALRM after `seconds` (Ray runs task code in the worker's main thread). It interrupts Python code and
+    blocking system calls (a stalled network read); a C loop that never returns to Python is out of its reach."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise _DecodeTimeout()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, timeout_s: float) -> Any:
+    """`indexer.decode.decode_with` under a per-file deadline; a timeout is this file's failure, not the task's."""
+    from indexer import decode
+
+    try:
+        with _deadline(timeout_s):
+            return decode.decode_with(path, preprocess, max_pixels)
+    except _DecodeTimeout:
+        return decode.DecodeOutcome(reason=f"decode timed out after {timeout_s:g}s", seconds=timeout_s)
+
+
 def decode_batch(
-    batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...]
+    batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...],
+    timeout_s: float,
 ) -> Batch:
     """Ray task: decode + preprocess each (id, path) row; bad files become rows with `ok` False and a reason.
 
@@ -27,10 +66,9 @@ def decode_batch(
     """
     import torch
 
-    from indexer.decode import decode_with
-
     torch.set_num_threads(1)  # decode tasks are many, one per CPU; intra-op threads would only fight
-    outcomes = [decode_with(os.path.join(image_root, str(p)), preprocess, max_pixels) for p in batch["path"]]
+    outcomes = [decode_one(os.path.join(image_root, str(p)), preprocess, max_pixels, timeout_s)
+                for p in batch["path"]]
     pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
     for row, outcome in enumerate(outcomes):
         if outcome.ok and outcome.pixels.shape != tuple(pixel_shape):
@@ -62,9 +100,8 @@ class EncoderActor:
 
         torch.set_num_threads(max(1, threads))
         self.encoder = encoder
-        if device != "cpu":
-            self.encoder.device = torch.device(device)
-            self.encoder.model = self.encoder.model.to(self.encoder.device)
+        self.encoder.device = torch.device(device)
+        self.encoder.model = self.encoder.model.to(self.encoder.device)
 
     def __call__(self, batch: Batch) -> Batch:
         start = time.perf_counter()

@@ -150,6 +150,7 @@ def test_resource_plan():
     big = plan_resources({"CPU": 16})
     assert (big.actors, big.cpus) == (2, 2)
     assert plan_resources({"CPU": 16}, actors=3).actors == 3
+    assert plan_resources({"CPU": 32, "GPU": 4}, use_gpus=False).device == "cpu"  # --device cpu
 
 
 def test_ray_address_needs_ray_backend():
@@ -159,3 +160,33 @@ def test_ray_address_needs_ray_backend():
     assert stage_for_backend("local", None) is None
     with pytest.raises(SettingsError, match="--backend ray"):
         stage_for_backend("local", "ray://head:10001")
+
+
+def test_decode_task_records_bad_and_hanging_files(monkeypatch, tmp_path):
+    """The decode task body, in-process: a good file decodes, a broken one and one whose decoder blocks past
+    the deadline become failed rows with reasons, and every row keeps its id and a pixel block of one shape."""
+    import threading
+
+    from indexer import decode
+    from indexer.ray_stages import decode_batch
+
+    draw(tmp_path / "good.png", seed=1)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    draw(tmp_path / "stuck.png", seed=2)
+    real = decode.decode_with
+
+    def blocking(path, preprocess, max_pixels):
+        if path.endswith("stuck.png"):
+            threading.Event().wait(60)  # interrupted by the task's deadline alarm
+        return real(path, preprocess, max_pixels)
+
+    monkeypatch.setattr(decode, "decode_with", blocking)
+    encoder = tiny_encoder()
+    shape = (3, 64, 64)
+    out = decode_batch({"id": np.array([5, 6, 7]), "path": np.array(["good.png", "broken.jpg", "stuck.png"])},
+                       str(tmp_path), encoder.preprocess, 89_478_485, shape, timeout_s=0.5)
+    assert out["id"].tolist() == [5, 6, 7] and out["pixels"].shape == (3, *shape)
+    assert out["ok"].tolist() == [True, False, False]
+    assert out["reason"][1] == real(str(tmp_path / "broken.jpg"), encoder.preprocess, 89_478_485).reason
+    assert out["reason"][2] == "decode timed out after 0.5s"
+    assert (out["width"][0], out["height"][0]) == (24, 20)
