@@ -18,7 +18,8 @@ import numpy as np
 from indexer.index_select import IndexChoice, IndexConfig, choose_index
 from search import ann
 
-__all__ = ["BuiltIndex", "build_index", "make_queries", "tune_index", "train_and_add", "index_bytes"]
+__all__ = ["BuiltIndex", "build_index", "forced_choice", "index_bytes", "make_queries", "measure_latency",
+           "measure_recall", "train_and_add", "tune_index"]
 
 _ADD_BATCH = 65536
 RECALL_K = 10
@@ -135,7 +136,7 @@ def make_queries(vectors: np.ndarray, count: int, noise: float, rng: np.random.G
     return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
 
 
-def _latency(index: Any, vectors: np.ndarray, queries: np.ndarray, params: dict[str, int],
+def measure_latency(index: Any, vectors: np.ndarray, queries: np.ndarray, params: dict[str, int],
              fetch: int) -> dict[str, float]:
     """Single-thread per-query latency of ANN alone and ANN + exact rerank, in ms (p50/p99)."""
     import faiss
@@ -159,7 +160,7 @@ def _latency(index: Any, vectors: np.ndarray, queries: np.ndarray, params: dict[
             "p50": float(np.percentile(full, 50)), "p99": float(np.percentile(full, 99))}
 
 
-def _measure(index: Any, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+def measure_recall(index: Any, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
              params: dict[str, int], fetch: int) -> dict[str, float]:
     _, rows = ann.ann_search(index, queries, fetch, params)
     _, reranked = ann.rerank(vectors, queries, rows, RECALL_K)
@@ -182,8 +183,8 @@ def tune_index(index: Any, vectors: np.ndarray, choice: IndexChoice, config: Ind
         for value in values:
             params = {choice.search_param: value} if value is not None else {}
             trial = {"params": params, "rerank_candidates": depth,
-                     **_measure(index, vectors, queries, truth, params, depth)}
-            trial["latency_ms"] = _latency(index, vectors, lat_queries, params, depth)
+                     **measure_recall(index, vectors, queries, truth, params, depth)}
+            trial["latency_ms"] = measure_latency(index, vectors, lat_queries, params, depth)
             trials.append(trial)
             if trial["latency_ms"]["p50"] > budget.latency_ms or trial["recall_at_10"] >= budget.target_recall:
                 break  # larger values only cost more time
@@ -204,7 +205,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> BuiltIndex:
     rng = np.random.default_rng(config.seed)
     choice = choose_index(n, d, config)
     if config.factory:
-        choice = _forced_choice(config.factory, choice)
+        choice = forced_choice(config.factory, choice)
     start = time.perf_counter()
     index, timings = train_and_add(vectors, choice, config, rng)
     timings["build_s"] = time.perf_counter() - start
@@ -222,7 +223,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> BuiltIndex:
     )
 
 
-def _forced_choice(factory: str, chosen: IndexChoice) -> IndexChoice:
+def forced_choice(factory: str, chosen: IndexChoice) -> IndexChoice:
     """A config-forced factory keeps the selector's figures for reference but says it was forced."""
     upper = factory.upper()
     if "IVF" in upper:
