@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 EXIT_CANNOT_RUN = 2
 
@@ -44,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides)
         encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
-        encoder = _load_encoder(settings.model, settings.pretrained, settings.device)
+        encoder = _encoder_for(args.store, settings)
         report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)
+        _remember_fingerprint(args.store, settings, encoder.identity)
     except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError,
             RayUnavailableError, RayBackendError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
@@ -82,3 +85,96 @@ def _load_encoder(model: str, pretrained: str | None, device: str):
     if pretrained == "random":
         torch.manual_seed(0)
     return load_encoder(model, pretrained, device)
+
+
+class LazyEncoder:
+    """Stands in for a ClipEncoder whose identity the store already knows (same model, weights file and
+    library versions as its last run): a no-op rerun then never imports torch or builds the model. The real
+    encoder is loaded on first use and must have exactly the remembered identity."""
+
+    def __init__(self, identity: Any, load: Callable[[], Any]):
+        self.identity = identity
+        self._load = load
+        self._real: Any = None
+
+    @property
+    def dim(self) -> int:
+        return self.identity.dim
+
+    @property
+    def context_length(self) -> int:
+        return self.identity.context_length
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._real is None:
+            real = self._load()
+            if real.identity != self.identity:
+                raise RuntimeError(
+                    "encoder identity changed although its fingerprint did not: "
+                    + "; ".join(real.identity.differences(self.identity))
+                )
+            self._real = real
+        return getattr(self._real, name)
+
+
+def _fingerprint(model: str, pretrained: str | None) -> str | None:
+    """What the encoder's identity depends on, computable without torch; None when it cannot be known."""
+    from importlib.metadata import version
+
+    from search.encoder import file_sha256
+    from search.models import registry
+
+    parts: dict[str, Any] = {"model": model, "pretrained": pretrained, "open_clip": version("open_clip_torch"),
+                             "torch": version("torch")}
+    checkpoint: Path | None = None
+    if model in registry.TINY_ALIASES:
+        parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
+        checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
+    if pretrained not in (None, "random") and (  # the same rule as search.encoder: a file, not an open_clip tag
+        Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained
+    ):
+        checkpoint = Path(pretrained).expanduser()
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            return None
+        st = checkpoint.stat()
+        parts["checkpoint"] = [str(checkpoint.resolve()), st.st_size, st.st_mtime_ns]
+    return json.dumps(parts, sort_keys=True)
+
+
+def _encoder_for(store: Path, settings: Any) -> Any:
+    """A LazyEncoder when the store remembers this fingerprint's identity, else the loaded encoder."""
+    from indexer.store import DB_NAME, MetadataStore, connect
+    from search.encoder import EncoderIdentity
+
+    def load() -> Any:
+        return _load_encoder(settings.model, settings.pretrained, settings.device)
+
+    fingerprint = _fingerprint(settings.model, settings.pretrained)
+    db_path = Path(store) / DB_NAME
+    if fingerprint is None or not db_path.is_file():
+        return load()
+    db = MetadataStore(connect(db_path, readonly=True))
+    try:
+        known, identity = db.get_meta("encoder_fingerprint"), db.get_meta("encoder")
+    finally:
+        db.close()
+    if known != fingerprint or identity is None:
+        return load()
+    return LazyEncoder(EncoderIdentity.from_dict(json.loads(identity)), load)
+
+
+def _remember_fingerprint(store: Path, settings: Any, identity: Any) -> None:
+    """After a completed run, remember which fingerprint produced the store's encoder identity."""
+    from indexer.store import DB_NAME, MetadataStore
+
+    fingerprint = _fingerprint(settings.model, settings.pretrained)
+    db = MetadataStore.open(Path(store) / DB_NAME)
+    try:
+        if fingerprint is not None and db.get_meta("encoder_key") == identity.key:
+            with db.conn:
+                db.set_meta("encoder_fingerprint", fingerprint)
+    finally:
+        db.close()

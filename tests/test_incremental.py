@@ -188,6 +188,40 @@ def test_cli_build_status_and_unavailable_weights(tree: tuple[Path, Path]) -> No
     assert st["version"] == report["version"]
     assert (st["indexed"], st["failed"], st["deleted"]) == (6, 1, 0)
     assert st["failures"] == [{"path": "bad.png", "reason": st["failures"][0]["reason"]}] and st["failures"][0]["reason"]
+    again = cli("build", "--images", str(images), "--store", str(store), "--pretrained", "random",
+                "--device", "cpu", "--batch-size", "4", "--workers", "1")
+    assert again.returncode == 0, again.stderr
+    noop = json.loads(again.stdout)
+    assert (noop["counts"]["encoded"], noop["published"], noop["version"]) == (0, False, report["version"])
     missing = cli("build", "--images", str(images), "--store", str(store), "--pretrained", "/nonexistent/w.pt")
     assert missing.returncode == 2
     assert missing.stdout == "" and missing.stderr.strip().splitlines()[-1].startswith("error: Checkpoint file not found")
+
+
+def test_lazy_encoder_is_not_loaded_for_a_noop_run(tree: tuple[Path, Path]) -> None:
+    from indexer.build_cmd import LazyEncoder
+
+    images, store = tree
+    run(images, store)
+    loads: list[int] = []
+
+    def load():
+        loads.append(1)
+        return tiny_encoder()
+
+    lazy = LazyEncoder(tiny_encoder().identity, load)
+    noop = run_build(images, store, settings(), lazy)
+    assert noop["counts"]["encoded"] == 0 and loads == []
+    draw(images / "late.png", seed=77)
+    added = run_build(images, store, settings(), lazy)
+    assert added["counts"]["encoded"] == 1 and loads == [1] and added["published"]
+
+
+def test_lazy_encoder_refuses_a_different_identity() -> None:
+    from indexer.build_cmd import LazyEncoder
+
+    base = tiny_encoder()
+    lazy = LazyEncoder(dataclasses.replace(base.identity, checksum="f" * 64), lambda: base)
+    assert lazy.dim == base.dim
+    with pytest.raises(RuntimeError, match="checksum"):
+        lazy.preprocess
