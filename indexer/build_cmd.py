@@ -46,11 +46,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides)
         encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
-        encoder = _encoder_for(args.store, settings)
+        encoder = _encoder_for(args.store, settings, lazy=args.backend == "local")
         report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)
         _remember_fingerprint(args.store, settings, encoder.identity)
     except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError,
-            RayUnavailableError, RayBackendError) as exc:
+            RayUnavailableError, RayBackendError, EncoderFingerprintError) as exc:
+        if isinstance(exc, EncoderFingerprintError):
+            _forget_fingerprint(args.store)
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
         return EXIT_CANNOT_RUN
     print(json.dumps(report, indent=2, sort_keys=True))
@@ -87,6 +89,10 @@ def _load_encoder(model: str, pretrained: str | None, device: str):
     return load_encoder(model, pretrained, device)
 
 
+class EncoderFingerprintError(RuntimeError):
+    """The remembered identity was wrong; the fingerprint is forgotten so the next run loads eagerly."""
+
+
 class LazyEncoder:
     """Stands in for a ClipEncoder whose identity the store already knows (same model, weights file and
     library versions as its last run): a no-op rerun then never imports torch or builds the model. The real
@@ -105,18 +111,29 @@ class LazyEncoder:
     def context_length(self) -> int:
         return self.identity.context_length
 
+    def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        """Pickling or copying ships the real encoder (a loader closure cannot travel)."""
+        return _same, (self._encoder(),)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        return getattr(self._encoder(), name)
+
+    def _encoder(self) -> Any:
         if self._real is None:
             real = self._load()
             if real.identity != self.identity:
-                raise RuntimeError(
-                    "encoder identity changed although its fingerprint did not: "
+                raise EncoderFingerprintError(
+                    "the encoder's identity changed although its fingerprint did not (rerun to re-encode): "
                     + "; ".join(real.identity.differences(self.identity))
                 )
             self._real = real
-        return getattr(self._real, name)
+        return self._real
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _fingerprint(model: str, pretrained: str | None) -> str | None:
@@ -144,7 +161,7 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     return json.dumps(parts, sort_keys=True)
 
 
-def _encoder_for(store: Path, settings: Any) -> Any:
+def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
     """A LazyEncoder when the store remembers this fingerprint's identity, else the loaded encoder."""
     from indexer.store import DB_NAME, MetadataStore, connect
     from search.encoder import EncoderIdentity
@@ -154,7 +171,7 @@ def _encoder_for(store: Path, settings: Any) -> Any:
 
     fingerprint = _fingerprint(settings.model, settings.pretrained)
     db_path = Path(store) / DB_NAME
-    if fingerprint is None or not db_path.is_file():
+    if not lazy or fingerprint is None or not db_path.is_file():
         return load()
     db = MetadataStore(connect(db_path, readonly=True))
     try:
@@ -176,5 +193,16 @@ def _remember_fingerprint(store: Path, settings: Any, identity: Any) -> None:
         if fingerprint is not None and db.get_meta("encoder_key") == identity.key:
             with db.conn:
                 db.set_meta("encoder_fingerprint", fingerprint)
+    finally:
+        db.close()
+
+
+def _forget_fingerprint(store: Path) -> None:
+    from indexer.store import DB_NAME, MetadataStore
+
+    db = MetadataStore.open(Path(store) / DB_NAME)
+    try:
+        with db.conn:
+            db.conn.execute("DELETE FROM meta WHERE key = 'encoder_fingerprint'")
     finally:
         db.close()

@@ -225,3 +225,13 @@ def test_lazy_encoder_refuses_a_different_identity() -> None:
     assert lazy.dim == base.dim
     with pytest.raises(RuntimeError, match="checksum"):
         lazy.preprocess
+
+
+def test_lazy_encoder_pickles_as_the_real_encoder() -> None:
+    import pickle
+
+    from indexer.build_cmd import LazyEncoder
+
+    base = tiny_encoder()
+    clone = pickle.loads(pickle.dumps(LazyEncoder(base.identity, lambda: base)))
+    assert type(clone) is type(base) and clone.identity == base.identity
