@@ -42,7 +42,7 @@ def candidate_factories(n: int, d: int, config: IndexConfig) -> list[str]:
     """The selector's own choice plus the other families it can land on at this size."""
     nlist = ivf_nlist(n)
     chosen = choose_index(n, d, config).factory
-    m = 64 if d % 64 == 0 else 32
+    m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if m <= max(1, d // 4) and d % m == 0)
     dd = min(d, 4 * m)
     opq = f"OPQ{m}_{dd}" if dd != d else f"OPQ{m}"
     families = [f"HNSW{config.hnsw_m}", f"IVF{nlist},PQ{m}", f"{opq},IVF{nlist},PQ{m}"]
