@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ class TrainSettings:
     """Everything the trained weights depend on (part of the cache key)."""
 
     seed: int = 0
-    steps: int = 600
+    steps: int = 150
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -55,12 +56,16 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
 
 
+# settings that do not change the weights (the loader worker count only changes who renders a batch)
+_NOT_IN_KEY = {"loader_workers", "eval_gallery", "eval_seed"}
+
+
 def settings_key(settings: TrainSettings) -> str:
     """Digest of what the weights depend on: world version, trainer settings, model config, tokenizer merges."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "world": world.WORLD_VERSION,
-        "settings": {k: v for k, v in settings.to_dict().items() if k not in {"eval_gallery", "eval_seed"}},
+        "settings": {k: v for k, v in settings.to_dict().items() if k not in _NOT_IN_KEY},
         "model_config": _file_digest(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json"),
         "bpe": _file_digest(registry.TINY_BPE),
     }
@@ -160,7 +165,8 @@ class WorldBatches:
 class TrainResult:
     state_dict: dict[str, Any]
     losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the step loop
+    cpu_seconds: float = 0.0  # CPU time of trainer and loader workers: comparable across machine load
 
 
 def create_tiny_model() -> tuple[Any, Callable]:
@@ -207,7 +213,7 @@ def train(settings: TrainSettings, progress: Callable[[int, float], None] | None
     loss_fn = open_clip.loss.ClipLoss()
     optimizer = _optimizer(model, settings)
     result = TrainResult(state_dict={})
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     for step, (pixels, tokens) in enumerate(loader):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, settings)
@@ -221,9 +227,16 @@ def train(settings: TrainSettings, progress: Callable[[int, float], None] | None
         result.losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, result.losses[-1])
+    del loader  # joins the loader workers, so their CPU time is counted
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = _cpu_seconds() - cpu_start
     result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return result
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _single_thread_worker(_: int) -> None:
@@ -276,6 +289,7 @@ def train_and_save(settings: TrainSettings, path: Path, evaluate: bool = True,
     info: dict[str, Any] = {
         "key": settings_key(settings), "settings": settings.to_dict(), "world_version": world.WORLD_VERSION,
         "steps": settings.steps, "train_seconds": round(result.seconds, 1),
+        "train_cpu_seconds": round(result.cpu_seconds, 1), "threads": settings.threads,
         "loss_first": result.losses[0], "loss_last": float(np.mean(result.losses[-10:])),
         "load_average": list(os.getloadavg()),
     }
