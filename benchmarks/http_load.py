@@ -47,10 +47,13 @@ end
 
 
 def run_wrk(url: str, mode: str, duration: int, connections: int, threads: int, script: Path) -> dict:
-    out = subprocess.run(
+    proc = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, check=True, env={**os.environ, "PHOTOSTOCK_MODE": mode},
-    ).stdout
+        capture_output=True, text=True, env={**os.environ, "PHOTOSTOCK_MODE": mode},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
+    out = proc.stdout
     line = next(line for line in out.splitlines() if line.startswith("JSON "))
     stats = json.loads(line[5:])
     stats["qps"] = round(stats["requests"] / stats["seconds"], 1)
