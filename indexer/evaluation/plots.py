@@ -67,7 +67,7 @@ def recall_latency(curves: Mapping[str, Sequence[Mapping[str, Any]]], param: str
         ax.plot(xs, ys, marker="o", label=name)
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(f"{param}={r[param]}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, -9))
-    ax.set_xlabel("ms per query (single thread)")
+    ax.set_xlabel("median ms per query (one query at a time)")
     ax.set_ylabel(f"recall@{k} vs exact")
     ax.set_ylim(0, 1.05)
     ax.legend()
