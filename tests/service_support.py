@@ -156,7 +156,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m search serve` in a subprocess; started() returns once uvicorn says startup is complete."""
+    """`python -m search serve` in a subprocess; started() returns once uvicorn says it is listening."""
 
     def __init__(self, settings: Settings, config_path: Path):
         config_path.write_text(json.dumps(settings.model_dump(mode="json", exclude={"store"})))
@@ -174,7 +174,7 @@ class ServerProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:  # blocks on the server's own log: no polling, no sleeps
             self.log.append(line)
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:  # logged after the bind; startup-complete comes before it
                 threading.Thread(target=self._drain, daemon=True).start()  # a full pipe would block the server
                 return self
         raise RuntimeError("server exited during startup:\n" + "".join(self.log))
