@@ -180,7 +180,10 @@ def tune_index(index: Any, vectors: np.ndarray, choice: IndexChoice, config: Ind
     depths = sorted(set(config.rerank_candidates)) if choice.kind != "flat" else [RECALL_K]
     trials: list[dict[str, Any]] = []
     for depth in depths:
-        for value in values:
+        grid = values
+        if choice.search_param == "efSearch":  # HNSW raises efSearch to k itself; record what really runs
+            grid = tuple(sorted({max(int(v), depth) for v in values if v is not None}))
+        for value in grid:
             params = {choice.search_param: value} if value is not None else {}
             trial = {"params": params, "rerank_candidates": depth,
                      **measure_recall(index, vectors, queries, truth, params, depth)}
