@@ -57,17 +57,20 @@ def index_bytes(index: Any) -> int:
     return int(faiss.serialize_index(index).size)
 
 
-def _use_gpu_for_training(index: Any, config: IndexConfig) -> bool:
-    """GPU k-means for the IVF coarse quantizer when faiss-gpu and a device exist (checked before any call)."""
+def _gpu_clustering_index(index: Any, config: IndexConfig) -> Any | None:
+    """GPU k-means for the IVF coarse quantizer when faiss-gpu and a device exist (checked before any GPU
+    call). Returns the GPU index, which the caller must keep referenced until training ends (FAISS holds only
+    a raw pointer to it)."""
     import faiss
 
     if not config.use_gpu or not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() < 1:
-        return False
+        return None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
-        return False
-    ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
-    return True
+        return None
+    gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    ivf.clustering_index = gpu_index
+    return gpu_index
 
 
 def _configure_training(index: Any, config: IndexConfig) -> None:
@@ -108,7 +111,7 @@ def train_and_add(vectors: np.ndarray, choice: IndexChoice, config: IndexConfig,
             ivf.cp.niter = config.kmeans_iters
             ivf.cp.max_points_per_centroid = max(config.ivf_train_points_per_list, 39)
             ivf.cp.seed = config.seed
-        gpu = _use_gpu_for_training(index, config)
+        gpu = _gpu_clustering_index(index, config)
         n_train = min(vectors.shape[0], choice.train_size or vectors.shape[0])
         sample = rng.choice(vectors.shape[0], size=n_train, replace=False)
         train = np.concatenate(list(_f32_batches(vectors, sample)))
@@ -116,9 +119,10 @@ def train_and_add(vectors: np.ndarray, choice: IndexChoice, config: IndexConfig,
         index.train(train)
         timings["train_s"] = time.perf_counter() - start
         timings["train_points"] = float(n_train)
-        timings["train_on_gpu"] = float(gpu)
-        if gpu:
-            ivf.clustering_index = None
+        timings["train_on_gpu"] = float(gpu is not None)
+        if gpu is not None:
+            ivf.clustering_index = None  # the trained centroids are on the CPU index; drop the GPU helper
+            del gpu
     start = time.perf_counter()
     for batch in _f32_batches(vectors):
         index.add(batch)

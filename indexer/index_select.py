@@ -81,7 +81,7 @@ class IndexConfig:
     rerank_candidates: tuple[int, ...] = (50, 100, 200)
     recall_queries: int = 500
     latency_queries: int = 200
-    query_noise: float = 0.05
+    query_noise: float = 0.3         # L2 norm of the perturbation added to sampled rows to make queries
     use_gpu: bool = True             # use GPU training when faiss-gpu and a device exist
     keep_versions: int = 3
     seed: int = 1234

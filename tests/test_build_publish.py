@@ -27,7 +27,7 @@ def _independent_recall(store: Path, vectors: np.ndarray) -> tuple[float, float]
     """Recall@10 of the published artifact on fresh queries, computed here without the build's code path."""
     art = open_current(store)
     rng = np.random.default_rng(99)
-    q = vectors[rng.choice(len(vectors), 100, replace=False)] + 0.01 * rng.standard_normal((100, D))
+    q = vectors[rng.choice(len(vectors), 100, replace=False)] + 0.3 / np.sqrt(D) * rng.standard_normal((100, D))
     q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     exact = (q @ np.asarray(art.vectors, dtype=np.float32).T).argsort(axis=1)[:, ::-1][:, :10]
     truth = art.ids[exact]
