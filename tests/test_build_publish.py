@@ -174,3 +174,29 @@ def test_snapshot_is_a_read_only_copy_of_live_wal_database(tmp_path: Path, vecto
         {"id": 6, "path": "img/000006.jpg", "status": "indexed", "tags": "[]"},
     ]
     art.close()
+
+
+def test_gpu_training_path_is_gated_and_wired(vectors: np.ndarray, monkeypatch) -> None:
+    """No GPU here: the gate must say CPU; with a stand-in 'GPU' index the IVF training must use it."""
+    import faiss
+
+    from indexer import build
+
+    cfg = small_config(factory="IVF16,Flat", recall_queries=20, latency_queries=5, rerank_candidates=[20])
+    plain = build.build_index(vectors.astype(np.float16), cfg)
+    assert plain.timings["train_on_gpu"] == (1.0 if faiss.get_num_gpus() > 0 else 0.0)
+
+    used = []
+
+    def fake_cpu_to_all_gpus(index):
+        used.append(index)
+        return faiss.IndexFlatL2(index.d)
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_cpu_to_all_gpus, raising=False)
+    gpu = build.build_index(vectors.astype(np.float16), cfg)
+    assert used and gpu.timings["train_on_gpu"] == 1.0
+    assert gpu.recall_at_10 > 0.9
+    off = build.build_index(vectors.astype(np.float16), small_config(factory="IVF16,Flat", use_gpu=False,
+                                                                      recall_queries=20, latency_queries=5))
+    assert off.timings["train_on_gpu"] == 0.0
