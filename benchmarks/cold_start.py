@@ -1,6 +1,7 @@
 """Service cold start to ready on an N-vector artifact (default 1M), against the floor any service has to pay
 on the same artifact in the same run: a bare Python process that imports faiss and numpy, reads the index and
-memory-maps the vectors.
+memory-maps the vectors. A process that only imports the service's libraries (torch, open_clip, onnxruntime,
+fastapi, uvicorn, faiss) is timed too, to show how much of the start is imports.
 
 The artifact is published directly with indexer.publish from seeded random unit vectors (the tiny model's
 dimension and identity, so the service accepts it) and an IVF-Flat index. Cold start = spawning
@@ -142,11 +143,13 @@ def main() -> int:
     from search.artifact import current_path
 
     floor_s, done = timed_run([sys.executable, "-c", FLOOR, str(current_path(store))])
+    imports_s, _ = timed_run([sys.executable, "-c", "import torch, open_clip, onnxruntime, fastapi, uvicorn, faiss"])
     starts = [start_service(store, ckpt, args.work / "onnx-cache", args.work / "service.json") for _ in range(args.repeats)]
     warm = starts[-1]["startup_s"]
     result = {"benchmark": "cold_start", "machine": machine(), "vectors": args.n, "factory": factory,
               "version": version, "publish_s": round(publish_s, 1),
               "floor_process_s": round(floor_s, 2), "floor_load_s": round(float(done.stdout.strip()), 3),
+              "imports_process_s": round(imports_s, 2),
               "starts": starts, "startup_s": warm, "ratio_to_floor": round(warm / floor_s, 2)}
     print(json.dumps(result, indent=2))
     return 0
