@@ -29,7 +29,7 @@ def test_search_page_shows_the_right_thumbnails(world, tmp_path):
 
     query = next(q for q in world.queries if q["unseen"])["query"]
     with open_current(world.store) as artifact:
-        _, ids = artifact.exact_search(encoder_for(world.checkpoint).encode_texts([query]), 24)
+        _, ids = artifact.exact_search(encoder_for(world.checkpoint).encode_texts([query]), 48)
     expected = [str(i) for i in ids[0].tolist()]
 
     with running_server(settings_for(world), tmp_path / "service.json") as server, sync_playwright() as pw:
@@ -38,19 +38,21 @@ def test_search_page_shows_the_right_thumbnails(world, tmp_path):
             viewport={"width": 1000, "height": 700})  # the grid overflows it: no auto-load before "More"
         try:
             page = context.new_page()
+            page.set_default_timeout(60_000)  # a deadline for a loaded machine, not a timing assertion
             page.goto(server.url + "/")
             page.fill("#q", query)
             page.press("#q", "Enter")
             hits = page.locator("#grid li.hit")
-            expect(hits).to_have_count(24)
-            assert [hits.nth(i).get_attribute("data-id") for i in range(5)] == expected[:5]
-            expect(page.locator("#status")).to_contain_text("query time")
+            expect(hits).to_have_count(24, timeout=60_000)
+            assert [hits.nth(i).get_attribute("data-id") for i in range(24)] == expected[:24]
+            expect(page.locator("#status")).to_contain_text("query time", timeout=60_000)
             first = hits.nth(0)
-            expect(first.locator(".score")).to_contain_text("score")
-            assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
-            # more results: the button appends the next page, continuing the ranking
+            expect(first.locator(".score")).to_contain_text("score", timeout=60_000)
+            expect(first.locator("img")).to_have_js_property("complete", True, timeout=60_000)  # the thumbnail has loaded
+            assert first.locator("img").evaluate("img => img.naturalWidth") > 0
+            # more results (button, or scrolling it into view): the next page continues the ranking
             page.click("#more")
-            expect(hits).to_have_count(48)
-            assert hits.nth(24).get_attribute("data-id") != hits.nth(0).get_attribute("data-id")
+            page.wait_for_function("document.querySelectorAll('#grid li.hit').length >= 48")
+            assert [hits.nth(i).get_attribute("data-id") for i in range(48)] == expected[:48]
         finally:
             context.close()
