@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(bench_one(factory, vectors, queries, truth, config, {"nprobe": args.nprobe,
                                                                             "efSearch": args.ef},
                                  args.rerank, args.latency_queries))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # partial results survive a timeout
     report = {
         "n": args.n, "d": args.d, "clusters": args.clusters, "queries": len(queries), "setup_s": round(setup_s, 2),
         "selector": choose_index(args.n, args.d, config).to_dict() | {"inputs": None, "rejected": None},
