@@ -28,6 +28,7 @@ from indexer import world
 from search.models import registry
 
 CHECKPOINT_FORMAT = 1
+STREAM_FINETUNE = 3  # image stream of the second stage (the first uses world.STREAM_TRAIN)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class TrainSettings:
     jpeg_quality: tuple[int, int] = (75, 95)
     threads: int = 2
     loader_workers: int = 1  # a worker renders the next batch while the model trains on this one
+    # Second stage: continue from the first stage's float16 checkpoint on hard-negative batches (groups that
+    # share colour and background and differ only in shape and size: the attributes the first stage confuses).
+    finetune_steps: int = 0
+    finetune_lr: float = 3e-4
+    finetune_warmup: int = 5
     eval_gallery: int = 600
     eval_seed: int = 1000
 
@@ -139,16 +145,23 @@ class WorldBatches:
     def __len__(self) -> int:
         return self.settings.steps
 
+    def picks(self, step: int) -> list[world.Composition]:
+        """Distinct compositions, so a contrastive batch holds no false negatives."""
+        s = self.settings
+        rng = np.random.default_rng(np.random.SeedSequence([s.seed, 7, step]))
+        idx = rng.choice(len(self.compositions), size=min(s.batch_size, len(self.compositions)), replace=False)
+        return [self.compositions[int(i)] for i in idx]
+
+    def image_stream(self) -> int:
+        return world.STREAM_TRAIN
+
     def __getitem__(self, step: int) -> tuple[Any, Any]:
         import torch
 
         s = self.settings
-        rng = np.random.default_rng(np.random.SeedSequence([s.seed, 7, step]))
-        picks = rng.choice(len(self.compositions), size=min(s.batch_size, len(self.compositions)), replace=False)
         pixels, captions = [], []
-        for i, pick in enumerate(picks):
-            comp = self.compositions[int(pick)]
-            img_rng = world.image_rng(s.seed, world.STREAM_TRAIN, step * s.batch_size + i)
+        for i, comp in enumerate(self.picks(step)):
+            img_rng = world.image_rng(s.seed, self.image_stream(), step * s.batch_size + i)
             side = int(s.render_sizes[img_rng.integers(len(s.render_sizes))])
             image = world.render(comp, img_rng, (side, side))
             if img_rng.random() < s.jpeg_share:
@@ -156,6 +169,27 @@ class WorldBatches:
             pixels.append(self.preprocess(image))
             captions.append(comp.caption)
         return torch.stack(pixels), self.tokenizer(captions)
+
+
+class HardNegativeBatches(WorldBatches):
+    """Whole groups sharing colour and background: every image meets the other shapes and sizes it could be
+    confused with as in-batch negatives, instead of about one such negative in a random batch."""
+
+    GROUP = len(world.SIZES) * len(world.SHAPES)
+
+    def __len__(self) -> int:
+        return self.settings.finetune_steps
+
+    def picks(self, step: int) -> list[world.Composition]:
+        s = self.settings
+        rng = np.random.default_rng(np.random.SeedSequence([s.seed, 8, step]))
+        keys = sorted({(c.colour, c.background) for c in self.compositions})
+        chosen = rng.choice(len(keys), size=max(1, min(len(keys), s.batch_size // self.GROUP)), replace=False)
+        wanted = {keys[int(i)] for i in chosen}
+        return [c for c in self.compositions if (c.colour, c.background) in wanted][: s.batch_size]
+
+    def image_stream(self) -> int:
+        return STREAM_FINETUNE
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -189,24 +223,41 @@ def _optimizer(model: Any, settings: TrainSettings) -> Any:
                               {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
 
 
-def _lr_at(step: int, settings: TrainSettings) -> float:
+def _lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     """Linear warmup then cosine decay to 2% of the peak."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    t = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def base_settings(settings: TrainSettings) -> TrainSettings:
+    """The first stage of a two-stage recipe."""
+    from dataclasses import replace
+
+    return replace(settings, finetune_steps=0)
 
 
 def train(settings: TrainSettings, progress: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Run `settings.steps` steps of ClipLoss training; deterministic for a fixed seed and thread count."""
+    """Run `settings.steps` steps of ClipLoss training; deterministic for a fixed seed and thread count.
+
+    With `finetune_steps`, start from the first stage's checkpoint (cached or trained) and run only the second.
+    """
     import open_clip
     import torch
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model, preprocess = create_tiny_model()
+    tokenizer = registry.tiny_tokenizer()
+    if settings.finetune_steps > 0:
+        open_clip.load_checkpoint(model, str(ensure_tiny_checkpoint(base_settings(settings))))
+        batches: WorldBatches = HardNegativeBatches(settings, preprocess, tokenizer)
+        schedule = (settings.finetune_lr, settings.finetune_warmup, settings.finetune_steps)
+    else:
+        batches = WorldBatches(settings, preprocess, tokenizer)
+        schedule = (settings.lr, settings.warmup_steps, settings.steps)
     model.train()
-    batches = WorldBatches(settings, preprocess, registry.tiny_tokenizer())
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
                                          num_workers=settings.loader_workers,
                                          worker_init_fn=_single_thread_worker)
@@ -216,7 +267,7 @@ def train(settings: TrainSettings, progress: Callable[[int, float], None] | None
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     for step, (pixels, tokens) in enumerate(loader):
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, settings)
+            group["lr"] = _lr_at(step, *schedule)
         out = model(pixels, tokens)
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         optimizer.zero_grad(set_to_none=True)
@@ -288,7 +339,8 @@ def train_and_save(settings: TrainSettings, path: Path, evaluate: bool = True,
     result = train(settings, progress)
     info: dict[str, Any] = {
         "key": settings_key(settings), "settings": settings.to_dict(), "world_version": world.WORLD_VERSION,
-        "steps": settings.steps, "train_seconds": round(result.seconds, 1),
+        "steps": settings.steps + settings.finetune_steps, "stage_steps": len(result.losses),
+        "train_seconds": round(result.seconds, 1),
         "train_cpu_seconds": round(result.cpu_seconds, 1), "threads": settings.threads,
         "loss_first": result.losses[0], "loss_last": float(np.mean(result.losses[-10:])),
         "load_average": list(os.getloadavg()),

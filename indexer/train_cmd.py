@@ -16,6 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     defaults = train.TrainSettings()
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (fixed, not a time)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--finetune-steps", type=int, default=defaults.finetune_steps,
+                        help="second-stage steps on hard-negative batches, from the first stage's checkpoint")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint path (default: the cache entry for these settings)")
@@ -32,15 +34,16 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"bpe": str(registry.TINY_BPE),
                           "vocab_size": train.cut_bpe(world.vocabulary(), registry.TINY_BPE)}))
         return 0
-    if args.steps < 1 or args.batch_size < 2:
-        print("error: --steps must be >= 1 and --batch-size >= 2", file=sys.stderr)
+    if args.steps < 1 or args.batch_size < 2 or args.finetune_steps < 0:
+        print("error: --steps must be >= 1, --finetune-steps >= 0 and --batch-size >= 2", file=sys.stderr)
         return 2
-    settings = replace(train.TrainSettings(), steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    settings = replace(train.TrainSettings(), steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                       finetune_steps=args.finetune_steps)
     out = args.out or train.cached_checkpoint_path(settings)
 
     def progress(step: int, loss: float) -> None:
-        if not args.quiet and (step % 25 == 0 or step == settings.steps - 1):
-            print(f"step {step + 1}/{settings.steps} loss {loss:.4f}", file=sys.stderr, flush=True)
+        if not args.quiet and step % 10 == 0:
+            print(f"step {step + 1} loss {loss:.4f}", file=sys.stderr, flush=True)
 
     info = train.train_and_save(settings, out, evaluate=not args.no_eval, progress=progress)
     print(json.dumps({"checkpoint": str(out), **info}))
