@@ -54,6 +54,7 @@ def test_held_out_recall_over_http_equals_exact_search(world, server):
             http_recall.append(_recall_at_10([h["path"] for h in r.json()["hits"]], q["relevant"]))
             exact_recall.append(_recall_at_10([path_of[int(i)] for i in ids], q["relevant"]))
     http_r10, exact_r10 = 100 * np.mean(http_recall), 100 * np.mean(exact_recall)
+    print(f"held-out R@10 over HTTP {http_r10:.2f}, exact search {exact_r10:.2f} ({len(held_out)} queries)")
     assert abs(http_r10 - exact_r10) <= 0.5, (http_r10, exact_r10)
 
 
