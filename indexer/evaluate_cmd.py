@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, modes: list[str], workdir: Path) -> dict[str, 
         url = args.url
         inprocess = [m for m in modes if m != "http"]
         if "http" in modes and url is None:
-            with stores_served(store, encoder, pretrained) as url:
+            with _served(store, encoder, pretrained) as url:
                 report = runner.evaluate_store(dataset, view, encoder, inprocess, args.k, args.params,
                                                args.candidates, http_url=url)
         else:
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, modes: list[str], workdir: Path) -> dict[str, 
     return report
 
 
-def stores_served(store: Path, encoder: Any, pretrained: str | None):
+def _served(store: Path, encoder: Any, pretrained: str | None):
     from indexer.evaluation.served import serve_store
 
     if pretrained is None:
