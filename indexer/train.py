@@ -64,6 +64,7 @@ def _file_digest(path: Path) -> str:
 
 # settings that do not change the weights (the loader worker count only changes who renders a batch)
 _NOT_IN_KEY = {"loader_workers", "eval_gallery", "eval_seed"}
+_FINETUNE = {"finetune_steps", "finetune_lr", "finetune_warmup"}  # no second stage: none of these matter
 
 
 def settings_key(settings: TrainSettings) -> str:
@@ -71,7 +72,8 @@ def settings_key(settings: TrainSettings) -> str:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "world": world.WORLD_VERSION,
-        "settings": {k: v for k, v in settings.to_dict().items() if k not in _NOT_IN_KEY},
+        "settings": {k: v for k, v in settings.to_dict().items()
+                     if k not in _NOT_IN_KEY and not (settings.finetune_steps == 0 and k in _FINETUNE)},
         "model_config": _file_digest(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json"),
         "bpe": _file_digest(registry.TINY_BPE),
     }

@@ -123,6 +123,11 @@ def test_settings_key_tracks_what_changes_weights():
     assert train.settings_key(base) == train.settings_key(replace(base, loader_workers=3))
     assert train.settings_key(base) != train.settings_key(replace(base, steps=base.steps + 1))
     assert train.settings_key(base) != train.settings_key(replace(base, seed=base.seed + 1))
+    # second-stage knobs only count when there is a second stage
+    assert train.settings_key(replace(base, finetune_steps=0, finetune_lr=0.123)) == train.settings_key(
+        replace(base, finetune_steps=0))
+    assert train.settings_key(replace(base, finetune_steps=5)) != train.settings_key(
+        replace(base, finetune_steps=5, finetune_lr=0.123))
 
 
 def test_train_command_prints_json_metrics(tmp_path, capsys):
