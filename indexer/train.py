@@ -51,6 +51,7 @@ class TrainSettings:
     finetune_steps: int = 0
     finetune_lr: float = 3e-4
     finetune_warmup: int = 5
+    finetune_hard_share: float = 0.5  # share of a second-stage batch made of whole hard-negative groups
     eval_gallery: int = 600
     eval_seed: int = 1000
 
@@ -64,7 +65,7 @@ def _file_digest(path: Path) -> str:
 
 # settings that do not change the weights (the loader worker count only changes who renders a batch)
 _NOT_IN_KEY = {"loader_workers", "eval_gallery", "eval_seed"}
-_FINETUNE = {"finetune_steps", "finetune_lr", "finetune_warmup"}  # no second stage: none of these matter
+_FINETUNE = {"finetune_steps", "finetune_lr", "finetune_warmup", "finetune_hard_share"}  # no second stage: none of these matter
 
 
 def settings_key(settings: TrainSettings) -> str:
@@ -186,9 +187,14 @@ class HardNegativeBatches(WorldBatches):
         s = self.settings
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, 8, step]))
         keys = sorted({(c.colour, c.background) for c in self.compositions})
-        chosen = rng.choice(len(keys), size=max(1, min(len(keys), s.batch_size // self.GROUP)), replace=False)
+        groups = max(1, min(len(keys), round(s.batch_size * s.finetune_hard_share / self.GROUP)))
+        chosen = rng.choice(len(keys), size=groups, replace=False)
         wanted = {keys[int(i)] for i in chosen}
-        return [c for c in self.compositions if (c.colour, c.background) in wanted][: s.batch_size]
+        grouped = [c for c in self.compositions if (c.colour, c.background) in wanted][: s.batch_size]
+        # the rest of the batch stays random, so the other attributes keep being contrasted across groups
+        rest = [c for c in self.compositions if (c.colour, c.background) not in wanted]
+        fill = rng.choice(len(rest), size=min(len(rest), s.batch_size - len(grouped)), replace=False)
+        return grouped + [rest[int(i)] for i in fill]
 
     def image_stream(self) -> int:
         return STREAM_FINETUNE

@@ -154,5 +154,7 @@ def test_two_stage_recipe_starts_from_the_cached_first_stage(tmp_path, monkeypat
     assert train.checkpoint_info(base)["key"] != train.checkpoint_info(path)["key"]
     hard = train.HardNegativeBatches(two, preprocess=lambda im: torch.zeros(1), tokenizer=lambda caps: caps)
     _, captions = hard[0]
+    assert len(captions) == len(set(captions)) == two.batch_size
+    assert not {c.caption for c in world.all_compositions() if c.unseen}.intersection(captions)
     # each group shares colour and background and holds several shapes
     assert len({" ".join(c.split()[2:3] + c.split()[-2:-1]) for c in captions}) < len(captions)
