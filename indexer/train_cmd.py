@@ -19,6 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-steps", type=int, default=defaults.finetune_steps,
                         help="second-stage steps on hard-negative batches, from the first stage's checkpoint")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--force", action="store_true",
+                        help="train even when a checkpoint for these settings is committed or cached")
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint path (default: the cache entry for these settings)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out gallery evaluation")
@@ -39,6 +41,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     settings = replace(train.TrainSettings(), steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                        finetune_steps=args.finetune_steps)
+    if args.out is None and not args.force:
+        # train at most once per machine: the committed or cached checkpoint for these settings, else train
+        path = train.ensure_tiny_checkpoint(settings)
+        print(json.dumps({"checkpoint": str(path), "trained_now": False, **(train.checkpoint_info(path) or {})}))
+        return 0
     out = args.out or train.cached_checkpoint_path(settings)
 
     def progress(step: int, loss: float) -> None:

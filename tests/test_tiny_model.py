@@ -140,6 +140,18 @@ def test_train_command_prints_json_metrics(tmp_path, capsys):
     assert out.is_file()
 
 
+def test_train_command_loads_the_committed_checkpoint_without_training(capsys, monkeypatch):
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("trained although the committed checkpoint matches the default settings")
+
+    monkeypatch.setattr(train, "train", no_training)
+    assert cli.main(["train"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trained_now"] is False
+    assert report["checkpoint"] == str(registry.TINY_CHECKPOINT)
+    assert report["key"] == train.settings_key(train.TrainSettings())
+
+
 def test_train_command_rejects_bad_steps(capsys):
     assert cli.main(["train", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
