@@ -100,8 +100,12 @@ def test_same_retrieval_for_held_out_captions(stores, world):
     try:
         for text in held_out:
             got, want = (query_text(artifact, tiny_encoder(), text, k=10) for artifact in (ray, local))
-            assert [h.path for h in got] == [h.path for h in want], text
+            # same score at every rank; the same images except where float16 scores tie (many gallery images
+            # share a caption, so equal-within-tolerance scores may come back in either order)
             np.testing.assert_allclose([h.exact_score for h in got], [h.exact_score for h in want], atol=2e-3)
+            clear = want[-1].exact_score + 4e-3
+            assert {h.path for h in got if h.exact_score > clear} == \
+                   {h.path for h in want if h.exact_score > clear}, text
     finally:
         local.close()
         ray.close()
