@@ -53,9 +53,12 @@ def _spec(state: ServiceState, k: int | None, offset: int, **extra: object) -> S
 
 
 def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query: str | None,
-             state: ServiceState) -> SearchResponse:
+             state: ServiceState, kind: str = "text") -> SearchResponse:
     for stage, seconds in outcome.timer.seconds.items():
         state.metrics.stages.labels(stage=stage).observe(seconds)
+    if state.query_log is not None:
+        state.query_log.record(query=query, kind=kind, stages_ms=outcome.timer.milliseconds(),
+                               cache_hit=outcome.cache_hit, results=len(outcome.hits), version=outcome.version)
     response.headers["Server-Timing"] = outcome.timer.server_timing()
     cache = None if outcome.cache_hit is None else ("hit" if outcome.cache_hit else "miss")
     return SearchResponse(query=query, hits=outcome.hits, total=outcome.total, k=spec.k, offset=spec.offset,
@@ -125,7 +128,7 @@ async def search_image(request: Request, response: Response,
         with timer.stage("encode"):
             vector = (await asyncio.to_thread(state.encoder.encode_images, [image]))[0]
         outcome = await state.searcher.search(vector, spec, timer)
-    return _respond(response, outcome, spec, None, state)
+    return _respond(response, outcome, spec, None, state, kind="image")
 
 
 @router.get("/search/similar/{image_id}", response_model=SearchResponse, summary="Images similar to a stored one")
@@ -142,7 +145,7 @@ async def search_similar(request: Request, response: Response, image_id: int,
             except KeyError:
                 raise HTTPException(404, f"no image {image_id} in index version {artifact.version}") from None
         outcome = await state.searcher.search(vector, spec, timer)
-    return _respond(response, outcome, spec, None, state)
+    return _respond(response, outcome, spec, None, state, kind="similar")
 
 
 @router.get("/images/{image_id}", summary="The stored image, or its thumbnail with ?thumb=1",

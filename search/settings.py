@@ -91,6 +91,7 @@ class Settings(_Strict):
     rank: RankSettings = RankSettings()
     reload: ReloadSettings = ReloadSettings()
     images: ImageSettings = ImageSettings()
+    query_log: Path | None = None  # JSONL file, one line per answered search (off when unset)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

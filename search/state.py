@@ -15,6 +15,7 @@ from search.images import ImageStore
 from search.manifest import read_manifest
 from search.metrics import ServiceMetrics
 from search.pipeline import QueryEmbedder, Searcher
+from search.query_log import QueryLog
 from search.reload import ArtifactHolder, ReloadOutcome
 from search.settings import Settings
 from search.text_cache import QueryEmbeddingCache
@@ -36,6 +37,7 @@ class ServiceState:
     batcher: MicroBatcher
     images: ImageStore
     metrics: ServiceMetrics
+    query_log: QueryLog | None = None
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -44,6 +46,8 @@ class ServiceState:
     def close(self) -> None:
         self.batcher.close()
         self.holder.close()
+        if self.query_log is not None:
+            self.query_log.close()
 
 
 def configured_encoder(settings: Settings) -> ClipEncoder:
@@ -91,4 +95,5 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
         embedder=QueryEmbedder(encoder.identity.key, cache, batcher, metrics),
         searcher=Searcher(holder, settings.rank), batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
+        query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,
     )

@@ -161,3 +161,21 @@ def test_encoder_model_taken_from_the_manifest_when_config_names_none(world):
     with TestClient(create_app(settings)) as client:  # loads the encoder itself, from the manifest's model name
         assert client.get("/readyz").json()["ready"]
         assert client.get("/search", params={"q": _caption(world)}).status_code == 200
+
+
+def test_optional_query_log_records_each_answered_search(world, tmp_path):
+    from search.query_log import read_query_log
+
+    log_path = tmp_path / "queries.jsonl"
+    settings = settings_for(world).model_copy(update={"query_log": log_path})
+    app = create_app(settings, encoder=encoder_for(world.checkpoint))
+    query = _caption(world, 2)
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        first = client.get("/search", params={"q": query, "k": 5}).json()
+        client.get("/search", params={"q": query, "k": 5})
+        client.get(f"/search/similar/{first['hits'][0]['id']}", params={"k": 3})
+        assert client.get("/search", params={"q": ""}).status_code == 422  # rejected: not logged
+    records = list(read_query_log(log_path))
+    assert [(r["kind"], r["query"], r["cache_hit"], r["results"]) for r in records] == [
+        ("text", query, False, 5), ("text", query, True, 5), ("similar", None, None, 3)]
+    assert all(r["version"] == first["version"] and r["total"] >= r.get("ann", 0) for r in records)
