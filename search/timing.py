@@ -26,6 +26,10 @@ class StageTimer:
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
+    def as_dict(self) -> dict[str, float]:
+        """Seconds per stage, rounded for reports."""
+        return {name: round(s, 4) for name, s in self.seconds.items()}
+
     def milliseconds(self) -> dict[str, float]:
         return {name: round(s * 1000.0, 3) for name, s in self.seconds.items()}
 
