@@ -25,6 +25,7 @@ import numpy as np
 
 from indexer.build import BuiltIndex, build_index
 from indexer.index_select import IndexConfig
+from indexer.shards import fsync_dir
 from search.artifact import CURRENT_LINK, open_version
 from search.encoder import EncoderIdentity, file_sha256
 from search.manifest import (
@@ -129,20 +130,12 @@ def _write_arrays(tmp: Path, ids: np.ndarray, vectors16: np.ndarray) -> None:
     del out
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_read_only(directory: Path) -> None:
     for file in directory.iterdir():
         with open(file, "rb") as fh:
             os.fsync(fh.fileno())
         file.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def flip_current(store: Path, version_dir: Path) -> None:
@@ -156,7 +149,7 @@ def flip_current(store: Path, version_dir: Path) -> None:
     except OSError:
         tmp_link.unlink(missing_ok=True)
         raise
-    _fsync_dir(store)
+    fsync_dir(store)
 
 
 def prune_versions(store: Path, keep: int) -> list[str]:
@@ -234,7 +227,7 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
         open_version(tmp, verify_checksums=True, expect_encoder=encoder).close()
         final = versions / name
         os.rename(tmp, final)
-        _fsync_dir(versions)
+        fsync_dir(versions)
     except BaseException:
         if tmp.exists():
             _remove_tree(tmp)

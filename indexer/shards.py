@@ -28,7 +28,7 @@ def write_shard(directory: Path, name: str, ids: np.ndarray, vectors: np.ndarray
     directory.mkdir(parents=True, exist_ok=True)
     _write_npy(directory / f"{name}{IDS_SUFFIX}", np.asarray(ids, dtype=np.int64))
     _write_npy(directory / f"{name}{VECTORS_SUFFIX}", np.asarray(vectors, dtype=np.float16))
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -40,7 +40,8 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (a file's own fsync does not cover its entry)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
