@@ -21,6 +21,8 @@ from indexer.progress import StageTimer, progress_bar
 from indexer.settings import IndexerSettings
 from indexer.store import Decoded, MetadataStore
 from search.encoder import ClipEncoder
+from search.image_encoder import ImageEncoder, build_image_encoder
+from search.onnx_runtime import default_cache_dir
 
 
 @dataclass
@@ -48,48 +50,63 @@ def encode_pending(
     next_shard = store.next_shard_number()
     pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels)
     with pool, progress_bar(len(pending), "encode") as bar:
+        decoded = DecodeAhead(pool, pending, image_root, settings.batch_size + 4 * settings.workers, timer)
+        with timer.stage("encoder_setup"):  # while the workers start: ONNX export on first use, then a session
+            image_encoder = image_encoder_for(encoder, settings)
         batch: list[tuple[int, str, DecodeOutcome]] = []
-        for row_id, path, outcome in _decoded(pool, pending, image_root, settings, timer):
+        for row_id, path, outcome in decoded:
             batch.append((row_id, path, outcome))
             if len(batch) >= settings.batch_size:
-                _commit(batch, shards.shard_name(next_shard), encoder, store, shard_dir, stats, timer)
+                _commit(batch, shards.shard_name(next_shard), image_encoder, store, shard_dir, stats, timer)
                 next_shard, batch = next_shard + 1, []
             bar.update(1)
         if batch:
-            _commit(batch, shards.shard_name(next_shard), encoder, store, shard_dir, stats, timer)
+            _commit(batch, shards.shard_name(next_shard), image_encoder, store, shard_dir, stats, timer)
     return stats
 
 
-def _decoded(
-    pool: DecodePool,
-    pending: list[tuple[int, str]],
-    image_root: Path,
-    settings: IndexerSettings,
-    timer: StageTimer,
-) -> Iterator[tuple[int, str, DecodeOutcome]]:
-    """Outcomes in submission order, keeping a bounded number of files scheduled ahead."""
-    ahead = settings.batch_size + 4 * settings.workers
-    todo = iter(pending)
-    window: deque[tuple[int, str, Future]] = deque()
-    with timer.stage("decode_start"):  # the first submit starts the worker processes (imports torch there)
-        for row_id, path in todo:
-            window.append((row_id, path, pool.submit(str(image_root / path))))
-            if len(window) >= ahead:
-                break
-    while window:
-        row_id, path, future = window.popleft()
-        with timer.stage("decode"):
-            outcome = pool.outcome(future)
-        nxt = next(todo, None)
-        if nxt is not None:
-            window.append((nxt[0], nxt[1], pool.submit(str(image_root / nxt[1]))))
-        yield row_id, path, outcome
+def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings) -> ImageEncoder:
+    """The image backend the settings ask for (auto: ONNX Runtime on CPU, torch on CUDA)."""
+    cache = Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else default_cache_dir()
+    return build_image_encoder(encoder, settings.image_backend, cache, micro_batch=settings.onnx_micro_batch)
+
+
+class DecodeAhead:
+    """Files scheduled `ahead` in the decode pool; iterating yields outcomes in submission order.
+
+    Constructing it submits the first window, which starts the worker processes, so the caller can prepare
+    the encoder while they import and decode.
+    """
+
+    def __init__(self, pool: DecodePool, pending: list[tuple[int, str]], image_root: Path, ahead: int,
+                 timer: StageTimer):
+        self.pool, self.image_root, self.timer = pool, image_root, timer
+        self.todo = iter(pending)
+        self.window: deque[tuple[int, str, Future]] = deque()
+        with timer.stage("decode_start"):  # the first submit starts the worker processes
+            for row_id, path in self.todo:
+                self._submit(row_id, path)
+                if len(self.window) >= ahead:
+                    break
+
+    def _submit(self, row_id: int, path: str) -> None:
+        self.window.append((row_id, path, self.pool.submit(str(self.image_root / path))))
+
+    def __iter__(self) -> Iterator[tuple[int, str, DecodeOutcome]]:
+        while self.window:
+            row_id, path, future = self.window.popleft()
+            with self.timer.stage("decode"):
+                outcome = self.pool.outcome(future)
+            nxt = next(self.todo, None)
+            if nxt is not None:
+                self._submit(*nxt)
+            yield row_id, path, outcome
 
 
 def _commit(
     batch: list[tuple[int, str, DecodeOutcome]],
     name: str,
-    encoder: ClipEncoder,
+    encoder: ImageEncoder,
     store: MetadataStore,
     shard_dir: Path,
     stats: EncodeStats,

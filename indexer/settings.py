@@ -30,6 +30,9 @@ class IndexerSettings(BaseModel):
     model: str = "tiny"
     pretrained: str | None = None
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    image_backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime on CPU, torch (AMP) on CUDA
+    onnx_cache_dir: str | None = None  # None: ~/.cache/photostock/onnx, keyed by encoder identity
+    onnx_micro_batch: int = Field(8, ge=1)  # images per ONNX Runtime call (small batches stay in cache)
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=1)
     decode_timeout_s: float = Field(60.0, gt=0)
@@ -44,7 +47,6 @@ class IndexerSettings(BaseModel):
     @classmethod
     def _normalise_extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted({("." + e.lstrip(".")).lower() for e in value}))
-
 
     def index_options(self) -> dict[str, Any]:
         """The index build settings: the index config file's `index:` mapping, then `index` overrides."""

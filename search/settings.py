@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from search.onnx_runtime import default_cache_dir
+
 __all__ = ["Settings", "load_settings", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "service.yaml"
@@ -34,10 +36,7 @@ class TextSettings(_Strict):
     threads: int = Field(0, ge=0)  # 0: ONNX Runtime's default
 
     def cache_dir(self) -> Path:
-        if self.onnx_cache_dir is not None:
-            return self.onnx_cache_dir
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        return base / "photostock" / "onnx"
+        return self.onnx_cache_dir if self.onnx_cache_dir is not None else default_cache_dir()
 
 
 class CacheSettings(_Strict):

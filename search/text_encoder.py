@@ -10,14 +10,13 @@ with dynamic batch and sequence axes, cached on disk by encoder identity).
 from __future__ import annotations
 
 import logging
-import os
-import warnings
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from search.encoder import ClipEncoder
+from search.onnx_runtime import export_key, export_once, ort_session
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ class OnnxTextEncoder(_TrimmingBase):
     def __init__(self, encoder: ClipEncoder, cache_dir: Path, threads: int = 0):
         super().__init__(encoder)
         self.path = export_text_tower(encoder, cache_dir)
-        self.session = _ort_session(self.path, threads)
+        self.session = ort_session(self.path, threads)
 
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
         tokens = tokens if self.trim else tokens[:, : self.context_length]
@@ -189,37 +188,19 @@ class OnnxTextEncoder(_TrimmingBase):
 
 
 def export_text_tower(encoder: ClipEncoder, cache_dir: Path) -> Path:
-    """Export (once) the text tower to `cache_dir/<identity key>/text.onnx`; reuses an existing export."""
+    """Export (once) the text tower to `cache_dir/<export key>/text.onnx`; reuses an existing export."""
     import torch
 
-    target = Path(cache_dir) / encoder.identity.key / "text.onnx"
+    target = Path(cache_dir) / export_key(encoder) / "text.onnx"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     tower = _text_tower_module(encoder.model.float().cpu(), explicit_attention=True)
     sample = torch.from_numpy(encoder.tokenize(["a photo of a cat", "x"]).numpy()[:, :8].astype(np.int64))
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter about advanced indexing (the EOT gather is exact)
-        torch.onnx.export(
-            tower, (sample,), str(tmp), dynamo=False, input_names=["tokens"], output_names=["features"],
-            dynamic_axes={"tokens": {0: "batch", 1: "seq"}, "features": {0: "batch"}}, opset_version=17,
-        )
-    encoder.model.to(encoder.device)
-    os.replace(tmp, target)  # atomic: concurrent exporters never see a half-written file
-    return target
-
-
-def _ort_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return export_once(tower, (sample,), target, ["tokens"], ["features"],
+                           {"tokens": {0: "batch", 1: "seq"}, "features": {0: "batch"}})
+    finally:
+        encoder.model.to(encoder.device)
 
 
 def build_text_encoder(encoder: ClipEncoder, backend: str, cache_dir: Path | None = None,

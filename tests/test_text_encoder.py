@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from search.encoder import load_encoder
+from search.onnx_runtime import export_key
 from search.text_encoder import (
     OnnxTextEncoder,
     TorchTextEncoder,
@@ -51,7 +52,7 @@ def test_each_text_alone_equals_its_row_in_a_batch(encoder):
 
 def test_onnx_equals_full_context_and_export_is_cached(encoder, tmp_path):
     onnx = OnnxTextEncoder(encoder, tmp_path)
-    assert onnx.path.parent.name == encoder.identity.key
+    assert onnx.path.parent.name == export_key(encoder)
     np.testing.assert_allclose(onnx.encode(TEXTS), encoder.encode_texts(TEXTS), atol=1e-5, rtol=0)
     for batch in (TEXTS[:1], TEXTS[1:3]):  # other batch sizes and sequence lengths than the export's example
         np.testing.assert_allclose(onnx.encode(batch), encoder.encode_texts(batch), atol=1e-5, rtol=0)
