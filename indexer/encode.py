@@ -48,7 +48,8 @@ def encode_pending(
     if not pending:
         return stats
     next_shard = store.next_shard_number()
-    pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels)
+    pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels,
+                      draft_side=jpeg_draft_side(encoder, settings))
     with pool, progress_bar(len(pending), "encode") as bar:
         decoded = DecodeAhead(pool, pending, image_root, settings.batch_size + 4 * settings.workers, timer)
         with timer.stage("encoder_setup"):  # while the workers start: ONNX export on first use, then a session
@@ -69,6 +70,16 @@ def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings) -> ImageE
     """The image backend the settings ask for (auto: ONNX Runtime on CPU, torch on CUDA)."""
     cache = Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else default_cache_dir()
     return build_image_encoder(encoder, settings.image_backend, cache, micro_batch=settings.onnx_micro_batch)
+
+
+def jpeg_draft_side(encoder: ClipEncoder, settings: IndexerSettings) -> int | None:
+    """The side JPEGs may be decoded down to (DCT scaling) before the encoder's resize; None when disabled."""
+    if not settings.jpeg_draft:
+        return None
+    size = getattr(encoder.model.visual, "image_size", None)
+    if size is None:
+        return None
+    return int(size) if isinstance(size, int) else int(max(size))
 
 
 class DecodeAhead:

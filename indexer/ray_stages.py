@@ -45,20 +45,21 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, timeout_s: float) -> Any:
+def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, timeout_s: float,
+               draft_side: int | None = None) -> Any:
     """`indexer.decode.decode_with` under a per-file deadline; a timeout is this file's failure, not the task's."""
     from indexer import decode
 
     try:
         with _deadline(timeout_s):
-            return decode.decode_with(path, preprocess, max_pixels)
+            return decode.decode_with(path, preprocess, max_pixels, draft_side)
     except _DecodeTimeout:
         return decode.DecodeOutcome(reason=f"decode timed out after {timeout_s:g}s", seconds=timeout_s)
 
 
 def decode_batch(
     batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...],
-    timeout_s: float,
+    timeout_s: float, draft_side: int | None = None,
 ) -> Batch:
     """Ray task: decode + preprocess each (id, path) row; bad files become rows with `ok` False and a reason.
 
@@ -67,7 +68,7 @@ def decode_batch(
     import torch
 
     torch.set_num_threads(1)  # decode tasks are many, one per CPU; intra-op threads would only fight
-    outcomes = [decode_one(os.path.join(image_root, str(p)), preprocess, max_pixels, timeout_s)
+    outcomes = [decode_one(os.path.join(image_root, str(p)), preprocess, max_pixels, timeout_s, draft_side)
                 for p in batch["path"]]
     pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
     for row, outcome in enumerate(outcomes):

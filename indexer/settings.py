@@ -35,6 +35,7 @@ class IndexerSettings(BaseModel):
     onnx_micro_batch: int = Field(8, ge=1)  # images per ONNX Runtime call (small batches stay in cache)
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=1)
+    jpeg_draft: bool = True  # decode JPEGs at a reduced DCT scale that still covers the encoder's input size
     decode_timeout_s: float = Field(60.0, gt=0)
     max_image_pixels: int = Field(89_478_485, ge=1)
     hash_threads: int = Field(4, ge=1)

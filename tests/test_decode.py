@@ -108,3 +108,44 @@ def test_worker_applies_the_encoders_preprocess(tmp_path: Path) -> None:
     expected = enc.preprocess(Image.open(path).convert("RGB")).numpy()
     assert (outcome.width, outcome.height) == (50, 30)
     np.testing.assert_allclose(outcome.pixels, expected, atol=1e-6)
+
+
+def _photo(path: Path, size: tuple[int, int], exif_orientation: int | None = None) -> Path:
+    """A smooth photo-like JPEG (gradients + a disc), so downscaled decodes are comparable."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    disc = ((x - w / 2) ** 2 + (y - h / 2) ** 2) < (min(w, h) / 3) ** 2
+    rgb = np.stack([255 * x / w, 255 * y / h, np.where(disc, 230, 40)], axis=-1).astype(np.uint8)
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    Image.fromarray(rgb).save(path, quality=92, exif=exif)
+    return path
+
+
+def test_jpeg_draft_decodes_smaller_but_reports_the_file_size(tmp_path: Path) -> None:
+    from indexer.decode import decode_with, open_rgb
+
+    path = _photo(tmp_path / "photo.jpg", (640, 480))
+    rgb, size = open_rgb(str(path), BIG, draft_side=224)
+    assert size == (640, 480) and rgb.size == (320, 240)  # 1/2 scale: both sides still >= 224
+    assert open_rgb(str(path), BIG, draft_side=64)[0].size == (160, 120)  # 480 // 64 = 7: scale 1/4, not 1/8
+    pre = tiny_encoder().preprocess  # the tiny model's input side is 64
+    full = decode_with(str(path), pre, BIG)
+    draft = decode_with(str(path), pre, BIG, draft_side=64)
+    assert (draft.width, draft.height) == (full.width, full.height) == (640, 480)
+    assert draft.pixels.shape == full.pixels.shape
+    assert float(np.abs(draft.pixels - full.pixels).mean()) < 0.05  # normalised units; values span about 4
+
+
+def test_jpeg_draft_keeps_orientation_and_leaves_other_files_alone(tmp_path: Path) -> None:
+    from indexer.decode import open_rgb
+
+    rotated = _photo(tmp_path / "rotated.jpg", (640, 480), exif_orientation=6)
+    rgb, size = open_rgb(str(rotated), BIG, draft_side=224)
+    assert size == (480, 640) and rgb.size == (240, 320)
+    small = _photo(tmp_path / "small.jpg", (300, 200))  # 200 < 2 * 224: no smaller scale covers the side
+    assert open_rgb(str(small), BIG, draft_side=224)[0].size == (300, 200)
+    png = draw(tmp_path / "p.png", 3, size=(640, 480))
+    drafted, size = open_rgb(str(png), BIG, draft_side=64)
+    assert size == (640, 480) and np.array_equal(np.asarray(drafted), np.asarray(decode_image(str(png), BIG)))
