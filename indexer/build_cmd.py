@@ -27,6 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per encode/commit batch")
     parser.add_argument("--workers", type=int, help="decode worker processes")
+    parser.add_argument("--image-backend", dest="image_backend", choices=("auto", "torch", "onnx"),
+                        help="image tower runtime: auto (ONNX Runtime on CPU, torch on CUDA), torch or onnx")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="local worker processes, or a Ray Data pipeline (needs the [distributed] extra)")
     parser.add_argument("--ray-address", dest="ray_address",
@@ -42,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("indexer").setLevel(logging.INFO)
-    overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device", "batch_size", "workers")}
+    overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
     try:
         settings = load_settings(args.config, overrides)
         encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing

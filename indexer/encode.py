@@ -8,7 +8,7 @@ committed as 'failed' in the same batch as its neighbours; it never holds the ba
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -50,10 +50,12 @@ def encode_pending(
     next_shard = store.next_shard_number()
     pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels,
                       draft_side=jpeg_draft_side(encoder, settings))
-    with pool, progress_bar(len(pending), "encode") as bar:
+    with pool, progress_bar(len(pending), "encode") as bar, ThreadPoolExecutor(1) as setup:
+        # the ONNX export (first use of an encoder) and session creation run while the decode workers start
+        prepared = setup.submit(_prepare, encoder, settings, timer)
         decoded = DecodeAhead(pool, pending, image_root, settings.batch_size + 4 * settings.workers, timer)
-        with timer.stage("encoder_setup"):  # while the workers start: ONNX export on first use, then a session
-            image_encoder = image_encoder_for(encoder, settings)
+        with timer.stage("encoder_setup_wait"):
+            image_encoder = prepared.result()
         batch: list[tuple[int, str, DecodeOutcome]] = []
         for row_id, path, outcome in decoded:
             batch.append((row_id, path, outcome))
@@ -70,6 +72,11 @@ def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings) -> ImageE
     """The image backend the settings ask for (auto: ONNX Runtime on CPU, torch on CUDA)."""
     cache = Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else default_cache_dir()
     return build_image_encoder(encoder, settings.image_backend, cache, micro_batch=settings.onnx_micro_batch)
+
+
+def _prepare(encoder: ClipEncoder, settings: IndexerSettings, timer: StageTimer) -> ImageEncoder:
+    with timer.stage("encoder_setup"):
+        return image_encoder_for(encoder, settings)
 
 
 def jpeg_draft_side(encoder: ClipEncoder, settings: IndexerSettings) -> int | None:
