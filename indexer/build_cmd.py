@@ -171,17 +171,24 @@ def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
     def load() -> Any:
         return _load_encoder(settings.model, settings.pretrained, settings.device)
 
+    def eager() -> Any:
+        if lazy:  # local backend, unknown encoder: everything will be encoded, so start the decode server now
+            from indexer.decode import start_decode_server
+
+            start_decode_server()
+        return load()
+
     fingerprint = _fingerprint(settings.model, settings.pretrained)
     db_path = Path(store) / DB_NAME
     if not lazy or fingerprint is None or not db_path.is_file():
-        return load()
+        return eager()
     db = MetadataStore(connect(db_path, readonly=True))
     try:
         known, identity = db.get_meta("encoder_fingerprint"), db.get_meta("encoder")
     finally:
         db.close()
     if known != fingerprint or identity is None:
-        return load()
+        return eager()
     return LazyEncoder(EncoderIdentity.from_dict(json.loads(identity)), load)
 
 

@@ -158,6 +158,21 @@ def _modules_of(preprocess: Callable) -> list[str]:
     return sorted({type(p).__module__ for p in parts if type(p).__module__ != "builtins"})
 
 
+_SERVER_PRELOAD = ["torch", "PIL.Image", "indexer.decode"]
+
+
+def start_decode_server(modules: tuple[str, ...] = ("torchvision.transforms", "open_clip.transform")) -> None:
+    """Start the decode workers' fork server now, in the background.
+
+    Its imports (torch and the preprocess transforms, seconds of CPU) then overlap the caller's own imports and
+    model loading instead of following them. A later `DecodePool` reuses the running server.
+    """
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*_SERVER_PRELOAD, *modules])
+    forkserver.ensure_running()
+
+
 class DecodePool:
     """A pebble process pool: per-task timeouts, and a crashed or hung worker is replaced, not fatal."""
 
@@ -173,7 +188,7 @@ class DecodePool:
         from pebble import ProcessPool
 
         context = multiprocessing.get_context("forkserver")  # clean children even after torch has threads
-        context.set_forkserver_preload(["torch", "PIL.Image", "indexer.decode", *_modules_of(preprocess)])
+        context.set_forkserver_preload([*_SERVER_PRELOAD, *_modules_of(preprocess)])  # unless already running
         self.timeout_s = timeout_s
         self._task = task  # a module-level function of a path (tests substitute one that crashes or hangs)
         self._pool = ProcessPool(

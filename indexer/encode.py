@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from indexer import shards
-from indexer.decode import DecodeOutcome, DecodePool
+from indexer.decode import DecodeOutcome, DecodePool, start_decode_server
 from indexer.progress import StageTimer, progress_bar
 from indexer.settings import IndexerSettings
 from indexer.store import Decoded, MetadataStore
@@ -47,6 +47,7 @@ def encode_pending(
     stats = EncodeStats()
     if not pending:
         return stats
+    start_decode_server()  # its imports overlap the encoder's loading (a lazy encoder loads on first use below)
     next_shard = store.next_shard_number()
     pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels,
                       draft_side=jpeg_draft_side(encoder, settings))
@@ -68,10 +69,14 @@ def encode_pending(
     return stats
 
 
-def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings) -> ImageEncoder:
+def onnx_cache_dir(settings: IndexerSettings) -> Path:
+    return Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else default_cache_dir()
+
+
+def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings, threads: int = 0) -> ImageEncoder:
     """The image backend the settings ask for (auto: ONNX Runtime on CPU, torch on CUDA)."""
-    cache = Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else default_cache_dir()
-    return build_image_encoder(encoder, settings.image_backend, cache, micro_batch=settings.onnx_micro_batch)
+    return build_image_encoder(encoder, settings.image_backend, onnx_cache_dir(settings), threads,
+                               settings.onnx_micro_batch)
 
 
 def _prepare(encoder: ClipEncoder, settings: IndexerSettings, timer: StageTimer) -> ImageEncoder:

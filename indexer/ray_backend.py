@@ -211,7 +211,8 @@ def _dataset(
         )
     return decoded.map_batches(
         EncoderActor, batch_size=settings.batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"encoder": _portable(encoder), "device": plan.device, "threads": plan.cpus},
+        fn_constructor_kwargs={"encoder": _portable(encoder), "device": plan.device, "threads": plan.cpus,
+                               "settings": settings},
         compute=_actor_pool(ray, plan), num_cpus=plan.cpus, num_gpus=plan.gpus,
     )
 

@@ -1,7 +1,7 @@
 """The code that runs inside Ray workers: the decode task and the encoder actor of the Ray backend.
 
-Both call the local backend's own functions (`indexer.decode.decode_with`, `ClipEncoder.encode_pixels`), so
-a file decodes to the same pixels, fails with the same reason and encodes to the same vector on either
+Both call the local backend's own functions (`indexer.decode.decode_with`, `indexer.encode.image_encoder_for`),
+so a file decodes to the same pixels, fails with the same reason and encodes to the same vector on either
 backend. Rows travel as numpy column batches; a failed row keeps its place with zero pixels and its reason,
 so nothing is dropped between the stages.
 """
@@ -96,20 +96,23 @@ class EncoderActor:
     identity, also for seeded random init.
     """
 
-    def __init__(self, encoder: Any, device: str, threads: int):
+    def __init__(self, encoder: Any, device: str, threads: int, settings: Any):
         import torch
+
+        from indexer.encode import image_encoder_for
 
         torch.set_num_threads(max(1, threads))
         self.encoder = encoder
         self.encoder.device = torch.device(device)
         self.encoder.model = self.encoder.model.to(self.encoder.device)
+        self.image = image_encoder_for(self.encoder, settings, threads)  # the local backend's runtime choice
 
     def __call__(self, batch: Batch) -> Batch:
         start = time.perf_counter()
         ok = np.asarray(batch["ok"], bool)
         vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
         if ok.any():
-            vectors[ok] = self.encoder.encode_pixels(np.ascontiguousarray(batch["pixels"][ok]))
+            vectors[ok] = self.image.encode_pixels(np.ascontiguousarray(batch["pixels"][ok]))
         elapsed = time.perf_counter() - start
         out = {k: v for k, v in batch.items() if k != "pixels"}  # pixels stay on the worker
         out["vector"] = vectors

@@ -179,10 +179,10 @@ def test_decode_task_records_bad_and_hanging_files(monkeypatch, tmp_path):
     draw(tmp_path / "stuck.png", seed=2)
     real = decode.decode_with
 
-    def blocking(path, preprocess, max_pixels):
+    def blocking(path, preprocess, max_pixels, draft_side=None):
         if path.endswith("stuck.png"):
             threading.Event().wait(60)  # interrupted by the task's deadline alarm
-        return real(path, preprocess, max_pixels)
+        return real(path, preprocess, max_pixels, draft_side)
 
     monkeypatch.setattr(decode, "decode_with", blocking)
     encoder = tiny_encoder()
