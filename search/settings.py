@@ -28,6 +28,7 @@ class EncoderSettings(_Strict):
     model: str | None = "tiny"  # None: the model named in the current artifact's manifest
     pretrained: str | None = None  # None: the model's default weights (the tiny checkpoint)
     device: str = "cpu"
+    image_backend: Literal["auto", "torch", "onnx"] = "auto"  # uploads: ONNX Runtime on CPU, torch on CUDA
 
 
 class TextSettings(_Strict):

@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from search.artifact import current_path
 from search.batcher import MicroBatcher
@@ -19,6 +22,7 @@ from search.query_log import QueryLog
 from search.reload import ArtifactHolder, ReloadOutcome
 from search.settings import Settings
 from search.text_cache import QueryEmbeddingCache
+from search.image_encoder import ImageEncoder, build_image_encoder
 from search.text_encoder import TextEncoder, build_text_encoder
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,7 @@ class ServiceState:
     settings: Settings
     encoder: ClipEncoder
     text: TextEncoder
+    image: ImageEncoder
     holder: ArtifactHolder
     embedder: QueryEmbedder
     searcher: Searcher
@@ -42,6 +47,11 @@ class ServiceState:
     @property
     def identity(self) -> EncoderIdentity:
         return self.encoder.identity
+
+    def encode_image(self, image: Any) -> np.ndarray:
+        """An uploaded RGB image -> its unit vector, through the configured image backend."""
+        pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)[None]
+        return self.image.encode_pixels(pixels)[0]
 
     def close(self) -> None:
         self.batcher.close()
@@ -82,6 +92,8 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
     metrics = ServiceMetrics()
     encoder = encoder or configured_encoder(settings)
     text = build_text_encoder(encoder, settings.text.backend, settings.text.cache_dir(), settings.text.threads)
+    image = build_image_encoder(encoder, settings.encoder.image_backend, settings.text.cache_dir(),
+                                settings.text.threads)
     holder_ref: list[ArtifactHolder] = []
     holder = ArtifactHolder(Path(settings.store), encoder.identity, settings.reload.verify_checksums,
                             on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params)
@@ -91,7 +103,7 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
                            on_batch=metrics.batch_size.observe)
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
     return ServiceState(
-        settings=settings, encoder=encoder, text=text, holder=holder,
+        settings=settings, encoder=encoder, text=text, image=image, holder=holder,
         embedder=QueryEmbedder(encoder.identity.key, cache, batcher, metrics),
         searcher=Searcher(holder, settings.rank), batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,

@@ -110,6 +110,20 @@ def test_image_upload_search_finds_the_uploaded_image(client, world):
     assert r.json()["hits"][0]["id"] == image_id
 
 
+def test_uploads_encode_through_onnx_runtime_like_the_torch_tower(client, world):
+    import numpy as np
+    from PIL import Image
+
+    from search.image_encoder import OnnxImageEncoder
+
+    state = client.app.state.service
+    assert isinstance(state.image, OnnxImageEncoder)  # image_backend auto on a CPU encoder
+    path = next(iter(world.ids_by_path))
+    with Image.open(world.image_root / path) as im:
+        rgb = im.convert("RGB")
+    np.testing.assert_allclose(state.encode_image(rgb), state.encoder.encode_images([rgb])[0], atol=1e-5, rtol=0)
+
+
 def test_images_and_thumbnails_are_served_by_id(client, world):
     from PIL import Image
 
