@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from search.encoder import ClipEncoder
-from search.onnx_runtime import export_key, export_once, ort_session
+from search.onnx_runtime import export_tower, ort_session
 
 __all__ = ["ImageEncoder", "TorchImageEncoder", "OnnxImageEncoder", "build_image_encoder", "export_image_tower"]
 
@@ -22,15 +22,11 @@ __all__ = ["ImageEncoder", "TorchImageEncoder", "OnnxImageEncoder", "build_image
 class ImageEncoder(Protocol):
     """What bulk encoding needs: preprocessed pixels (N, 3, H, W) in, unit vectors (N, D) out."""
 
-    name: str
-
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
 class TorchImageEncoder:
     """The encoder's own torch path (AMP on CUDA)."""
-
-    name = "torch"
 
     def __init__(self, encoder: ClipEncoder):
         self.encoder = encoder
@@ -41,8 +37,6 @@ class TorchImageEncoder:
 
 class OnnxImageEncoder:
     """ONNX Runtime on CPU over the exported image tower, `micro_batch` images per session call."""
-
-    name = "onnx"
 
     def __init__(self, encoder: ClipEncoder, cache_dir: Path, threads: int = 0, micro_batch: int = 8):
         self.path = export_image_tower(encoder, cache_dir)
@@ -78,18 +72,12 @@ def export_image_tower(encoder: ClipEncoder, cache_dir: Path) -> Path:
     """Export (once) the image tower to `cache_dir/<export key>/image.onnx` with a dynamic batch axis."""
     import torch
 
-    target = Path(cache_dir) / export_key(encoder) / "image.onnx"
-    if target.is_file():
-        return target
     size = getattr(encoder.model.visual, "image_size", 224)  # open_clip towers: an int or (height, width)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     # batch 3 in the example: a batch of 1 or 2 can let the tracer fold the batch size into reshapes
     sample = torch.zeros((3, 3, height, width), dtype=torch.float32)
-    try:
-        return export_once(_image_tower_module(encoder.model.float().cpu()), (sample,), target, ["pixels"],
-                           ["features"], {"pixels": {0: "batch"}, "features": {0: "batch"}})
-    finally:
-        encoder.model.to(encoder.device)
+    return export_tower(encoder, cache_dir, "image", _image_tower_module, (sample,), ["pixels"], ["features"],
+                        {"pixels": {0: "batch"}, "features": {0: "batch"}})
 
 
 def build_image_encoder(encoder: ClipEncoder, backend: str = "auto", cache_dir: Path | None = None,

@@ -11,9 +11,9 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["default_cache_dir", "export_key", "export_once", "ort_session"]
+__all__ = ["default_cache_dir", "export_key", "export_tower", "ort_session"]
 
 
 def default_cache_dir() -> Path:
@@ -35,29 +35,39 @@ def export_key(encoder: Any) -> str:
     return "random-" + digest.hexdigest()[:16]
 
 
-def export_once(
-    module: Any,
+def export_tower(
+    encoder: Any,
+    cache_dir: Path,
+    name: str,
+    tower: Callable[[Any], Any],
     sample: tuple[Any, ...],
-    target: Path,
     input_names: Sequence[str],
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]],
 ) -> Path:
-    """Export `module` to `target` unless it is already there; returns `target`."""
+    """Export `tower(model)` once to `cache_dir/<export key>/<name>.onnx`; an existing export is reused.
+
+    The tower is built from the encoder's model in float32 on the CPU; the model goes back to its device after.
+    """
     import torch
 
+    target = Path(cache_dir) / export_key(encoder) / f"{name}.onnx"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    # grad stays enabled: under no_grad nn.MultiheadAttention takes a fused fast path ONNX cannot export
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter (advanced indexing, constant shapes) on exact graphs
-        torch.onnx.export(
-            module, sample, str(tmp), dynamo=False, input_names=list(input_names),
-            output_names=list(output_names), dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-            opset_version=17,
-        )
+    try:
+        module = tower(encoder.model.float().cpu())
+        # grad stays enabled: under no_grad nn.MultiheadAttention takes a fused fast path ONNX cannot export
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter (advanced indexing, constant shapes) on exact graphs
+            torch.onnx.export(
+                module, sample, str(tmp), dynamo=False, input_names=list(input_names),
+                output_names=list(output_names), dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+                opset_version=17,
+            )
+    finally:
+        encoder.model.to(encoder.device)
     os.replace(tmp, target)  # atomic: concurrent exporters never see a half-written file
     return target
 

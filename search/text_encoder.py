@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from search.encoder import ClipEncoder
-from search.onnx_runtime import export_key, export_once, ort_session
+from search.onnx_runtime import export_tower, ort_session
 
 log = logging.getLogger(__name__)
 
@@ -191,16 +191,10 @@ def export_text_tower(encoder: ClipEncoder, cache_dir: Path) -> Path:
     """Export (once) the text tower to `cache_dir/<export key>/text.onnx`; reuses an existing export."""
     import torch
 
-    target = Path(cache_dir) / export_key(encoder) / "text.onnx"
-    if target.is_file():
-        return target
-    tower = _text_tower_module(encoder.model.float().cpu(), explicit_attention=True)
     sample = torch.from_numpy(encoder.tokenize(["a photo of a cat", "x"]).numpy()[:, :8].astype(np.int64))
-    try:
-        return export_once(tower, (sample,), target, ["tokens"], ["features"],
-                           {"tokens": {0: "batch", 1: "seq"}, "features": {0: "batch"}})
-    finally:
-        encoder.model.to(encoder.device)
+    return export_tower(encoder, cache_dir, "text", lambda model: _text_tower_module(model, explicit_attention=True),
+                        (sample,), ["tokens"], ["features"],
+                        {"tokens": {0: "batch", 1: "seq"}, "features": {0: "batch"}})
 
 
 def build_text_encoder(encoder: ClipEncoder, backend: str, cache_dir: Path | None = None,
