@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from search.encoder import IdentityShape
+
 EXIT_CANNOT_RUN = 2
 
 
@@ -44,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("indexer").setLevel(logging.INFO)
-    overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
+    overrides = {k: getattr(args, k)
+                 for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
     try:
         settings = load_settings(args.config, overrides)
         encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
@@ -95,7 +98,7 @@ class EncoderFingerprintError(RuntimeError):
     """The remembered identity was wrong; the fingerprint is forgotten so the next run loads eagerly."""
 
 
-class LazyEncoder:
+class LazyEncoder(IdentityShape):
     """Stands in for a ClipEncoder whose identity the store already knows (same model, weights file and
     library versions as its last run): a no-op rerun then never imports torch or builds the model. The real
     encoder is loaded on first use and must have exactly the remembered identity."""
@@ -104,14 +107,6 @@ class LazyEncoder:
         self.identity = identity
         self._load = load
         self._real: Any = None
-
-    @property
-    def dim(self) -> int:
-        return self.identity.dim
-
-    @property
-    def context_length(self) -> int:
-        return self.identity.context_length
 
     def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
         """Pickling or copying ships the real encoder (a loader closure cannot travel)."""

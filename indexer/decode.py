@@ -192,7 +192,8 @@ class DecodePool:
         self.timeout_s = timeout_s
         self._task = task  # a module-level function of a path (tests substitute one that crashes or hangs)
         self._pool = ProcessPool(
-            max_workers=workers, initializer=_init_worker, initargs=(preprocess, max_pixels, draft_side), context=context
+            max_workers=workers, initializer=_init_worker, initargs=(preprocess, max_pixels, draft_side),
+            context=context,
         )
 
     def submit(self, path: str) -> Future:

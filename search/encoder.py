@@ -22,6 +22,7 @@ from search.models import registry
 __all__ = [
     "ClipEncoder",
     "EncoderIdentity",
+    "IdentityShape",
     "WeightsUnavailableError",
     "load_encoder",
     "resolve_device",
@@ -87,15 +88,11 @@ def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821 - torc
     return torch.device(device)
 
 
-class ClipEncoder:
-    """Encodes images and texts into L2-normalised float32 vectors with one open_clip model."""
+class IdentityShape:
+    """`dim` and `context_length` read off `identity`: shared by the encoder and by stand-ins that must answer
+    them without loading a model (indexer.build_cmd.LazyEncoder)."""
 
-    def __init__(self, model: Any, preprocess: Callable, tokenizer: Any, identity: EncoderIdentity, device: Any):
-        self.model = model.eval()
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-        self.identity = identity
-        self.device = device
+    identity: EncoderIdentity
 
     @property
     def dim(self) -> int:
@@ -104,6 +101,17 @@ class ClipEncoder:
     @property
     def context_length(self) -> int:
         return self.identity.context_length
+
+
+class ClipEncoder(IdentityShape):
+    """Encodes images and texts into L2-normalised float32 vectors with one open_clip model."""
+
+    def __init__(self, model: Any, preprocess: Callable, tokenizer: Any, identity: EncoderIdentity, device: Any):
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
 
     def _autocast(self):
         import contextlib
