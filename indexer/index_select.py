@@ -221,8 +221,9 @@ def choose_index(n: int, d: int, config: IndexConfig | None = None) -> IndexChoi
     rerank = max(config.rerank_candidates)
     nprobes = tuple(p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist)
     over_time: tuple[str, dict[str, float], list[str], int] | None = None
-    # sub-vectors of >= 4 dims: faiss PQ/OPQ training on 2-dim sub-spaces is pathologically slow (measured at
-    # d=128: OPQ64 104 s for 2 iterations, OPQ32 4.9 s), and such codes gain little over 4-dim ones
+    # sub-vectors of >= 4 dims: faiss PQ/OPQ training on 2-dim sub-spaces is pathologically slow (the 100k-file
+    # no-op benchmark, d=128: index build 317 s with OPQ64,IVF1024,PQ64 vs 35 s with OPQ32; `ann_scale.py
+    # --n 100000 --d 128 --factory F` builds either), and such codes gain little over 4-dim ones
     for m in (m for m in _PQ_M_CHOICES if d % m == 0 and m <= d // 4):
         for opq in (True, False):
             est = _ivfpq(n, d, m, opq, nlist, train, rerank, config)
