@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.rerank, args.latency_queries))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # partial results survive a timeout
     report = {
-        "n": args.n, "d": args.d, "clusters": args.clusters, "anisotropy": args.anisotropy, "queries": len(queries), "setup_s": round(setup_s, 2),
+        "n": args.n, "d": args.d, "clusters": args.clusters, "anisotropy": args.anisotropy, "queries": len(queries),
+        "setup_s": round(setup_s, 2),
         "selector": choose_index(args.n, args.d, config).to_dict() | {"inputs": None, "rejected": None},
         "baseline": exact_baseline(vectors, queries[:args.baseline_queries]),
         "indexes": results,

@@ -91,7 +91,8 @@ def start_service(store: Path, ckpt: Path, onnx_cache: Path, config: Path) -> di
     from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
 
     settings = Settings(encoder=EncoderSettings(model="tiny", pretrained=str(ckpt), device="cpu"),
-                        text=TextSettings(backend="onnx", onnx_cache_dir=onnx_cache), reload=ReloadSettings(watch=False))
+                        text=TextSettings(backend="onnx", onnx_cache_dir=onnx_cache),
+                        reload=ReloadSettings(watch=False))
     config.write_text(json.dumps(settings.model_dump(mode="json", exclude={"store"})))
     port = free_port()
     start = time.perf_counter()
@@ -144,7 +145,8 @@ def main() -> int:
 
     floor_s, done = timed_run([sys.executable, "-c", FLOOR, str(current_path(store))])
     imports_s, _ = timed_run([sys.executable, "-c", "import torch, open_clip, onnxruntime, fastapi, uvicorn, faiss"])
-    starts = [start_service(store, ckpt, args.work / "onnx-cache", args.work / "service.json") for _ in range(args.repeats)]
+    starts = [start_service(store, ckpt, args.work / "onnx-cache", args.work / "service.json")
+              for _ in range(args.repeats)]
     warm = starts[-1]["startup_s"]
     result = {"benchmark": "cold_start", "machine": machine(), "vectors": args.n, "factory": factory,
               "version": version, "publish_s": round(publish_s, 1),

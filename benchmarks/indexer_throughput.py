@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, machine, random_checkpoint, timed_run, write_jpegs  # noqa: E402
+from common import OUT, machine, random_checkpoint, timed_run, write_jpegs  # noqa: E402
 
 CLIP_RETRIEVAL = "clip-retrieval==2.45.0"
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")

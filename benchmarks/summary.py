@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine  # noqa: E402
@@ -28,7 +29,8 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
                    ("floor_process_s", "floor s (read index)"), ("imports_process_s", "imports-only s"),
                    ("ratio_to_floor", "ratio to floor")],
     "gpu_check": [("skipped", "skipped"), ("device", "device"), ("indexer.images_per_s", "ViT-B-32 img/s"),
-                  ("text_encoder.batch_256_qps", "text QPS (batch 256)"), ("faiss_ivf.gpu_train_s", "IVF train s (GPU)"),
+                  ("text_encoder.batch_256_qps", "text QPS (batch 256)"),
+                  ("faiss_ivf.gpu_train_s", "IVF train s (GPU)"),
                   ("faiss_ivf.gpu_speedup", "GPU speed-up")],
 }
 GENERIC = ("speedup", "ratio", "per_s", "qps", "p50", "p99", "recall")

@@ -10,8 +10,9 @@ the cheapest setting that meets the target recall within the latency budget.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

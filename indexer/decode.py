@@ -12,10 +12,11 @@ from __future__ import annotations
 import multiprocessing
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -217,7 +218,7 @@ class DecodePool:
         self._pool.stop()
         self._pool.join()
 
-    def __enter__(self) -> "DecodePool":
+    def __enter__(self) -> DecodePool:
         return self
 
     def __exit__(self, *exc: object) -> None:

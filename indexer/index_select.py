@@ -88,7 +88,7 @@ class IndexConfig:
     factory: str | None = None       # force a factory string (tests, experiments); None = choose_index
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "IndexConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> IndexConfig:
         data = dict(data or {})
         budget = IndexBudget(**data.pop("budget", {}) or {})
         cost = CostModel(**data.pop("cost", {}) or {})
@@ -103,7 +103,7 @@ class IndexConfig:
         return config
 
     @classmethod
-    def load(cls, path: str | Path) -> "IndexConfig":
+    def load(cls, path: str | Path) -> IndexConfig:
         import yaml
 
         with open(path, encoding="utf-8") as fh:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -85,7 +86,7 @@ def _run_locked(
     images: Path, store: Path, settings: IndexerSettings, encoder: ClipEncoder, publisher: Publisher,
     encode_stage: EncodeStage,
 ) -> dict[str, Any]:
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     timer = StageTimer()
     db = MetadataStore.open(store / DB_NAME)
     try:
@@ -113,7 +114,7 @@ def _run_locked(
             **_run_header(started, images, store, encoder, settings),
             "version": version, "published": published, "counts": counts,
             "timings": {**timer.as_dict(), "decode_worker_cpu": round(stats.decode_worker_s, 4),
-                        "total": round((datetime.now(timezone.utc) - started).total_seconds(), 4)},
+                        "total": round((datetime.now(UTC) - started).total_seconds(), 4)},
             "skipped": scanned.skipped, "warnings": stats.warnings, "sidecar_errors": sidecar.errors,
             "debris_removed": debris,
         }
@@ -129,7 +130,7 @@ def _run_header(
     """What ran, where, with which encoder and settings: enough to reproduce the run."""
     return {
         "run_id": started.strftime("%Y%m%dT%H%M%S.%fZ"), "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(), "image_root": str(images), "store": str(store),
+        "finished_at": datetime.now(UTC).isoformat(), "image_root": str(images), "store": str(store),
         "encoder": encoder.identity.to_dict(), "settings": settings.model_dump(mode="json"),
     }
 
@@ -184,7 +185,7 @@ def _hash_all(cands: list[Candidate], threads: int) -> dict[str, str | OSError]:
             return exc
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # hashlib releases the GIL on large buffers
-        return {c.path: h for c, h in zip(cands, pool.map(one, cands))}
+        return {c.path: h for c, h in zip(cands, pool.map(one, cands), strict=True)}
 
 
 def _decide(

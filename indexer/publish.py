@@ -16,10 +16,11 @@ import sqlite3
 import stat
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class PublishedVersion:
 
 def new_version_name(now: datetime | None = None) -> str:
     """UTC timestamp to the microsecond plus a random suffix: sorts by time, unique across processes."""
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
 
 
@@ -192,7 +193,7 @@ def _manifest(name: str, tmp: Path, encoder: EncoderIdentity, image_root: Path, 
     all_timings = {**{k: float(v) for k, v in timings.items()},
                    **{f"index_{k}": float(v) for k, v in built.timings.items()}}
     return Manifest(
-        schema_version=SCHEMA_VERSION, version=name, created_at=datetime.now(timezone.utc).isoformat(),
+        schema_version=SCHEMA_VERSION, version=name, created_at=datetime.now(UTC).isoformat(),
         encoder=encoder, image_root=str(Path(image_root).resolve()), index=index,
         counts={**{k: int(v) for k, v in counts.items()}, "vectors": n}, timings=all_timings, files=files,
     )

@@ -20,11 +20,12 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -255,7 +256,7 @@ def _commit(
     decoded = [Decoded(int(ids[r]), int(batch["width"][r]), int(batch["height"][r])) for r in np.flatnonzero(ok)]
     failed = [(int(ids[r]), str(batch["reason"][r]) or "unknown decode failure") for r in np.flatnonzero(~ok)]
     stats.decode_worker_s += float(np.sum(batch["decode_s"]))
-    stats.warnings.extend({"path": str(p), "warning": w} for p, ws in zip(paths, batch["warnings"])
+    stats.warnings.extend({"path": str(p), "warning": w} for p, ws in zip(paths, batch["warnings"], strict=True)
                           for w in json.loads(ws))
     timer.add("encode", float(np.sum(batch["encode_s"])))  # encoder actors' busy time, summed over actors
     vectors = np.asarray(batch["vector"], np.float32)[ok] if decoded else None

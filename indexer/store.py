@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 SCHEMA_VERSION = 1
 DB_NAME = "metadata.sqlite"
@@ -87,7 +88,7 @@ class RowChange:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -109,7 +110,7 @@ class MetadataStore:
         self.conn = conn
 
     @classmethod
-    def open(cls, db_path: Path) -> "MetadataStore":
+    def open(cls, db_path: Path) -> MetadataStore:
         store = cls(connect(db_path))
         store.migrate()
         return store

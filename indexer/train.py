@@ -18,9 +18,10 @@ import math
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,8 @@ def _file_digest(path: Path) -> str:
 
 # settings that do not change the weights (the loader worker count only changes who renders a batch)
 _NOT_IN_KEY = {"loader_workers", "eval_gallery", "eval_seed"}
-_FINETUNE = {"finetune_steps", "finetune_lr", "finetune_warmup", "finetune_hard_share"}  # no second stage: none of these matter
+# with no second stage (finetune_steps == 0) none of these matter
+_FINETUNE = {"finetune_steps", "finetune_lr", "finetune_warmup", "finetune_hard_share"}
 
 
 def settings_key(settings: TrainSettings) -> str:

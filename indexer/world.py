@@ -12,10 +12,10 @@ reported separately for compositions the model has never seen.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter

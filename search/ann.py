@@ -8,7 +8,8 @@ settings never race on a shared, mutable index attribute.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def rerank(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
     candidates = np.asarray(candidates, dtype=np.int64)
     out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
     out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
-    for row, (query, cand) in enumerate(zip(q, candidates)):
+    for row, (query, cand) in enumerate(zip(q, candidates, strict=True)):
         cand = np.unique(cand[cand >= 0])  # sorted, de-duplicated
         if cand.size == 0:
             continue
@@ -135,5 +136,5 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     if found.shape[0] == 0:
         return float("nan")
     hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
-            for f, t in zip(found, truth)]
+            for f, t in zip(found, truth, strict=True)]
     return float(np.mean(hits))

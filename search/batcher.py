@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, fut), vec in zip(batch, vectors):
+        for (_, fut), vec in zip(batch, vectors, strict=True):
             if not fut.done():
                 fut.set_result(vec)
 

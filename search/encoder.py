@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class EncoderIdentity:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderIdentity":
+    def from_dict(cls, data: dict[str, Any]) -> EncoderIdentity:
         return cls(
             model=data["model"],
             weights=data["weights"],
@@ -65,7 +66,7 @@ class EncoderIdentity:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def differences(self, other: "EncoderIdentity") -> list[str]:
+    def differences(self, other: EncoderIdentity) -> list[str]:
         """Human-readable list of fields that differ (empty when compatible)."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
@@ -79,7 +80,7 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821 - torch imported lazily
+def resolve_device(device: str = "auto") -> torch.device:  # noqa: F821 - torch imported lazily
     """`auto` means CUDA when present, else CPU."""
     import torch
 
@@ -122,7 +123,7 @@ class ClipEncoder(IdentityShape):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def encode_pixels(self, pixels: "np.ndarray | torch.Tensor") -> np.ndarray:  # noqa: F821
+    def encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:  # noqa: F821
         """Encode a batch that has already been through `self.preprocess` (N, 3, H, W)."""
         import torch
 
@@ -139,10 +140,10 @@ class ClipEncoder(IdentityShape):
             return np.zeros((0, self.dim), np.float32)
         return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
 
-    def tokenize(self, texts: Sequence[str]) -> "torch.Tensor":  # noqa: F821
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:  # noqa: F821
         return self.tokenizer(list(texts))
 
-    def encode_tokens(self, tokens: "torch.Tensor") -> np.ndarray:  # noqa: F821
+    def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:  # noqa: F821
         """Encode token ids at whatever context length `tokens` has been given."""
         import torch
 

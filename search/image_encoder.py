@@ -1,9 +1,10 @@
 """Image-tower backends for bulk encoding: torch (CUDA with AMP, or CPU) and ONNX Runtime (CPU).
 
-On CPU, ONNX Runtime runs the same open_clip image tower faster than eager torch (benchmarks/image_units.py:
-ViT-B-32 1.22x, the tiny tower 1.9x). ViT-B-32 runs fastest in small batches (8: 12.9 img/s, 64: 11.8), so
-the ONNX backend splits a commit batch into micro-batches (`onnx_micro_batch`; the tiny tower prefers 64). On CUDA the torch backend with float16 autocast is the
-fast path. Both return L2-normalised float32 vectors equal to `ClipEncoder.encode_pixels` up to float error.
+On CPU, ONNX Runtime runs the same open_clip image tower faster than eager torch, and large towers run
+fastest in small batches, so the ONNX backend splits a commit batch into micro-batches (`onnx_micro_batch`);
+the measured figures live in benchmarks/README.md (benchmarks/image_units.py). On CUDA the torch backend with
+float16 autocast is the fast path. Both return L2-normalised float32 vectors equal to
+`ClipEncoder.encode_pixels` up to float error.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class OnnxImageEncoder:
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def _image_tower_module(model: Any) -> "torch.nn.Module":  # noqa: F821
+def _image_tower_module(model: Any) -> torch.nn.Module:  # noqa: F821
     import torch
     import torch.nn.functional as F
 

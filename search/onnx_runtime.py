@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["default_cache_dir", "export_key", "export_tower", "ort_session"]
 

@@ -85,7 +85,7 @@ class QueryEmbedder:
         fresh = [t for t in dict.fromkeys(normalize_query(t) for t in texts if t.strip())
                  if self.cache.get((self.encoder_key, t)) is None]
         vectors = await asyncio.gather(*(self.batcher.encode(t) for t in fresh))
-        for text, vector in zip(fresh, vectors):
+        for text, vector in zip(fresh, vectors, strict=True):
             self.cache.put((self.encoder_key, text), vector)
         return len(fresh)
 
@@ -143,7 +143,7 @@ class Searcher:
     @staticmethod
     def _hits(artifact: Artifact, page: list[Ranked]) -> list[dict[str, Any]]:
         metas = artifact.metadata([r.id for r in page])
-        return [_hit(r, m) for r, m in zip(page, metas)]
+        return [_hit(r, m) for r, m in zip(page, metas, strict=True)]
 
 
 def _hit(ranked: Ranked, meta: dict[str, Any]) -> dict[str, Any]:

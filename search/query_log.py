@@ -12,8 +12,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 __all__ = ["QueryLog", "read_query_log"]
 
@@ -47,7 +48,7 @@ class QueryLog:
         with self._lock:
             self._file.close()
 
-    def __enter__(self) -> "QueryLog":
+    def __enter__(self) -> QueryLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,9 +5,10 @@ collapse, MMR diversity and the score cutoff. Pure numpy, so it is testable with
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _freshness(created_at: Any, half_life_days: float, now: datetime) -> float:
     except ValueError:
         return 0.0
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     age_days = max(0.0, (now - when).total_seconds() / 86400.0)
     return 0.5 ** (age_days / max(half_life_days, 1e-9))
 
@@ -60,7 +61,7 @@ def business_boost(metas: Sequence[dict[str, Any]], weights: RerankWeights,
     boost = np.zeros(len(metas), np.float32)
     if weights.popularity == 0.0 and weights.freshness == 0.0:
         return boost
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     for i, meta in enumerate(metas):
         pop = math.log1p(max(0.0, float(meta.get("popularity") or 0.0)))
         fresh = _freshness(meta.get("created_at"), weights.freshness_half_life_days, now)

@@ -14,6 +14,7 @@ import numpy as np
 from search.artifact import current_path
 from search.batcher import MicroBatcher
 from search.encoder import ClipEncoder, EncoderIdentity, load_encoder
+from search.image_encoder import ImageEncoder, build_image_encoder
 from search.images import ImageStore
 from search.manifest import read_manifest
 from search.metrics import ServiceMetrics
@@ -22,7 +23,6 @@ from search.query_log import QueryLog
 from search.reload import ArtifactHolder, ReloadOutcome
 from search.settings import Settings
 from search.text_cache import QueryEmbeddingCache
-from search.image_encoder import ImageEncoder, build_image_encoder
 from search.text_encoder import TextEncoder, build_text_encoder
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def configured_encoder(settings: Settings) -> ClipEncoder:
     return load_encoder(model, pretrained=pretrained, device=cfg.device)
 
 
-def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> "callable":
+def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> callable:
     def on_change(outcome: ReloadOutcome) -> None:
         metrics.reloads.labels(result="ok" if outcome.loaded else "refused").inc()
         metrics.reload_failed.set(1 if outcome.error else 0)

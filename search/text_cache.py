@@ -11,8 +11,8 @@ import asyncio
 import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Hashable
 
 import numpy as np
 from cachetools import TTLCache

@@ -10,8 +10,9 @@ with dynamic batch and sequence axes, cached on disk by encoder identity).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def token_lengths(tokens: np.ndarray, pool_type: str = "argmax", eos_id: int | N
     return tokens.argmax(axis=1) + 1
 
 
-def _block_forward(block: Any, x: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def _block_forward(block: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: F821
     """One open_clip residual block with attention written out (batch-first), so ONNX keeps shapes dynamic."""
     import torch.nn.functional as F
 
@@ -80,7 +81,7 @@ def _block_forward(block: Any, x: "torch.Tensor", mask: "torch.Tensor") -> "torc
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _text_tower_module(model: Any, explicit_attention: bool = False) -> "torch.nn.Module":  # noqa: F821
+def _text_tower_module(model: Any, explicit_attention: bool = False) -> torch.nn.Module:  # noqa: F821
     """A standalone module computing normalised text features for tokens of any length <= context.
 
     `explicit_attention` writes attention out by hand (for ONNX export: nn.MultiheadAttention's traced graph

@@ -16,10 +16,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -127,7 +127,7 @@ def world_store(base: Path) -> WorldStore:
     np.save(store / "vectors.npy", vectors)
     publish(store, image_root, encoder, store / "metadata.sqlite", ids, vectors)
     _STORE.append(WorldStore(store, image_root, checkpoint, base / "onnx-cache", queries,
-                             {r["path"]: i for r, i in zip(records, ids)}))
+                             {r["path"]: i for r, i in zip(records, ids, strict=True)}))
     return _STORE[0]
 
 
@@ -170,7 +170,7 @@ class ServerProcess:
         )
         self.log: list[str] = []
 
-    def started(self) -> "ServerProcess":
+    def started(self) -> ServerProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:  # blocks on the server's own log: no polling, no sleeps
             self.log.append(line)

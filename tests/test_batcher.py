@@ -58,7 +58,7 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(text):
     finally:
         batcher.close()
     assert sizes == [len(QUERIES)]  # flushed by max_batch, not by the 5 s timer
-    for rows, lengths in recorder.calls:
+    for _rows, lengths in recorder.calls:
         assert len(lengths) == 1  # each forward call holds one token length
     assert sum(rows for rows, _ in recorder.calls) == len(QUERIES)
     unbatched = np.stack([text.encode([q])[0] for q in QUERIES])

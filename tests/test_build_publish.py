@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import indexer.publish as publish_mod
-from artifact_support import clustered, identity, publish, small_config
 from indexer.build import build_index
 from indexer.publish import list_versions, new_version_name, prune_versions, publish_version
 from search import ann
 from search.artifact import ArtifactError, current_path, open_current
+from tests.artifact_support import clustered, identity, publish, small_config
 
 D = 32
 
@@ -159,7 +159,7 @@ def test_pruning_keeps_the_newest_and_never_the_current(tmp_path: Path, vectors:
 def test_version_names_sort_by_time_and_are_unique() -> None:
     names = [new_version_name() for _ in range(200)]
     assert len(set(names)) == 200
-    assert names == sorted(names) or all(a[:22] <= b[:22] for a, b in zip(names, names[1:]))
+    assert names == sorted(names) or all(a[:22] <= b[:22] for a, b in zip(names, names[1:], strict=False))
 
 
 def test_snapshot_is_a_read_only_copy_of_live_wal_database(tmp_path: Path, vectors: np.ndarray) -> None:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from indexer.decode import DecodeError, DecodeOutcome, DecodePool, decode_file, decode_image, to_rgb
-from indexer_support import draw, tiny_encoder
+from tests.indexer_support import draw, tiny_encoder
 
 BIG = 89_478_485
 

@@ -14,14 +14,24 @@ import numpy as np
 import pytest
 
 from indexer.pipeline import run_build
-from indexer_support import (cli, current_ids, draw, make_tree, paths_with, rows, run, settings, status,
-                             tiny_encoder)
+from tests.indexer_support import (
+    cli,
+    current_ids,
+    draw,
+    make_tree,
+    paths_with,
+    rows,
+    run,
+    settings,
+    status,
+    tiny_encoder,
+)
 
 
 def _vectors(store: Path) -> dict[int, np.ndarray]:
     ids = current_ids(store)
     vecs = np.load(store / "current" / "vectors.f16.npy")
-    return {int(i): v for i, v in zip(ids, vecs)}
+    return {int(i): v for i, v in zip(ids, vecs, strict=True)}
 
 
 @pytest.fixture()
@@ -48,7 +58,8 @@ def test_first_run_indexes_everything_and_publishes(tree: tuple[Path, Path]) -> 
     saved = list((store / "runs").glob("*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["counts"] == report["counts"]
     with sqlite3.connect(store / "current" / "metadata.sqlite") as snap:
-        assert snap.execute("SELECT caption, tags FROM images WHERE path='b/img000.png'").fetchone() == ("noise", '["t"]')
+        row = snap.execute("SELECT caption, tags FROM images WHERE path='b/img000.png'").fetchone()
+        assert row == ("noise", '["t"]')
 
 
 def test_stored_vector_is_the_encoders_embedding(tree: tuple[Path, Path]) -> None:
@@ -187,7 +198,8 @@ def test_cli_build_status_and_unavailable_weights(tree: tuple[Path, Path]) -> No
     st = json.loads(shown.stdout)
     assert st["version"] == report["version"]
     assert (st["indexed"], st["failed"], st["deleted"]) == (6, 1, 0)
-    assert st["failures"] == [{"path": "bad.png", "reason": st["failures"][0]["reason"]}] and st["failures"][0]["reason"]
+    assert st["failures"] == [{"path": "bad.png", "reason": st["failures"][0]["reason"]}]
+    assert st["failures"][0]["reason"]
     again = cli("build", "--images", str(images), "--store", str(store), "--pretrained", "random",
                 "--device", "cpu", "--batch-size", "4", "--workers", "1")
     assert again.returncode == 0, again.stderr
@@ -195,7 +207,8 @@ def test_cli_build_status_and_unavailable_weights(tree: tuple[Path, Path]) -> No
     assert (noop["counts"]["encoded"], noop["published"], noop["version"]) == (0, False, report["version"])
     missing = cli("build", "--images", str(images), "--store", str(store), "--pretrained", "/nonexistent/w.pt")
     assert missing.returncode == 2
-    assert missing.stdout == "" and missing.stderr.strip().splitlines()[-1].startswith("error: Checkpoint file not found")
+    assert missing.stdout == ""
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: Checkpoint file not found")
 
 
 def test_lazy_encoder_is_not_loaded_for_a_noop_run(tree: tuple[Path, Path]) -> None:
@@ -224,7 +237,7 @@ def test_lazy_encoder_refuses_a_different_identity() -> None:
     lazy = LazyEncoder(dataclasses.replace(base.identity, checksum="f" * 64), lambda: base)
     assert lazy.dim == base.dim
     with pytest.raises(RuntimeError, match="checksum"):
-        lazy.preprocess
+        _ = lazy.preprocess
 
 
 def test_lazy_encoder_pickles_as_the_real_encoder() -> None:

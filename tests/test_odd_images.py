@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from indexer.scan import scan
 from indexer.settings import DEFAULT_EXTENSIONS
-from indexer_support import ODD_IMAGES, current_ids, rows, run, status
+from tests.indexer_support import ODD_IMAGES, current_ids, rows, run, status
 
 pytestmark = pytest.mark.skipif(not ODD_IMAGES.is_dir(), reason=f"{ODD_IMAGES} not present")
 

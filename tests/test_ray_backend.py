@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer_support import current_ids, draw, rows, settings, tiny_encoder
+from tests.indexer_support import current_ids, draw, rows, settings, tiny_encoder
 
 WORLD_IMAGES = 60
 BROKEN = "part-000/broken.jpg"

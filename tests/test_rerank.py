@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import numpy as np
 
 from search.filters import Filters
@@ -53,9 +55,9 @@ def test_popularity_blend_reorders_close_scores():
 
 
 def test_freshness_boost_decays_with_age():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
     metas = [{"created_at": "2025-01-01T00:00:00+00:00"}, {"created_at": "2024-01-01T00:00:00Z"}, {}]
     boost = business_boost(metas, RerankWeights(freshness=1.0, freshness_half_life_days=366), now=now)
     assert boost[0] == 1.0 and abs(boost[1] - 0.5) < 1e-6 and boost[2] == 0.0

@@ -8,13 +8,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
-from indexer_support import REPO, make_tree, rows, run
+from tests.indexer_support import REPO, make_tree, rows, run
 
 N_IMAGES = 40
 BATCH = 2
@@ -38,7 +38,7 @@ def _vectors_by_path(store: Path) -> dict[str, np.ndarray]:
     vectors = np.load(store / "current" / "vectors.f16.npy")
     assert len(np.unique(ids)) == len(ids), "duplicate ids in the published version"
     path_of = {r["id"]: p for p, r in rows(store).items()}
-    return {path_of[int(i)]: v for i, v in zip(ids, vectors)}
+    return {path_of[int(i)]: v for i, v in zip(ids, vectors, strict=True)}
 
 
 def _failures(store: Path) -> dict[str, str]:

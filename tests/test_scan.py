@@ -7,7 +7,7 @@ from pathlib import Path
 
 from indexer.scan import scan
 from indexer.settings import DEFAULT_EXTENSIONS
-from indexer_support import draw
+from tests.indexer_support import draw
 
 
 def _paths(root: Path, **kw) -> list[str]:
@@ -76,7 +76,7 @@ def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_build_survives_symlink_loop_and_ignores_links_out(tmp_path: Path) -> None:
-    from indexer_support import rows, run
+    from tests.indexer_support import rows, run
 
     images, outside = tmp_path / "images", tmp_path / "outside"
     draw(images / "d" / "x.png", 1)

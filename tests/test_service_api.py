@@ -4,7 +4,6 @@ tiny encoder (search, cache hits, filters, similar/image search, images, health,
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -111,7 +110,6 @@ def test_image_upload_search_finds_the_uploaded_image(client, world):
 
 
 def test_uploads_encode_through_onnx_runtime_like_the_torch_tower(client, world):
-    import numpy as np
     from PIL import Image
 
     from search.image_encoder import OnnxImageEncoder

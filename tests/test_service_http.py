@@ -65,7 +65,7 @@ def test_held_out_recall_over_http_equals_exact_search(world, server):
         assert len(artifact.ids) == len(world.ids_by_path)
         _, exact_ids = artifact.exact_search(encoder.encode_texts([q["query"] for q in held_out]), 10)
         http_recall, exact_recall = [], []
-        for q, ids in zip(held_out, exact_ids):
+        for q, ids in zip(held_out, exact_ids, strict=True):
             r = client.get("/search", params={"q": q["query"], "k": 10})
             assert r.status_code == 200
             http_recall.append(_recall_at_10([h["path"] for h in r.json()["hits"]], q["relevant"]))

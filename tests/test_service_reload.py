@@ -72,7 +72,7 @@ class Stream:
         with self.lock:
             return {v for _, v in self.results}
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         for t in self.threads:
             t.start()
         return self

@@ -48,7 +48,8 @@ def test_search_page_shows_the_right_thumbnails(world, tmp_path):
             expect(page.locator("#status")).to_contain_text("query time", timeout=60_000)
             first = hits.nth(0)
             expect(first.locator(".score")).to_contain_text("score", timeout=60_000)
-            expect(first.locator("img")).to_have_js_property("complete", True, timeout=60_000)  # the thumbnail has loaded
+            # the thumbnail has loaded
+            expect(first.locator("img")).to_have_js_property("complete", True, timeout=60_000)
             assert first.locator("img").evaluate("img => img.naturalWidth") > 0
             # more results (button, or scrolling it into view): the next page continues the ranking
             page.click("#more")

@@ -21,7 +21,7 @@ def test_same_seed_same_captions_and_pixels():
     a = [world.gallery_item(3, i, (96, 96)) for i in range(12)]
     b = [world.gallery_item(3, i, (96, 96)) for i in range(12)]
     assert [x.composition.caption for x in a] == [x.composition.caption for x in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(_pixels(x.image), _pixels(y.image))
 
 

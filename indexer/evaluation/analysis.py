@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from indexer.evaluation import ranking
 from indexer.evaluation.datasets import EvalDataset
@@ -50,7 +51,7 @@ def worst_queries(dataset: EvalDataset, ranked: Sequence[Sequence[str]], n: int 
     if len(ranked) != len(dataset.queries):
         raise ValueError(f"{len(ranked)} rankings for {len(dataset.queries)} queries")
     scored = []
-    for q, run in zip(dataset.queries, ranked):
+    for q, run in zip(dataset.queries, ranked, strict=True):
         rank = ranking.first_relevant_rank(run, set(q.relevant))
         scored.append((float("inf") if rank is None else rank, q, run))
     scored.sort(key=lambda item: -item[0])

@@ -3,7 +3,7 @@ own QueryEmbeddingCache (LRU with TTL) on a simulated clock, so TTL expiry is pa
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

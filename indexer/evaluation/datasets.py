@@ -50,7 +50,7 @@ class EvalDataset:
     image_groups: dict[str, frozenset[str]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
-    def limit(self, max_queries: int | None) -> "EvalDataset":
+    def limit(self, max_queries: int | None) -> EvalDataset:
         """The first `max_queries` text queries (deterministic), for quick runs."""
         if max_queries is None or max_queries >= len(self.queries):
             return self

@@ -6,8 +6,8 @@ query with no relevant ids is a caller error (it would make every metric meaning
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from math import comb
-from typing import Hashable, Sequence
 
 Ranked = Sequence[Sequence[Hashable]]
 Relevant = Sequence[set]
@@ -25,20 +25,21 @@ def _check(ranked: Ranked, relevant: Relevant) -> None:
 def hit_rate_at_k(ranked: Ranked, relevant: Relevant, k: int) -> float:
     """R@K as used for text->image retrieval: share of queries with at least one relevant id in the top k."""
     _check(ranked, relevant)
-    return sum(bool(rel.intersection(list(r)[:k])) for r, rel in zip(ranked, relevant)) / len(ranked)
+    return sum(bool(rel.intersection(list(r)[:k])) for r, rel in zip(ranked, relevant, strict=True)) / len(ranked)
 
 
 def recall_at_k(ranked: Ranked, relevant: Relevant, k: int) -> float:
     """Mean share of each query's relevant ids found in its top k (stricter when queries have many)."""
     _check(ranked, relevant)
-    return sum(len(rel.intersection(list(r)[:k])) / len(rel) for r, rel in zip(ranked, relevant)) / len(ranked)
+    shares = (len(rel.intersection(list(r)[:k])) / len(rel) for r, rel in zip(ranked, relevant, strict=True))
+    return sum(shares) / len(ranked)
 
 
 def mean_reciprocal_rank(ranked: Ranked, relevant: Relevant) -> float:
     """Mean of 1/rank of the first relevant id (0 when none is ranked)."""
     _check(ranked, relevant)
     total = 0.0
-    for r, rel in zip(ranked, relevant):
+    for r, rel in zip(ranked, relevant, strict=True):
         total += next((1.0 / (i + 1) for i, x in enumerate(r) if x in rel), 0.0)
     return total / len(ranked)
 
@@ -56,7 +57,7 @@ def recall_against_exact(approx: Ranked, exact: Ranked, k: int) -> float:
     if len(approx) != len(exact) or not exact:
         raise ValueError("need the same non-zero number of approximate and exact rankings")
     total = 0.0
-    for a, e in zip(approx, exact):
+    for a, e in zip(approx, exact, strict=True):
         truth = set(list(e)[:k])
         total += len(truth.intersection(list(a)[:k])) / max(len(truth), 1)
     return total / len(exact)

@@ -10,9 +10,10 @@ PHOTOSTOCK_NOTEBOOK_SIZE (default 64); PNGs go to PHOTOSTOCK_NOTEBOOK_OUT (see p
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from indexer.evaluation import cache_sim, latency, runner, stores
 from indexer.evaluation.datasets import EvalDataset
@@ -40,7 +41,8 @@ def world_context(gallery: int | None = None, size: int | None = None, seed: int
     """The notebook's world and store, built on first use and reused by later runs and the other notebook."""
     gallery = gallery or int(os.environ.get("PHOTOSTOCK_NOTEBOOK_GALLERY", 300))
     size = size or int(os.environ.get("PHOTOSTOCK_NOTEBOOK_SIZE", 64))
-    workdir = Path(os.environ.get("PHOTOSTOCK_NOTEBOOK_WORKDIR") or DEFAULT_OUT / "work") / f"world-{seed}-{gallery}-{size}"
+    base = Path(os.environ.get("PHOTOSTOCK_NOTEBOOK_WORKDIR") or DEFAULT_OUT / "work")
+    workdir = base / f"world-{seed}-{gallery}-{size}"
     checkpoint = str(stores.tiny_checkpoint())
     encoder = stores.tiny_encoder()
     index = {"factory": f"IVF{NLIST},Flat", "recall_queries": 100, "latency_queries": 20}

@@ -4,8 +4,9 @@ only when a figure is drawn)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 __all__ = ["output_dir", "save", "metric_bars", "recall_latency", "worst_gallery", "latency_bars", "hit_rate"]
 
@@ -65,7 +66,7 @@ def recall_latency(curves: Mapping[str, Sequence[Mapping[str, Any]]], param: str
     for name, rows in curves.items():
         xs, ys = [r["ms_per_query"] for r in rows], [r[f"recall@{k}"] for r in rows]
         ax.plot(xs, ys, marker="o", label=name)
-        for r, x, y in zip(rows, xs, ys):
+        for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(f"{param}={r[param]}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, -9))
     ax.set_xlabel("median ms per query (one query at a time)")
     ax.set_ylabel(f"recall@{k} vs exact")

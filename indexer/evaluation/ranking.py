@@ -8,8 +8,8 @@ binary metrics are the ones in `metrics`; this module adds the graded and precis
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from math import log2
-from typing import Hashable, Mapping, Sequence
 
 from indexer.evaluation import metrics
 
@@ -40,7 +40,7 @@ def ndcg_at_k(run: Sequence[Sequence[Hashable]], qrels: Sequence[Qrel], k: int) 
     if k < 1:
         raise ValueError("k must be >= 1")
     total = 0.0
-    for ranked, grades in zip(run, _prepare(run, qrels)):
+    for ranked, grades in zip(run, _prepare(run, qrels), strict=True):
         dcg = sum(grades.get(x, 0.0) / log2(i + 2) for i, x in enumerate(_dedup(ranked)[:k]))
         ideal = sorted(grades.values(), reverse=True)[:k]
         total += dcg / sum(g / log2(i + 2) for i, g in enumerate(ideal))
@@ -62,7 +62,7 @@ def average_precision(ranked: Sequence[Hashable], relevant: set, k: int | None =
 def mean_average_precision(run: Sequence[Sequence[Hashable]], qrels: Sequence[Qrel], k: int | None = None) -> float:
     """mAP (optionally mAP@k, still normalised by every relevant id, as trec_eval does)."""
     graded = _prepare(run, qrels)
-    return sum(average_precision(r, set(g), k) for r, g in zip(run, graded)) / len(run)
+    return sum(average_precision(r, set(g), k) for r, g in zip(run, graded, strict=True)) / len(run)
 
 
 def _dedup(ranked: Sequence[Hashable]) -> list[Hashable]:

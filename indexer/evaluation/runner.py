@@ -12,8 +12,9 @@ Runs are lists of image paths (relative to the image root), the names the qrels 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def run_mode(view: StoreView, queries: np.ndarray, mode: str, k: int, params: Ma
 def _drop_self(ids: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Each row without its own query id, cut (or padded with -1) to k."""
     out = np.full((len(ids), k), -1, dtype=np.int64)
-    for q, (row, ex) in enumerate(zip(ids, exclude)):
+    for q, (row, ex) in enumerate(zip(ids, exclude, strict=True)):
         kept = row[row != ex][:k]
         out[q, :len(kept)] = kept
     return out
@@ -139,7 +140,8 @@ def evaluate_store(dataset: EvalDataset, view: StoreView, encoder: ClipEncoder |
     report: dict[str, Any] = {
         "dataset": dataset.name, "images": len(dataset.images), "indexed": n_items,
         "not_in_index": len(missing), "not_in_index_examples": missing[:5], "version": view.artifact.version,
-        "index": {"factory": view.artifact.manifest.index.factory, "params": dict(params or view.artifact.search_params),
+        "index": {"factory": view.artifact.manifest.index.factory,
+                  "params": dict(params or view.artifact.search_params),
                   "rerank_candidates": candidates or view.artifact.rerank_candidates},
         "k": depth,
     }

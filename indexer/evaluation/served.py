@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from search.encoder import ClipEncoder
 
@@ -30,7 +30,8 @@ def serve_store(store: Path, encoder: ClipEncoder, pretrained: str, text_backend
     from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
 
     settings = Settings(store=Path(store),
-                        encoder=EncoderSettings(model=encoder.identity.model, pretrained=pretrained, device=str(encoder.device)),
+                        encoder=EncoderSettings(model=encoder.identity.model, pretrained=pretrained,
+                                                device=str(encoder.device)),
                         text=TextSettings(backend=text_backend), reload=ReloadSettings(watch=False))
     ready = threading.Event()
 

@@ -54,7 +54,8 @@ def build_store(image_root: Path, store: Path, encoder: ClipEncoder, index: dict
 
 
 def prepare_world_store(workdir: Path, encoder: ClipEncoder, seed: int = 0, gallery: int = 300,
-                        size: tuple[int, int] = (64, 64), index: dict[str, Any] | None = None) -> tuple[EvalDataset, Path]:
+                        size: tuple[int, int] = (64, 64),
+                        index: dict[str, Any] | None = None) -> tuple[EvalDataset, Path]:
     """WORKDIR/world (written once) and WORKDIR/store (indexed once, incrementally after that)."""
     from indexer.evaluation.datasets import load_world
 

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parent
 TINY_MODEL_NAME = "photostock-tiny"
