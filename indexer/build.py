@@ -83,15 +83,16 @@ def _configure_training(index: Any, config: IndexConfig) -> None:
     """
     import faiss
 
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf: Any = faiss.try_extract_index_ivf(index)  # faiss objects are SWIG proxies: typed as Any here
     if ivf is not None:
         ivf = faiss.downcast_index(ivf)
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False
-    pre = faiss.downcast_index(index)
+    pre: Any = faiss.downcast_index(index)
     if isinstance(pre, faiss.IndexPreTransform):
-        for i in range(pre.chain.size()):
-            vt = faiss.downcast_VectorTransform(pre.chain.at(i))
+        chain: Any = pre.chain
+        for i in range(chain.size()):
+            vt = faiss.downcast_VectorTransform(chain.at(i))
             if isinstance(vt, faiss.OPQMatrix):
                 vt.niter = config.opq_iters
                 vt.max_train_points = config.opq_train_points
@@ -107,7 +108,7 @@ def train_and_add(vectors: np.ndarray, choice: IndexChoice, config: IndexConfig,
     timings: dict[str, float] = {}
     if not index.is_trained:
         _configure_training(index, config)
-        ivf = faiss.try_extract_index_ivf(index)
+        ivf: Any = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.niter = config.kmeans_iters
             ivf.cp.max_points_per_centroid = max(config.ivf_train_points_per_list, 39)
@@ -138,7 +139,7 @@ def make_queries(vectors: np.ndarray, count: int, noise: float, rng: np.random.G
     rows = np.sort(rng.choice(vectors.shape[0], size=count, replace=False))
     q = np.asarray(vectors[rows], dtype=np.float32)
     q = q + rng.standard_normal(q.shape).astype(np.float32) * (noise / np.sqrt(q.shape[1]))
-    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    return np.asarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
 
 
 def measure_latency(index: Any, vectors: np.ndarray, queries: np.ndarray, params: dict[str, int],
@@ -189,8 +190,10 @@ def tune_index(index: Any, vectors: np.ndarray, choice: IndexChoice, config: Ind
         if choice.search_param == "efSearch":  # HNSW raises efSearch to k itself; record what really runs
             grid = tuple(sorted({max(int(v), depth) for v in values if v is not None}))
         for value in grid:
-            params = {choice.search_param: value} if value is not None else {}
-            trial = {"params": params, "rerank_candidates": depth,
+            params: dict[str, int] = {}
+            if value is not None and choice.search_param is not None:
+                params = {choice.search_param: value}
+            trial: dict[str, Any] = {"params": params, "rerank_candidates": depth,
                      **measure_recall(index, vectors, queries, truth, params, depth)}
             trial["latency_ms"] = measure_latency(index, vectors, lat_queries, params, depth)
             trials.append(trial)
@@ -234,6 +237,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> BuiltIndex:
 def forced_choice(factory: str, chosen: IndexChoice) -> IndexChoice:
     """A config-forced factory keeps the selector's figures for reference but says it was forced."""
     upper = factory.upper()
+    values: tuple[int, ...]
     if "IVF" in upper:
         kind, param, values = "ivfpq", "nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)
     elif "HNSW" in upper:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from search.encoder import IdentityShape
+from search.encoder import ClipEncoder, IdentityShape
 
 EXIT_CANNOT_RUN = 2
 
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_encoder(model: str, pretrained: str | None, device: str):
+def _load_encoder(model: str, pretrained: str | None, device: str) -> ClipEncoder:
     """Check the model and device first so a typo is one clear line, not a stack trace.
 
     An open_clip model without --pretrained gets its first published tag (an index built from random weights
@@ -147,7 +147,7 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     if model in registry.TINY_ALIASES:
         parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
         checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
-    if pretrained not in (None, "random") and (  # the same rule as search.encoder: a file, not an open_clip tag
+    if pretrained is not None and pretrained != "random" and (  # the same rule as search.encoder: a file, not an open_clip tag
         Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained
     ):
         checkpoint = Path(pretrained).expanduser()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
@@ -84,7 +84,7 @@ def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
         return rgb, size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"decompression bomb guard: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise DecodeError(f"not a readable image: {exc}") from exc
     except MemoryError as exc:
         raise DecodeError("out of memory while decoding") from exc
@@ -154,7 +154,7 @@ def _init_worker(preprocess: Callable[[Image.Image], Any], max_pixels: int, draf
     _preprocess, _max_pixels, _draft_side = preprocess, max_pixels, draft_side
 
 
-def _modules_of(preprocess: Callable) -> list[str]:
+def _modules_of(preprocess: Callable[[Any], Any]) -> list[str]:
     """Modules defining the preprocess transforms: imported once in the fork server, not in every worker."""
     parts = [preprocess, *getattr(preprocess, "transforms", [])]
     return sorted({type(p).__module__ for p in parts if type(p).__module__ != "builtins"})
@@ -180,7 +180,7 @@ class DecodePool:
 
     def __init__(
         self,
-        preprocess: Callable,
+        preprocess: Callable[[Any], Any],
         workers: int,
         timeout_s: float,
         max_pixels: int,
@@ -198,10 +198,10 @@ class DecodePool:
             context=context,
         )
 
-    def submit(self, path: str) -> Future:
+    def submit(self, path: str) -> Future[DecodeOutcome]:
         return self._pool.schedule(self._task, args=(path,), timeout=self.timeout_s)
 
-    def outcome(self, future: Future) -> DecodeOutcome:
+    def outcome(self, future: Future[DecodeOutcome]) -> DecodeOutcome:
         """The task's outcome; worker death and timeouts become failures with a reason."""
         from pebble import ProcessExpired
 
@@ -215,7 +215,7 @@ class DecodePool:
             return DecodeOutcome(reason=f"decode worker error: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        self._pool.stop()
+        self._pool.stop()  # type: ignore[no-untyped-call]  # pebble leaves stop() unannotated
         self._pool.join()
 
     def __enter__(self) -> DecodePool:

@@ -42,12 +42,13 @@ def search_parameters(index: Any, params: Mapping[str, Any] | None) -> Any:
             return None
         wrapper = faiss.SearchParametersPreTransform()
         wrapper.index_params = inner
-        wrapper.referenced_objects = [inner]  # keep the inner object alive as long as the wrapper
+        wrapper.referenced_objects = [inner]  # type: ignore[attr-defined]  # keep the inner object alive as long as the wrapper
         return wrapper
     if isinstance(index, faiss.IndexIVF):
         return _build(faiss.SearchParametersIVF, params, {"nprobe", "max_codes"}, type(index).__name__)
     if isinstance(index, faiss.IndexHNSW):
-        return _build(faiss.SearchParametersHNSW, params, {"efSearch"}, type(index).__name__)
+        return _build(faiss.SearchParametersHNSW,  # type: ignore[attr-defined]
+                       params, {"efSearch"}, type(index).__name__)
     raise ValueError(f"{type(index).__name__} takes no search parameters, got {sorted(params)}")
 
 
@@ -77,7 +78,8 @@ def ann_search(index: Any, queries: np.ndarray, k: int,
     k = int(k)
     if k <= 0:
         raise ValueError("k must be positive")
-    return index.search(q, k, params=search_parameters(index, params))
+    scores, labels = index.search(q, k, params=search_parameters(index, params))
+    return np.asarray(scores), np.asarray(labels)
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int,

@@ -38,7 +38,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self.window_s <= 0:
             self.on_batch(1)
-            return (await loop.run_in_executor(self._executor, self._encode_group, [text]))[0]
+            vectors: np.ndarray = await loop.run_in_executor(self._executor, self._encode_group, [text])
+            return np.asarray(vectors[0])
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append((text, future))
         if len(self._pending) >= self.max_batch:

@@ -14,11 +14,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from search.models import registry
+
+if TYPE_CHECKING:  # torch is imported lazily at run time
+    from contextlib import AbstractContextManager
+
+    import torch
 
 __all__ = [
     "ClipEncoder",
@@ -80,7 +85,7 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(device: str = "auto") -> torch.device:  # noqa: F821 - torch imported lazily
+def resolve_device(device: str = "auto") -> torch.device:
     """`auto` means CUDA when present, else CPU."""
     import torch
 
@@ -107,14 +112,15 @@ class IdentityShape:
 class ClipEncoder(IdentityShape):
     """Encodes images and texts into L2-normalised float32 vectors with one open_clip model."""
 
-    def __init__(self, model: Any, preprocess: Callable, tokenizer: Any, identity: EncoderIdentity, device: Any):
+    def __init__(self, model: Any, preprocess: Callable[[Any], Any], tokenizer: Any, identity: EncoderIdentity,
+                 device: Any):
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.identity = identity
         self.device = device
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[Any]:
         import contextlib
 
         import torch
@@ -123,7 +129,7 @@ class ClipEncoder(IdentityShape):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:  # noqa: F821
+    def encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """Encode a batch that has already been through `self.preprocess` (N, 3, H, W)."""
         import torch
 
@@ -140,10 +146,11 @@ class ClipEncoder(IdentityShape):
             return np.zeros((0, self.dim), np.float32)
         return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
 
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:  # noqa: F821
-        return self.tokenizer(list(texts))
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens: torch.Tensor = self.tokenizer(list(texts))
+        return tokens
 
-    def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:  # noqa: F821
+    def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Encode token ids at whatever context length `tokens` has been given."""
         import torch
 
@@ -161,7 +168,7 @@ class ClipEncoder(IdentityShape):
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 def load_encoder(model: str, pretrained: str | None = None, device: str = "auto") -> ClipEncoder:
@@ -229,4 +236,5 @@ def _resolve_checkpoint(model_name: str, pretrained: str | None) -> Path | None:
 
 def _preprocess_identity(net: Any) -> dict[str, Any]:
     cfg = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
-    return json.loads(json.dumps(cfg, default=list))
+    plain: dict[str, Any] = json.loads(json.dumps(cfg, default=list))
+    return plain

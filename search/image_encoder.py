@@ -10,12 +10,15 @@ float16 autocast is the fast path. Both return L2-normalised float32 vectors equ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from search.encoder import ClipEncoder
 from search.onnx_runtime import export_tower, ort_session
+
+if TYPE_CHECKING:  # torch is imported lazily at run time
+    import torch
 
 __all__ = ["ImageEncoder", "TorchImageEncoder", "OnnxImageEncoder", "build_image_encoder", "export_image_tower"]
 
@@ -54,7 +57,7 @@ class OnnxImageEncoder:
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def _image_tower_module(model: Any) -> torch.nn.Module:  # noqa: F821
+def _image_tower_module(model: Any) -> torch.nn.Module:
     import torch
     import torch.nn.functional as F
 

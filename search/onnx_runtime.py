@@ -28,7 +28,7 @@ def export_key(encoder: Any) -> str:
     the identity cannot tell weights apart (random init: every such encoder shares one identity)."""
     identity = encoder.identity
     if identity.checksum != "random-init":
-        return identity.key
+        return str(identity.key)
     digest = hashlib.sha256(identity.key.encode())
     for name, tensor in sorted(encoder.model.state_dict().items()):
         digest.update(name.encode())

@@ -52,7 +52,7 @@ def _freshness(created_at: Any, half_life_days: float, now: datetime) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     age_days = max(0.0, (now - when).total_seconds() / 86400.0)
-    return 0.5 ** (age_days / max(half_life_days, 1e-9))
+    return float(0.5 ** (age_days / max(half_life_days, 1e-9)))
 
 
 def business_boost(metas: Sequence[dict[str, Any]], weights: RerankWeights,
@@ -100,7 +100,7 @@ def mmr_order(order: np.ndarray, scores: np.ndarray, vectors: np.ndarray, divers
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return np.asarray(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
 
 
 def rerank(query: np.ndarray, ids: Sequence[int], vectors: np.ndarray, metas: Sequence[dict[str, Any]],

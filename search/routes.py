@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from search.images import ImageNotFound
 from search.pipeline import SearchOutcome, SearchSpec
 from search.reload import NoIndexError
-from search.schemas import ErrorResponse, Ready, ReloadResult, SearchRequest, SearchResponse
+from search.schemas import ErrorResponse, Hit, Ready, ReloadResult, SearchRequest, SearchResponse
 from search.state import ServiceState
 from search.text_cache import normalize_query
 from search.timing import StageTimer
@@ -23,14 +23,15 @@ from search.uploads import UploadRejected, decode_image, read_limited
 
 __all__ = ["router"]
 
-_ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
 router = APIRouter(responses=_ERRORS)
 LOCALHOSTS = {"127.0.0.1", "::1", "localhost"}
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def _state(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 def _check_query(state: ServiceState, query: str) -> str:
@@ -60,9 +61,11 @@ def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query
         state.query_log.record(query=query, kind=kind, stages_ms=outcome.timer.milliseconds(),
                                cache_hit=outcome.cache_hit, results=len(outcome.hits), version=outcome.version)
     response.headers["Server-Timing"] = outcome.timer.server_timing()
-    cache = None if outcome.cache_hit is None else ("hit" if outcome.cache_hit else "miss")
-    return SearchResponse(query=query, hits=outcome.hits, total=outcome.total, k=spec.k, offset=spec.offset,
-                          version=outcome.version, cache=cache, timings_ms=outcome.timer.milliseconds())
+    cache: Literal["hit", "miss"] | None = None if outcome.cache_hit is None else (
+        "hit" if outcome.cache_hit else "miss")
+    return SearchResponse(query=query, hits=[Hit(**h) for h in outcome.hits], total=outcome.total, k=spec.k,
+                          offset=spec.offset, version=outcome.version, cache=cache,
+                          timings_ms=outcome.timer.milliseconds())
 
 
 async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> SearchOutcome:

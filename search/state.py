@@ -5,6 +5,7 @@ startup from settings. No FastAPI here: the app only wires these parts to routes
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ class ServiceState:
     def encode_image(self, image: Any) -> np.ndarray:
         """An uploaded RGB image -> its unit vector, through the configured image backend."""
         pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)[None]
-        return self.image.encode_pixels(pixels)[0]
+        return np.asarray(self.image.encode_pixels(pixels)[0])
 
     def close(self) -> None:
         self.batcher.close()
@@ -66,6 +67,8 @@ def configured_encoder(settings: Settings) -> ClipEncoder:
     cfg = settings.encoder
     model, pretrained = cfg.model, cfg.pretrained
     if model is None:
+        if settings.store is None:
+            raise ValueError("encoder.model is null and no store is configured to read it from")
         manifest = read_manifest(current_path(Path(settings.store)))
         model = manifest.encoder.model
         weights = manifest.encoder.weights
@@ -74,7 +77,7 @@ def configured_encoder(settings: Settings) -> ClipEncoder:
     return load_encoder(model, pretrained=pretrained, device=cfg.device)
 
 
-def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> callable:
+def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> Callable[[ReloadOutcome], None]:
     def on_change(outcome: ReloadOutcome) -> None:
         metrics.reloads.labels(result="ok" if outcome.loaded else "refused").inc()
         metrics.reload_failed.set(1 if outcome.error else 0)

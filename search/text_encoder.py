@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from search.encoder import ClipEncoder
 from search.onnx_runtime import export_tower, ort_session
+
+if TYPE_CHECKING:  # torch is imported lazily at run time
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,11 @@ def trim_is_exact(model: Any) -> bool:
 def token_lengths(tokens: np.ndarray, pool_type: str = "argmax", eos_id: int | None = None) -> np.ndarray:
     """Real length of each row (position of the end-of-text token + 1)."""
     if pool_type == "eos" and eos_id is not None:
-        return (tokens == eos_id).argmax(axis=1) + 1
-    return tokens.argmax(axis=1) + 1
+        return np.asarray((tokens == eos_id).argmax(axis=1) + 1)
+    return np.asarray(tokens.argmax(axis=1) + 1)
 
 
-def _block_forward(block: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: F821
+def _block_forward(block: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One open_clip residual block with attention written out (batch-first), so ONNX keeps shapes dynamic."""
     import torch.nn.functional as F
 
@@ -78,10 +81,11 @@ def _block_forward(block: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5) + mask
     out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(attn.out_proj(out))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    result: torch.Tensor = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return result
 
 
-def _text_tower_module(model: Any, explicit_attention: bool = False) -> torch.nn.Module:  # noqa: F821
+def _text_tower_module(model: Any, explicit_attention: bool = False) -> torch.nn.Module:
     """A standalone module computing normalised text features for tokens of any length <= context.
 
     `explicit_attention` writes attention out by hand (for ONNX export: nn.MultiheadAttention's traced graph
@@ -105,7 +109,8 @@ def _text_tower_module(model: Any, explicit_attention: bool = False) -> torch.nn
 
         def forward(self, text: torch.Tensor) -> torch.Tensor:
             length = text.shape[1]
-            mask = self.attn_mask[:length, :length]
+            attn_mask: torch.Tensor = self.attn_mask  # type: ignore[assignment]  # a registered buffer
+            mask = attn_mask[:length, :length]
             x = self.token_embedding(text) + self.positional_embedding[:length]
             if explicit_attention:
                 for block in self.transformer.resblocks:
@@ -137,7 +142,7 @@ class _TrimmingBase:
             log.warning("text tower is not causal with EOT pooling: encoding at full context")
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encoder.tokenize(texts).numpy().astype(np.int64)
+        return np.asarray(self.encoder.tokenize(texts).numpy(), dtype=np.int64)
 
     def lengths(self, tokens: np.ndarray) -> np.ndarray:
         return token_lengths(tokens, self.pool_type, self.eos_id)
@@ -171,7 +176,7 @@ class TorchTextEncoder(_TrimmingBase):
         batch = torch.from_numpy(np.ascontiguousarray(self.trimmed(tokens))).to(self.encoder.device)
         with torch.inference_mode():
             out = self.tower(batch)
-        return out.float().cpu().numpy()
+        return np.asarray(out.float().cpu().numpy())
 
 
 class OnnxTextEncoder(_TrimmingBase):
