@@ -147,7 +147,8 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     if model in registry.TINY_ALIASES:
         parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
         checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
-    if pretrained is not None and pretrained != "random" and (  # the same rule as search.encoder: a file, not an open_clip tag
+    # the same rule as search.encoder: a file, not an open_clip tag
+    if pretrained is not None and pretrained != "random" and (
         Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained
     ):
         checkpoint = Path(pretrained).expanduser()

@@ -105,7 +105,7 @@ class DecodeAhead:
                  timer: StageTimer):
         self.pool, self.image_root, self.timer = pool, image_root, timer
         self.todo = iter(pending)
-        self.window: deque[tuple[int, str, Future]] = deque()
+        self.window: deque[tuple[int, str, Future[DecodeOutcome]]] = deque()
         with timer.stage("decode_start"):  # the first submit starts the worker processes
             for row_id, path in self.todo:
                 self._submit(row_id, path)
@@ -143,7 +143,7 @@ def _commit(
     vectors: np.ndarray | None = None
     if good:
         with timer.stage("encode"):
-            vectors = encoder.encode_pixels(np.stack([o.pixels for _, o in good]))
+            vectors = encoder.encode_pixels(np.stack([o.pixels for _, o in good if o.pixels is not None]))
     decoded = [Decoded(r, o.width, o.height) for r, o in good]
     write_batch(name, decoded, vectors, failed, store, shard_dir, stats, timer)
 
@@ -164,6 +164,8 @@ def write_batch(
     """
     shard: str | None = None
     if decoded:
+        if vectors is None:
+            raise ValueError("decoded images need their vectors")
         with timer.stage("write"):
             shards.write_shard(shard_dir, name, np.array([d.id for d in decoded], np.int64), vectors)
         shard = name

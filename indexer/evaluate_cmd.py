@@ -17,8 +17,12 @@ import argparse
 import json
 import sys
 import tempfile
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from indexer.evaluation.datasets import EvalDataset
 
 EXIT_CANNOT_RUN = 2
 
@@ -85,7 +89,7 @@ def _encoder(args: argparse.Namespace) -> tuple[Any, str | None]:
     return load_encoder(args.model, pretrained=pretrained, device=args.device), pretrained
 
 
-def _dataset(args: argparse.Namespace, workdir: Path):
+def _dataset(args: argparse.Namespace, workdir: Path) -> EvalDataset:
     from indexer import world
     from indexer.evaluation import datasets, stores
 
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace, modes: list[str], workdir: Path) -> dict[str, 
     return report
 
 
-def _served(store: Path, encoder: Any, pretrained: str | None):
+def _served(store: Path, encoder: Any, pretrained: str | None) -> AbstractContextManager[str]:
     from indexer.evaluation.served import serve_store
 
     if pretrained is None:

@@ -197,7 +197,7 @@ def _decide(
 ) -> tuple[RowChange, str]:
     """The row change for one new or touched file, and what kind of change it is."""
     row_id = row.id if row is not None else None
-    base = dict(path=cand.path, size=cand.size, mtime_ns=cand.mtime_ns, id=row_id)
+    base: dict[str, Any] = dict(path=cand.path, size=cand.size, mtime_ns=cand.mtime_ns, id=row_id)
     if isinstance(digest, OSError):
         reason = f"cannot read file: {digest.strerror or digest}"
         return RowChange(content_hash=None, status="failed", reason=reason, **base), "unreadable"

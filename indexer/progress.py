@@ -4,13 +4,17 @@ terminal."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 from search.timing import StageTimer
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["StageTimer", "progress_bar"]
 
 
-def progress_bar(total: int, desc: str, unit: str = "img"):
+def progress_bar(total: int, desc: str, unit: str = "img") -> tqdm[Any]:
     """A tqdm bar with ETA on stderr, disabled when stderr is not a TTY (logs, CI, tests)."""
     from tqdm import tqdm
 

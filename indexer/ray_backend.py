@@ -89,13 +89,13 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def ray_encode_stage(options: RayOptions) -> functools.partial:
+def ray_encode_stage(options: RayOptions) -> functools.partial[EncodeStats]:
     """The `encode_stage` for `run_build`; checks that Ray imports now, before the run takes the store lock."""
     import_ray()
     return functools.partial(encode_pending_ray, options=options)
 
 
-def stage_for_backend(backend: str, address: str | None) -> functools.partial | None:
+def stage_for_backend(backend: str, address: str | None) -> functools.partial[EncodeStats] | None:
     """`--backend/--ray-address` to an `encode_stage` for `run_build` (None: the local one)."""
     if backend == "ray":
         return ray_encode_stage(RayOptions(address=address))

@@ -89,7 +89,7 @@ class _Skip(Exception):
     pass
 
 
-def _follow(entry: os.DirEntry, root_real: str) -> tuple[str, os.stat_result]:
+def _follow(entry: os.DirEntry[str], root_real: str) -> tuple[str, os.stat_result]:
     """Real path and stat of `entry`, refusing links that leave the root or dangle."""
     if not entry.is_symlink():
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,11 +52,13 @@ def fsync_dir(directory: Path) -> None:
 
 def open_vectors(directory: Path, name: str) -> np.ndarray:
     """Memory-mapped (N, D) float16 view of one shard."""
-    return np.load(directory / f"{name}{VECTORS_SUFFIX}", mmap_mode="r")
+    vectors: np.memmap[Any, np.dtype[np.float16]] = np.load(directory / f"{name}{VECTORS_SUFFIX}", mmap_mode="r")
+    return vectors
 
 
 def open_ids(directory: Path, name: str) -> np.ndarray:
-    return np.load(directory / f"{name}{IDS_SUFFIX}", mmap_mode="r")
+    ids: np.memmap[Any, np.dtype[np.int64]] = np.load(directory / f"{name}{IDS_SUFFIX}", mmap_mode="r")
+    return ids
 
 
 def gather(directory: Path, refs: list[tuple[int, str, int]], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,8 @@ class TrainSettings:
     eval_seed: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return plain
 
 
 def _file_digest(path: Path) -> str:
@@ -141,7 +142,7 @@ class WorldBatches:
     of (seed, step) whatever the worker count.
     """
 
-    def __init__(self, settings: TrainSettings, preprocess: Callable, tokenizer: Callable):
+    def __init__(self, settings: TrainSettings, preprocess: Callable[[Any], Any], tokenizer: Callable[..., Any]):
         self.settings = settings
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -213,7 +214,7 @@ class TrainResult:
     cpu_seconds: float = 0.0  # CPU time of trainer and loader workers: comparable across machine load
 
 
-def create_tiny_model() -> tuple[Any, Callable]:
+def create_tiny_model() -> tuple[Any, Callable[[Any], Any]]:
     """A random-init tiny CLIP and its eval preprocess (the same transform the encoder applies to files)."""
     import open_clip
 
@@ -226,7 +227,8 @@ def create_tiny_model() -> tuple[Any, Callable]:
 def _optimizer(model: Any, settings: TrainSettings) -> Any:
     import torch
 
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
@@ -268,9 +270,10 @@ def train(settings: TrainSettings, progress: Callable[[int, float], None] | None
         batches = WorldBatches(settings, preprocess, tokenizer)
         schedule = (settings.lr, settings.warmup_steps, settings.steps)
     model.train()
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
-                                         num_workers=settings.loader_workers,
-                                         worker_init_fn=_single_thread_worker)
+    # WorldBatches is map-style by step (a Dataset in all but its base class)
+    loader: Any = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,  # type: ignore[arg-type]
+                                              num_workers=settings.loader_workers,
+                                              worker_init_fn=_single_thread_worker)
     loss_fn = open_clip.loss.ClipLoss()
     optimizer = _optimizer(model, settings)
     result = TrainResult(state_dict={})

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -283,13 +284,13 @@ def save_item(item: WorldItem, root: Path) -> None:
         item.image.save(target, format="PNG")
 
 
-def metadata_record(item: WorldItem) -> dict:
+def metadata_record(item: WorldItem) -> dict[str, Any]:
     """One line of the sidecar `metadata.jsonl` the indexer reads (agreed format)."""
     return {"path": relative_path(item), "caption": item.composition.caption, "tags": item.composition.tags,
             "licence": item.licence, "popularity": item.popularity}
 
 
-def query_records(items: list[WorldItem]) -> list[dict]:
+def query_records(items: list[WorldItem]) -> list[dict[str, Any]]:
     """Each distinct gallery caption with its relevant (caption-matching) images, in first-seen order."""
     by_caption: dict[str, list[WorldItem]] = {}
     for item in items:
@@ -301,7 +302,7 @@ def query_records(items: list[WorldItem]) -> list[dict]:
     ]
 
 
-def write_world(out: Path, seed: int = 0, gallery: int = 600, size: tuple[int, int] = (128, 128)) -> dict:
+def write_world(out: Path, seed: int = 0, gallery: int = 600, size: tuple[int, int] = (128, 128)) -> dict[str, Any]:
     """Write OUT/gallery/ (images + metadata.jsonl), OUT/queries.jsonl and OUT/world.json; returns a summary.
 
     The queries file lives outside the image folder so the indexer never mistakes it for gallery data.

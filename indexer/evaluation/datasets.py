@@ -74,8 +74,8 @@ def load_world(world_dir: str | Path) -> EvalDataset:
     queries = tuple(TextQuery(r["query"], frozenset(r["relevant"]), bool(r["unseen"])) for r in records)
     groups: dict[str, frozenset[str]] = {}
     for q in queries:
-        for path in q.relevant:
-            groups[path] = q.relevant - {path}
+        for relevant in q.relevant:
+            groups[relevant] = q.relevant - {relevant}
     summary = json.loads((world_dir / world.WORLD_FILE).read_text()) if (world_dir / world.WORLD_FILE).is_file() else {}
     return EvalDataset("world", world_dir / world.GALLERY_DIR, images, queries, groups,
                        {"world": summary, "source": str(world_dir)})
@@ -138,7 +138,8 @@ def _karpathy_images(annotations: Path) -> list[dict[str, Any]]:
         raise DatasetError(f"{annotations} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{annotations} is not in the Karpathy format: expected an object with an 'images' list")
-    return data["images"]
+    images: list[dict[str, Any]] = data["images"]
+    return images
 
 
 def _karpathy_path(entry: Any, annotations: Path, i: int) -> str:

@@ -9,7 +9,7 @@ import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,7 +21,8 @@ NOT_STAGES = frozenset({"cache_hit", "ts", "results"})  # numeric fields of quer
 
 
 def measure_stages(store: Path, encoder: ClipEncoder, pretrained: str, queries: Sequence[str], k: int = 10,
-                   text_backend: str = "onnx", onnx_cache: Path | None = None) -> list[dict[str, Any]]:
+                   text_backend: Literal["torch", "onnx"] = "onnx",
+                   onnx_cache: Path | None = None) -> list[dict[str, Any]]:
     """One record per query: milliseconds per stage plus whether the embedding came from the cache. Repeated
     queries in `queries` hit the cache, as they would in the service."""
     from search.pipeline import SearchSpec
@@ -49,7 +50,8 @@ def measure_stages(store: Path, encoder: ClipEncoder, pretrained: str, queries: 
         finally:
             state.close()
 
-    return _run_in_thread(run_all)
+    records: list[dict[str, Any]] = _run_in_thread(run_all)
+    return records
 
 
 def _run_in_thread(factory: Any) -> Any:

@@ -7,10 +7,11 @@ query with no relevant ids is a caller error (it would make every metric meaning
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from collections.abc import Set as AbstractSet
 from math import comb
 
 Ranked = Sequence[Sequence[Hashable]]
-Relevant = Sequence[set]
+Relevant = Sequence[AbstractSet[Hashable]]
 
 
 def _check(ranked: Ranked, relevant: Relevant) -> None:
@@ -25,13 +26,13 @@ def _check(ranked: Ranked, relevant: Relevant) -> None:
 def hit_rate_at_k(ranked: Ranked, relevant: Relevant, k: int) -> float:
     """R@K as used for text->image retrieval: share of queries with at least one relevant id in the top k."""
     _check(ranked, relevant)
-    return sum(bool(rel.intersection(list(r)[:k])) for r, rel in zip(ranked, relevant, strict=True)) / len(ranked)
+    return sum(bool(rel & set(list(r)[:k])) for r, rel in zip(ranked, relevant, strict=True)) / len(ranked)
 
 
 def recall_at_k(ranked: Ranked, relevant: Relevant, k: int) -> float:
     """Mean share of each query's relevant ids found in its top k (stricter when queries have many)."""
     _check(ranked, relevant)
-    shares = (len(rel.intersection(list(r)[:k])) / len(rel) for r, rel in zip(ranked, relevant, strict=True))
+    shares = (len(rel & set(list(r)[:k])) / len(rel) for r, rel in zip(ranked, relevant, strict=True))
     return sum(shares) / len(ranked)
 
 

@@ -9,11 +9,12 @@ binary metrics are the ones in `metrics`; this module adds the graded and precis
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from math import log2
 
 from indexer.evaluation import metrics
 
-Qrel = Mapping[Hashable, float] | set
+Qrel = Mapping[Hashable, float] | AbstractSet[Hashable]
 DEFAULT_KS = (1, 5, 10)
 
 
@@ -47,7 +48,7 @@ def ndcg_at_k(run: Sequence[Sequence[Hashable]], qrels: Sequence[Qrel], k: int) 
     return total / len(run)
 
 
-def average_precision(ranked: Sequence[Hashable], relevant: set, k: int | None = None) -> float:
+def average_precision(ranked: Sequence[Hashable], relevant: AbstractSet[Hashable], k: int | None = None) -> float:
     """AP of one ranking: mean of precision at each relevant hit, divided by all relevant ids (not only found)."""
     if not relevant:
         raise ValueError("a query needs at least one relevant id")

@@ -12,7 +12,8 @@ Runs are lists of image paths (relative to the image root), the names the qrels 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,8 @@ def run_http(url: str, texts: Sequence[str], k: int, timeout_s: float = 60.0) ->
     return ModeRun("http", ranked, time.perf_counter() - start)
 
 
-def _mode_report(run: ModeRun, qrels: Sequence[set], n_items: int, ks: Sequence[int]) -> dict[str, Any]:
+def _mode_report(run: ModeRun, qrels: Sequence[AbstractSet[Hashable]], n_items: int,
+                 ks: Sequence[int]) -> dict[str, Any]:
     report: dict[str, Any] = dict(ranking.score_run(run.ranked, qrels, ks, n_items=n_items))
     report["ms_per_query"] = round(1000.0 * run.seconds / max(len(run.ranked), 1), 4)
     return report
@@ -158,7 +160,7 @@ def evaluate_store(dataset: EvalDataset, view: StoreView, encoder: ClipEncoder |
         vectors = encode_queries(encoder, texts)
         for mode in inprocess:
             runs[mode] = run_mode(view, vectors, mode, depth, params, candidates)
-    t2i = {m: _mode_report(r, qrels, n_items, ks) for m, r in runs.items()}
+    t2i: dict[str, Any] = {m: _mode_report(r, qrels, n_items, ks) for m, r in runs.items()}
     t2i.update(_ann_recall(runs, depth))
     report["text_to_image"] = t2i
     report["text_to_image_by_group"] = _by_group(dataset, runs, n_items, ks)

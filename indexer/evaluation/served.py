@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from search.encoder import ClipEncoder
 
@@ -21,7 +22,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve_store(store: Path, encoder: ClipEncoder, pretrained: str, text_backend: str = "torch",
+def serve_store(store: Path, encoder: ClipEncoder, pretrained: str, text_backend: Literal["torch", "onnx"] = "torch",
                 startup_timeout_s: float = 300.0) -> Iterator[str]:
     """Serve `store` with `encoder` (its checkpoint path is `pretrained`); yields the base URL."""
     import uvicorn

@@ -34,7 +34,7 @@ def ensure_world(world_dir: Path, seed: int, gallery: int, size: tuple[int, int]
     """Write the world unless `world_dir` already holds exactly this one (same seed, count, size)."""
     summary_file = Path(world_dir) / world.WORLD_FILE
     if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
+        summary: dict[str, Any] = json.loads(summary_file.read_text())
         wanted = {"world_version": world.WORLD_VERSION, "seed": seed, "gallery": gallery, "size": list(size)}
         if all(summary.get(k) == v for k, v in wanted.items()):
             return summary
