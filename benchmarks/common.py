@@ -34,7 +34,7 @@ def machine() -> dict[str, Any]:
 
 
 def _write_one(args: tuple[int, str, tuple[int, int], int]) -> None:
-    from indexer import world
+    from indexer.lab import world
 
     index, root, size, seed = args
     item = world.gallery_item(seed, index, size)

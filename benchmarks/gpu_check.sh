@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import world
+from indexer.lab import world
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 

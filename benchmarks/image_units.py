@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--size", default="640x480")
     args = parser.parse_args()
-    from indexer.world import parse_size
+    from indexer.lab.world import parse_size
 
     result = {"benchmark": "image_units", "machine": machine(),
               "towers": {m: tower(m, args.images) for m in (args.model or ["ViT-B-32", "tiny"])},

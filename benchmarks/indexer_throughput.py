@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--ablation", action="store_true",
                         help="also run our pipeline with the eager torch image tower (where the gain comes from)")
     args = parser.parse_args()
-    from indexer.world import parse_size
+    from indexer.lab.world import parse_size
 
     size = parse_size(args.size)
     images = write_jpegs(args.work / f"jpegs-{size[0]}x{size[1]}-{args.n}", args.n, size)

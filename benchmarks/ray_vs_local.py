@@ -155,7 +155,7 @@ def main() -> int:
                         help="skip the two builds; only the one-thread unit costs and the projection")
     args = parser.parse_args()
 
-    from indexer.world import parse_size, write_world
+    from indexer.lab.world import parse_size, write_world
 
     with tempfile.TemporaryDirectory(prefix="ray-vs-local-") as tmp:
         root = Path(tmp)

@@ -9,11 +9,11 @@ import importlib.util
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "world": ("indexer.world_cmd", "generate the synthetic captioned image world"),
-    "train": ("indexer.train_cmd", "train (or load from cache) the project's tiny CLIP"),
+    "world": ("indexer.lab.world_cmd", "generate the synthetic captioned image world"),
+    "train": ("indexer.lab.train_cmd", "train (or load from cache) the project's tiny CLIP"),
     "build": ("indexer.build_cmd", "index an image folder into a store and publish a new index version"),
     "status": ("indexer.status_cmd", "print the store's current version, counts and failures"),
-    "evaluate": ("indexer.evaluate_cmd", "run a relevance evaluation and print a JSON report"),
+    "evaluate": ("indexer.lab.evaluate_cmd", "run a relevance evaluation and print a JSON report"),
 }
 
 

@@ -1,6 +1,6 @@
 """Optional query log for offline analysis: one JSON line per answered query (time, query text or kind, version,
 per-stage latency in ms, cache hit, results count). Self-contained so the service can wire it in with one
-call after each search; `indexer.evaluation.latency.stage_percentiles` reads the records as they are.
+call after each search; `indexer.lab.evaluation.latency.stage_percentiles` reads the records as they are.
 
 Appends go through one lock and are flushed per line, so concurrent requests never interleave partial lines
 and a crash loses at most the line being written.

@@ -111,7 +111,7 @@ def world_store(base: Path) -> WorldStore:
         return _STORE[0]
     from PIL import Image
 
-    from indexer.world import write_world
+    from indexer.lab.world import write_world
 
     write_world(base / "world", seed=0, gallery=GALLERY, size=IMAGE_SIZE)
     image_root = base / "world" / "gallery"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.evaluation import analysis, cache_sim, latency
-from indexer.evaluation.datasets import EvalDataset, TextQuery
+from indexer.lab.evaluation import analysis, cache_sim, latency
+from indexer.lab.evaluation.datasets import EvalDataset, TextQuery
 
 
 def test_markdown_table() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from indexer import cli
-from indexer.evaluation import runner, stores
-from indexer.evaluation.datasets import load_world
+from indexer.lab.evaluation import runner, stores
+from indexer.lab.evaluation.datasets import load_world
 from search.artifact import open_current
 from search.encoder import load_encoder
 from tests.service_support import tiny_checkpoint

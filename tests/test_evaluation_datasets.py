@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from indexer import world
-from indexer.evaluation import datasets
-from indexer.evaluation.datasets import DatasetError
+from indexer.lab import world
+from indexer.lab.evaluation import datasets
+from indexer.lab.evaluation.datasets import DatasetError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "karpathy"
 FLICKR = FIXTURES / "dataset_flickr30k.json"

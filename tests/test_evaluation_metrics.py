@@ -7,7 +7,7 @@ from math import isclose, log2
 import numpy as np
 import pytest
 
-from indexer.evaluation import metrics, ranking
+from indexer.lab.evaluation import metrics, ranking
 
 
 def test_graded_ndcg_matches_hand_computation() -> None:

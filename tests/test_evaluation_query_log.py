@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.evaluation.latency import stage_percentiles
+from indexer.lab.evaluation.latency import stage_percentiles
 from search.query_log import QueryLog, read_query_log
 
 

@@ -31,7 +31,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A 60-image world plus one broken file among the candidates; returns the world folder."""
-    from indexer.world import write_world
+    from indexer.lab.world import write_world
 
     out = tmp_path_factory.mktemp("world")
     write_world(out, seed=7, gallery=WORLD_IMAGES, size=(64, 64))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import cli, train, world
-from indexer.evaluation.world_eval import evaluate_world
+from indexer import cli
+from indexer.lab import train, world
+from indexer.lab.evaluation.world_eval import evaluate_world
 from search.encoder import load_encoder
 from search.models import registry
 

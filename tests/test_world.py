@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import cli, world
-from indexer.evaluation import metrics
+from indexer import cli
+from indexer.lab import world
+from indexer.lab.evaluation import metrics
 
 
 def _pixels(img: Image.Image) -> np.ndarray:
@@ -54,7 +55,7 @@ def test_training_examples_are_seen_compositions():
 def test_trainer_batches_hold_distinct_seen_captions():
     import torch
 
-    from indexer.train import TrainSettings, WorldBatches
+    from indexer.lab.train import TrainSettings, WorldBatches
 
     settings = TrainSettings(batch_size=48, steps=2, render_sizes=(32,))
     batches = WorldBatches(settings, preprocess=lambda im: torch.zeros(1), tokenizer=lambda caps: caps)

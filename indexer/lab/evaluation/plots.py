@@ -1,28 +1,19 @@
-"""Figures for the evaluation notebooks, each saved as a PNG under `output_dir()` (matplotlib is imported
-only when a figure is drawn)."""
+"""Figures for the evaluation notebooks, each saved as a PNG into the folder the caller names (matplotlib is
+imported only when a figure is drawn)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["output_dir", "save", "metric_bars", "recall_latency", "worst_gallery", "latency_bars", "hit_rate"]
+__all__ = ["save", "metric_bars", "recall_latency", "worst_gallery", "latency_bars", "hit_rate"]
 
-OUT_ENV = "PHOTOSTOCK_NOTEBOOK_OUT"
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "notebooks" / "out"  # git-ignored
-
-
-def output_dir() -> Path:
-    """Where PNGs go: $PHOTOSTOCK_NOTEBOOK_OUT, else notebooks/out/ (created)."""
-    path = Path(os.environ.get(OUT_ENV) or DEFAULT_OUT)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def save(fig: Any, name: str) -> Path:
-    path = output_dir() / f"{name}.png"
+def save(fig: Any, name: str, out_dir: Path) -> Path:
+    """Write `fig` as OUT_DIR/NAME.png (the folder is created)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from indexer import train, world
+from indexer.lab import train, world
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

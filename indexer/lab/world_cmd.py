@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from indexer import world
+from indexer.lab import world
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

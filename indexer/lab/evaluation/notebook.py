@@ -2,29 +2,25 @@
 once with the real pipeline (an IVF index is forced, so there is a recall/latency trade-off to plot), and
 thin calls into runner, latency and cache_sim.
 
-Settings come from the environment so CI can keep runs short:
-PHOTOSTOCK_NOTEBOOK_WORKDIR (default notebooks/out/work), PHOTOSTOCK_NOTEBOOK_GALLERY (default 300),
-PHOTOSTOCK_NOTEBOOK_SIZE (default 64); PNGs go to PHOTOSTOCK_NOTEBOOK_OUT (see plots.output_dir).
+Folders are arguments (the notebooks name them: their own out/ folder unless PHOTOSTOCK_NOTEBOOK_OUT,
+PHOTOSTOCK_NOTEBOOK_WORKDIR say otherwise); nothing here computes a repo path.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.evaluation import cache_sim, latency, runner, stores
-from indexer.evaluation.datasets import EvalDataset
-from indexer.evaluation.plots import DEFAULT_OUT
+from indexer.lab.evaluation import cache_sim, latency, runner, stores
+from indexer.lab.evaluation.datasets import EvalDataset
 from search.artifact import Artifact, open_current
 from search.encoder import ClipEncoder
 
 __all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
 
 NLIST = 16
-BENCHMARK_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "out" / "http_load.json"
 
 
 @dataclass
@@ -37,12 +33,10 @@ class WorldContext:
     view: runner.StoreView
 
 
-def world_context(gallery: int | None = None, size: int | None = None, seed: int = 1000) -> WorldContext:
-    """The notebook's world and store, built on first use and reused by later runs and the other notebook."""
-    gallery = gallery or int(os.environ.get("PHOTOSTOCK_NOTEBOOK_GALLERY", 300))
-    size = size or int(os.environ.get("PHOTOSTOCK_NOTEBOOK_SIZE", 64))
-    base = Path(os.environ.get("PHOTOSTOCK_NOTEBOOK_WORKDIR") or DEFAULT_OUT / "work")
-    workdir = base / f"world-{seed}-{gallery}-{size}"
+def world_context(workdir: Path, gallery: int = 300, size: int = 64, seed: int = 1000) -> WorldContext:
+    """The notebook's world and store under WORKDIR, built on first use and reused by later runs and the other
+    notebook."""
+    workdir = Path(workdir) / f"world-{seed}-{gallery}-{size}"
     checkpoint = str(stores.tiny_checkpoint())
     encoder = stores.tiny_encoder()
     index = {"factory": f"IVF{NLIST},Flat", "recall_queries": 100, "latency_queries": 20}
@@ -62,12 +56,13 @@ def sweep(ctx: WorldContext, values: Sequence[int] = (1, 2, 4, 8, NLIST), rerank
     return runner.sweep_param(ctx.view, queries, values, rerank=rerank)
 
 
-def latency_records(ctx: WorldContext, n: int = 200, exponent: float = 1.0) -> tuple[list[dict[str, Any]], str]:
-    """Stage records from benchmarks/out/http_load.json when it has them, else measured here over a Zipf log of
-    the world's captions (repeats hit the query cache). Returns (records, where they came from)."""
-    records = latency.load_stage_samples(BENCHMARK_JSON)
+def latency_records(ctx: WorldContext, http_load_json: Path | None = None, n: int = 200,
+                    exponent: float = 1.0) -> tuple[list[dict[str, Any]], str]:
+    """Stage records from `http_load_json` (benchmarks/http_load.py's output) when it has them, else measured
+    here over a Zipf log of the world's captions (repeats hit the query cache). Returns (records, source)."""
+    records = latency.load_stage_samples(http_load_json) if http_load_json is not None else None
     if records:
-        return records, str(BENCHMARK_JSON)
+        return records, str(http_load_json)
     texts = [q.text for q in ctx.dataset.queries]
     log = [texts[r] for r in cache_sim.zipf_ranks(len(texts), n, exponent).tolist()]
     return latency.measure_stages(ctx.store, ctx.encoder, ctx.checkpoint, log), "measured in-process"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer import world
+from indexer.lab import world
 
 __all__ = ["EvalDataset", "TextQuery", "load_world", "load_karpathy", "materialize_split", "DatasetError",
            "KARPATHY_SPLITS"]

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from indexer import world
-from indexer.evaluation.datasets import EvalDataset
+from indexer.lab import world
+from indexer.lab.evaluation.datasets import EvalDataset
 from search.encoder import ClipEncoder, load_encoder
 from search.models import registry
 
@@ -21,7 +21,7 @@ def tiny_checkpoint() -> Path:
     path = registry.tiny_checkpoint_path()
     if path.is_file():
         return path
-    from indexer.train import ensure_tiny_checkpoint
+    from indexer.lab.train import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint()
 
@@ -57,7 +57,7 @@ def prepare_world_store(workdir: Path, encoder: ClipEncoder, seed: int = 0, gall
                         size: tuple[int, int] = (64, 64),
                         index: dict[str, Any] | None = None) -> tuple[EvalDataset, Path]:
     """WORKDIR/world (written once) and WORKDIR/store (indexed once, incrementally after that)."""
-    from indexer.evaluation.datasets import load_world
+    from indexer.lab.evaluation.datasets import load_world
 
     workdir = Path(workdir)
     ensure_world(workdir / "world", seed, gallery, size)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from indexer.evaluation import ranking
-from indexer.evaluation.datasets import EvalDataset
+from indexer.lab.evaluation import ranking
+from indexer.lab.evaluation.datasets import EvalDataset
 
 __all__ = ["mode_rows", "markdown_table", "worst_queries", "group_rows"]
 

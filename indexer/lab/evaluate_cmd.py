@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from indexer.evaluation.datasets import EvalDataset
+    from indexer.lab.evaluation.datasets import EvalDataset
 
 EXIT_CANNOT_RUN = 2
 
@@ -52,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from indexer.evaluation.datasets import DatasetError
+    from indexer.lab.evaluation.datasets import DatasetError
     from search.artifact import ArtifactError
     from search.encoder import WeightsUnavailableError
 
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _modes(text: str) -> list[str]:
-    from indexer.evaluation.runner import MODES
+    from indexer.lab.evaluation.runner import MODES
 
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in (*MODES, "http")]
@@ -80,7 +80,7 @@ def _modes(text: str) -> list[str]:
 
 
 def _encoder(args: argparse.Namespace) -> tuple[Any, str | None]:
-    from indexer.evaluation.stores import tiny_checkpoint
+    from indexer.lab.evaluation.stores import tiny_checkpoint
     from search.encoder import load_encoder
 
     pretrained = args.pretrained
@@ -90,8 +90,8 @@ def _encoder(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 
 def _dataset(args: argparse.Namespace, workdir: Path) -> EvalDataset:
-    from indexer import world
-    from indexer.evaluation import datasets, stores
+    from indexer.lab import world
+    from indexer.lab.evaluation import datasets, stores
 
     if args.dataset == "karpathy":
         if args.annotations is None or args.images is None:
@@ -105,8 +105,8 @@ def _dataset(args: argparse.Namespace, workdir: Path) -> EvalDataset:
 
 
 def run(args: argparse.Namespace, modes: list[str], workdir: Path) -> dict[str, Any]:
-    from indexer.evaluation import runner, stores
-    from indexer.evaluation.datasets import materialize_split
+    from indexer.lab.evaluation import runner, stores
+    from indexer.lab.evaluation.datasets import materialize_split
     from search.artifact import open_current
 
     dataset = _dataset(args, workdir).limit(args.max_queries)
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, modes: list[str], workdir: Path) -> dict[str, 
 
 
 def _served(store: Path, encoder: Any, pretrained: str | None) -> AbstractContextManager[str]:
-    from indexer.evaluation.served import serve_store
+    from indexer.lab.evaluation.served import serve_store
 
     if pretrained is None:
         raise ValueError("mode http needs a checkpoint path (--pretrained) so the service loads the same weights")

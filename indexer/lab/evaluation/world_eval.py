@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer import world
-from indexer.evaluation import metrics
+from indexer.lab import world
+from indexer.lab.evaluation import metrics
 
 KS = (1, 5, 10)
 

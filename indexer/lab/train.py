@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import world
+from indexer.lab import world
 from search.models import registry
 
 CHECKPOINT_FORMAT = 1
@@ -360,7 +360,7 @@ def train_and_save(settings: TrainSettings, path: Path, evaluate: bool = True,
     }
     save_checkpoint(path, result.state_dict, info)
     if evaluate:
-        from indexer.evaluation.world_eval import evaluate_checkpoint
+        from indexer.lab.evaluation.world_eval import evaluate_checkpoint
 
         info["metrics"] = evaluate_checkpoint(path, seed=settings.eval_seed, gallery=settings.eval_gallery)
         save_checkpoint(path, result.state_dict, info)

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from math import log2
 
-from indexer.evaluation import metrics
+from indexer.lab.evaluation import metrics
 
 Qrel = Mapping[Hashable, float] | AbstractSet[Hashable]
 DEFAULT_KS = (1, 5, 10)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.evaluation import metrics, ranking
-from indexer.evaluation.datasets import EvalDataset
+from indexer.lab.evaluation import metrics, ranking
+from indexer.lab.evaluation.datasets import EvalDataset
 from search.artifact import Artifact, ArtifactError
 from search.encoder import ClipEncoder
 
