@@ -197,8 +197,7 @@ def _remember_fingerprint(store: Path, settings: Any, identity: Any) -> None:
     db = MetadataStore.open(Path(store) / DB_NAME)
     try:
         if fingerprint is not None and db.get_meta("encoder_key") == identity.key:
-            with db.conn:
-                db.set_meta("encoder_fingerprint", fingerprint)
+            db.update_meta({"encoder_fingerprint": fingerprint})
     finally:
         db.close()
 
@@ -208,7 +207,6 @@ def _forget_fingerprint(store: Path) -> None:
 
     db = MetadataStore.open(Path(store) / DB_NAME)
     try:
-        with db.conn:
-            db.conn.execute("DELETE FROM meta WHERE key = 'encoder_fingerprint'")
+        db.delete_meta("encoder_fingerprint")
     finally:
         db.close()

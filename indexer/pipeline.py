@@ -25,6 +25,7 @@ from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
 from indexer.sidecar import read_sidecar
 from indexer.store import DB_NAME, ImageRow, MetadataStore, RowChange
+from search.artifact import current_version
 from search.encoder import ClipEncoder, file_sha256
 
 SHARDS_DIR = "shards"
@@ -141,9 +142,7 @@ def _check_encoder(db: MetadataStore, encoder: ClipEncoder) -> None:
     found = db.get_meta("encoder_key")
     meta = {"encoder_key": key, "encoder": json.dumps(encoder.identity.to_dict(), sort_keys=True)}
     if found is None:
-        with db.conn:
-            for k, v in meta.items():
-                db.set_meta(k, v)
+        db.update_meta(meta)
     elif found != key:
         db.reset_embeddings(meta)
 
@@ -239,9 +238,7 @@ def _maybe_publish(
     request = PublishRequest(store, db, encoder, images, settings, counts, timer.as_dict())
     with timer.stage("index_build"):
         version = publisher(request)
-    with db.conn:
-        db.set_meta("published", version)
-        db.set_meta("dirty", "0")
+    db.mark_published(version)
     return version, True
 
 
@@ -257,14 +254,6 @@ def publish_step(req: PublishRequest) -> str:
         IndexConfig.from_dict(req.settings.index_options()), summary, req.timings,
     )
     return published.name
-
-
-def current_version(store: Path) -> str | None:
-    """Name of the version STORE/current points to, if any."""
-    link = Path(store) / "current"
-    if not link.exists():
-        return None
-    return Path(os.path.realpath(link)).name
 
 
 def _save_report(store: Path, report: dict[str, Any]) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 from indexer.build import BuiltIndex, build_index
 from indexer.index_select import IndexConfig
 from indexer.shards import fsync_dir
-from search.artifact import CURRENT_LINK, open_version
+from search.artifact import CURRENT_LINK, current_version, open_version
 from search.encoder import EncoderIdentity, file_sha256
 from search.manifest import (
     IDS_FILE,
@@ -158,8 +158,7 @@ def prune_versions(store: Path, keep: int) -> list[str]:
     if keep < 1:
         raise ValueError("keep must be at least 1")
     store = Path(store)
-    link = store / CURRENT_LINK
-    current = link.resolve().name if link.is_symlink() else None
+    current = current_version(store)
     names = list_versions(store)
     survivors = set(names[-keep:]) | ({current} if current else set())
     removed = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,8 +132,18 @@ class MetadataStore:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
-        """Callers wrap this in their own transaction."""
+        """One key inside the caller's transaction (the methods below open theirs; use those from outside)."""
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def update_meta(self, values: Mapping[str, str]) -> None:
+        """Several meta keys in one transaction."""
+        with self.conn:
+            for key, value in values.items():
+                self.set_meta(key, value)
+
+    def delete_meta(self, key: str) -> None:
+        with self.conn:
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def rows(self) -> dict[str, ImageRow]:
         cur = self.conn.execute(
@@ -198,10 +208,10 @@ class MetadataStore:
             for key, value in {**meta, "dirty": "1"}.items():
                 self.set_meta(key, value)
 
-    def mark_dirty(self, dirty: bool) -> None:
-        """`dirty` = the rows changed since the last published version (survives a kill before publish)."""
-        with self.conn:
-            self.set_meta("dirty", "1" if dirty else "0")
+    def mark_published(self, version: str) -> None:
+        """The rows now match `version`: record it and clear `dirty` (= the rows changed since the last
+        published version; it survives a kill before publish) in one transaction."""
+        self.update_meta({"published": version, "dirty": "0"})
 
     @property
     def dirty(self) -> bool:

@@ -30,7 +30,8 @@ from search.manifest import (
     read_manifest,
 )
 
-__all__ = ["Artifact", "ArtifactError", "SearchResult", "open_current", "open_version", "current_path"]
+__all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "SearchResult", "current_link", "current_path",
+           "current_version", "open_current", "open_version"]
 
 CURRENT_LINK = "current"
 
@@ -44,9 +45,22 @@ class SearchResult:
     exact_scores: np.ndarray
 
 
+def current_link(store: str | os.PathLike[str]) -> Path:
+    """`STORE/current`: the symlink naming the served version (the one place its name is spelled)."""
+    return Path(store) / CURRENT_LINK
+
+
+def current_version(store: str | os.PathLike[str]) -> str | None:
+    """Name of the version `STORE/current` points to, or None when nothing (that exists) is published."""
+    link = current_link(store)
+    if not link.exists():
+        return None
+    return Path(os.path.realpath(link)).name
+
+
 def current_path(store: str | os.PathLike[str]) -> Path:
     """The version directory `STORE/current` points to (resolved), or ArtifactError when there is none."""
-    link = Path(store) / CURRENT_LINK
+    link = current_link(store)
     if not link.is_symlink() and not link.exists():
         raise ArtifactError(f"{link} does not exist: no index version has been published in {store}")
     target = link.resolve()

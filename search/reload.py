@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import ann
-from search.artifact import Artifact, ArtifactError, current_path, open_version
+from search.artifact import Artifact, ArtifactError, current_link, current_path, open_version
 from search.encoder import EncoderIdentity
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class ArtifactHolder:
                 self._check_params(artifact)
             except Exception as exc:  # any failure to open means: refuse it, keep serving the old version
                 if not isinstance(exc, (ArtifactError, OSError)):
-                    log.exception("unexpected error opening %s", self.store / "current")
+                    log.exception("unexpected error opening %s", current_link(self.store))
                 self.last_error = str(exc) if isinstance(exc, (ArtifactError, OSError)) else repr(exc)
                 outcome = ReloadOutcome(False, self.version, self.last_error)
                 log.error("index reload refused, still serving %s: %s", self.version, exc)
@@ -141,7 +141,7 @@ class ArtifactHolder:
 
 def _link_target(store: Path) -> str | None:
     try:
-        return os.readlink(store / "current")
+        return os.readlink(current_link(store))
     except OSError:
         return None
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from indexer.index_select import IndexConfig
 from indexer.publish import PublishedVersion, publish_version
-from search.encoder import EncoderIdentity
+from search.artifact import ArtifactError
+from search.encoder import ClipEncoder, EncoderIdentity
+from search.pipeline import Searcher, SearchSpec
+from search.reload import ArtifactHolder
+from search.settings import RankSettings
+from search.timing import StageTimer
 
 
 def clustered(n: int, d: int, clusters: int = 20, spread: float = 0.35, seed: int = 0) -> np.ndarray:
@@ -50,3 +57,18 @@ def publish(store: Path, vectors: np.ndarray, ids: np.ndarray | None = None,
         make_metadata(db, ids)
     return publish_version(store, ids, vectors, db, identity(vectors.shape[1]), store.parent,
                            config or small_config(), {"indexed": len(ids), "failed": 0}, {"encode_s": 0.1})
+
+
+def search_store(store: Path, encoder: ClipEncoder, text: str, k: int = 10) -> list[dict[str, Any]]:
+    """Top-k hits for `text` through the service's own query path without HTTP: the artifact holder (which
+    refuses a version built by another encoder), the Searcher (ANN over-fetch, exact rerank, metadata)."""
+    holder = ArtifactHolder(store, encoder.identity)
+    try:
+        outcome = holder.reload()
+        if not outcome.loaded:
+            raise ArtifactError(outcome.error or f"no version loaded from {store}")
+        searcher = Searcher(holder, RankSettings())
+        vector = encoder.encode_texts([text])[0]
+        return asyncio.run(searcher.search(vector, SearchSpec(k=k), StageTimer())).hits
+    finally:
+        holder.close()

@@ -1,7 +1,8 @@
-"""The artifact reader: refuses bad versions, per-call search parameters, metadata, query_text end to end."""
+"""The artifact reader: refuses bad versions, per-call search parameters, metadata, a text query end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -14,7 +15,7 @@ import pytest
 from indexer.publish import publish_version
 from search import ann
 from search.artifact import ArtifactError, open_current, open_version
-from tests.artifact_support import clustered, identity, make_metadata, publish, small_config
+from tests.artifact_support import clustered, identity, make_metadata, publish, search_store, small_config
 
 D = 32
 
@@ -163,11 +164,10 @@ def test_metadata_from_several_threads(published) -> None:
             art.metadata([-5])
 
 
-def test_query_text_with_the_tiny_encoder(tmp_path: Path) -> None:
+def test_text_query_through_the_service_path_with_the_tiny_encoder(tmp_path: Path) -> None:
     from PIL import Image
 
-    from search.encoder import load_encoder
-    from search.query import query_text
+    from search.encoder import ClipEncoder, load_encoder
 
     encoder = load_encoder("tiny", pretrained="random", device="cpu")
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 0, 0), (255, 255, 255)]
@@ -179,14 +179,16 @@ def test_query_text_with_the_tiny_encoder(tmp_path: Path) -> None:
     db = make_metadata(tmp_path / "live.sqlite", ids)
     publish_version(tmp_path / "store", ids, vectors, db, encoder.identity, tmp_path,
                     small_config(factory="Flat"), {"indexed": len(ids)}, {})
-    with open_current(tmp_path / "store", expect_encoder=encoder.identity) as art:
-        hits = query_text(art, encoder, "a red photo", k=4)
-        assert len(hits) == 4
-        text = encoder.encode_texts(["a red photo"])[0]
-        expected = np.argsort(-(vectors.astype(np.float16).astype(np.float32) @ text))[:4]
-        assert [h.id for h in hits] == [int(ids[i]) for i in expected]
-        assert [h.path for h in hits] == [f"img/{int(ids[i]):06d}.jpg" for i in expected]
-        for h in hits:
-            assert h.ann_score == pytest.approx(h.exact_score, abs=1e-3)
-        with pytest.raises(ValueError):
-            query_text(art, encoder, "   ")
+    hits = search_store(tmp_path / "store", encoder, "a red photo", k=4)
+    assert len(hits) == 4
+    text = encoder.encode_texts(["a red photo"])[0]
+    exact = vectors.astype(np.float16).astype(np.float32) @ text
+    expected = np.argsort(-exact, kind="stable")[:4]
+    assert [h["id"] for h in hits] == [int(ids[i]) for i in expected]
+    assert [h["path"] for h in hits] == [f"img/{int(ids[i]):06d}.jpg" for i in expected]
+    for h, i in zip(hits, expected, strict=True):
+        assert h["similarity"] == pytest.approx(float(exact[i]), abs=1e-3)
+    other = ClipEncoder(encoder.model, encoder.preprocess, encoder.tokenizer,
+                        dataclasses.replace(encoder.identity, checksum="f" * 64), encoder.device)
+    with pytest.raises(ArtifactError, match="checksum"):  # an index built by another encoder is refused
+        search_store(tmp_path / "store", other, "a red photo", k=4)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.artifact_support import search_store
 from tests.indexer_support import current_ids, draw, rows, settings, tiny_encoder
 
 WORLD_IMAGES = 60
@@ -90,25 +91,17 @@ def test_embeddings_equal_within_float16(stores):
 
 
 def test_same_retrieval_for_held_out_captions(stores, world):
-    from search.artifact import open_current
-    from search.query import query_text
-
     queries = [json.loads(line) for line in (world / "queries.jsonl").read_text().splitlines()]
     held_out = [q["query"] for q in queries if q["unseen"]]
     assert held_out, "the world should contain held-out (unseen) compositions"
-    local, ray = open_current(stores["local"]), open_current(stores["ray"])
-    try:
-        for text in held_out:
-            got, want = (query_text(artifact, tiny_encoder(), text, k=10) for artifact in (ray, local))
-            # same score at every rank; the same images except where float16 scores tie (many gallery images
-            # share a caption, so equal-within-tolerance scores may come back in either order)
-            np.testing.assert_allclose([h.exact_score for h in got], [h.exact_score for h in want], atol=2e-3)
-            clear = want[-1].exact_score + 4e-3
-            assert {h.path for h in got if h.exact_score > clear} == \
-                   {h.path for h in want if h.exact_score > clear}, text
-    finally:
-        local.close()
-        ray.close()
+    for text in held_out:
+        got, want = (search_store(stores[name], tiny_encoder(), text, k=10) for name in ("ray", "local"))
+        # same score at every rank; the same images except where float16 scores tie (many gallery images
+        # share a caption, so equal-within-tolerance scores may come back in either order)
+        np.testing.assert_allclose([h["similarity"] for h in got], [h["similarity"] for h in want], atol=2e-3)
+        clear = want[-1]["similarity"] + 4e-3
+        assert {h["path"] for h in got if h["similarity"] > clear} == \
+               {h["path"] for h in want if h["similarity"] > clear}, text
 
 
 def test_incremental_rules_match(stores, world, tmp_path):

@@ -22,11 +22,21 @@ def _store(tmp_path: Path) -> MetadataStore:
 def test_schema_is_versioned_and_newer_schema_is_refused(tmp_path: Path) -> None:
     db = _store(tmp_path)
     assert db.get_meta("schema_version") == str(SCHEMA_VERSION)
-    with db.conn:
-        db.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    db.update_meta({"schema_version": str(SCHEMA_VERSION + 1)})
     db.close()
     with pytest.raises(StoreError, match="newer"):
         _store(tmp_path)
+
+
+def test_meta_writes_commit_and_survive_reopening(tmp_path: Path) -> None:
+    db = _store(tmp_path)
+    db.update_meta({"dirty": "1", "encoder_fingerprint": "abc"})
+    db.mark_published("v1")
+    db.delete_meta("encoder_fingerprint")
+    db.close()
+    again = _store(tmp_path)  # a fresh connection sees only what was committed
+    assert (again.get_meta("published"), again.dirty, again.get_meta("encoder_fingerprint")) == ("v1", False, None)
+    again.close()
 
 
 def test_contract_columns_exist(tmp_path: Path) -> None:
