@@ -22,8 +22,8 @@ BROKEN = "part-000/broken.jpg"
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray", reason="the distributed extra is not installed")
+def ray_local(ray_module):
+    ray = ray_module  # skipped locally without the distributed extra, a failure under CI=true
     ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

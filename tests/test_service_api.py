@@ -11,12 +11,7 @@ from fastapi.testclient import TestClient
 
 from search.app import create_app
 from search.artifact import open_current
-from tests.service_support import encoder_for, settings_for, world_store
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+from tests.service_support import encoder_for, settings_for
 
 
 @pytest.fixture(scope="module")

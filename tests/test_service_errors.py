@@ -11,15 +11,10 @@ from fastapi.testclient import TestClient
 from search.app import create_app
 from search.encoder import load_encoder
 from search.settings import LimitSettings, ReloadSettings
-from tests.service_support import encoder_for, settings_for, world_store
+from tests.service_support import encoder_for, settings_for
 
 MAX_BYTES = 20_000
 MAX_PIXELS = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ import pytest
 
 from search.artifact import open_current
 from search.settings import BatchSettings, RankSettings
-from tests.service_support import copy_store, encoder_for, publish, running_server, settings_for, world_store
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+from tests.service_support import copy_store, encoder_for, publish, running_server, settings_for
 
 
 def _hnsw_store(world, base):

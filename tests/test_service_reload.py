@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from indexer.publish import flip_current
 from search.artifact import open_current
@@ -23,13 +22,7 @@ from tests.service_support import (
     publish,
     running_server,
     settings_for,
-    world_store,
 )
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
 
 
 def _republish(world, store: Path, factory: str | None = None) -> str:

@@ -8,23 +8,15 @@ from pathlib import Path
 import pytest
 
 from search.artifact import open_current
-from tests.service_support import encoder_for, running_server, settings_for, world_store
+from tests.service_support import encoder_for, running_server, settings_for
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian chromium is not installed at /usr/bin/chromium "
-                                       "(apt-get install chromium; .ci/bootstrap does this)")
+pytestmark = pytest.mark.usefixtures("chromium")  # skipped locally without it, a failure under CI=true
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
-
-
-def test_search_page_shows_the_right_thumbnails(world, tmp_path):
+def test_search_page_shows_the_right_thumbnails(world, chromium: Path, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     query = next(q for q in world.queries if q["unseen"])["query"]
@@ -34,7 +26,7 @@ def test_search_page_shows_the_right_thumbnails(world, tmp_path):
 
     with running_server(settings_for(world), tmp_path / "service.json") as server, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
+            str(tmp_path / "chromium-profile"), executable_path=str(chromium), headless=True, args=ARGS,
             viewport={"width": 1000, "height": 700})  # the grid overflows it: no auto-load before "More"
         try:
             page = context.new_page()
