@@ -41,7 +41,7 @@ class IndexerSettings(BaseModel):
     max_image_pixels: int = Field(89_478_485, ge=1)
     hash_threads: int = Field(4, ge=1)
     sidecar: str = "metadata.jsonl"
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    extensions: tuple[str, ...] = Field(DEFAULT_EXTENSIONS, validate_default=True)  # normalised like a loaded value
     index_config: str | None = None  # YAML read by IndexConfig (default configs/index.yaml when present)
     index: dict[str, Any] = Field(default_factory=dict)  # top-level overrides on top of index_config
 
