@@ -60,9 +60,8 @@ def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
     """`decode_image`, plus the file's full (oriented) size.
 
     With `draft_side`, a JPEG is decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
-    sides >= draft_side: a cheaper decode when the encoder downsizes to that side anyway (640x480 for a 224-px
-    tower: 10.8 -> 6.0 ms with preprocess, benchmarks/image_units.py). The
-    returned size is still the file's own.
+    sides >= draft_side: a cheaper decode when the encoder downsizes to that side anyway (figures:
+    benchmarks/README.md, benchmarks/image_units.py). The returned size is still the file's own.
     """
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     Image.MAX_IMAGE_PIXELS = max_pixels

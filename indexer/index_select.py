@@ -48,11 +48,12 @@ class IndexBudget:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Throughput figures the estimates divide by. Defaults: the 2-core development machine.
+    """Throughput figures the estimates divide by. Defaults: the 2-core development machine (the measurements
+    behind them: benchmarks/README.md).
 
-    scan_gflops: single-thread brute-force inner product (1M x 512 in 191 ms -> 5.4 GFLOP/s);
-    gemm_gflops: all-core batched GEMM (k-means, assignment; numpy/BLAS measured ~55 GFLOP/s on 2 cores);
-    hnsw_add_us: per vector per dimension, all cores, M=32 (20k x 512 added in 6.0 s);
+    scan_gflops: single-thread brute-force inner product;
+    gemm_gflops: all-core batched GEMM (k-means, assignment; numpy/BLAS);
+    hnsw_add_us: per vector per dimension, all cores, M=32;
     pq_scan_ns_per_byte: IVF-PQ list scan cost per code byte, single thread;
     opq_train_s_per_mdim: OPQ training seconds per million (train points x dim) at 20 iterations.
     """
@@ -221,9 +222,8 @@ def choose_index(n: int, d: int, config: IndexConfig | None = None) -> IndexChoi
     rerank = max(config.rerank_candidates)
     nprobes = tuple(p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist)
     over_time: tuple[str, dict[str, float], list[str], int] | None = None
-    # sub-vectors of >= 4 dims: faiss PQ/OPQ training on 2-dim sub-spaces is pathologically slow (the 100k-file
-    # no-op benchmark, d=128: index build 317 s with OPQ64,IVF1024,PQ64 vs 35 s with OPQ32; `ann_scale.py
-    # --n 100000 --d 128 --factory F` builds either), and such codes gain little over 4-dim ones
+    # sub-vectors of >= 4 dims: faiss PQ/OPQ training on 2-dim sub-spaces is pathologically slow (many times the
+    # build time at d=128, benchmarks/README.md), and such codes gain little over 4-dim ones
     for m in (m for m in _PQ_M_CHOICES if d % m == 0 and m <= d // 4):
         for opq in (True, False):
             est = _ivfpq(n, d, m, opq, nlist, train, rerank, config)

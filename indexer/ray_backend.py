@@ -109,7 +109,7 @@ def stage_for_backend(backend: str, address: str | None) -> functools.partial[En
 def plan_resources(cluster: Mapping[str, float], actors: int | None = None, use_gpus: bool = True) -> ResourcePlan:
     """One encoder actor per GPU when there are GPUs. CPU-only: at most about a quarter of the CPUs hold
     encoder actors (at least one; 2 threads each from 8 CPUs up), the rest decode: decoding costs as much as
-    the tiny model's encode at 128 px and ~100x more for photos (docs/scaling.md); `actors` overrides."""
+    the tiny model's encode at small sizes and far more for photos (docs/scaling.md); `actors` overrides."""
     gpus = int(cluster.get("GPU", 0)) if use_gpus else 0
     cpus = max(1, int(cluster.get("CPU", 1)))
     if gpus:

@@ -2,7 +2,7 @@
 
 On CPU, ONNX Runtime runs the same open_clip image tower faster than eager torch, and large towers run
 fastest in small batches, so the ONNX backend splits a commit batch into micro-batches (`onnx_micro_batch`);
-the measured figures live in benchmarks/README.md (benchmarks/image_units.py). On CUDA the torch backend with
+the measured figures are in benchmarks/README.md (benchmarks/image_units.py). On CUDA the torch backend with
 float16 autocast is the fast path. Both return L2-normalised float32 vectors equal to
 `ClipEncoder.encode_pixels` up to float error.
 """
