@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CostModel", "IndexBudget", "IndexChoice", "IndexConfig", "choose_index", "ivf_nlist"]
+__all__ = ["CostModel", "IndexBudget", "IndexChoice", "IndexConfig", "choose_index", "ivf_nlist", "read_index_yaml"]
 
 MiB = 1 << 20
 _PQ_M_CHOICES = (128, 96, 64, 48, 32, 24, 16, 8)
@@ -105,16 +105,28 @@ class IndexConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> IndexConfig:
-        import yaml
-
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(data.get("index", data))
+        return cls.from_dict(read_index_yaml(path))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def read_index_yaml(path: str | Path) -> dict[str, Any]:
+    """The index build settings in an index config file (configs/index.yaml): its `index:` mapping, or the
+    whole file when it has none. The one reader: `IndexConfig.load` and `IndexerSettings.index_options` use it.
+    OSError when the file cannot be read, ValueError when it is not such a mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    section = data.get("index", data)
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: `index` must be a mapping of settings")
+    return dict(section)
 
 
 @dataclass(frozen=True)

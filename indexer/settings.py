@@ -52,11 +52,15 @@ class IndexerSettings(BaseModel):
 
     def index_options(self) -> dict[str, Any]:
         """The index build settings: the index config file's `index:` mapping, then `index` overrides."""
+        from indexer.index_select import read_index_yaml
+
         path = Path(self.index_config) if self.index_config else DEFAULT_INDEX_CONFIG
         data: dict[str, Any] = {}
         if self.index_config or path.is_file():
-            loaded = _read_yaml(path)
-            data = dict(loaded.get("index", loaded))
+            try:
+                data = read_index_yaml(path)
+            except (OSError, ValueError) as exc:
+                raise SettingsError(f"cannot read index config {path}: {exc}") from exc
         return {**data, **self.index}
 
 

@@ -4,15 +4,16 @@ field (a new setting must be added to its config file too)."""
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pydantic import BaseModel
 
 from indexer.index_select import IndexConfig
-from indexer.settings import IndexerSettings
+from indexer.settings import IndexerSettings, SettingsError
 from indexer.settings import load_settings as load_indexer_settings
 from search.settings import Settings
 from search.settings import load_settings as load_service_settings
@@ -59,3 +60,15 @@ def test_indexer_yaml_equals_the_settings_defaults() -> None:
 def test_index_yaml_equals_the_index_config_defaults() -> None:
     assert IndexConfig.load(CONFIGS / "index.yaml") == IndexConfig()
     assert _missing(IndexConfig(), _yaml("index.yaml")["index"]) == []
+
+
+def test_index_yaml_has_one_reader(tmp_path: Path) -> None:
+    """The indexer's settings and IndexConfig read index.yaml the same way, and a bad file is a SettingsError."""
+    options = IndexerSettings(index_config=str(CONFIGS / "index.yaml"), index={"keep_versions": 5}).index_options()
+    assert IndexConfig.from_dict(options) == replace(IndexConfig.load(CONFIGS / "index.yaml"), keep_versions=5)
+    bad = tmp_path / "index.yaml"
+    bad.write_text("index: [not, a, mapping]\n")
+    with pytest.raises(SettingsError, match="index config"):
+        IndexerSettings(index_config=str(bad)).index_options()
+    with pytest.raises(ValueError, match="mapping"):
+        IndexConfig.load(bad)
