@@ -40,7 +40,7 @@ print(time.perf_counter() - start)
 
 
 def tiny_checkpoint() -> Path:
-    from search.models import registry
+    from indexer.models import registry
 
     trained = registry.tiny_checkpoint_path()
     return trained if trained.is_file() else random_checkpoint(registry.TINY_MODEL_NAME, OUT / "tiny-random.pt")
@@ -69,7 +69,7 @@ def publish(store: Path, n: int, factory: str, ckpt: Path) -> tuple[str, float]:
 
     from indexer.index_select import IndexConfig
     from indexer.publish import publish_version
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     identity = load_encoder("tiny", pretrained=str(ckpt), device="cpu").identity
     vectors = np.random.default_rng(0).standard_normal((n, identity.dim), dtype=np.float32)

@@ -33,7 +33,7 @@ def _rate(fn: Callable[[np.ndarray], Any], pixels: np.ndarray, batch: int) -> fl
 def tower(model: str, n: int) -> dict[str, Any]:
     import torch
 
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
     from search.image_encoder import OnnxImageEncoder
 
     torch.manual_seed(0)

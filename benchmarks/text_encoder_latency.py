@@ -49,7 +49,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
     from search.text_encoder import OnnxTextEncoder, TorchTextEncoder
 
     torch.manual_seed(0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -75,8 +74,9 @@ def _load_encoder(model: str, pretrained: str | None, device: str):
     import torch
 
     from indexer.settings import SettingsError
-    from search.encoder import WeightsUnavailableError, load_encoder
-    from search.models import registry
+    from indexer.models.clip import load_encoder
+    from search.encoder import WeightsUnavailableError
+    from indexer.models import registry
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")
@@ -137,8 +137,8 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     """What the encoder's identity depends on, computable without torch; None when it cannot be known."""
     from importlib.metadata import version
 
-    from search.encoder import file_sha256
-    from search.models import registry
+    from indexer.models import registry
+    from search.encoder import file_sha256, is_checkpoint_path
 
     parts: dict[str, Any] = {"model": model, "pretrained": pretrained, "open_clip": version("open_clip_torch"),
                              "torch": version("torch")}
@@ -146,9 +146,8 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     if model in registry.TINY_ALIASES:
         parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
         checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
-    if pretrained not in (None, "random") and (  # the same rule as search.encoder: a file, not an open_clip tag
-        Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained
-    ):
+    if is_checkpoint_path(pretrained):  # search.encoder's one rule: a file, not an open_clip tag
+        assert pretrained is not None
         checkpoint = Path(pretrained).expanduser()
     if checkpoint is not None:
         if not checkpoint.is_file():

@@ -24,7 +24,8 @@ from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
 from indexer.sidecar import read_sidecar
 from indexer.store import DB_NAME, ImageRow, MetadataStore, RowChange
-from search.encoder import ClipEncoder, file_sha256
+from indexer.models.clip import ClipEncoder
+from search.encoder import file_sha256
 
 SHARDS_DIR = "shards"
 RUNS_DIR = "runs"
@@ -246,14 +247,17 @@ def _maybe_publish(
 
 def publish_step(req: PublishRequest) -> str:
     """The final step: gather indexed embeddings (ascending id) and hand them to indexer.publish."""
+    from indexer.encode import onnx_cache_dir
     from indexer.index_select import IndexConfig
+    from indexer.models.export import export_bundle
     from indexer.publish import publish_version
 
+    encoder_files = export_bundle(req.encoder, req.store, onnx_cache_dir(req.settings))
     ids, vectors = shards.gather(req.store / SHARDS_DIR, req.store_db.embedding_refs(), req.encoder.dim)
     summary = {k: req.counts[k] for k in ("indexed", "failed", "deleted")}
     published = publish_version(
         req.store, ids, vectors, req.store / DB_NAME, req.encoder.identity, req.image_root,
-        IndexConfig.from_dict(req.settings.index_options()), summary, req.timings,
+        IndexConfig.from_dict(req.settings.index_options()), summary, req.timings, encoder_files=encoder_files,
     )
     return published.name
 

@@ -34,7 +34,7 @@ from indexer.progress import StageTimer, progress_bar
 from indexer.ray_stages import EncoderActor, decode_batch
 from indexer.settings import IndexerSettings, SettingsError
 from indexer.store import Decoded, MetadataStore
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from indexer import world
-from search.models import registry
+from indexer.models import registry
 
 CHECKPOINT_FORMAT = 1
 STREAM_FINETUNE = 3  # image stream of the second stage (the first uses world.STREAM_TRAIN)

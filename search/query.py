@@ -6,10 +6,13 @@ Used by tests and notebooks to check retrieval end to end; the service has its o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
 
 from search.artifact import Artifact, ArtifactError
-from search.encoder import ClipEncoder
+from search.encoder import EncoderIdentity, encoder_mismatch
 
 __all__ = ["Hit", "query_text"]
 
@@ -20,14 +23,20 @@ class Hit:
     ann_score: float      # score from the ANN stage (approximate; NaN if the index did not score it)
     exact_score: float    # inner product with the stored float16 vector: what the ranking uses
 
-def query_text(artifact: Artifact, encoder: ClipEncoder, text: str, k: int = 10,
+class _TextEncoder(Protocol):
+    identity: EncoderIdentity
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+def query_text(artifact: Artifact, encoder: _TextEncoder, text: str, k: int = 10,
                params: Mapping[str, Any] | None = None, candidates: int | None = None) -> list[Hit]:
     """Top-k hits for `text`, best first. Refuses an artifact built with a different encoder."""
     if not text or not text.strip():
         raise ValueError("query text is empty")
-    diffs = encoder.identity.differences(artifact.manifest.encoder)
-    if diffs:
-        raise ArtifactError(f"encoder does not match version {artifact.version}: {'; '.join(diffs)}")
+    reason = encoder_mismatch(encoder.identity, artifact.manifest.encoder, f"version {artifact.version}")
+    if reason is not None:
+        raise ArtifactError(reason)
     query = encoder.encode_texts([text])
     result = artifact.search(query, k, params=params, candidates=candidates)
     found = [(int(i), float(a), float(e)) for i, a, e in

@@ -13,8 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.onnx_runtime import default_cache_dir
-
 __all__ = ["Settings", "load_settings", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "service.yaml"
@@ -25,19 +23,21 @@ class _Strict(BaseModel):
 
 
 class EncoderSettings(_Strict):
-    model: str | None = "tiny"  # None: the model named in the current artifact's manifest
-    pretrained: str | None = None  # None: the model's default weights (the tiny checkpoint)
-    device: str = "cpu"
-    image_backend: Literal["auto", "torch", "onnx"] = "auto"  # uploads: ONNX Runtime on CPU, torch on CUDA
+    """Optional pins. The service takes its encoder from the artifact; a pin set here refuses (with the reason in
+    /readyz and /metrics) any version whose encoder differs from it."""
+
+    model: str | None = None  # e.g. "photostock-tiny" or "ViT-B-32"
+    pretrained: str | None = None  # open_clip tag or checkpoint file (compared by search.encoder.weights_label)
+    key: str | None = None  # the full identity: EncoderIdentity.key, as /readyz reports it
 
 
-class TextSettings(_Strict):
-    backend: Literal["torch", "onnx"] = "onnx"
-    onnx_cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/photostock/onnx (keyed by encoder identity)
-    threads: int = Field(0, ge=0)  # 0: ONNX Runtime's default
+class RuntimeSettings(_Strict):
+    """What the text and image ONNX Runtime sessions share."""
 
-    def cache_dir(self) -> Path:
-        return self.onnx_cache_dir if self.onnx_cache_dir is not None else default_cache_dir()
+    threads: int = Field(0, ge=0)  # intra-op threads per session; 0: ONNX Runtime's default
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    text_precision: Literal["fp32", "int8"] = "fp32"  # int8: the dynamically quantised text tower the artifact
+    # carries (benchmarks/int8_towers.py measures it against fp32)
 
 
 class CacheSettings(_Strict):
@@ -84,7 +84,7 @@ class ImageSettings(_Strict):
 class Settings(_Strict):
     store: Path | None = None
     encoder: EncoderSettings = EncoderSettings()
-    text: TextSettings = TextSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     cache: CacheSettings = CacheSettings()
     batching: BatchSettings = BatchSettings()
     limits: LimitSettings = LimitSettings()

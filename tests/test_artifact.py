@@ -166,7 +166,7 @@ def test_metadata_from_several_threads(published) -> None:
 def test_query_text_with_the_tiny_encoder(tmp_path: Path) -> None:
     from PIL import Image
 
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
     from search.query import query_text
 
     encoder = load_encoder("tiny", pretrained="random", device="cpu")

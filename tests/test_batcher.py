@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from search.batcher import MicroBatcher
-from search.encoder import load_encoder
+from indexer.models.clip import load_encoder
 from search.text_encoder import TorchTextEncoder
 
 QUERIES = ["cat", "a red circle", "a small green crescent on sand", "blue", "a large orange square", "dog",

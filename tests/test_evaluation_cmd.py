@@ -13,7 +13,7 @@ from indexer import cli
 from indexer.evaluation import runner, stores
 from indexer.evaluation.datasets import load_world
 from search.artifact import open_current
-from search.encoder import load_encoder
+from indexer.models.clip import load_encoder
 from tests.service_support import tiny_checkpoint
 from tests.test_evaluation_datasets import FLICKR, write_karpathy_images
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexer_support import make_tree, run
-from search.encoder import load_encoder
+from indexer.models.clip import load_encoder
 from search.image_encoder import OnnxImageEncoder, TorchImageEncoder, build_image_encoder, export_image_tower
 from search.onnx_runtime import export_key
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from search.app import create_app
 from search.artifact import open_current
-from tests.service_support import encoder_for, settings_for, world_store
+from tests.service_support import encoder_for, runtime_for, settings_for, world_store
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(world):
-    app = create_app(settings_for(world), encoder=encoder_for(world.checkpoint))
+    app = create_app(settings_for(world), encoder=runtime_for(world))
     with TestClient(app, client=("127.0.0.1", 5000)) as client:
         yield client
 
@@ -164,7 +164,7 @@ def test_warm_up_file_fills_the_cache(world, tmp_path):
     warm.write_text("warm query one\nWarm  Query one\nwarm query two\n")
     settings = settings_for(world)
     settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"warmup_file": warm})})
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint))) as client:
+    with TestClient(create_app(settings, encoder=runtime_for(world))) as client:
         assert client.get("/search", params={"q": "warm query two"}).json()["cache"] == "hit"
         assert client.get("/search", params={"q": "WARM query ONE"}).json()["cache"] == "hit"
 
@@ -182,7 +182,7 @@ def test_optional_query_log_records_each_answered_search(world, tmp_path):
 
     log_path = tmp_path / "queries.jsonl"
     settings = settings_for(world).model_copy(update={"query_log": log_path})
-    app = create_app(settings, encoder=encoder_for(world.checkpoint))
+    app = create_app(settings, encoder=runtime_for(world))
     query = _caption(world, 2)
     with TestClient(app, client=("127.0.0.1", 5000)) as client:
         first = client.get("/search", params={"q": query, "k": 5}).json()

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from search.app import create_app
-from search.encoder import load_encoder
+from indexer.models.clip import load_encoder
 from search.settings import LimitSettings, ReloadSettings
-from tests.service_support import encoder_for, settings_for, world_store
+from tests.service_support import encoder_for, runtime_for, settings_for, world_store
 
 MAX_BYTES = 20_000
 MAX_PIXELS = 1_000_000
@@ -26,7 +26,7 @@ def world(tmp_path_factory):
 def client(world):
     settings = settings_for(world, limits=LimitSettings(max_upload_bytes=MAX_BYTES, max_upload_pixels=MAX_PIXELS,
                                                         max_query_chars=64, max_k=50, max_offset=100))
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)),
+    with TestClient(create_app(settings, encoder=runtime_for(world)),
                     client=("203.0.113.9", 4000), raise_server_exceptions=False) as client:
         yield client
 
@@ -134,7 +134,7 @@ def test_server_keeps_serving_after_bad_input(client, world):
 def test_no_index_is_503(world, tmp_path):
     empty = tmp_path / "empty-store"
     empty.mkdir()
-    with TestClient(create_app(settings_for(world, store=empty), encoder=encoder_for(world.checkpoint))) as c:
+    with TestClient(create_app(settings_for(world, store=empty), encoder=runtime_for(world))) as c:
         r = c.get("/search", params={"q": "cat"})
         assert r.status_code == 503 and "no index" in r.json()["error"]
         assert c.post("/search", json={"query": "cat"}).status_code == 503
@@ -162,7 +162,7 @@ def test_artifact_from_another_encoder_is_refused(world, tmp_path):
 
 def test_admin_reload_token(world):
     settings = settings_for(world, reload=ReloadSettings(watch=False, admin_token="s3cret"))
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)), client=("203.0.113.9", 1)) as c:
+    with TestClient(create_app(settings, encoder=runtime_for(world)), client=("203.0.113.9", 1)) as c:
         assert c.post("/admin/reload").status_code == 403
         assert c.post("/admin/reload", headers={"X-Admin-Token": "wrong"}).status_code == 403
         ok = c.post("/admin/reload", headers={"X-Admin-Token": "s3cret"})

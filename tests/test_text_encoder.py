@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.encoder import load_encoder
+from indexer.models.clip import load_encoder
 from search.onnx_runtime import export_key
 from search.text_encoder import (
     OnnxTextEncoder,

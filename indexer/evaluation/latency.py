@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 __all__ = ["measure_stages", "stage_percentiles", "load_stage_samples"]
 

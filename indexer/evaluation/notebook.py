@@ -18,7 +18,7 @@ from indexer.evaluation import cache_sim, latency, runner, stores
 from indexer.evaluation.datasets import EvalDataset
 from indexer.evaluation.plots import DEFAULT_OUT
 from search.artifact import Artifact, open_current
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 __all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
 

@@ -20,7 +20,7 @@ import numpy as np
 from indexer.evaluation import metrics, ranking
 from indexer.evaluation.datasets import EvalDataset
 from search.artifact import Artifact, ArtifactError
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 __all__ = ["MODES", "ModeRun", "StoreView", "encode_queries", "run_mode", "run_http", "evaluate_store",
            "param_name", "sweep_param"]
@@ -59,9 +59,9 @@ class StoreView:
 
 def check_encoder(artifact: Artifact, encoder: ClipEncoder) -> None:
     """Query vectors from another encoder than the index's would make every number meaningless."""
-    diffs = encoder.identity.differences(artifact.manifest.encoder)
-    if diffs:
-        raise ArtifactError(f"encoder does not match version {artifact.version}: {'; '.join(diffs)}")
+    reason = encoder_mismatch(encoder.identity, artifact.manifest.encoder, f"version {artifact.version}")
+    if reason is not None:
+        raise ArtifactError(reason)
 
 
 def encode_queries(encoder: ClipEncoder, texts: Sequence[str]) -> np.ndarray:

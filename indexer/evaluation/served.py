@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 __all__ = ["serve_store"]
 
