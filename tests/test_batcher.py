@@ -9,7 +9,7 @@ import pytest
 
 from search.batcher import MicroBatcher
 from indexer.models.clip import load_encoder
-from search.text_encoder import TorchTextEncoder
+from indexer.models.towers import TorchTextEncoder
 
 QUERIES = ["cat", "a red circle", "a small green crescent on sand", "blue", "a large orange square", "dog",
            "two words", "a tiny purple triangle on grass", "sun", "moon over water"]

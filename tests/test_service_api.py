@@ -110,18 +110,15 @@ def test_image_upload_search_finds_the_uploaded_image(client, world):
     assert r.json()["hits"][0]["id"] == image_id
 
 
-def test_uploads_encode_through_onnx_runtime_like_the_torch_tower(client, world):
-    import numpy as np
+def test_uploads_encode_through_the_artifacts_onnx_tower_like_the_torch_tower(client, world):
     from PIL import Image
 
-    from search.image_encoder import OnnxImageEncoder
-
     state = client.app.state.service
-    assert isinstance(state.image, OnnxImageEncoder)  # image_backend auto on a CPU encoder
     path = next(iter(world.ids_by_path))
     with Image.open(world.image_root / path) as im:
         rgb = im.convert("RGB")
-    np.testing.assert_allclose(state.encode_image(rgb), state.encoder.encode_images([rgb])[0], atol=1e-5, rtol=0)
+    torch_vector = encoder_for(world.checkpoint).encode_images([rgb])[0]
+    np.testing.assert_allclose(state.encode_image(rgb), torch_vector, atol=1e-5, rtol=0)
 
 
 def test_images_and_thumbnails_are_served_by_id(client, world):
@@ -169,12 +166,13 @@ def test_warm_up_file_fills_the_cache(world, tmp_path):
         assert client.get("/search", params={"q": "WARM query ONE"}).json()["cache"] == "hit"
 
 
-def test_encoder_model_taken_from_the_manifest_when_config_names_none(world):
-    settings = settings_for(world)
-    settings = settings.model_copy(update={"encoder": settings.encoder.model_copy(update={"model": None})})
-    with TestClient(create_app(settings)) as client:  # loads the encoder itself, from the manifest's model name
+def test_serves_with_no_model_settings_and_reports_its_encoder(world):
+    with TestClient(create_app(settings_for(world))) as client:  # the encoder comes from the artifact
         assert client.get("/readyz").json()["ready"]
         assert client.get("/search", params={"q": _caption(world)}).status_code == 200
+        identity = client.app.state.service.identity
+        assert identity == encoder_for(world.checkpoint).identity
+        assert f'key="{identity.key}"' in client.get("/metrics").text
 
 
 def test_optional_query_log_records_each_answered_search(world, tmp_path):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from search.app import create_app
 from indexer.models.clip import load_encoder
-from search.settings import LimitSettings, ReloadSettings
-from tests.service_support import encoder_for, runtime_for, settings_for, world_store
+from search.app import create_app
+from search.settings import EncoderSettings, LimitSettings, ReloadSettings
+from tests.service_support import copy_store, publish, runtime_for, settings_for, world_store
 
 MAX_BYTES = 20_000
 MAX_PIXELS = 1_000_000
@@ -144,20 +145,46 @@ def test_no_index_is_503(world, tmp_path):
         assert c.get("/healthz").status_code == 200
 
 
-def test_artifact_from_another_encoder_is_refused(world, tmp_path):
+def _other_encoder(tmp_path):
     import torch
 
     torch.manual_seed(99)
     other = load_encoder("tiny", pretrained="random", device="cpu")
     path = tmp_path / "other.pt"
     torch.save(other.model.state_dict(), path)
-    other = load_encoder("tiny", pretrained=str(path), device="cpu")
-    with TestClient(create_app(settings_for(world), encoder=other)) as c:
+    return load_encoder("tiny", pretrained=str(path), device="cpu")
+
+
+def test_version_with_another_encoder_is_refused_while_the_old_keeps_serving(world, tmp_path):
+    store = copy_store(world, tmp_path / "store")
+    with TestClient(create_app(settings_for(world, store=store)), client=("127.0.0.1", 5000)) as c:
+        served = c.get("/readyz").json()["version"]
+        other = _other_encoder(tmp_path)
+        ids = sorted(world.ids_by_path.values())
+        vectors = np.load(world.store / "vectors.npy")
+        publish(store, world.image_root, other, store / "metadata.sqlite", ids, vectors, onnx_cache=tmp_path / "onnx")
+        refused = c.post("/admin/reload")
+        assert refused.status_code == 409 and "another encoder" in refused.json()["error"]
+        ready = c.get("/readyz").json()
+        assert ready["version"] == served and "checksum" in ready["last_reload_error"]
+        assert "photostock_reload_failed 1.0" in c.get("/metrics").text
+        assert c.get("/search", params={"q": "cat"}).json()["version"] == served
+
+
+def test_pinned_encoder_mismatch_is_a_clear_refusal(world):
+    settings = settings_for(world, encoder=EncoderSettings(model="ViT-B-32"))
+    with TestClient(create_app(settings)) as c:
         ready = c.get("/readyz")
         assert ready.status_code == 503
-        assert "another encoder" in ready.json()["last_reload_error"]
-        assert "checksum" in ready.json()["last_reload_error"]
+        assert "does not have the configured encoder" in ready.json()["last_reload_error"]
+        assert "ViT-B-32" in ready.json()["last_reload_error"]
         assert c.get("/search", params={"q": "cat"}).status_code == 503
+
+
+@pytest.mark.parametrize("query", ["&nbsp;", " &nbsp; &#160; ", "&amp;nbsp;"])
+def test_query_that_tokenizes_to_nothing_is_422(client, query):
+    r = client.get("/search", params={"q": query})
+    assert r.status_code == 422 and "tokenizes to nothing" in r.json()["error"]
 
 
 def test_admin_reload_token(world):

@@ -60,13 +60,17 @@ class TorchTextEncoder:
     def lengths(self, tokens: np.ndarray) -> np.ndarray:
         return token_lengths(tokens, self.pool_type, self.eos_id)
 
+    def trimmed(self, tokens: np.ndarray) -> np.ndarray:
+        if not self.trim or tokens.shape[0] == 0:
+            return tokens
+        return tokens[:, : int(self.lengths(tokens).max())]
+
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
         import torch
 
         if self.tower is None:
             return self.encoder.encode_tokens(torch.from_numpy(tokens))
-        trimmed = tokens[:, : int(self.lengths(tokens).max())] if len(tokens) else tokens
-        batch = torch.from_numpy(np.ascontiguousarray(trimmed)).to(self.encoder.device)
+        batch = torch.from_numpy(np.ascontiguousarray(self.trimmed(tokens))).to(self.encoder.device)
         with torch.inference_mode():
             out = self.tower(batch)
         return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
