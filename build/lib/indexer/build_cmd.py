@@ -1,0 +1,211 @@
+"""Index the image folder tree under --images into --store and publish a new index version there.
+
+Prints the run report as JSON on stdout (also saved under STORE/runs/). Exit code 0 when the run completed,
+even if some images failed; 2 with a one-line error when it could not run (bad settings, weights
+unavailable, missing folder, store busy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from search.encoder import IdentityShape
+
+EXIT_CANNOT_RUN = 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=Path, required=True, help="root of the image folder tree")
+    parser.add_argument("--store", type=Path, required=True, help="store directory (created if absent)")
+    parser.add_argument("--config", type=Path, help="indexer YAML (default configs/indexer.yaml)")
+    parser.add_argument("--model", help="tiny | an open_clip model name, e.g. ViT-B-32")
+    parser.add_argument("--pretrained", help="open_clip tag, checkpoint path, or 'random'")
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per encode/commit batch")
+    parser.add_argument("--workers", type=int, help="decode worker processes")
+    parser.add_argument("--image-backend", dest="image_backend", choices=("auto", "torch", "onnx"),
+                        help="image tower runtime: auto (ONNX Runtime on CPU, torch on CUDA), torch or onnx")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local worker processes, or a Ray Data pipeline (needs the [distributed] extra)")
+    parser.add_argument("--ray-address", dest="ray_address",
+                        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
+
+
+def main(args: argparse.Namespace) -> int:
+    from indexer.pipeline import StoreBusyError, run_build
+    from indexer.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
+    from indexer.settings import SettingsError, load_settings
+    from indexer.store import StoreError
+    from search.encoder import WeightsUnavailableError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("indexer").setLevel(logging.INFO)
+    overrides = {k: getattr(args, k)
+                 for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
+    try:
+        settings = load_settings(args.config, overrides)
+        encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
+        encoder = _encoder_for(args.store, settings, lazy=args.backend == "local")
+        report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)
+        _remember_fingerprint(args.store, settings, encoder.identity)
+    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError,
+            RayUnavailableError, RayBackendError, EncoderFingerprintError) as exc:
+        if isinstance(exc, EncoderFingerprintError):
+            _forget_fingerprint(args.store)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
+        return EXIT_CANNOT_RUN
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def _load_encoder(model: str, pretrained: str | None, device: str):
+    """Check the model and device first so a typo is one clear line, not a stack trace.
+
+    An open_clip model without --pretrained gets its first published tag (an index built from random weights
+    by accident would be useless). Random init is seeded: its identity says "random-init", so every run must
+    get the same weights, or a resumed run would mix embeddings of two networks under one identity.
+    """
+    import open_clip
+    import torch
+
+    from indexer.settings import SettingsError
+    from indexer.models.clip import load_encoder
+    from search.encoder import WeightsUnavailableError
+    from indexer.models import registry
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")
+    if model not in registry.TINY_ALIASES:
+        registry.register_project_models()
+        if model not in open_clip.list_models():
+            raise SettingsError(f"unknown model {model!r}: use tiny or an open_clip model name such as ViT-B-32")
+        if pretrained is None:
+            tags = open_clip.list_pretrained_tags_by_model(model)
+            if not tags:
+                raise WeightsUnavailableError(f"no published weights for {model}: pass --pretrained PATH")
+            pretrained = tags[0]
+    if pretrained == "random":
+        torch.manual_seed(0)
+    return load_encoder(model, pretrained, device)
+
+
+class EncoderFingerprintError(RuntimeError):
+    """The remembered identity was wrong; the fingerprint is forgotten so the next run loads eagerly."""
+
+
+class LazyEncoder(IdentityShape):
+    """Stands in for a ClipEncoder whose identity the store already knows (same model, weights file and
+    library versions as its last run): a no-op rerun then never imports torch or builds the model. The real
+    encoder is loaded on first use and must have exactly the remembered identity."""
+
+    def __init__(self, identity: Any, load: Callable[[], Any]):
+        self.identity = identity
+        self._load = load
+        self._real: Any = None
+
+    def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        """Pickling or copying ships the real encoder (a loader closure cannot travel)."""
+        return _same, (self._encoder(),)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._encoder(), name)
+
+    def _encoder(self) -> Any:
+        if self._real is None:
+            real = self._load()
+            if real.identity != self.identity:
+                raise EncoderFingerprintError(
+                    "the encoder's identity changed although its fingerprint did not (rerun to re-encode): "
+                    + "; ".join(real.identity.differences(self.identity))
+                )
+            self._real = real
+        return self._real
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _fingerprint(model: str, pretrained: str | None) -> str | None:
+    """What the encoder's identity depends on, computable without torch; None when it cannot be known."""
+    from importlib.metadata import version
+
+    from indexer.models import registry
+    from search.encoder import file_sha256, is_checkpoint_path
+
+    parts: dict[str, Any] = {"model": model, "pretrained": pretrained, "open_clip": version("open_clip_torch"),
+                             "torch": version("torch")}
+    checkpoint: Path | None = None
+    if model in registry.TINY_ALIASES:
+        parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
+        checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
+    if is_checkpoint_path(pretrained):  # search.encoder's one rule: a file, not an open_clip tag
+        assert pretrained is not None
+        checkpoint = Path(pretrained).expanduser()
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            return None
+        st = checkpoint.stat()
+        parts["checkpoint"] = [str(checkpoint.resolve()), st.st_size, st.st_mtime_ns]
+    return json.dumps(parts, sort_keys=True)
+
+
+def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
+    """A LazyEncoder when the store remembers this fingerprint's identity, else the loaded encoder."""
+    from indexer.store import DB_NAME, MetadataStore, connect
+    from search.encoder import EncoderIdentity
+
+    def load() -> Any:
+        return _load_encoder(settings.model, settings.pretrained, settings.device)
+
+    def eager() -> Any:
+        if lazy:  # local backend, unknown encoder: everything will be encoded, so start the decode server now
+            from indexer.decode import start_decode_server
+
+            start_decode_server()
+        return load()
+
+    fingerprint = _fingerprint(settings.model, settings.pretrained)
+    db_path = Path(store) / DB_NAME
+    if not lazy or fingerprint is None or not db_path.is_file():
+        return eager()
+    db = MetadataStore(connect(db_path, readonly=True))
+    try:
+        known, identity = db.get_meta("encoder_fingerprint"), db.get_meta("encoder")
+    finally:
+        db.close()
+    if known != fingerprint or identity is None:
+        return eager()
+    return LazyEncoder(EncoderIdentity.from_dict(json.loads(identity)), load)
+
+
+def _remember_fingerprint(store: Path, settings: Any, identity: Any) -> None:
+    """After a completed run, remember which fingerprint produced the store's encoder identity."""
+    from indexer.store import DB_NAME, MetadataStore
+
+    fingerprint = _fingerprint(settings.model, settings.pretrained)
+    db = MetadataStore.open(Path(store) / DB_NAME)
+    try:
+        if fingerprint is not None and db.get_meta("encoder_key") == identity.key:
+            with db.conn:
+                db.set_meta("encoder_fingerprint", fingerprint)
+    finally:
+        db.close()
+
+
+def _forget_fingerprint(store: Path) -> None:
+    from indexer.store import DB_NAME, MetadataStore
+
+    db = MetadataStore.open(Path(store) / DB_NAME)
+    try:
+        with db.conn:
+            db.conn.execute("DELETE FROM meta WHERE key = 'encoder_fingerprint'")
+    finally:
+        db.close()

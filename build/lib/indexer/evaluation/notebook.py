@@ -1,0 +1,77 @@
+"""Everything the evaluation notebooks run, so the notebooks themselves hold no logic: a small world indexed
+once with the real pipeline (an IVF index is forced, so there is a recall/latency trade-off to plot), and
+thin calls into runner, latency and cache_sim.
+
+Settings come from the environment so CI can keep runs short:
+PHOTOSTOCK_NOTEBOOK_WORKDIR (default notebooks/out/work), PHOTOSTOCK_NOTEBOOK_GALLERY (default 300),
+PHOTOSTOCK_NOTEBOOK_SIZE (default 64); PNGs go to PHOTOSTOCK_NOTEBOOK_OUT (see plots.output_dir).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from indexer.evaluation import cache_sim, latency, runner, stores
+from indexer.evaluation.datasets import EvalDataset
+from indexer.evaluation.plots import DEFAULT_OUT
+from search.artifact import Artifact, open_current
+from indexer.models.clip import ClipEncoder
+
+__all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
+
+NLIST = 16
+BENCHMARK_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "out" / "http_load.json"
+
+
+@dataclass
+class WorldContext:
+    dataset: EvalDataset
+    store: Path
+    encoder: ClipEncoder
+    checkpoint: str
+    artifact: Artifact
+    view: runner.StoreView
+
+
+def world_context(gallery: int | None = None, size: int | None = None, seed: int = 1000) -> WorldContext:
+    """The notebook's world and store, built on first use and reused by later runs and the other notebook."""
+    gallery = gallery or int(os.environ.get("PHOTOSTOCK_NOTEBOOK_GALLERY", 300))
+    size = size or int(os.environ.get("PHOTOSTOCK_NOTEBOOK_SIZE", 64))
+    workdir = Path(os.environ.get("PHOTOSTOCK_NOTEBOOK_WORKDIR") or DEFAULT_OUT / "work") / f"world-{seed}-{gallery}-{size}"
+    checkpoint = str(stores.tiny_checkpoint())
+    encoder = stores.tiny_encoder()
+    index = {"factory": f"IVF{NLIST},Flat", "recall_queries": 100, "latency_queries": 20}
+    dataset, store = stores.prepare_world_store(workdir, encoder, seed=seed, gallery=gallery, size=(size, size),
+                                                index=index)
+    artifact = open_current(store, expect_encoder=encoder.identity)
+    return WorldContext(dataset, store, encoder, checkpoint, artifact, runner.StoreView(artifact))
+
+
+def evaluate(ctx: WorldContext, modes: Sequence[str] = runner.MODES, **kwargs: Any) -> dict[str, Any]:
+    """The evaluate command's report, with the runs kept (report['_runs']) for the worst-query gallery."""
+    return runner.evaluate_store(ctx.dataset, ctx.view, ctx.encoder, modes, keep_runs=True, **kwargs)
+
+
+def sweep(ctx: WorldContext, values: Sequence[int] = (1, 2, 4, 8, NLIST), rerank: bool = False) -> list[dict[str, Any]]:
+    queries = runner.encode_queries(ctx.encoder, [q.text for q in ctx.dataset.queries])
+    return runner.sweep_param(ctx.view, queries, values, rerank=rerank)
+
+
+def latency_records(ctx: WorldContext, n: int = 200, exponent: float = 1.0) -> tuple[list[dict[str, Any]], str]:
+    """Stage records from benchmarks/out/http_load.json when it has them, else measured here over a Zipf log of
+    the world's captions (repeats hit the query cache). Returns (records, where they came from)."""
+    records = latency.load_stage_samples(BENCHMARK_JSON)
+    if records:
+        return records, str(BENCHMARK_JSON)
+    texts = [q.text for q in ctx.dataset.queries]
+    log = [texts[r] for r in cache_sim.zipf_ranks(len(texts), n, exponent).tolist()]
+    return latency.measure_stages(ctx.store, ctx.encoder, ctx.checkpoint, log), "measured in-process"
+
+
+def hit_rate_curves(exponents: Sequence[float] = (0.8, 1.0, 1.2), distinct: int = 20000, length: int = 30000,
+                    sizes: Sequence[int] = (10, 100, 1000, 10000)) -> dict[str, list[dict[str, float]]]:
+    return {f"zipf s={s:g}": cache_sim.hit_rate_curve(cache_sim.zipf_log(distinct, length, s, seed=1), sizes)
+            for s in exponents}

@@ -1,0 +1,1 @@
+"""Model configs that are data (open_clip JSON), and the registry that resolves project aliases."""

@@ -1,0 +1,120 @@
+"""The code that runs inside Ray workers: the decode task and the encoder actor of the Ray backend.
+
+Both call the local backend's own functions (`indexer.decode.decode_with`, `indexer.encode.image_encoder_for`),
+so a file decodes to the same pixels, fails with the same reason and encodes to the same vector on either
+backend. Rows travel as numpy column batches; a failed row keeps its place with zero pixels and its reason,
+so nothing is dropped between the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class _DecodeTimeout(BaseException):
+    """Raised by the alarm inside a decode; a BaseException so the decoder's `except Exception` lets it by."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """SIGALRM after `seconds` (Ray runs task code in the worker's main thread). It interrupts Python code and
+    blocking system calls (a stalled network read); a C loop that never returns to Python is out of its reach."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise _DecodeTimeout()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, timeout_s: float,
+               draft_side: int | None = None) -> Any:
+    """`indexer.decode.decode_with` under a per-file deadline; a timeout is this file's failure, not the task's."""
+    from indexer import decode
+
+    try:
+        with _deadline(timeout_s):
+            return decode.decode_with(path, preprocess, max_pixels, draft_side)
+    except _DecodeTimeout:
+        return decode.DecodeOutcome(reason=f"decode timed out after {timeout_s:g}s", seconds=timeout_s)
+
+
+def decode_batch(
+    batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...],
+    timeout_s: float, draft_side: int | None = None,
+) -> Batch:
+    """Ray task: decode + preprocess each (id, path) row; bad files become rows with `ok` False and a reason.
+
+    `pixel_shape` is the preprocess output shape: failed rows get zeros of it, so every block has one schema.
+    """
+    import torch
+
+    torch.set_num_threads(1)  # decode tasks are many, one per CPU; intra-op threads would only fight
+    outcomes = [decode_one(os.path.join(image_root, str(p)), preprocess, max_pixels, timeout_s, draft_side)
+                for p in batch["path"]]
+    pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
+    for row, outcome in enumerate(outcomes):
+        if outcome.ok and outcome.pixels.shape != tuple(pixel_shape):
+            outcome.reason = f"preprocess gave shape {outcome.pixels.shape}, expected {tuple(pixel_shape)}"
+        if outcome.ok:
+            pixels[row] = outcome.pixels
+    return {
+        "id": np.asarray(batch["id"], np.int64),
+        "path": np.asarray(batch["path"], dtype=object),
+        "ok": np.array([o.ok for o in outcomes], bool),
+        "pixels": pixels,
+        "width": np.array([o.width for o in outcomes], np.int64),
+        "height": np.array([o.height for o in outcomes], np.int64),
+        "reason": np.array([o.reason or "" for o in outcomes], dtype=object),
+        "warnings": np.array([json.dumps(o.warnings) for o in outcomes], dtype=object),
+        "decode_s": np.array([o.seconds for o in outcomes], np.float64),
+    }
+
+
+class EncoderActor:
+    """Ray actor holding one copy of the encoder (on its GPU when it was given one); encodes decoded rows.
+
+    The driver's encoder object is shipped as is, so every actor has exactly the driver's weights and
+    identity, also for seeded random init.
+    """
+
+    def __init__(self, encoder: Any, device: str, threads: int, settings: Any):
+        import torch
+
+        from indexer.encode import image_encoder_for
+
+        torch.set_num_threads(max(1, threads))
+        self.encoder = encoder
+        self.encoder.device = torch.device(device)
+        self.encoder.model = self.encoder.model.to(self.encoder.device)
+        self.image = image_encoder_for(self.encoder, settings, threads)  # the local backend's runtime choice
+
+    def __call__(self, batch: Batch) -> Batch:
+        start = time.perf_counter()
+        ok = np.asarray(batch["ok"], bool)
+        vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
+        if ok.any():
+            vectors[ok] = self.image.encode_pixels(np.ascontiguousarray(batch["pixels"][ok]))
+        elapsed = time.perf_counter() - start
+        out = {k: v for k, v in batch.items() if k != "pixels"}  # pixels stay on the worker
+        out["vector"] = vectors
+        out["encode_s"] = np.full(len(ok), elapsed / max(len(ok), 1))  # summed by the driver: actor busy time
+        return out

@@ -1,0 +1,88 @@
+"""Indexer settings: defaults < configs/indexer.yaml (or --config FILE) < CLI flags.
+
+A pydantic model rather than loose dicts so a typo in the YAML or a negative batch size fails at start-up
+with a clear message instead of half-way through a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIGS_DIR / "indexer.yaml"
+DEFAULT_INDEX_CONFIG = CONFIGS_DIR / "index.yaml"
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico")
+
+
+class SettingsError(ValueError):
+    """The configuration file or an override is invalid; the message says which field and why."""
+
+
+class IndexerSettings(BaseModel):
+    """Everything a build run needs besides the image root and the store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = "tiny"
+    pretrained: str | None = None
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    image_backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime on CPU, torch (AMP) on CUDA
+    onnx_cache_dir: str | None = None  # None: ~/.cache/photostock/onnx, keyed by encoder identity
+    image_precision: Literal["fp32", "int8"] = "fp32"  # onnx image backend; int8: benchmarks/int8_towers.py
+    onnx_micro_batch: int = Field(8, ge=1)  # images per ONNX Runtime call (ViT-B-32 is fastest at 8)
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(2, ge=1)
+    jpeg_draft: bool = True  # decode JPEGs at a reduced DCT scale that still covers the encoder's input size
+    decode_timeout_s: float = Field(60.0, gt=0)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    hash_threads: int = Field(4, ge=1)
+    sidecar: str = "metadata.jsonl"
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    index_config: str | None = None  # YAML read by IndexConfig (default configs/index.yaml when present)
+    index: dict[str, Any] = Field(default_factory=dict)  # top-level overrides on top of index_config
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({("." + e.lstrip(".")).lower() for e in value}))
+
+    def index_options(self) -> dict[str, Any]:
+        """The index build settings: the index config file's `index:` mapping, then `index` overrides."""
+        path = Path(self.index_config) if self.index_config else DEFAULT_INDEX_CONFIG
+        data: dict[str, Any] = {}
+        if self.index_config or path.is_file():
+            loaded = _read_yaml(path)
+            data = dict(loaded.get("index", loaded))
+        return {**data, **self.index}
+
+
+def load_settings(
+    config: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> IndexerSettings:
+    """Read `config` (or the repo default when it exists), then apply non-None `overrides`."""
+    data: dict[str, Any] = {}
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is not None:
+        data = _read_yaml(Path(path))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return IndexerSettings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid indexer settings ({path or 'defaults'}): {problems}") from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read config {path}: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
+    return loaded

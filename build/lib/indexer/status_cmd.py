@@ -1,0 +1,55 @@
+"""Print the store's current index version, its image counts and every failure with its reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, required=True, help="store directory")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def store_status(store: Path) -> dict[str, Any]:
+    """Current version plus the live database's counts and failures (relative paths)."""
+    from indexer.pipeline import current_version
+    from indexer.store import DB_NAME, MetadataStore, connect
+
+    db_path = Path(store) / DB_NAME
+    if not db_path.is_file():
+        raise FileNotFoundError(f"no indexer database at {db_path}: run `python -m indexer build` first")
+    db = MetadataStore(connect(db_path, readonly=True))
+    try:
+        counts = db.counts()
+        return {
+            "version": current_version(Path(store)),
+            "indexed": counts["indexed"],
+            "failed": counts["failed"],
+            "deleted": counts["deleted"],
+            "pending": counts["pending"],
+            "image_root": db.get_meta("image_root"),
+            "failures": db.failures(),
+        }
+    finally:
+        db.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        status = store_status(args.store)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"version:  {status['version'] or '(none published)'}")
+    for key in ("indexed", "failed", "deleted", "pending"):
+        print(f"{key + ':':9} {status[key]}")
+    for failure in status["failures"]:
+        print(f"  FAILED {failure['path']}: {failure['reason']}")
+    return 0

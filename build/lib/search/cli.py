@@ -1,0 +1,34 @@
+"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description="PhotoStock search service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP search service (uvicorn)")
+    serve.add_argument("--store", required=True, help="store directory holding versions/ and current")
+    serve.add_argument("--config", default=None, help="service YAML (default configs/service.yaml)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import uvicorn
+
+    from search.app import create_app
+    from search.settings import load_settings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config, store=args.store)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0

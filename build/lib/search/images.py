@@ -1,0 +1,61 @@
+"""Serving stored images and thumbnails by id.
+
+Only ids the served artifact knows are served: the id's stored relative path is joined to the image root and
+the resolved result must stay inside that root. Nothing from the client is ever used as a path.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+from cachetools import LRUCache
+
+from search.artifact import Artifact
+
+__all__ = ["ImageNotFound", "ImageStore"]
+
+
+class ImageNotFound(LookupError):
+    pass
+
+
+class ImageStore:
+    """Resolves ids to files under the artifact's image root; keeps an LRU of rendered JPEG thumbnails."""
+
+    def __init__(self, thumbnail_px: int, cache_size: int):
+        self.thumbnail_px = thumbnail_px
+        self._thumbs: LRUCache[tuple[str, int], bytes] = LRUCache(maxsize=max(1, cache_size))
+        self._lock = threading.Lock()
+
+    def path_of(self, artifact: Artifact, image_id: int) -> Path:
+        try:
+            (meta,) = artifact.metadata([image_id])
+        except KeyError as exc:
+            raise ImageNotFound(f"no image {image_id} in index version {artifact.version}") from exc
+        root = Path(artifact.manifest.image_root).resolve()
+        path = (root / str(meta["path"])).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise ImageNotFound(f"image {image_id} is not available")
+        return path
+
+    def thumbnail(self, artifact: Artifact, image_id: int) -> bytes:
+        key = (artifact.version, image_id)
+        with self._lock:
+            cached = self._thumbs.get(key)
+        if cached is not None:
+            return cached
+        data = self._render(self.path_of(artifact, image_id))
+        with self._lock:
+            self._thumbs[key] = data
+        return data
+
+    def _render(self, path: Path) -> bytes:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.thumbnail((self.thumbnail_px, self.thumbnail_px))
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="JPEG", quality=85)
+        return out.getvalue()

@@ -1,0 +1,176 @@
+"""The manifest of an index version: what was built, from what, how well it searches, and file checksums.
+
+The manifest is written last into a version directory, so its presence (and its checksums) is what makes a
+version complete. Readers check `schema_version` before trusting any other field; a version written by a newer
+schema is refused rather than half-understood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.encoder import EncoderIdentity
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "INDEX_FILE",
+    "VECTORS_FILE",
+    "IDS_FILE",
+    "METADATA_FILE",
+    "ArtifactError",
+    "EncoderFiles",
+    "FileEntry",
+    "IndexInfo",
+    "Manifest",
+    "read_manifest",
+    "write_manifest",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_FILE = "index.faiss"
+VECTORS_FILE = "vectors.f16.npy"
+IDS_FILE = "ids.npy"
+METADATA_FILE = "metadata.sqlite"
+ARTIFACT_FILES = (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)
+
+
+class ArtifactError(RuntimeError):
+    """An index version is missing, partial, corrupt or incompatible; the caller must not serve it."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """Size is checked on every open (cheap); the sha256 only on full verification."""
+
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class EncoderFiles:
+    """The encoder a version carries: a folder of the store (`encoders/<key>`, shared by every version built
+    with the same encoder) and the size and sha256 of each file in it (search.runtime.bundle verifies them)."""
+
+    dir: str
+    files: dict[str, FileEntry]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderFiles:
+        return cls(dir=str(data["dir"]),
+                   files={n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in data["files"].items()})
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The FAISS index: factory string, tuned per-call search params, the choice's reasons and its figures.
+
+    `params` holds the search parameters chosen by tuning (e.g. {"nprobe": 16} or {"efSearch": 64}); they are
+    meant to be passed per call (search.ann.search_parameters), never set on the shared index.
+    `rerank_candidates` is how many ANN candidates to over-fetch before the exact float16 rerank.
+    `recall_at_10` is after that rerank (what a query gets); `recall_at_10_raw` is the ANN stage alone.
+    """
+
+    factory: str
+    metric: str = "ip"
+    params: dict[str, Any] = field(default_factory=dict)
+    rerank_candidates: int = 10
+    selection: dict[str, Any] = field(default_factory=dict)
+    tuning: list[dict[str, Any]] = field(default_factory=list)
+    recall_at_10: float = 1.0
+    recall_at_10_raw: float = 1.0
+    recall_queries: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    bytes_per_vector: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IndexInfo":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    version: str
+    created_at: str
+    encoder: EncoderIdentity
+    image_root: str
+    index: IndexInfo
+    counts: dict[str, int]
+    timings: dict[str, float]
+    files: dict[str, FileEntry]
+    encoder_files: EncoderFiles | None = None  # None: an artifact without its encoder (the service refuses it)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["encoder"] = self.encoder.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        """Parse and validate; any missing or mistyped field is an ArtifactError naming it."""
+        if not isinstance(data, dict):
+            raise ArtifactError("manifest is not a JSON object")
+        schema = data.get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"manifest schema_version {schema!r} is not supported (this reader knows {SCHEMA_VERSION})"
+            )
+        try:
+            files = {name: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"]))
+                     for name, e in data["files"].items()}
+            manifest = cls(
+                schema_version=int(schema),
+                version=str(data["version"]),
+                created_at=str(data["created_at"]),
+                encoder=EncoderIdentity.from_dict(data["encoder"]),
+                image_root=str(data["image_root"]),
+                index=IndexInfo.from_dict(data["index"]),
+                counts={k: int(v) for k, v in data["counts"].items()},
+                timings={k: float(v) for k, v in data["timings"].items()},
+                files=files,
+                encoder_files=(EncoderFiles.from_dict(data["encoder_files"])
+                               if data.get("encoder_files") is not None else None),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
+        missing = [name for name in ARTIFACT_FILES if name not in manifest.files]
+        if missing:
+            raise ArtifactError(f"manifest lists no checksum for {', '.join(missing)}")
+        if "vectors" not in manifest.counts:
+            raise ArtifactError("manifest counts lack 'vectors'")
+        return manifest
+
+
+def read_manifest(version_dir: str | os.PathLike[str]) -> Manifest:
+    path = Path(version_dir) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} does not exist: the version is partial or not an index version") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc})") from exc
+    return Manifest.from_dict(data)
+
+
+def write_manifest(version_dir: str | os.PathLike[str], manifest: Manifest) -> Path:
+    """Write and fsync the manifest (the last file of a version)."""
+    path = Path(version_dir) / MANIFEST_NAME
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(manifest.to_dict(), fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path

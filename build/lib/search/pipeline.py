@@ -1,0 +1,163 @@
+"""The query path without HTTP: text -> (cache | micro-batched encode) -> ANN over-fetch -> filters -> rerank.
+
+Each stage is timed. ANN search and rerank run in a worker thread (FAISS releases the GIL) under a lease on
+the artifact, so a reload in the middle of a request never changes the version that request reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from search.artifact import Artifact
+from search.batcher import MicroBatcher
+from search.filters import Filters
+from search.metrics import ServiceMetrics
+from search.reload import ArtifactHolder
+from search.rerank import Ranked, RerankWeights, rerank
+from search.settings import RankSettings
+from search.text_cache import QueryEmbeddingCache, normalize_query
+from search.timing import StageTimer
+
+__all__ = ["SearchSpec", "SearchOutcome", "QueryEmbedder", "Searcher"]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """What to return for one query vector."""
+
+    k: int
+    offset: int = 0
+    filters: Filters = Filters()
+    min_score: float | None = None
+    dedup: bool = False
+    diversity: float = 0.0
+    exclude_id: int | None = None  # similar-image search leaves out the image itself
+
+
+@dataclass
+class SearchOutcome:
+    hits: list[dict[str, Any]]
+    total: int
+    version: str
+    timer: StageTimer = field(default_factory=StageTimer)
+    cache_hit: bool | None = None
+
+
+class QueryEmbedder:
+    """Normalised text -> vector, through the cache (single-flight) and the micro-batcher."""
+
+    def __init__(self, encoder_key: str, cache: QueryEmbeddingCache, batcher: MicroBatcher,
+                 metrics: ServiceMetrics):
+        self.encoder_key = encoder_key
+        self.cache = cache
+        self.batcher = batcher
+        self.metrics = metrics
+
+    def key(self, text: str) -> tuple[str, str]:
+        return (self.encoder_key, normalize_query(text))
+
+    async def embed(self, text: str, timer: StageTimer) -> tuple[np.ndarray, bool]:
+        with timer.stage("normalize"):
+            key = self.key(text)
+        encode_seconds = 0.0
+
+        async def compute() -> np.ndarray:
+            nonlocal encode_seconds
+            start = asyncio.get_running_loop().time()
+            try:
+                return await self.batcher.encode(key[1])
+            finally:
+                encode_seconds = asyncio.get_running_loop().time() - start
+
+        with timer.stage("embed"):
+            vector, hit = await self.cache.get_or_compute(key, compute)
+        self.metrics.cache.labels(result="hit" if hit else "miss").inc()
+        if encode_seconds:
+            timer.add("encode", encode_seconds)
+        return vector, hit
+
+    async def warm(self, texts: list[str]) -> int:
+        """Encode frequent queries into the cache at start; returns how many were added."""
+        fresh = [t for t in dict.fromkeys(normalize_query(t) for t in texts if t.strip())
+                 if self.cache.get((self.encoder_key, t)) is None]
+        vectors = await asyncio.gather(*(self.batcher.encode(t) for t in fresh))
+        for text, vector in zip(fresh, vectors):
+            self.cache.put((self.encoder_key, text), vector)
+        return len(fresh)
+
+
+class Searcher:
+    """Vector -> ranked, filtered, paginated hits from the current artifact."""
+
+    def __init__(self, holder: ArtifactHolder, rank: RankSettings):
+        self.holder = holder
+        self.rank = rank
+        self.weights = RerankWeights(rank.popularity_weight, rank.freshness_weight, rank.freshness_half_life_days)
+
+    async def search(self, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> SearchOutcome:
+        with self.holder.lease() as artifact:
+            hits, total = await asyncio.to_thread(self._page, artifact, vector, spec, timer)  # one thread hop
+            return SearchOutcome(hits=hits, total=total, version=artifact.version, timer=timer)
+
+    def _page(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
+              timer: StageTimer) -> tuple[list[dict[str, Any]], int]:
+        ranked = self._rank(artifact, vector, spec, timer)
+        with timer.stage("metadata"):
+            hits = self._hits(artifact, ranked[spec.offset: spec.offset + spec.k])
+        return hits, len(ranked)
+
+    def _needs_metadata(self, spec: SearchSpec) -> bool:
+        return spec.filters.active or self.weights.popularity != 0.0 or self.weights.freshness != 0.0
+
+    def _rank(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> list[Ranked]:
+        """Over-fetch ANN candidates, growing the fetch until filters/dedup leave offset+k hits (or all fetched)."""
+        need = spec.offset + spec.k
+        n = len(artifact.ids)
+        fetch = min(n, max(artifact.rerank_candidates, need * self.rank.overfetch))
+        params = dict(self.rank.ann_params) or None
+        while True:
+            with timer.stage("ann"):
+                _, ids = artifact.ann_search(vector[None, :], max(fetch, 1), params)
+            ids = ids[0][ids[0] >= 0]
+            if spec.exclude_id is not None:
+                ids = ids[ids != spec.exclude_id]
+            metas: list[dict[str, Any]] = [{}] * len(ids)
+            if self._needs_metadata(spec):
+                with timer.stage("filter"):
+                    metas = artifact.metadata(ids.tolist())
+                    keep = [i for i, m in enumerate(metas) if spec.filters.matches(m)]
+                    ids, metas = ids[keep], [metas[i] for i in keep]
+            with timer.stage("rerank"):
+                ranked = rerank(vector, ids, artifact.vectors_for(ids), metas, self.weights,
+                                limit=need if spec.diversity > 0 else len(ids),
+                                dedup_threshold=self.rank.dedup_threshold if spec.dedup else None,
+                                diversity=spec.diversity, min_score=spec.min_score)
+            if len(ranked) >= need or fetch >= n:
+                return ranked
+            fetch = min(n, fetch * 4)
+
+    @staticmethod
+    def _hits(artifact: Artifact, page: list[Ranked]) -> list[dict[str, Any]]:
+        metas = artifact.metadata([r.id for r in page])
+        return [_hit(r, m) for r, m in zip(page, metas)]
+
+
+def _hit(ranked: Ranked, meta: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    tags = meta.get("tags")
+    try:
+        tags = json.loads(tags) if isinstance(tags, str) else (tags or [])
+    except json.JSONDecodeError:
+        tags = []
+    return {
+        "id": ranked.id, "score": ranked.score, "similarity": ranked.similarity,
+        "path": meta.get("path"), "url": f"/images/{ranked.id}", "thumbnail_url": f"/images/{ranked.id}?thumb=1",
+        "width": meta.get("width"), "height": meta.get("height"), "caption": meta.get("caption"),
+        "tags": tags if isinstance(tags, list) else [], "licence": meta.get("licence"),
+        "created_at": meta.get("created_at"), "popularity": meta.get("popularity"),
+    }

@@ -1,0 +1,171 @@
+"""The served index version and its replacement without downtime.
+
+A request takes a lease on the current artifact and keeps using that artifact to the end, even when a reload
+swaps in a new one meanwhile; the old artifact is closed when its last lease ends. A new version is opened and
+checked completely beside the old one before the single reference swap, so a corrupt or incompatible version
+is refused while the old keeps serving, and the reason is kept for /readyz and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+from search import ann
+from search.artifact import Artifact, ArtifactError, current_path, open_version
+from search.encoder import EncoderIdentity
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ArtifactHolder", "NoIndexError", "ReloadOutcome", "watch_current"]
+
+
+class NoIndexError(RuntimeError):
+    """No index version is loaded (the service answers 503)."""
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    loaded: bool
+    version: str | None
+    error: str | None = None
+
+
+class _Slot:
+    """An artifact plus its lease count; closed once retired and unleased."""
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        self.leases = 0
+        self.retired = False
+
+
+class ArtifactHolder:
+    """Holds the current artifact; `lease()` pins it for one request."""
+
+    def __init__(self, store: Path, encoder: EncoderIdentity | None = None, verify_checksums: bool = False,
+                 on_change: Callable[[ReloadOutcome], None] | None = None,
+                 ann_params: Mapping[str, int] | None = None,
+                 admit: Callable[[Artifact], None] | None = None):
+        """`encoder`: the identity every version must have (None: any); `admit` may refuse an opened version
+        (raising ArtifactError) before it is swapped in: the service loads or checks its encoder there."""
+        self.store = Path(store)
+        self.ann_params = dict(ann_params or {})
+        self.encoder = encoder
+        self.verify_checksums = verify_checksums
+        self.on_change = on_change or (lambda outcome: None)
+        self.admit = admit
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._slot: _Slot | None = None
+        self.loaded_path: Path | None = None
+        self.last_error: str | None = None
+
+    @property
+    def version(self) -> str | None:
+        slot = self._slot
+        return slot.artifact.version if slot else None
+
+    @contextmanager
+    def lease(self) -> Iterator[Artifact]:
+        with self._lock:
+            slot = self._slot
+            if slot is None:
+                raise NoIndexError(self.last_error or "no index version is loaded")
+            slot.leases += 1
+        try:
+            yield slot.artifact
+        finally:
+            with self._lock:
+                slot.leases -= 1
+                release = slot.retired and slot.leases == 0
+            if release:
+                slot.artifact.close()
+
+    def reload(self, force: bool = False) -> ReloadOutcome:
+        """Open what `STORE/current` points to and swap it in; on failure keep the old. Thread-safe."""
+        with self._reload_lock:
+            try:
+                target = current_path(self.store)
+                if not force and target == self.loaded_path:
+                    return ReloadOutcome(False, self.version)
+                artifact = open_version(target, verify_checksums=self.verify_checksums,
+                                        expect_encoder=self.encoder)
+                self._check_params(artifact)
+                self._admit(artifact)
+            except Exception as exc:  # any failure to open means: refuse it, keep serving the old version
+                if not isinstance(exc, (ArtifactError, OSError)):
+                    log.exception("unexpected error opening %s", self.store / "current")
+                self.last_error = str(exc) if isinstance(exc, (ArtifactError, OSError)) else repr(exc)
+                outcome = ReloadOutcome(False, self.version, self.last_error)
+                log.error("index reload refused, still serving %s: %s", self.version, exc)
+                self.on_change(outcome)
+                return outcome
+            self._swap(artifact, target)
+            self.last_error = None
+            outcome = ReloadOutcome(True, artifact.version)
+            log.info("serving index version %s from %s", artifact.version, target)
+            self.on_change(outcome)
+            return outcome
+
+    def _admit(self, artifact: Artifact) -> None:
+        if self.admit is None:
+            return
+        try:
+            self.admit(artifact)
+        except BaseException:
+            artifact.close()
+            raise
+
+    def _check_params(self, artifact: Artifact) -> None:
+        """Configured per-call FAISS parameters must fit this version's index type (else: refuse it)."""
+        if not self.ann_params:
+            return
+        try:
+            ann.search_parameters(artifact.index, self.ann_params)
+        except ValueError as exc:
+            artifact.close()
+            raise ArtifactError(f"version {artifact.version}: configured rank.ann_params do not apply ({exc})") \
+                from exc
+
+    def _swap(self, artifact: Artifact, path: Path) -> None:
+        with self._lock:
+            old, self._slot = self._slot, _Slot(artifact)
+            self.loaded_path = path
+            if old is not None:
+                old.retired = True
+                release = old.leases == 0
+        if old is not None and release:
+            old.artifact.close()
+
+    def close(self) -> None:
+        with self._lock:
+            slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.retired = True
+            if slot.leases == 0:
+                slot.artifact.close()
+
+
+def _link_target(store: Path) -> str | None:
+    try:
+        return os.readlink(store / "current")
+    except OSError:
+        return None
+
+
+async def watch_current(holder: ArtifactHolder, poll_s: float) -> None:
+    """Poll `STORE/current`; reload (in a worker thread) whenever the link target changes."""
+    seen = _link_target(holder.store)
+    while True:
+        await asyncio.sleep(poll_s)
+        target = _link_target(holder.store)
+        if target != seen:
+            seen = target
+            await asyncio.to_thread(holder.reload)

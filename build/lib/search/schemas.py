@@ -1,0 +1,88 @@
+"""Request and response models of the HTTP API (pydantic; they make the OpenAPI page at /docs)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from search.filters import Filters
+
+__all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadResult"]
+
+
+class FilterModel(BaseModel):
+    """Metadata filters; an unknown filter name is a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    orientation: Literal["landscape", "portrait", "square"] | None = None
+    licence: list[str] = Field(default_factory=list, max_length=32)
+    tags: list[str] = Field(default_factory=list, max_length=32, description="all must be present")
+    created_after: date | datetime | None = None
+    created_before: date | datetime | None = None
+
+    def to_filters(self) -> Filters:
+        return Filters(
+            orientation=self.orientation, licence=tuple(self.licence), tags=tuple(self.tags),
+            created_after=self.created_after.isoformat() if self.created_after else None,
+            created_before=self.created_before.isoformat() if self.created_before else None,
+        )
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="free text; length limits come from config")
+    k: int | None = Field(None, ge=1, description="hits per page (default and maximum from config)")
+    offset: int = Field(0, ge=0)
+    filters: FilterModel = Field(default_factory=FilterModel)
+    min_score: float | None = Field(None, ge=-2.0, le=2.0)
+    dedup: bool = Field(False, description="collapse near-duplicates above the configured similarity")
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight; 0 = pure relevance")
+
+
+class Hit(BaseModel):
+    id: int
+    score: float
+    similarity: float
+    path: str | None
+    url: str
+    thumbnail_url: str
+    width: int | None
+    height: int | None
+    caption: str | None
+    tags: list[str]
+    licence: str | None
+    created_at: str | None
+    popularity: float | None
+
+
+class SearchResponse(BaseModel):
+    query: str | None
+    hits: list[Hit]
+    total: int = Field(description="ranked results found among the fetched candidates")
+    k: int
+    offset: int
+    version: str
+    cache: Literal["hit", "miss"] | None = None
+    timings_ms: dict[str, float]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class Ready(BaseModel):
+    ready: bool
+    version: str | None
+    vectors: int | None
+    last_reload_error: str | None
+
+
+class ReloadResult(BaseModel):
+    loaded: bool
+    version: str | None
+    error: str | None = None

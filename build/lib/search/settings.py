@@ -1,0 +1,104 @@
+"""Service settings: one pydantic model, loaded from YAML (configs/service.yaml) plus CLI overrides.
+
+Every limit the API enforces lives here, so tests and deployments change behaviour through config, never by
+editing code. Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Settings", "load_settings", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "service.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderSettings(_Strict):
+    """Optional pins. The service takes its encoder from the artifact; a pin set here refuses (with the reason in
+    /readyz and /metrics) any version whose encoder differs from it."""
+
+    model: str | None = None  # e.g. "photostock-tiny" or "ViT-B-32"
+    pretrained: str | None = None  # open_clip tag or checkpoint file (compared by search.encoder.weights_label)
+    key: str | None = None  # the full identity: EncoderIdentity.key, as /readyz reports it
+
+
+class RuntimeSettings(_Strict):
+    """What the text and image ONNX Runtime sessions share."""
+
+    threads: int = Field(0, ge=0)  # intra-op threads per session; 0: ONNX Runtime's default
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    text_precision: Literal["fp32", "int8"] = "fp32"  # int8: the dynamically quantised text tower the artifact
+    # carries (benchmarks/int8_towers.py measures it against fp32)
+
+
+class CacheSettings(_Strict):
+    maxsize: int = Field(10000, ge=1)
+    ttl_s: float = Field(3600.0, gt=0)
+    warmup_file: Path | None = None  # one frequent query per line, encoded at start
+
+
+class BatchSettings(_Strict):
+    window_ms: float = Field(3.0, ge=0)  # 0 disables micro-batching
+    max_batch: int = Field(32, ge=1)
+
+
+class LimitSettings(_Strict):
+    max_query_chars: int = Field(256, ge=1)
+    max_k: int = Field(100, ge=1)
+    default_k: int = Field(20, ge=1)
+    max_offset: int = Field(1000, ge=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(40_000_000, ge=1)
+
+
+class RankSettings(_Strict):
+    overfetch: int = Field(4, ge=1)  # ANN candidates per wanted result (before filters/dedup)
+    ann_params: dict[str, int] = Field(default_factory=dict)  # per-call FAISS params; {} = manifest's tuned
+    popularity_weight: float = 0.0
+    freshness_weight: float = 0.0
+    freshness_half_life_days: float = Field(365.0, gt=0)
+    dedup_threshold: float = Field(0.98, gt=0, le=1)  # cosine above which hits collapse (when dedup=true)
+
+
+class ReloadSettings(_Strict):
+    watch: bool = True
+    poll_s: float = Field(2.0, gt=0)
+    admin_token: str | None = None  # None: /admin/reload only from localhost
+    verify_checksums: bool = False
+
+
+class ImageSettings(_Strict):
+    thumbnail_px: int = Field(256, ge=16, le=2048)
+    thumbnail_cache: int = Field(512, ge=0)
+
+
+class Settings(_Strict):
+    store: Path | None = None
+    encoder: EncoderSettings = EncoderSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    cache: CacheSettings = CacheSettings()
+    batching: BatchSettings = BatchSettings()
+    limits: LimitSettings = LimitSettings()
+    rank: RankSettings = RankSettings()
+    reload: ReloadSettings = ReloadSettings()
+    images: ImageSettings = ImageSettings()
+    query_log: Path | None = None  # JSONL file, one line per answered search (off when unset)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """YAML file (default configs/service.yaml when it exists) merged with top-level overrides."""
+    data: dict[str, Any] = {}
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is not None or file.is_file():
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(data)

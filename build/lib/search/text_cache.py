@@ -1,0 +1,91 @@
+"""Query normalisation and the query-embedding cache (bounded LRU + TTL, single-flight on misses).
+
+The cache is exact: the key is the normalised query text plus the encoder identity, so a changed encoder
+never serves a stale vector. Concurrent misses for the same key share one computation (single-flight), so a
+burst of identical queries costs one encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Hashable
+
+import numpy as np
+from cachetools import TTLCache
+
+__all__ = ["normalize_query", "CacheStats", "QueryEmbeddingCache"]
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_query(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: queries that encode alike share one cache key."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0  # misses that waited on another request's in-flight computation
+
+
+class QueryEmbeddingCache:
+    """TTLCache of query vectors with single-flight misses; `timer` is injectable so tests need no sleeps.
+
+    Used from one asyncio event loop (the service's); the computation itself runs wherever `compute` puts it.
+    """
+
+    def __init__(self, maxsize: int, ttl_s: float, timer: Callable[[], float] = time.monotonic):
+        self._cache: TTLCache[Hashable, np.ndarray] = TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer)
+        self._inflight: dict[Hashable, asyncio.Future[np.ndarray]] = {}
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        return self._cache.get(key)
+
+    def put(self, key: Hashable, vector: np.ndarray) -> None:
+        vector = np.array(vector, dtype=np.float32)
+        vector.setflags(write=False)  # shared between requests: nobody may modify it in place
+        self._cache[key] = vector
+
+    async def get_or_compute(self, key: Hashable,
+                             compute: Callable[[], Awaitable[np.ndarray]]) -> tuple[np.ndarray, bool]:
+        """(vector, hit). A miss computes once per key however many requests are waiting for it."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.stats.hits += 1
+            return cached, True
+        self.stats.misses += 1
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self.stats.coalesced += 1
+            try:
+                return await asyncio.shield(pending), False
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this waiter itself was cancelled
+                return await self.get_or_compute(key, compute)  # the leader was: compute it ourselves
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            vector = await compute()
+            self.put(key, vector)
+            future.set_result(self._cache.get(key, vector))
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves; no "never retrieved" noise
+            raise
+        finally:
+            del self._inflight[key]
+        return future.result(), False
