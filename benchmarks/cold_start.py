@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -164,12 +165,17 @@ def install_sizes(work: Path) -> dict[str, Any]:
     import sysconfig
     import venv
 
-    env_dir = work / "serve-venv"
+    env_dir, source = work / "serve-venv", work / "serve-src"
+    shutil.rmtree(source, ignore_errors=True)  # a copy: building the wheel writes build/ beside the sources
+    for package in ("search", "indexer"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     if not (env_dir / "bin" / "python").is_file():
         venv.EnvBuilder(with_pip=True).create(env_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"{ROOT}[serve]"], check=True, env=env)
+                    f"{source}[serve]"], check=True, env=env)
     serve_site = next((env_dir / "lib").glob("python3*/site-packages"))
     full_site = Path(sysconfig.get_paths()["purelib"])
     heavy = {name: _du_mb(full_site / name) for name in ("torch", "torchvision", "open_clip", "nvidia", "triton")

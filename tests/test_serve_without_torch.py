@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -43,12 +44,17 @@ def test_service_serves_text_and_image_queries_with_torch_unimportable(world, tm
 @pytest.mark.slow
 def test_fresh_virtualenv_with_only_the_serve_extra_runs_a_real_query(world, tmp_path):
     """pip installs the project with `[serve]` from PyPI into an empty virtualenv (no system site packages)."""
+    source = tmp_path / "src"  # a copy: building the wheel writes build/ and *.egg-info beside the sources
+    for package in ("search", "indexer"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     env_dir = tmp_path / "serve-venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
     python = str(env_dir / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              f"{ROOT}[serve]"], capture_output=True, text=True, env=env, timeout=1500)
+                              f"{source}[serve]"], capture_output=True, text=True, env=env, timeout=1500)
     assert install.returncode == 0, install.stderr[-4000:]
     listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
                             env=env, check=True).stdout
