@@ -100,7 +100,7 @@ def image_units(model: str, cache: Path, n: int) -> dict[str, Any]:
     pixels = np.random.default_rng(0).standard_normal((n, 3, side, side)).astype(np.float32)
     rates, vectors = {}, {}
     for precision in ("fp32", "int8"):
-        tower = onnx_image_encoder(encoder, cache / model, micro_batch=8, precision=precision)  # type: ignore[arg-type]
+        tower = onnx_image_encoder(encoder, cache / model, micro_batch=8, precision=precision)
         tower.encode_pixels(pixels[:8])
         start = time.perf_counter()
         vectors[precision] = tower.encode_pixels(pixels)

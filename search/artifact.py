@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +58,12 @@ def current_path(store: str | os.PathLike[str]) -> Path:
 
 
 def open_current(store: str | os.PathLike[str], *, verify_checksums: bool = False,
-                 expect_encoder: EncoderIdentity | None = None) -> "Artifact":
+                 expect_encoder: EncoderIdentity | None = None) -> Artifact:
     return open_version(current_path(store), verify_checksums=verify_checksums, expect_encoder=expect_encoder)
 
 
 def open_version(path: str | os.PathLike[str], *, verify_checksums: bool = False,
-                 expect_encoder: EncoderIdentity | None = None) -> "Artifact":
+                 expect_encoder: EncoderIdentity | None = None) -> Artifact:
     """Open and check one version directory; `expect_encoder` refuses vectors from a different encoder."""
     path = Path(path).resolve()
     if not path.is_dir():
@@ -241,7 +242,7 @@ class Artifact:
             self._connections.clear()
         self._local = threading.local()
 
-    def __enter__(self) -> "Artifact":
+    def __enter__(self) -> Artifact:
         return self
 
     def __exit__(self, *exc: Any) -> None:

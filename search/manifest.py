@@ -62,8 +62,8 @@ class EncoderFiles:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderFiles:
-        return cls(dir=str(data["dir"]),
-                   files={n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in data["files"].items()})
+        files = {n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in data["files"].items()}
+        return cls(dir=str(data["dir"]), files=files)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class IndexInfo:
     bytes_per_vector: float = 0.0
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "IndexInfo":
+    def from_dict(cls, data: dict[str, Any]) -> IndexInfo:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -117,7 +117,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Parse and validate; any missing or mistyped field is an ArtifactError naming it."""
         if not isinstance(data, dict):
             raise ArtifactError("manifest is not a JSON object")

@@ -5,8 +5,8 @@ Used by tests and notebooks to check retrieval end to end; the service has its o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,7 +40,7 @@ def query_text(artifact: Artifact, encoder: _TextEncoder, text: str, k: int = 10
     query = encoder.encode_texts([text])
     result = artifact.search(query, k, params=params, candidates=candidates)
     found = [(int(i), float(a), float(e)) for i, a, e in
-             zip(result.ids[0], result.ann_scores[0], result.exact_scores[0]) if i >= 0]
+             zip(result.ids[0], result.ann_scores[0], result.exact_scores[0], strict=True) if i >= 0]
     rows = artifact.metadata([i for i, _, _ in found])
     return [Hit(id=i, path=row["path"], ann_score=a, exact_score=e)
-            for (i, a, e), row in zip(found, rows)]
+            for (i, a, e), row in zip(found, rows, strict=True)]

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 from search import ann
 from search.artifact import Artifact, ArtifactError, current_path, open_version

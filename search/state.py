@@ -159,7 +159,7 @@ class ServiceState:
             pixels = encoder.preprocess(image)[None]
         except (OSError, ValueError, TypeError) as exc:
             raise UploadRejected(400, f"image cannot be preprocessed ({type(exc).__name__}: {exc})") from exc
-        return encoder.image.encode_pixels(pixels)[0]
+        return np.asarray(encoder.image.encode_pixels(pixels)[0], dtype=np.float32)
 
     def close(self) -> None:
         self.batcher.close()

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
 from indexer_support import make_tree, run
+
 from search.app import create_app
 from search.artifact import open_current
 from search.encoder import file_sha256

@@ -9,10 +9,10 @@ import warnings
 
 import numpy as np
 import pytest
+from indexer_support import ODD_IMAGES
 from open_clip import image_transform
 from PIL import Image, ImageOps
 
-from indexer_support import ODD_IMAGES
 from search.runtime.preprocess import ImagePreprocess, PreprocessSpec
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -80,7 +80,7 @@ def test_equal_to_open_clip_on_the_corpus(pair):
     expected = reference(CORPUS).numpy()
     got = runtime(CORPUS)
     assert got.dtype == np.int64 and got.shape == expected.shape
-    for text, want, have in zip(CORPUS, expected, got):
+    for text, want, have in zip(CORPUS, expected, got, strict=True):
         assert have.tolist() == want.tolist(), text
 
 

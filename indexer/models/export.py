@@ -163,7 +163,7 @@ def text_tower_module(model: Any, explicit_attention: bool = False) -> Any:
 
         def forward(self, text: torch.Tensor) -> torch.Tensor:
             length = text.shape[1]
-            mask = self.attn_mask[:length, :length]
+            mask = self.attn_mask[:length, :length]  # type: ignore[index]
             x = self.token_embedding(text) + self.positional_embedding[:length]
             if explicit_attention:
                 for block in self.transformer.resblocks:
