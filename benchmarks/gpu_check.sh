@@ -40,7 +40,7 @@ def write_jpeg(args):
 def indexer_rate(root: Path, store: Path, ckpt: Path, n: int) -> dict:
     from indexer.pipeline import run_build
     from indexer.settings import IndexerSettings
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     encoder = load_encoder("ViT-B-32", pretrained=str(ckpt), device=DEVICE)
     workers = max(1, (os.cpu_count() or 2) - 2)
@@ -55,7 +55,7 @@ def indexer_rate(root: Path, store: Path, ckpt: Path, n: int) -> dict:
 
 
 def text_qps(ckpt: Path) -> dict:
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     encoder = load_encoder("ViT-B-32", pretrained=str(ckpt), device=DEVICE)
     texts = [item.composition.caption for item in world.iter_gallery(5, 256, (16, 16))]

@@ -157,7 +157,7 @@ class ServiceState:
         encoder = self.encoder.current
         try:
             pixels = encoder.preprocess(image)[None]
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, ArithmeticError) as exc:
             raise UploadRejected(400, f"image cannot be preprocessed ({type(exc).__name__}: {exc})") from exc
         return np.asarray(encoder.image.encode_pixels(pixels)[0], dtype=np.float32)
 

@@ -191,3 +191,20 @@ def test_optional_query_log_records_each_answered_search(world, tmp_path):
     assert [(r["kind"], r["query"], r["cache_hit"], r["results"]) for r in records] == [
         ("text", query, False, 5), ("text", query, True, 5), ("similar", None, None, 3)]
     assert all(r["version"] == first["version"] and r["total"] >= r.get("ann", 0) for r in records)
+
+
+def test_int8_text_tower_is_a_runtime_option(world):
+    from search.settings import RuntimeSettings
+
+    settings = settings_for(world, runtime=RuntimeSettings(text_precision="int8"))
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/search", params={"q": _caption(world), "k": 10})
+        assert r.status_code == 200 and r.json()["hits"]
+        state = client.app.state.service
+        assert state.encoder.current.options.text_precision == "int8"
+        texts = [q["query"] for q in world.queries[:20]]
+        int8 = state.encoder.encode(texts)
+        fp32 = runtime_for(world).encode_texts(texts)
+        assert not np.array_equal(int8, fp32)  # really the quantised graph
+        assert float(np.sum(int8 * fp32, axis=1).mean()) > 0.98
+        assert 'precision="int8"' in client.get("/metrics").text

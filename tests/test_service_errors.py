@@ -181,6 +181,16 @@ def test_pinned_encoder_mismatch_is_a_clear_refusal(world):
         assert c.get("/search", params={"q": "cat"}).status_code == 503
 
 
+def test_image_the_preprocess_cannot_read_is_a_400_with_its_reason(client):
+    from PIL import Image
+
+    from search.uploads import UploadRejected
+
+    with pytest.raises(UploadRejected) as refused:
+        client.app.state.service.encode_image(Image.new("RGB", (0, 5)))
+    assert refused.value.status == 400 and "cannot be preprocessed" in str(refused.value)
+
+
 @pytest.mark.parametrize("query", ["&nbsp;", " &nbsp; &#160; ", "&amp;nbsp;"])
 def test_query_that_tokenizes_to_nothing_is_422(client, query):
     r = client.get("/search", params={"q": query})
