@@ -13,21 +13,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from search.artifact import Artifact
+from search.artifact import Artifact, current_path
 from search.batcher import MicroBatcher
 from search.encoder import EncoderIdentity, encoder_mismatch, weights_label
 from search.images import ImageStore
-from search.manifest import ArtifactError
+from search.manifest import ArtifactError, read_manifest
 from search.metrics import ServiceMetrics
 from search.pipeline import QueryEmbedder, Searcher
 from search.query_log import QueryLog
 from search.reload import ArtifactHolder, NoIndexError, ReloadOutcome
+from search.runtime.bundle import EncoderBundle, verify_encoder_files
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.settings import EncoderSettings, Settings
 from search.text_cache import QueryEmbeddingCache
@@ -69,8 +71,35 @@ class ServiceEncoder:
         self._current = encoder
         self._lock = threading.Lock()
         self._on_load = on_load or (lambda encoder: None)
+        self._prefetched: tuple[EncoderBundle, Future[RuntimeEncoder]] | None = None
         if encoder is not None:
             self._on_load(encoder)
+
+    def prefetch(self, store: Path) -> None:
+        """Start loading the encoder of the version `current` names, so its ONNX session is created while the
+        holder reads the index (cold start). Only a hint: admit() still decides, and loads it itself when the
+        hint is missing or failed (its error then reaches /readyz)."""
+        if self._current is not None:
+            return
+        try:
+            version_dir = current_path(store)
+            bundle = verify_encoder_files(version_dir, read_manifest(version_dir), full=False)
+        except (ArtifactError, OSError):
+            return  # the holder's own open reports what is wrong with this version
+        if bundle is None or pin_mismatch(self.pins, bundle.identity, "") is not None:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="encoder-prefetch")
+        self._prefetched = (bundle, pool.submit(RuntimeEncoder.load, bundle, self.options))
+        pool.shutdown(wait=False)
+
+    def _load(self, bundle: EncoderBundle) -> RuntimeEncoder:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == bundle:
+            try:
+                return prefetched[1].result()
+            except Exception:  # loaded again below, where the failure becomes the version's refusal reason
+                log.warning("encoder prefetch of %s failed; loading it again", bundle.directory, exc_info=True)
+        return RuntimeEncoder.load(bundle, self.options)
 
     @property
     def loaded(self) -> RuntimeEncoder | None:
@@ -96,7 +125,7 @@ class ServiceEncoder:
         with self._lock:
             if self._current is None:
                 try:
-                    self._current = RuntimeEncoder.load(bundle, self.options)
+                    self._current = self._load(bundle)
                 except Exception as exc:  # ONNX Runtime refusing a graph, an unreadable tokenizer: refuse it
                     raise ArtifactError(f"{what}: its encoder cannot be loaded ({type(exc).__name__}: {exc})") \
                         from exc
@@ -202,6 +231,7 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
                             on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params,
                             admit=service_encoder.admit)
     holder_ref.append(holder)
+    service_encoder.prefetch(Path(settings.store))
     holder.reload()
     batcher = MicroBatcher(service_encoder, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
                            on_batch=metrics.batch_size.observe)
