@@ -73,10 +73,10 @@ def _load_encoder(model: str, pretrained: str | None, device: str):
     import open_clip
     import torch
 
-    from indexer.settings import SettingsError
-    from indexer.models.clip import load_encoder
-    from search.encoder import WeightsUnavailableError
     from indexer.models import registry
+    from indexer.models.clip import load_encoder
+    from indexer.settings import SettingsError
+    from search.encoder import WeightsUnavailableError
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")

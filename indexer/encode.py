@@ -17,12 +17,12 @@ import numpy as np
 
 from indexer import shards
 from indexer.decode import DecodeOutcome, DecodePool, start_decode_server
-from indexer.progress import StageTimer, progress_bar
-from indexer.settings import IndexerSettings
-from indexer.store import Decoded, MetadataStore
 from indexer.models.clip import ClipEncoder
 from indexer.models.export import default_cache_dir
 from indexer.models.towers import build_image_encoder
+from indexer.progress import StageTimer, progress_bar
+from indexer.settings import IndexerSettings
+from indexer.store import Decoded, MetadataStore
 from search.runtime.towers import ImageEncoder
 
 

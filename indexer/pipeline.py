@@ -19,12 +19,12 @@ from filelock import FileLock, Timeout
 
 from indexer import shards
 from indexer.encode import EncodeStats, encode_pending
+from indexer.models.clip import ClipEncoder
 from indexer.progress import StageTimer
 from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
 from indexer.sidecar import read_sidecar
 from indexer.store import DB_NAME, ImageRow, MetadataStore, RowChange
-from indexer.models.clip import ClipEncoder
 from search.encoder import file_sha256
 
 SHARDS_DIR = "shards"

@@ -27,22 +27,22 @@ from indexer.build import BuiltIndex, build_index
 from indexer.index_select import IndexConfig
 from indexer.shards import fsync_dir
 from search.artifact import CURRENT_LINK, open_version
-from search.runtime.bundle import ENCODERS_DIR
 from search.encoder import EncoderIdentity, file_sha256
 from search.manifest import (
     IDS_FILE,
-    ArtifactError,
     INDEX_FILE,
     METADATA_FILE,
     SCHEMA_VERSION,
     VECTORS_FILE,
-    FileEntry,
+    ArtifactError,
     EncoderFiles,
+    FileEntry,
     IndexInfo,
     Manifest,
     read_manifest,
     write_manifest,
 )
+from search.runtime.bundle import ENCODERS_DIR
 
 __all__ = ["PublishedVersion", "publish_version", "new_version_name", "prune_versions", "list_versions",
            "flip_current"]

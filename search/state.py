@@ -212,7 +212,7 @@ def _record_encoder(metrics: ServiceMetrics, options: RuntimeOptions) -> Callabl
     def on_load(encoder: RuntimeEncoder) -> None:
         identity = encoder.identity
         metrics.encoder.labels(model=identity.model, weights=identity.weights, key=identity.key,
-                               precision=options.text_precision).set(1)
+                               precision=encoder.precision).set(1)
         # the image session loads in the background: text queries are ready without waiting for it
         threading.Thread(target=lambda: encoder.image, name="image-session", daemon=True).start()
     return on_load

@@ -23,10 +23,10 @@ from typing import Iterator
 
 import numpy as np
 
-from indexer.models.clip import ClipEncoder, load_encoder
 from indexer.models import registry
-from search.runtime.towers import RuntimeEncoder
-from search.settings import ReloadSettings, Settings
+from indexer.models.clip import ClipEncoder, load_encoder
+from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+from search.settings import ReloadSettings, RuntimeSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GALLERY = 96
@@ -151,13 +151,15 @@ def runtime_for(world: WorldStore) -> RuntimeEncoder:
 
         with open_current(world.store) as artifact:
             assert artifact.encoder_bundle is not None
-            _RUNTIME[key] = RuntimeEncoder.load(artifact.encoder_bundle)
+            _RUNTIME[key] = RuntimeEncoder.load(artifact.encoder_bundle, RuntimeOptions(text_precision="fp32"))
     return _RUNTIME[key]
 
 
 def settings_for(world: WorldStore, store: Path | None = None, **sections: object) -> Settings:
-    """No model settings: the service takes its encoder from the store."""
-    base = Settings(store=store or world.store, reload=ReloadSettings(watch=False))
+    """No model settings: the service takes its encoder from the store. fp32 text tower: these tests compare
+    the service with exact search over open_clip's own query vectors (int8: test_service_api)."""
+    base = Settings(store=store or world.store, reload=ReloadSettings(watch=False),
+                    runtime=RuntimeSettings(text_precision="fp32"))
     return base.model_copy(update=sections)
 
 

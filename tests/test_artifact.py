@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from artifact_support import clustered, identity, make_metadata, publish, small_config
+
 from indexer.publish import publish_version
 from search import ann
 from search.artifact import ArtifactError, open_current, open_version

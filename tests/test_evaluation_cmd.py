@@ -12,8 +12,8 @@ import pytest
 from indexer import cli
 from indexer.evaluation import runner, stores
 from indexer.evaluation.datasets import load_world
-from search.artifact import open_current
 from indexer.models.clip import load_encoder
+from search.artifact import open_current
 from tests.service_support import tiny_checkpoint
 from tests.test_evaluation_datasets import FLICKR, write_karpathy_images
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from indexer_support import make_tree, run
+
 from indexer.models.clip import load_encoder
 from indexer.models.export import export_image_tower, export_key
 from indexer.models.towers import TorchImageEncoder, build_image_encoder, onnx_image_encoder

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 from indexer.evaluation import cache_sim, latency, runner, stores
 from indexer.evaluation.datasets import EvalDataset
 from indexer.evaluation.plots import DEFAULT_OUT
-from search.artifact import Artifact, open_current
 from indexer.models.clip import ClipEncoder
+from search.artifact import Artifact, open_current
 
 __all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from indexer.evaluation import metrics, ranking
 from indexer.evaluation.datasets import EvalDataset
-from search.artifact import Artifact, ArtifactError
 from indexer.models.clip import ClipEncoder
+from search.artifact import Artifact, ArtifactError
+from search.encoder import encoder_mismatch
 
 __all__ = ["MODES", "ModeRun", "StoreView", "encode_queries", "run_mode", "run_http", "evaluate_store",
            "param_name", "sweep_param"]

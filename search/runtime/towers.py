@@ -8,6 +8,7 @@ bundle's `text.trim` is false) is fed the full context.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ __all__ = [
     "TextEncoder",
     "token_lengths",
 ]
+
+log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8"]
 
@@ -123,7 +126,7 @@ class RuntimeOptions:
 
     threads: int = 0
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
-    text_precision: Precision = "fp32"
+    text_precision: Precision = "int8"
 
 
 class RuntimeEncoder(IdentityShape):
@@ -133,6 +136,7 @@ class RuntimeEncoder(IdentityShape):
         self.bundle = bundle
         self.identity: EncoderIdentity = bundle.identity
         self.options = options
+        self.precision: Precision = options.text_precision  # what the text session really runs
         self.preprocess = ImagePreprocess(bundle.preprocess)
         self.text = OnnxTextEncoder(ClipTokenizer.load(bundle.tokenizer, bundle.path(TOKENIZER_FILE)),
                                     self._session(self._text_file()), bundle.identity.dim, bundle.text.trim,
@@ -141,11 +145,13 @@ class RuntimeEncoder(IdentityShape):
         self._image_lock = threading.Lock()
 
     def _text_file(self) -> Path:
+        """The text graph for the configured precision; int8 falls back to fp32 (logged, and reported by
+        `precision`) for an encoder folder that carries no int8 graph."""
         if self.options.text_precision == "int8":
-            if TEXT_INT8_FILE not in self.bundle.files:
-                raise ValueError(f"runtime.text_precision is int8 but encoder {self.identity.key} carries no "
-                                 f"{TEXT_INT8_FILE}")
-            return self.bundle.path(TEXT_INT8_FILE)
+            if TEXT_INT8_FILE in self.bundle.files:
+                return self.bundle.path(TEXT_INT8_FILE)
+            log.warning("encoder %s carries no %s: running the fp32 text tower", self.identity.key, TEXT_INT8_FILE)
+        self.precision = "fp32"
         return self.bundle.path(TEXT_FILE)
 
     def _session(self, path: Path) -> Any:
