@@ -201,7 +201,9 @@ def main() -> int:
         min(u["cosine_world_queries"]["mean"] for u in result["text_units"]))
     result["image_int8_verdict"] = verdict(
         relevance["image_tower"]["r10_loss_pt"], relevance["image_tower"]["cosine_gallery_vectors"]["mean"])
-    result["tiny_text_int8_p50_ratio"] = tiny_text["int8_p50_ratio"]
+    result["headline"] = {f"{u['model']}_text_int8_p50_ratio": u["int8_p50_ratio"] for u in result["text_units"]}
+    result["headline"].update({f"{u['model']}_image_int8_speedup": u["int8_speedup"] for u in result["image_units"]})
+    result["headline"]["tiny_text_cosine_world"] = tiny_text["cosine_world_queries"]["mean"]
     print(json.dumps(result, indent=2))
     return 0
 
