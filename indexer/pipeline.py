@@ -232,7 +232,8 @@ def _maybe_publish(
     Returns the version now current and whether this run published it.
     """
     current = current_version(store)
-    if current is not None and not db.dirty and db.get_meta("published") == current:
+    if (current is not None and not db.dirty and db.get_meta("published") == current
+            and _carries_encoder(store)):
         return current, False
     if counts["indexed"] == 0:
         return current, False  # nothing to put in an index; the report's counts say so
@@ -243,6 +244,18 @@ def _maybe_publish(
         db.set_meta("published", version)
         db.set_meta("dirty", "0")
     return version, True
+
+
+def _carries_encoder(store: Path) -> bool:
+    """Whether the current version lists its encoder files; one published before versions carried their
+    encoder is republished once, so the service (which refuses it) can serve the store."""
+    from search.artifact import current_path
+    from search.manifest import ArtifactError, read_manifest
+
+    try:
+        return read_manifest(current_path(store)).encoder_files is not None
+    except ArtifactError:
+        return False
 
 
 def publish_step(req: PublishRequest) -> str:
