@@ -57,7 +57,7 @@ def random_checkpoint(model: str, path: Path) -> Path:
         import open_clip
         import torch
 
-        from search.models import registry
+        from indexer.models import registry
 
         registry.register_project_models()
         torch.manual_seed(0)

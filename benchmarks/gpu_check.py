@@ -41,9 +41,9 @@ def cuda_available() -> bool:
 
 def indexer_rate(root: Path, store: Path, model: str, ckpt: Path, n: int) -> dict[str, Any]:
     """The real indexer pipeline (decode workers, encoder, publish) over N JPEG files."""
+    from indexer.models.clip import load_encoder
     from indexer.pipeline import run_build
     from indexer.settings import IndexerSettings
-    from search.encoder import load_encoder
 
     dev = device()
     encoder = load_encoder(model, pretrained=str(ckpt), device=dev)
@@ -63,7 +63,7 @@ def text_qps(model: str, ckpt: Path, seconds: float) -> dict[str, float]:
     import torch
 
     from indexer.lab import world
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     dev = device()
     encoder = load_encoder(model, pretrained=str(ckpt), device=dev)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     root = write_jpegs(base / "jpegs", args.images, (640, 480))
     write_s = time.perf_counter() - start
-    from search.models import registry
+    from indexer.models import registry
 
     arch = registry.TINY_MODEL_NAME if args.model in registry.TINY_ALIASES else args.model
     ckpt = random_checkpoint(arch, base / f"{arch}-random.pt")

@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8"],
+                        help="the store's fp32 text tower, or its int8 one (runtime.text_precision)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these scenarios")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -85,7 +86,9 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         settings = settings_for(world, batching=BatchSettings(window_ms=window, max_batch=32))
-        settings = settings.model_copy(update={"text": settings.text.model_copy(update={"backend": args.backend})})
+        precision = "int8" if args.backend == "onnx-int8" else "fp32"
+        settings = settings.model_copy(update={"runtime": settings.runtime.model_copy(
+            update={"text_precision": precision})})
         with running_server(settings, work / f"{name}.json") as server:
             run_wrk(server.url, mode, 2, connections, args.wrk_threads, script)  # warm-up
             results[name] = run_wrk(server.url, mode, args.duration, connections, args.wrk_threads, script)

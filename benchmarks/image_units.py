@@ -34,8 +34,8 @@ def _rate(fn: Callable[[np.ndarray], Any], pixels: np.ndarray, batch: int) -> fl
 def tower(model: str, n: int) -> dict[str, Any]:
     import torch
 
-    from search.encoder import load_encoder
-    from search.image_encoder import OnnxImageEncoder
+    from indexer.models.clip import load_encoder
+    from indexer.models.towers import onnx_image_encoder
 
     torch.manual_seed(0)
     encoder = load_encoder(model, "random", "cpu")
@@ -43,7 +43,7 @@ def tower(model: str, n: int) -> dict[str, Any]:
     side = side if isinstance(side, int) else side[0]
     pixels = np.random.default_rng(0).standard_normal((n, 3, side, side)).astype(np.float32)
     with tempfile.TemporaryDirectory() as cache:
-        onnx = OnnxImageEncoder(encoder, Path(cache), micro_batch=n)
+        onnx = onnx_image_encoder(encoder, Path(cache), micro_batch=n)
         torch_rates = {b: _rate(encoder.encode_pixels, pixels, b) for b in (16, 64)}
         onnx_rates = {b: _rate(onnx.encode_pixels, pixels, b) for b in (1, 4, 8, 16, 64)}
         diff = float(np.abs(onnx.encode_pixels(pixels[:8]) - encoder.encode_pixels(pixels[:8])).max())

@@ -32,9 +32,9 @@ def main() -> int:
     import torch
 
     from indexer.lab.world import write_world
+    from indexer.models.clip import load_encoder
     from indexer.pipeline import run_build
     from indexer.settings import load_settings
-    from search.encoder import load_encoder
 
     settings = load_settings(overrides={"pretrained": "random", "device": args.device, "workers": args.workers,
                                         "batch_size": args.batch_size})

@@ -42,10 +42,10 @@ def _build(images: Path, store: Path, backend: str, batch_size: int, workers: in
     import torch
 
     from indexer.encode import encode_pending
+    from indexer.models.clip import load_encoder
     from indexer.pipeline import run_build
     from indexer.ray_backend import RayOptions, ray_encode_stage
     from indexer.settings import IndexerSettings
-    from search.encoder import load_encoder
 
     torch.manual_seed(0)
     encoder = load_encoder("tiny", pretrained="random", device="cpu")
@@ -78,9 +78,9 @@ def _unit_costs(images: Path, batch_size: int, sample: int) -> dict[str, float]:
 
     from indexer.decode import decode_with
     from indexer.encode import EncodeStats, write_batch
+    from indexer.models.clip import load_encoder
     from indexer.progress import StageTimer
     from indexer.store import Decoded, MetadataStore, RowChange
-    from search.encoder import load_encoder
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -49,8 +49,8 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from search.encoder import load_encoder
-    from search.text_encoder import OnnxTextEncoder, TorchTextEncoder
+    from indexer.models.clip import load_encoder
+    from indexer.models.towers import TorchTextEncoder, onnx_text_encoder
 
     torch.manual_seed(0)
     encoder = load_encoder(args.model, pretrained="random", device="cpu")
@@ -69,11 +69,11 @@ def main() -> None:
     backends: dict[str, Callable[[], np.ndarray]] = {"torch_trimmed": lambda: trimmed.encode_token_ids(tokens)}
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="onnx-bench-"))
     start = time.perf_counter()
-    onnx_default = OnnxTextEncoder(encoder, cache_dir)
+    onnx_default = onnx_text_encoder(encoder, cache_dir)
     results["onnx_export_and_load_s"] = round(time.perf_counter() - start, 2)
     backends["onnx_trimmed_default_threads"] = lambda: onnx_default.encode_token_ids(tokens)
     for threads in (1, 2):
-        onnx = OnnxTextEncoder(encoder, cache_dir, threads=threads)
+        onnx = onnx_text_encoder(encoder, cache_dir, threads=threads)
         backends[f"onnx_trimmed_{threads}_threads"] = (lambda o: lambda: o.encode_token_ids(tokens))(onnx)
     for name, fn in backends.items():
         stats = _time(fn, args.runs)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.encoder import ClipEncoder, IdentityShape
+from search.encoder import IdentityShape
+
+if TYPE_CHECKING:
+    from indexer.models.clip import ClipEncoder
 
 EXIT_CANNOT_RUN = 2
 
@@ -75,9 +77,10 @@ def _load_encoder(model: str, pretrained: str | None, device: str) -> ClipEncode
     import open_clip
     import torch
 
+    from indexer.models import registry
+    from indexer.models.clip import load_encoder
     from indexer.settings import SettingsError
-    from search.encoder import WeightsUnavailableError, load_encoder
-    from search.models import registry
+    from search.encoder import WeightsUnavailableError
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")
@@ -138,8 +141,8 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     """What the encoder's identity depends on, computable without torch; None when it cannot be known."""
     from importlib.metadata import version
 
-    from search.encoder import file_sha256
-    from search.models import registry
+    from indexer.models import registry
+    from search.encoder import file_sha256, is_checkpoint_path
 
     parts: dict[str, Any] = {"model": model, "pretrained": pretrained, "open_clip": version("open_clip_torch"),
                              "torch": version("torch")}
@@ -147,10 +150,8 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     if model in registry.TINY_ALIASES:
         parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
         checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
-    # the same rule as search.encoder: a file, not an open_clip tag
-    if pretrained is not None and pretrained != "random" and (
-        Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained
-    ):
+    if is_checkpoint_path(pretrained):  # search.encoder's one rule: a file, not an open_clip tag
+        assert pretrained is not None
         checkpoint = Path(pretrained).expanduser()
     if checkpoint is not None:
         if not checkpoint.is_file():

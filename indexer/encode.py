@@ -17,12 +17,13 @@ import numpy as np
 
 from indexer import shards
 from indexer.decode import DecodeOutcome, DecodePool, start_decode_server
+from indexer.models.clip import ClipEncoder
+from indexer.models.export import default_cache_dir
+from indexer.models.towers import build_image_encoder
 from indexer.progress import StageTimer, progress_bar
 from indexer.settings import IndexerSettings
 from indexer.store import Decoded, MetadataStore
-from search.encoder import ClipEncoder
-from search.image_encoder import ImageEncoder, build_image_encoder
-from search.onnx_runtime import default_cache_dir
+from search.runtime.towers import ImageEncoder
 
 
 @dataclass
@@ -76,7 +77,7 @@ def onnx_cache_dir(settings: IndexerSettings) -> Path:
 def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings, threads: int = 0) -> ImageEncoder:
     """The image backend the settings ask for (auto: ONNX Runtime on CPU, torch on CUDA)."""
     return build_image_encoder(encoder, settings.image_backend, onnx_cache_dir(settings), threads,
-                               settings.onnx_micro_batch)
+                               settings.onnx_micro_batch, settings.image_precision)
 
 
 def _prepare(encoder: ClipEncoder, settings: IndexerSettings, timer: StageTimer) -> ImageEncoder:

@@ -20,13 +20,14 @@ from filelock import FileLock, Timeout
 
 from indexer import shards
 from indexer.encode import EncodeStats, encode_pending
+from indexer.models.clip import ClipEncoder
 from indexer.progress import StageTimer
 from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
 from indexer.sidecar import read_sidecar
 from indexer.store import DB_NAME, ImageRow, MetadataStore, RowChange
 from search.artifact import current_version
-from search.encoder import ClipEncoder, file_sha256
+from search.encoder import file_sha256
 
 SHARDS_DIR = "shards"
 RUNS_DIR = "runs"
@@ -231,7 +232,8 @@ def _maybe_publish(
     Returns the version now current and whether this run published it.
     """
     current = current_version(store)
-    if current is not None and not db.dirty and db.get_meta("published") == current:
+    if (current is not None and not db.dirty and db.get_meta("published") == current
+            and _carries_encoder(store)):
         return current, False
     if counts["indexed"] == 0:
         return current, False  # nothing to put in an index; the report's counts say so
@@ -242,16 +244,31 @@ def _maybe_publish(
     return version, True
 
 
+def _carries_encoder(store: Path) -> bool:
+    """Whether the current version lists its encoder files; one published before versions carried their
+    encoder is republished once, so the service (which refuses it) can serve the store."""
+    from search.artifact import current_path
+    from search.manifest import ArtifactError, read_manifest
+
+    try:
+        return read_manifest(current_path(store)).encoder_files is not None
+    except ArtifactError:
+        return False
+
+
 def publish_step(req: PublishRequest) -> str:
     """The final step: gather indexed embeddings (ascending id) and hand them to indexer.publish."""
+    from indexer.encode import onnx_cache_dir
     from indexer.index_select import IndexConfig
+    from indexer.models.export import export_bundle
     from indexer.publish import publish_version
 
+    encoder_files = export_bundle(req.encoder, req.store, onnx_cache_dir(req.settings))
     ids, vectors = shards.gather(req.store / SHARDS_DIR, req.store_db.embedding_refs(), req.encoder.dim)
     summary = {k: req.counts[k] for k in ("indexed", "failed", "deleted")}
     published = publish_version(
         req.store, ids, vectors, req.store / DB_NAME, req.encoder.identity, req.image_root,
-        IndexConfig.from_dict(req.settings.index_options()), summary, req.timings,
+        IndexConfig.from_dict(req.settings.index_options()), summary, req.timings, encoder_files=encoder_files,
     )
     return published.name
 

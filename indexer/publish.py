@@ -35,12 +35,15 @@ from search.manifest import (
     METADATA_FILE,
     SCHEMA_VERSION,
     VECTORS_FILE,
+    ArtifactError,
+    EncoderFiles,
     FileEntry,
     IndexInfo,
     Manifest,
     read_manifest,
     write_manifest,
 )
+from search.runtime.bundle import ENCODERS_DIR
 
 __all__ = ["PublishedVersion", "publish_version", "new_version_name", "prune_versions", "list_versions",
            "flip_current"]
@@ -171,6 +174,27 @@ def prune_versions(store: Path, keep: int) -> list[str]:
     return removed
 
 
+def prune_encoders(store: Path) -> list[str]:
+    """Delete encoder folders no remaining version lists (an unchanged encoder stays shared); returns names."""
+    root = Path(store) / ENCODERS_DIR
+    if not root.is_dir():
+        return []
+    used: set[str] = set()
+    for name in list_versions(store):
+        try:
+            files = read_manifest(Path(store) / VERSIONS_DIR / name).encoder_files
+        except ArtifactError:
+            return []  # an unreadable manifest: keep everything rather than guess what it uses
+        if files is not None:
+            used.add(Path(files.dir).name)
+    removed = []
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.name.startswith(".") and folder.name not in used:
+            _remove_tree(folder)
+            removed.append(folder.name)
+    return removed
+
+
 def _remove_tree(path: Path) -> None:
     """Versions are read-only files; restore write permission on the directory so rmtree can unlink them."""
     path.chmod(stat.S_IRWXU)
@@ -178,7 +202,8 @@ def _remove_tree(path: Path) -> None:
 
 
 def _manifest(name: str, tmp: Path, encoder: EncoderIdentity, image_root: Path, built: BuiltIndex,
-              counts: Mapping[str, int], timings: Mapping[str, float], n: int) -> Manifest:
+              counts: Mapping[str, int], timings: Mapping[str, float], n: int,
+              encoder_files: EncoderFiles | None = None) -> Manifest:
     files = {f: FileEntry(sha256=file_sha256(tmp / f), bytes=(tmp / f).stat().st_size)
              for f in (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)}
     selection = built.choice.to_dict()
@@ -195,17 +220,21 @@ def _manifest(name: str, tmp: Path, encoder: EncoderIdentity, image_root: Path, 
         schema_version=SCHEMA_VERSION, version=name, created_at=datetime.now(UTC).isoformat(),
         encoder=encoder, image_root=str(Path(image_root).resolve()), index=index,
         counts={**{k: int(v) for k, v in counts.items()}, "vectors": n}, timings=all_timings, files=files,
+        encoder_files=encoder_files,
     )
 
 
 def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_db: Path,
                     encoder: EncoderIdentity, image_root: Path, config: IndexConfig,
-                    counts: Mapping[str, int], timings: Mapping[str, float]) -> PublishedVersion:
+                    counts: Mapping[str, int], timings: Mapping[str, float],
+                    encoder_files: EncoderFiles | None = None) -> PublishedVersion:
     """Build, write aside, verify and publish one version; then prune beyond config.keep_versions.
 
     `ids` are the image ids (SQLite row ids) of `vectors` (N x D, L2-normalised; float16 or float32, may be a
     memmap); `counts` e.g. {indexed, failed, deleted}; `timings` the pipeline's stage seconds. Raises
     ValueError for bad input before writing anything; on any failure `current` is unchanged.
+    `encoder_files`: the store's encoder folder for `encoder` (indexer.models.export.export_bundle); without
+    it the version carries no encoder and the service refuses it.
     """
     store = Path(store)
     ids, vectors16 = _validate_inputs(ids, vectors, encoder, Path(metadata_db))
@@ -222,7 +251,8 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
         del stored
         _write_index(built.index, tmp / INDEX_FILE)
         write_manifest(tmp, _manifest(name, tmp, encoder, image_root, built, counts,
-                                      {**timings, "publish_s": time.perf_counter() - start}, len(ids)))
+                                      {**timings, "publish_s": time.perf_counter() - start}, len(ids),
+                                      encoder_files))
         _make_read_only(tmp)
         open_version(tmp, verify_checksums=True, expect_encoder=encoder).close()
         final = versions / name
@@ -235,6 +265,7 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
     manifest = read_manifest(final)
     flip_current(store, final)
     pruned = prune_versions(store, config.keep_versions)
+    prune_encoders(store)
     log.info("published %s (%s, recall@10 %.4f) and pruned %s", name, built.choice.factory,
              built.recall_at_10, pruned)
     return PublishedVersion(name=name, path=final, manifest=manifest, pruned=tuple(pruned))

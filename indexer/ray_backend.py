@@ -31,11 +31,11 @@ import numpy as np
 
 from indexer import shards
 from indexer.encode import EncodeStats, jpeg_draft_side, write_batch
+from indexer.models.clip import ClipEncoder
 from indexer.progress import StageTimer, progress_bar
 from indexer.ray_stages import EncoderActor, decode_batch
 from indexer.settings import IndexerSettings, SettingsError
 from indexer.store import Decoded, MetadataStore
-from search.encoder import ClipEncoder
 
 log = logging.getLogger(__name__)
 

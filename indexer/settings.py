@@ -33,6 +33,7 @@ class IndexerSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     image_backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime on CPU, torch (AMP) on CUDA
     onnx_cache_dir: str | None = None  # None: ~/.cache/photostock/onnx, keyed by encoder identity
+    image_precision: Literal["fp32", "int8"] = "fp32"  # onnx image backend; int8: benchmarks/int8_towers.py
     onnx_micro_batch: int = Field(8, ge=1)  # images per ONNX Runtime call (why 8: benchmarks/README.md)
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=1)

@@ -21,9 +21,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search.encoder import ClipEncoder
 from search.reload import NoIndexError, watch_current
 from search.routes import STATIC_DIR, router
+from search.runtime.towers import RuntimeEncoder
 from search.settings import Settings
 from search.state import ServiceState, build_state
 from search.uploads import UploadRejected
@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, encoder: ClipEncoder | None = None) -> FastAPI:
-    """`encoder` lets a caller that already holds the configured encoder skip loading it again."""
+def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> FastAPI:
+    """The encoder comes from the store's artifact; `encoder` lets a caller that already holds that artifact's
+    runtime encoder share it (it must equal the artifact's)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -2,7 +2,8 @@
 
 `open_current(store)` / `open_version(path)` check the version before returning it (manifest schema, every
 file present with the recorded size, array shapes against the manifest and encoder, the index's size); with
-`verify_checksums=True` they also hash every file. Anything wrong raises ArtifactError, which the service uses
+`verify_checksums=True` they also hash every file. A version that lists encoder files (search.runtime.bundle)
+opens only when they verify too. Anything wrong raises ArtifactError, which the service uses
 to refuse a reload and keep serving the version it has.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from search import ann
-from search.encoder import EncoderIdentity, file_sha256
+from search.encoder import EncoderIdentity, encoder_mismatch, file_sha256
 from search.manifest import (
     IDS_FILE,
     INDEX_FILE,
@@ -29,6 +30,7 @@ from search.manifest import (
     Manifest,
     read_manifest,
 )
+from search.runtime.bundle import EncoderBundle, verify_encoder_files
 
 __all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "SearchResult", "current_link", "current_path",
            "current_version", "open_current", "open_version"]
@@ -82,11 +84,12 @@ def open_version(path: str | os.PathLike[str], *, verify_checksums: bool = False
         raise ArtifactError(f"{path} is not a directory")
     manifest = read_manifest(path)
     if expect_encoder is not None:
-        diffs = expect_encoder.differences(manifest.encoder)
-        if diffs:
-            raise ArtifactError(f"version {manifest.version} was built with another encoder: {'; '.join(diffs)}")
+        reason = encoder_mismatch(expect_encoder, manifest.encoder, f"version {manifest.version}")
+        if reason is not None:
+            raise ArtifactError(reason)
     _check_files(path, manifest, verify_checksums)
-    return Artifact(path, manifest)
+    bundle = verify_encoder_files(path, manifest, verify_checksums)
+    return Artifact(path, manifest, bundle)
 
 
 def _check_files(path: Path, manifest: Manifest, full: bool) -> None:
@@ -110,9 +113,10 @@ class Artifact:
     read-only SQLite connection per thread.
     """
 
-    def __init__(self, path: Path, manifest: Manifest):
+    def __init__(self, path: Path, manifest: Manifest, encoder_bundle: EncoderBundle | None = None):
         self.path = path
         self.manifest = manifest
+        self.encoder_bundle = encoder_bundle  # verified encoder files; None when the version carries none
         self.version = manifest.version
         self.ids, self.vectors = self._load_arrays()
         self.index = self._load_index()

@@ -23,6 +23,7 @@ __all__ = [
     "IDS_FILE",
     "METADATA_FILE",
     "ArtifactError",
+    "EncoderFiles",
     "FileEntry",
     "IndexInfo",
     "Manifest",
@@ -49,6 +50,20 @@ class FileEntry:
 
     sha256: str
     bytes: int
+
+
+@dataclass(frozen=True)
+class EncoderFiles:
+    """The encoder a version carries: a folder of the store (`encoders/<key>`, shared by every version built
+    with the same encoder) and the size and sha256 of each file in it (search.runtime.bundle verifies them)."""
+
+    dir: str
+    files: dict[str, FileEntry]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderFiles:
+        files = {n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in data["files"].items()}
+        return cls(dir=str(data["dir"]), files=files)
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class Manifest:
     counts: dict[str, int]
     timings: dict[str, float]
     files: dict[str, FileEntry]
+    encoder_files: EncoderFiles | None = None  # None: an artifact without its encoder (the service refuses it)
 
     @property
     def dim(self) -> int:
@@ -123,6 +139,8 @@ class Manifest:
                 counts={k: int(v) for k, v in data["counts"].items()},
                 timings={k: float(v) for k, v in data["timings"].items()},
                 files=files,
+                encoder_files=(EncoderFiles.from_dict(data["encoder_files"])
+                               if data.get("encoder_files") is not None else None),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc

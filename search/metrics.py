@@ -35,6 +35,8 @@ class ServiceMetrics:
                                    registry=r)
         self.reload_error = Gauge("photostock_reload_error", "Why the last reload was refused (value 1)",
                                   ["reason"], registry=r)
+        self.encoder = Gauge("photostock_encoder_info", "The encoder the service runs (value 1)",
+                             ["model", "weights", "key", "precision"], registry=r)
 
     def set_reload_error(self, error: str | None) -> None:
         """One series at most: the last refusal's reason (cut short), cleared by a successful load."""

@@ -49,14 +49,18 @@ class _Slot:
 class ArtifactHolder:
     """Holds the current artifact; `lease()` pins it for one request."""
 
-    def __init__(self, store: Path, encoder: EncoderIdentity, verify_checksums: bool = False,
+    def __init__(self, store: Path, encoder: EncoderIdentity | None = None, verify_checksums: bool = False,
                  on_change: Callable[[ReloadOutcome], None] | None = None,
-                 ann_params: Mapping[str, int] | None = None):
+                 ann_params: Mapping[str, int] | None = None,
+                 admit: Callable[[Artifact], None] | None = None):
+        """`encoder`: the identity every version must have (None: any); `admit` may refuse an opened version
+        (raising ArtifactError) before it is swapped in: the service loads or checks its encoder there."""
         self.store = Path(store)
         self.ann_params = dict(ann_params or {})
         self.encoder = encoder
         self.verify_checksums = verify_checksums
         self.on_change = on_change or (lambda outcome: None)
+        self.admit = admit
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._slot: _Slot | None = None
@@ -94,6 +98,7 @@ class ArtifactHolder:
                 artifact = open_version(target, verify_checksums=self.verify_checksums,
                                         expect_encoder=self.encoder)
                 self._check_params(artifact)
+                self._admit(artifact)
             except Exception as exc:  # any failure to open means: refuse it, keep serving the old version
                 if not isinstance(exc, (ArtifactError, OSError)):
                     log.exception("unexpected error opening %s", current_link(self.store))
@@ -108,6 +113,15 @@ class ArtifactHolder:
             log.info("serving index version %s from %s", artifact.version, target)
             self.on_change(outcome)
             return outcome
+
+    def _admit(self, artifact: Artifact) -> None:
+        if self.admit is None:
+            return
+        try:
+            self.admit(artifact)
+        except BaseException:
+            artifact.close()
+            raise
 
     def _check_params(self, artifact: Artifact) -> None:
         """Configured per-call FAISS parameters must fit this version's index type (else: refuse it)."""

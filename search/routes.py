@@ -38,8 +38,11 @@ def _check_query(state: ServiceState, query: str) -> str:
     limit = state.settings.limits.max_query_chars
     if len(query) > limit:
         raise HTTPException(422, f"query is longer than {limit} characters")
-    if not normalize_query(query):
+    normalized = normalize_query(query)
+    if not normalized:
         raise HTTPException(422, "query is empty")
+    if not state.has_tokens(normalized):
+        raise HTTPException(422, "query has no searchable words (it tokenizes to nothing)")
     return query
 
 

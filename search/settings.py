@@ -13,8 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.onnx_runtime import default_cache_dir
-
 __all__ = ["Settings", "load_settings", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "service.yaml"
@@ -25,19 +23,23 @@ class _Strict(BaseModel):
 
 
 class EncoderSettings(_Strict):
-    model: str | None = "tiny"  # None: the model named in the current artifact's manifest
-    pretrained: str | None = None  # None: the model's default weights (the tiny checkpoint)
-    device: str = "cpu"
-    image_backend: Literal["auto", "torch", "onnx"] = "auto"  # uploads: ONNX Runtime on CPU, torch on CUDA
+    """Optional pins. The service takes its encoder from the artifact; a pin set here refuses (with the reason in
+    /readyz and /metrics) any version whose encoder differs from it."""
+
+    model: str | None = None  # e.g. "photostock-tiny" or "ViT-B-32"
+    pretrained: str | None = None  # open_clip tag or checkpoint file (compared by search.encoder.weights_label)
+    key: str | None = None  # the full identity: EncoderIdentity.key, as /readyz reports it
 
 
-class TextSettings(_Strict):
-    backend: Literal["torch", "onnx"] = "onnx"
-    onnx_cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/photostock/onnx (keyed by encoder identity)
-    threads: int = Field(0, ge=0)  # 0: ONNX Runtime's default
+class RuntimeSettings(_Strict):
+    """What the text and image ONNX Runtime sessions share."""
 
-    def cache_dir(self) -> Path:
-        return self.onnx_cache_dir if self.onnx_cache_dir is not None else default_cache_dir()
+    threads: int = Field(0, ge=0)  # intra-op threads per session; 0: ONNX Runtime's default
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # int8: the dynamically quantised text tower every store carries. Default: it met the rule (<= 0.5 pt R@10
+    # lost, mean cosine >= 0.995) in benchmarks/int8_towers.py: R@10 and R@1 unchanged on the held-out world,
+    # cosine 0.9992 (ViT-B-32, world queries), p50 0.26x fp32. fp32 gives query vectors equal to open_clip's.
+    text_precision: Literal["fp32", "int8"] = "int8"
 
 
 class CacheSettings(_Strict):
@@ -84,7 +86,7 @@ class ImageSettings(_Strict):
 class Settings(_Strict):
     store: Path | None = None
     encoder: EncoderSettings = EncoderSettings()
-    text: TextSettings = TextSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     cache: CacheSettings = CacheSettings()
     batching: BatchSettings = BatchSettings()
     limits: LimitSettings = LimitSettings()

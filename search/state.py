@@ -1,42 +1,168 @@
 """Everything one running service holds (encoder, artifact holder, cache, batcher, metrics), built at
 startup from settings. No FastAPI here: the app only wires these parts to routes.
+
+The encoder comes from the artifact: the first version that opens brings its verified encoder files, and the
+service runs those ONNX towers for the rest of its life. A later version built with another encoder is refused
+(the reason in /readyz and /metrics) while the old one keeps serving: vectors of two encoders are never
+comparable, and a process switching encoders would need two sets of sessions and a cache flush at one
+instant. Replicas switch encoders by a restart (a fresh process takes whatever `current` carries).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from search.artifact import current_path
+from search.artifact import Artifact, current_path
 from search.batcher import MicroBatcher
-from search.encoder import ClipEncoder, EncoderIdentity, load_encoder
-from search.image_encoder import ImageEncoder, build_image_encoder
+from search.encoder import EncoderIdentity, encoder_mismatch, weights_label
 from search.images import ImageStore
-from search.manifest import read_manifest
+from search.manifest import ArtifactError, read_manifest
 from search.metrics import ServiceMetrics
 from search.pipeline import QueryEmbedder, Searcher
 from search.query_log import QueryLog
-from search.reload import ArtifactHolder, ReloadOutcome
-from search.settings import Settings
+from search.reload import ArtifactHolder, NoIndexError, ReloadOutcome
+from search.runtime.bundle import EncoderBundle, verify_encoder_files
+from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+from search.settings import EncoderSettings, Settings
 from search.text_cache import QueryEmbeddingCache
-from search.text_encoder import TextEncoder, build_text_encoder
+from search.uploads import UploadRejected
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServiceState", "build_state", "configured_encoder"]
+__all__ = ["ServiceEncoder", "ServiceState", "build_state", "pin_mismatch", "runtime_options"]
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    cfg = settings.runtime
+    return RuntimeOptions(threads=cfg.threads, providers=tuple(cfg.providers), text_precision=cfg.text_precision)
+
+
+def pin_mismatch(pins: EncoderSettings, identity: EncoderIdentity, what: str) -> str | None:
+    """The configured pins (model, weights, identity key) against an artifact's encoder; None when they hold."""
+    wrong = []
+    if pins.model is not None and pins.model != identity.model:
+        wrong.append(f"model {identity.model!r} (configured: {pins.model!r})")
+    if pins.pretrained is not None and weights_label(pins.pretrained) != identity.weights:
+        wrong.append(f"weights {identity.weights!r} (configured: {weights_label(pins.pretrained)!r})")
+    if pins.key is not None and pins.key != identity.key:
+        wrong.append(f"encoder key {identity.key!r} (configured: {pins.key!r})")
+    return f"{what} does not have the configured encoder: {'; '.join(wrong)}" if wrong else None
+
+
+class ServiceEncoder:
+    """The service's runtime encoder, taken from the first version admitted; later versions must match it.
+
+    Also the batcher's text encoder (it forwards to the loaded text tower), so the batcher can exist before
+    any version has been loaded.
+    """
+
+    def __init__(self, pins: EncoderSettings, options: RuntimeOptions, encoder: RuntimeEncoder | None = None,
+                 on_load: Callable[[RuntimeEncoder], None] | None = None):
+        self.pins = pins
+        self.options = options
+        self._current = encoder
+        self._lock = threading.Lock()
+        self._on_load = on_load or (lambda encoder: None)
+        self._prefetched: tuple[EncoderBundle, Future[RuntimeEncoder]] | None = None
+        if encoder is not None:
+            self._on_load(encoder)
+
+    def prefetch(self, store: Path) -> None:
+        """Start loading the encoder of the version `current` names, so its ONNX session is created while the
+        holder reads the index (cold start). Only a hint: admit() still decides, and loads it itself when the
+        hint is missing or failed (its error then reaches /readyz)."""
+        if self._current is not None:
+            return
+        try:
+            version_dir = current_path(store)
+            bundle = verify_encoder_files(version_dir, read_manifest(version_dir), full=False)
+        except (ArtifactError, OSError):
+            return  # the holder's own open reports what is wrong with this version
+        if bundle is None or pin_mismatch(self.pins, bundle.identity, "") is not None:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="encoder-prefetch")
+        self._prefetched = (bundle, pool.submit(RuntimeEncoder.load, bundle, self.options))
+        pool.shutdown(wait=False)
+
+    def _load(self, bundle: EncoderBundle) -> RuntimeEncoder:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == bundle:
+            try:
+                return prefetched[1].result()
+            except Exception:  # loaded again below, where the failure becomes the version's refusal reason
+                log.warning("encoder prefetch of %s failed; loading it again", bundle.directory, exc_info=True)
+        return RuntimeEncoder.load(bundle, self.options)
+
+    @property
+    def loaded(self) -> RuntimeEncoder | None:
+        return self._current
+
+    @property
+    def current(self) -> RuntimeEncoder:
+        encoder = self._current
+        if encoder is None:
+            raise NoIndexError("no encoder is loaded (no index version has opened yet)")
+        return encoder
+
+    def admit(self, artifact: Artifact) -> None:
+        """Refuse `artifact` (ArtifactError) unless its encoder files are the service's encoder (or, first, load
+        them and make them the service's encoder)."""
+        what = f"version {artifact.version}"
+        bundle = artifact.encoder_bundle
+        if bundle is None:
+            raise ArtifactError(f"{what} carries no encoder files: publish it with `python -m indexer build`")
+        reason = pin_mismatch(self.pins, bundle.identity, what)
+        if reason is not None:
+            raise ArtifactError(reason)
+        with self._lock:
+            if self._current is None:
+                try:
+                    self._current = self._load(bundle)
+                except Exception as exc:  # ONNX Runtime refusing a graph, an unreadable tokenizer: refuse it
+                    raise ArtifactError(f"{what}: its encoder cannot be loaded ({type(exc).__name__}: {exc})") \
+                        from exc
+                log.info("encoder %s (%s, %s) loaded from %s", bundle.identity.key, bundle.identity.model,
+                         bundle.identity.weights, bundle.directory)
+                self._on_load(self._current)
+                return
+            reason = encoder_mismatch(self._current.identity, bundle.identity, what)
+        if reason is not None:
+            raise ArtifactError(f"{reason}. This service keeps its encoder; restart it to serve the new one")
+
+    # TextEncoder protocol (search.runtime.towers), forwarded to the loaded text tower
+    @property
+    def context_length(self) -> int:
+        return self.current.text.context_length
+
+    @property
+    def dim(self) -> int:
+        return self.current.dim
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        return self.current.text.tokenize(texts)
+
+    def lengths(self, tokens: np.ndarray) -> np.ndarray:
+        return self.current.text.lengths(tokens)
+
+    def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
+        return self.current.text.encode_token_ids(tokens)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.current.text.encode(texts)
 
 
 @dataclass
 class ServiceState:
     settings: Settings
-    encoder: ClipEncoder
-    text: TextEncoder
-    image: ImageEncoder
+    encoder: ServiceEncoder
     holder: ArtifactHolder
     embedder: QueryEmbedder
     searcher: Searcher
@@ -47,34 +173,28 @@ class ServiceState:
 
     @property
     def identity(self) -> EncoderIdentity:
-        return self.encoder.identity
+        return self.encoder.current.identity
+
+    def has_tokens(self, text: str) -> bool:
+        """False when the query tokenizes to nothing (answered 422); True while no encoder is loaded yet
+        (the search itself then answers 503)."""
+        loaded = self.encoder.loaded
+        return True if loaded is None else loaded.has_tokens(text)
 
     def encode_image(self, image: Any) -> np.ndarray:
-        """An uploaded RGB image -> its unit vector, through the configured image backend."""
-        pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)[None]
-        return np.asarray(self.image.encode_pixels(pixels)[0])
+        """An uploaded image -> its unit vector; 400 when the preprocess cannot read it."""
+        encoder = self.encoder.current
+        try:
+            pixels = encoder.preprocess(image)[None]
+        except (OSError, ValueError, TypeError, ArithmeticError) as exc:
+            raise UploadRejected(400, f"image cannot be preprocessed ({type(exc).__name__}: {exc})") from exc
+        return np.asarray(encoder.image.encode_pixels(pixels)[0], dtype=np.float32)
 
     def close(self) -> None:
         self.batcher.close()
         self.holder.close()
         if self.query_log is not None:
             self.query_log.close()
-
-
-def configured_encoder(settings: Settings) -> ClipEncoder:
-    """The encoder named in config, or (model: null) the one the current manifest names; either way its
-    identity must equal the served artifact's, which the holder checks on every load."""
-    cfg = settings.encoder
-    model, pretrained = cfg.model, cfg.pretrained
-    if model is None:
-        if settings.store is None:
-            raise ValueError("encoder.model is null and no store is configured to read it from")
-        manifest = read_manifest(current_path(Path(settings.store)))
-        model = manifest.encoder.model
-        weights = manifest.encoder.weights
-        if pretrained is None and weights != "random-init" and not Path(weights).suffix:
-            pretrained = weights  # an open_clip pretrained tag; a checkpoint file name means the model default
-    return load_encoder(model, pretrained=pretrained, device=cfg.device)
 
 
 def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> Callable[[ReloadOutcome], None]:
@@ -88,26 +208,40 @@ def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) ->
     return on_change
 
 
-def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> ServiceState:
-    """Heavy start-up work (model load, ONNX export/load, index open); call from a worker thread."""
+def _record_encoder(metrics: ServiceMetrics, options: RuntimeOptions) -> Callable[[RuntimeEncoder], None]:
+    def on_load(encoder: RuntimeEncoder) -> None:
+        identity = encoder.identity
+        metrics.encoder.labels(model=identity.model, weights=identity.weights, key=identity.key,
+                               precision=encoder.precision).set(1)
+        # the image session loads in the background: text queries are ready without waiting for it
+        threading.Thread(target=lambda: encoder.image, name="image-session", daemon=True).start()
+    return on_load
+
+
+def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> ServiceState:
+    """Heavy start-up work (index open, ONNX sessions); call from a worker thread. `encoder` lets a caller
+    that already holds the artifact's runtime encoder share it (tests)."""
     if settings.store is None:
         raise ValueError("settings.store is required (pass --store STORE)")
     metrics = ServiceMetrics()
-    encoder = encoder or configured_encoder(settings)
-    text = build_text_encoder(encoder, settings.text.backend, settings.text.cache_dir(), settings.text.threads)
-    image = build_image_encoder(encoder, settings.encoder.image_backend, settings.text.cache_dir(),
-                                settings.text.threads)
+    options = runtime_options(settings)
+    service_encoder = ServiceEncoder(settings.encoder, options, encoder, on_load=_record_encoder(metrics, options))
     holder_ref: list[ArtifactHolder] = []
-    holder = ArtifactHolder(Path(settings.store), encoder.identity, settings.reload.verify_checksums,
-                            on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params)
+    holder = ArtifactHolder(Path(settings.store), None, settings.reload.verify_checksums,
+                            on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params,
+                            admit=service_encoder.admit)
     holder_ref.append(holder)
+    service_encoder.prefetch(Path(settings.store))
     holder.reload()
-    batcher = MicroBatcher(text, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
+    batcher = MicroBatcher(service_encoder, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
                            on_batch=metrics.batch_size.observe)
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
+    # one encoder per process (see the module docstring): a constant cache namespace is exact
+    loaded = service_encoder.loaded
+    cache_namespace = loaded.identity.key if loaded is not None else "first-encoder"
     return ServiceState(
-        settings=settings, encoder=encoder, text=text, image=image, holder=holder,
-        embedder=QueryEmbedder(encoder.identity.key, cache, batcher, metrics),
+        settings=settings, encoder=service_encoder, holder=holder,
+        embedder=QueryEmbedder(cache_namespace, cache, batcher, metrics),
         searcher=Searcher(holder, settings.rank), batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from indexer.index_select import IndexConfig
+from indexer.models.clip import ClipEncoder
 from indexer.publish import PublishedVersion, publish_version
 from search.artifact import ArtifactError
-from search.encoder import ClipEncoder, EncoderIdentity
+from search.encoder import EncoderIdentity
 from search.pipeline import Searcher, SearchSpec
 from search.reload import ArtifactHolder
 from search.settings import RankSettings

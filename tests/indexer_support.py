@@ -26,7 +26,7 @@ ODD_IMAGES = REPO.parent / "shared" / "testdata" / "pillow-odd-images"
 def tiny_encoder():
     import torch
 
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     torch.manual_seed(0)
     return load_encoder("tiny", pretrained="random", device="cpu")

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from search.encoder import ClipEncoder, load_encoder
-from search.models import registry
-from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
+from indexer.models import registry
+from indexer.models.clip import ClipEncoder, load_encoder
+from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+from search.settings import ReloadSettings, RuntimeSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GALLERY = 96
@@ -43,6 +44,7 @@ class WorldStore:
 
 
 _ENCODERS: dict[str, ClipEncoder] = {}
+_RUNTIME: dict[str, RuntimeEncoder] = {}
 _STORE: list[WorldStore] = []
 
 
@@ -93,15 +95,17 @@ def _write_metadata(db: Path, image_root: Path, records: list[dict]) -> list[int
 
 
 def publish(store: Path, image_root: Path, encoder: ClipEncoder, db: Path, ids: list[int],
-            vectors: np.ndarray, factory: str | None = None) -> str:
-    """Publish one version with the indexer's own publish function; returns the version name."""
+            vectors: np.ndarray, factory: str | None = None, onnx_cache: Path | None = None) -> str:
+    """Publish one version, with its encoder files, by the indexer's own functions; returns the version name."""
     from indexer.index_select import IndexConfig
+    from indexer.models.export import export_bundle
     from indexer.publish import publish_version
 
     config = IndexConfig(recall_queries=40, latency_queries=10, use_gpu=False, rerank_candidates=(50,),
                          keep_versions=10, factory=factory)
     published = publish_version(store, np.asarray(ids, np.int64), vectors, db, encoder.identity, image_root,
-                                config, {"indexed": len(ids), "failed": 0, "deleted": 0}, {})
+                                config, {"indexed": len(ids), "failed": 0, "deleted": 0}, {},
+                                encoder_files=export_bundle(encoder, store, onnx_cache or store.parent / "onnx-cache"))
     return published.name
 
 
@@ -125,7 +129,7 @@ def world_store(base: Path) -> WorldStore:
     store.mkdir()
     ids = _write_metadata(store / "metadata.sqlite", image_root, records)
     np.save(store / "vectors.npy", vectors)
-    publish(store, image_root, encoder, store / "metadata.sqlite", ids, vectors)
+    publish(store, image_root, encoder, store / "metadata.sqlite", ids, vectors, onnx_cache=base / "onnx-cache")
     _STORE.append(WorldStore(store, image_root, checkpoint, base / "onnx-cache", queries,
                              {r["path"]: i for r, i in zip(records, ids, strict=True)}))
     return _STORE[0]
@@ -139,13 +143,23 @@ def copy_store(world: WorldStore, target: Path) -> Path:
     return target
 
 
+def runtime_for(world: WorldStore) -> RuntimeEncoder:
+    """The runtime encoder of the shared store's current version (loaded once; shared by in-process apps)."""
+    key = str(world.store)
+    if key not in _RUNTIME:
+        from search.artifact import open_current
+
+        with open_current(world.store) as artifact:
+            assert artifact.encoder_bundle is not None
+            _RUNTIME[key] = RuntimeEncoder.load(artifact.encoder_bundle, RuntimeOptions(text_precision="fp32"))
+    return _RUNTIME[key]
+
+
 def settings_for(world: WorldStore, store: Path | None = None, **sections: object) -> Settings:
-    base = Settings(
-        store=store or world.store,
-        encoder=EncoderSettings(model="tiny", pretrained=str(world.checkpoint), device="cpu"),
-        text=TextSettings(backend="onnx", onnx_cache_dir=world.onnx_cache),
-        reload=ReloadSettings(watch=False),
-    )
+    """No model settings: the service takes its encoder from the store. fp32 text tower: these tests compare
+    the service with exact search over open_clip's own query vectors (int8: test_service_api)."""
+    base = Settings(store=store or world.store, reload=ReloadSettings(watch=False),
+                    runtime=RuntimeSettings(text_precision="fp32"))
     return base.model_copy(update=sections)
 
 

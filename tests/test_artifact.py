@@ -167,7 +167,7 @@ def test_metadata_from_several_threads(published) -> None:
 def test_text_query_through_the_service_path_with_the_tiny_encoder(tmp_path: Path) -> None:
     from PIL import Image
 
-    from search.encoder import ClipEncoder, load_encoder
+    from indexer.models.clip import ClipEncoder, load_encoder
 
     encoder = load_encoder("tiny", pretrained="random", device="cpu")
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 0, 0), (255, 255, 255)]

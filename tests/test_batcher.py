@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from indexer.models.clip import load_encoder
+from indexer.models.towers import TorchTextEncoder
 from search.batcher import MicroBatcher
-from search.encoder import load_encoder
-from search.text_encoder import TorchTextEncoder
 
 QUERIES = ["cat", "a red circle", "a small green crescent on sand", "blue", "a large orange square", "dog",
            "two words", "a tiny purple triangle on grass", "sun", "moon over water"]

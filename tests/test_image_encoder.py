@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.encoder import load_encoder
-from search.image_encoder import OnnxImageEncoder, TorchImageEncoder, build_image_encoder, export_image_tower
-from search.onnx_runtime import export_key
+from indexer.models.clip import load_encoder
+from indexer.models.export import export_image_tower, export_key
+from indexer.models.towers import TorchImageEncoder, build_image_encoder, onnx_image_encoder
+from search.runtime.towers import OnnxImageEncoder
 from tests.indexer_support import make_tree, run
 
 
@@ -31,7 +32,7 @@ def _pixels(encoder, n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [1, 5, 17])  # below, between and across micro-batches of 8
 def test_onnx_equals_torch_tower(encoder, tmp_path: Path, n: int) -> None:
-    onnx = OnnxImageEncoder(encoder, tmp_path, micro_batch=8)
+    onnx = onnx_image_encoder(encoder, tmp_path, micro_batch=8)
     pixels = _pixels(encoder, n)
     got = onnx.encode_pixels(pixels)
     assert got.shape == (n, encoder.dim) and got.dtype == np.float32
@@ -40,7 +41,7 @@ def test_onnx_equals_torch_tower(encoder, tmp_path: Path, n: int) -> None:
 
 
 def test_empty_batch(encoder, tmp_path: Path) -> None:
-    assert OnnxImageEncoder(encoder, tmp_path).encode_pixels(_pixels(encoder, 0)).shape == (0, encoder.dim)
+    assert onnx_image_encoder(encoder, tmp_path).encode_pixels(_pixels(encoder, 0)).shape == (0, encoder.dim)
 
 
 def test_export_is_cached_and_keyed_by_the_weights(encoder, tmp_path: Path) -> None:
@@ -56,7 +57,7 @@ def test_export_is_cached_and_keyed_by_the_weights(encoder, tmp_path: Path) -> N
     other_path = export_image_tower(other, tmp_path)
     assert other_path != path
     pixels = _pixels(encoder, 3)
-    np.testing.assert_allclose(OnnxImageEncoder(other, tmp_path).encode_pixels(pixels),
+    np.testing.assert_allclose(onnx_image_encoder(other, tmp_path).encode_pixels(pixels),
                                other.encode_pixels(pixels), atol=1e-5, rtol=0)
 
 

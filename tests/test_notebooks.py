@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from search.models import registry
+from indexer.models import registry
 from tests.service_support import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

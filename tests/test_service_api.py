@@ -11,12 +11,12 @@ from fastapi.testclient import TestClient
 
 from search.app import create_app
 from search.artifact import open_current
-from tests.service_support import encoder_for, settings_for
+from tests.service_support import encoder_for, runtime_for, settings_for
 
 
 @pytest.fixture(scope="module")
 def client(world):
-    app = create_app(settings_for(world), encoder=encoder_for(world.checkpoint))
+    app = create_app(settings_for(world), encoder=runtime_for(world))
     with TestClient(app, client=("127.0.0.1", 5000)) as client:
         yield client
 
@@ -104,17 +104,15 @@ def test_image_upload_search_finds_the_uploaded_image(client, world):
     assert r.json()["hits"][0]["id"] == image_id
 
 
-def test_uploads_encode_through_onnx_runtime_like_the_torch_tower(client, world):
+def test_uploads_encode_through_the_artifacts_onnx_tower_like_the_torch_tower(client, world):
     from PIL import Image
 
-    from search.image_encoder import OnnxImageEncoder
-
     state = client.app.state.service
-    assert isinstance(state.image, OnnxImageEncoder)  # image_backend auto on a CPU encoder
     path = next(iter(world.ids_by_path))
     with Image.open(world.image_root / path) as im:
         rgb = im.convert("RGB")
-    np.testing.assert_allclose(state.encode_image(rgb), state.encoder.encode_images([rgb])[0], atol=1e-5, rtol=0)
+    torch_vector = encoder_for(world.checkpoint).encode_images([rgb])[0]
+    np.testing.assert_allclose(state.encode_image(rgb), torch_vector, atol=1e-5, rtol=0)
 
 
 def test_images_and_thumbnails_are_served_by_id(client, world):
@@ -157,17 +155,18 @@ def test_warm_up_file_fills_the_cache(world, tmp_path):
     warm.write_text("warm query one\nWarm  Query one\nwarm query two\n")
     settings = settings_for(world)
     settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"warmup_file": warm})})
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint))) as client:
+    with TestClient(create_app(settings, encoder=runtime_for(world))) as client:
         assert client.get("/search", params={"q": "warm query two"}).json()["cache"] == "hit"
         assert client.get("/search", params={"q": "WARM query ONE"}).json()["cache"] == "hit"
 
 
-def test_encoder_model_taken_from_the_manifest_when_config_names_none(world):
-    settings = settings_for(world)
-    settings = settings.model_copy(update={"encoder": settings.encoder.model_copy(update={"model": None})})
-    with TestClient(create_app(settings)) as client:  # loads the encoder itself, from the manifest's model name
+def test_serves_with_no_model_settings_and_reports_its_encoder(world):
+    with TestClient(create_app(settings_for(world))) as client:  # the encoder comes from the artifact
         assert client.get("/readyz").json()["ready"]
         assert client.get("/search", params={"q": _caption(world)}).status_code == 200
+        identity = client.app.state.service.identity
+        assert identity == encoder_for(world.checkpoint).identity
+        assert f'key="{identity.key}"' in client.get("/metrics").text
 
 
 def test_optional_query_log_records_each_answered_search(world, tmp_path):
@@ -175,7 +174,7 @@ def test_optional_query_log_records_each_answered_search(world, tmp_path):
 
     log_path = tmp_path / "queries.jsonl"
     settings = settings_for(world).model_copy(update={"query_log": log_path})
-    app = create_app(settings, encoder=encoder_for(world.checkpoint))
+    app = create_app(settings, encoder=runtime_for(world))
     query = _caption(world, 2)
     with TestClient(app, client=("127.0.0.1", 5000)) as client:
         first = client.get("/search", params={"q": query, "k": 5}).json()
@@ -186,3 +185,20 @@ def test_optional_query_log_records_each_answered_search(world, tmp_path):
     assert [(r["kind"], r["query"], r["cache_hit"], r["results"]) for r in records] == [
         ("text", query, False, 5), ("text", query, True, 5), ("similar", None, None, 3)]
     assert all(r["version"] == first["version"] and r["total"] >= r.get("ann", 0) for r in records)
+
+
+def test_int8_text_tower_is_a_runtime_option(world):
+    from search.settings import RuntimeSettings
+
+    settings = settings_for(world, runtime=RuntimeSettings(text_precision="int8"))
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/search", params={"q": _caption(world), "k": 10})
+        assert r.status_code == 200 and r.json()["hits"]
+        state = client.app.state.service
+        assert state.encoder.current.options.text_precision == "int8"
+        texts = [q["query"] for q in world.queries[:20]]
+        int8 = state.encoder.encode(texts)
+        fp32 = runtime_for(world).encode_texts(texts)
+        assert not np.array_equal(int8, fp32)  # really the quantised graph
+        assert float(np.sum(int8 * fp32, axis=1).mean()) > 0.98
+        assert 'precision="int8"' in client.get("/metrics").text

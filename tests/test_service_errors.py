@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from indexer.models.clip import load_encoder
 from search.app import create_app
-from search.encoder import load_encoder
-from search.settings import LimitSettings, ReloadSettings
-from tests.service_support import encoder_for, settings_for
+from search.settings import EncoderSettings, LimitSettings, ReloadSettings
+from tests.service_support import copy_store, publish, runtime_for, settings_for
 
 MAX_BYTES = 20_000
 MAX_PIXELS = 1_000_000
@@ -21,7 +22,7 @@ MAX_PIXELS = 1_000_000
 def client(world):
     settings = settings_for(world, limits=LimitSettings(max_upload_bytes=MAX_BYTES, max_upload_pixels=MAX_PIXELS,
                                                         max_query_chars=64, max_k=50, max_offset=100))
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)),
+    with TestClient(create_app(settings, encoder=runtime_for(world)),
                     client=("203.0.113.9", 4000), raise_server_exceptions=False) as client:
         yield client
 
@@ -129,7 +130,7 @@ def test_server_keeps_serving_after_bad_input(client, world):
 def test_no_index_is_503(world, tmp_path):
     empty = tmp_path / "empty-store"
     empty.mkdir()
-    with TestClient(create_app(settings_for(world, store=empty), encoder=encoder_for(world.checkpoint))) as c:
+    with TestClient(create_app(settings_for(world, store=empty), encoder=runtime_for(world))) as c:
         r = c.get("/search", params={"q": "cat"})
         assert r.status_code == 503 and "no index" in r.json()["error"]
         assert c.post("/search", json={"query": "cat"}).status_code == 503
@@ -139,25 +140,61 @@ def test_no_index_is_503(world, tmp_path):
         assert c.get("/healthz").status_code == 200
 
 
-def test_artifact_from_another_encoder_is_refused(world, tmp_path):
+def _other_encoder(tmp_path):
     import torch
 
     torch.manual_seed(99)
     other = load_encoder("tiny", pretrained="random", device="cpu")
     path = tmp_path / "other.pt"
     torch.save(other.model.state_dict(), path)
-    other = load_encoder("tiny", pretrained=str(path), device="cpu")
-    with TestClient(create_app(settings_for(world), encoder=other)) as c:
+    return load_encoder("tiny", pretrained=str(path), device="cpu")
+
+
+def test_version_with_another_encoder_is_refused_while_the_old_keeps_serving(world, tmp_path):
+    store = copy_store(world, tmp_path / "store")
+    with TestClient(create_app(settings_for(world, store=store)), client=("127.0.0.1", 5000)) as c:
+        served = c.get("/readyz").json()["version"]
+        other = _other_encoder(tmp_path)
+        ids = sorted(world.ids_by_path.values())
+        vectors = np.load(world.store / "vectors.npy")
+        publish(store, world.image_root, other, store / "metadata.sqlite", ids, vectors, onnx_cache=tmp_path / "onnx")
+        refused = c.post("/admin/reload")
+        assert refused.status_code == 409 and "another encoder" in refused.json()["error"]
+        ready = c.get("/readyz").json()
+        assert ready["version"] == served and "checksum" in ready["last_reload_error"]
+        assert "photostock_reload_failed 1.0" in c.get("/metrics").text
+        assert c.get("/search", params={"q": "cat"}).json()["version"] == served
+
+
+def test_pinned_encoder_mismatch_is_a_clear_refusal(world):
+    settings = settings_for(world, encoder=EncoderSettings(model="ViT-B-32"))
+    with TestClient(create_app(settings)) as c:
         ready = c.get("/readyz")
         assert ready.status_code == 503
-        assert "another encoder" in ready.json()["last_reload_error"]
-        assert "checksum" in ready.json()["last_reload_error"]
+        assert "does not have the configured encoder" in ready.json()["last_reload_error"]
+        assert "ViT-B-32" in ready.json()["last_reload_error"]
         assert c.get("/search", params={"q": "cat"}).status_code == 503
+
+
+def test_image_the_preprocess_cannot_read_is_a_400_with_its_reason(client):
+    from PIL import Image
+
+    from search.uploads import UploadRejected
+
+    with pytest.raises(UploadRejected) as refused:
+        client.app.state.service.encode_image(Image.new("RGB", (0, 5)))
+    assert refused.value.status == 400 and "cannot be preprocessed" in str(refused.value)
+
+
+@pytest.mark.parametrize("query", ["&nbsp;", " &nbsp; &#160; ", "&amp;nbsp;"])
+def test_query_that_tokenizes_to_nothing_is_422(client, query):
+    r = client.get("/search", params={"q": query})
+    assert r.status_code == 422 and "tokenizes to nothing" in r.json()["error"]
 
 
 def test_admin_reload_token(world):
     settings = settings_for(world, reload=ReloadSettings(watch=False, admin_token="s3cret"))
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)), client=("203.0.113.9", 1)) as c:
+    with TestClient(create_app(settings, encoder=runtime_for(world)), client=("203.0.113.9", 1)) as c:
         assert c.post("/admin/reload").status_code == 403
         assert c.post("/admin/reload", headers={"X-Admin-Token": "wrong"}).status_code == 403
         ok = c.post("/admin/reload", headers={"X-Admin-Token": "s3cret"})

@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.encoder import load_encoder
-from search.onnx_runtime import export_key
-from search.text_encoder import (
-    OnnxTextEncoder,
-    TorchTextEncoder,
-    build_text_encoder,
-    export_text_tower,
-    trim_is_exact,
-)
+from indexer.models.clip import load_encoder
+from indexer.models.export import export_key, export_text_tower, trim_is_exact
+from indexer.models.towers import TorchTextEncoder, onnx_text_encoder
 
 TEXTS = [
     "cat",
@@ -51,14 +45,15 @@ def test_each_text_alone_equals_its_row_in_a_batch(encoder):
 
 
 def test_onnx_equals_full_context_and_export_is_cached(encoder, tmp_path):
-    onnx = OnnxTextEncoder(encoder, tmp_path)
-    assert onnx.path.parent.name == export_key(encoder)
+    path = export_text_tower(encoder, tmp_path)
+    onnx = onnx_text_encoder(encoder, tmp_path)
+    assert path.parent.name == export_key(encoder)
     np.testing.assert_allclose(onnx.encode(TEXTS), encoder.encode_texts(TEXTS), atol=1e-5, rtol=0)
     for batch in (TEXTS[:1], TEXTS[1:3]):  # other batch sizes and sequence lengths than the export's example
         np.testing.assert_allclose(onnx.encode(batch), encoder.encode_texts(batch), atol=1e-5, rtol=0)
-    before = onnx.path.stat().st_mtime_ns
-    assert export_text_tower(encoder, tmp_path) == onnx.path
-    assert onnx.path.stat().st_mtime_ns == before
+    before = path.stat().st_mtime_ns
+    assert export_text_tower(encoder, tmp_path) == path
+    assert path.stat().st_mtime_ns == before
 
 
 def test_tower_without_causal_mask_falls_back_to_full_context(tmp_path):
@@ -74,10 +69,9 @@ def test_tower_without_causal_mask_falls_back_to_full_context(tmp_path):
     np.testing.assert_allclose(text.encode(TEXTS), enc.encode_texts(TEXTS), atol=1e-5, rtol=0)
 
 
-def test_empty_input_and_unknown_backend(encoder, tmp_path):
+def test_empty_input(encoder, tmp_path):
     assert TorchTextEncoder(encoder).encode([]).shape == (0, encoder.dim)
-    with pytest.raises(ValueError, match="unknown text backend"):
-        build_text_encoder(encoder, "tensorrt", tmp_path)
+    assert onnx_text_encoder(encoder, tmp_path).encode([]).shape == (0, encoder.dim)
 
 
 def test_text_longer_than_context_is_truncated_like_the_reference(encoder):

@@ -14,8 +14,8 @@ import torch
 from indexer import cli
 from indexer.lab import train, world
 from indexer.lab.evaluation.world_eval import evaluate_world
-from search.encoder import load_encoder
-from search.models import registry
+from indexer.models import registry
+from indexer.models.clip import load_encoder
 
 # Short runs: a few steps on small batches, rendered at the model's own size (cheap on 2 shared cores).
 SHORT = replace(train.TrainSettings(), steps=3, batch_size=16, warmup_steps=2, render_sizes=(64,),

@@ -81,7 +81,7 @@ def _modes(text: str) -> list[str]:
 
 def _encoder(args: argparse.Namespace) -> tuple[Any, str | None]:
     from indexer.lab.evaluation.stores import tiny_checkpoint
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     pretrained = args.pretrained
     if pretrained is None and args.model in ("tiny", "photostock-tiny"):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from indexer.lab import world
-from search.models import registry
+from indexer.models import registry
 
 CHECKPOINT_FORMAT = 1
 STREAM_FINETUNE = 3  # image stream of the second stage (the first uses world.STREAM_TRAIN)

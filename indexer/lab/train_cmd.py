@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.cut_bpe:
-        from search.models import registry
+        from indexer.models import registry
 
         print(json.dumps({"bpe": str(registry.TINY_BPE),
                           "vocab_size": train.cut_bpe(world.vocabulary(), registry.TINY_BPE)}))

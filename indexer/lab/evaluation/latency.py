@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 __all__ = ["measure_stages", "stage_percentiles", "load_stage_samples"]
 
@@ -24,20 +24,21 @@ def measure_stages(store: Path, encoder: ClipEncoder, pretrained: str, queries: 
                    text_backend: Literal["torch", "onnx"] = "onnx",
                    onnx_cache: Path | None = None) -> list[dict[str, Any]]:
     """One record per query: milliseconds per stage plus whether the embedding came from the cache. Repeated
-    queries in `queries` hit the cache, as they would in the service."""
+    queries in `queries` hit the cache, as they would in the service.
+
+    The service state runs the artifact's own ONNX encoder, pinned to `encoder`'s identity; `pretrained`,
+    `text_backend` and `onnx_cache` are kept for callers and no longer used (the artifact carries its towers).
+    """
     from search.pipeline import SearchSpec
-    from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
+    from search.settings import EncoderSettings, ReloadSettings, Settings
     from search.state import build_state
     from search.timing import StageTimer
 
     settings = Settings(store=Path(store),
-                        encoder=EncoderSettings(model=encoder.identity.model, pretrained=pretrained,
-                                                device=str(encoder.device)),
-                        text=TextSettings(backend=text_backend, onnx_cache_dir=onnx_cache),
-                        reload=ReloadSettings(watch=False))
+                        encoder=EncoderSettings(key=encoder.identity.key), reload=ReloadSettings(watch=False))
 
     async def run_all() -> list[dict[str, Any]]:
-        state = build_state(settings, encoder)
+        state = build_state(settings)
         try:
             records = []
             for text in queries:

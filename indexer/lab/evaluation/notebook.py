@@ -15,8 +15,8 @@ from typing import Any
 
 from indexer.lab.evaluation import cache_sim, latency, runner, stores
 from indexer.lab.evaluation.datasets import EvalDataset
+from indexer.models.clip import ClipEncoder
 from search.artifact import Artifact, open_current
-from search.encoder import ClipEncoder
 
 __all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
 

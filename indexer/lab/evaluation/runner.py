@@ -21,8 +21,9 @@ import numpy as np
 
 from indexer.lab.evaluation import metrics, ranking
 from indexer.lab.evaluation.datasets import EvalDataset
+from indexer.models.clip import ClipEncoder
 from search.artifact import Artifact, ArtifactError
-from search.encoder import ClipEncoder
+from search.encoder import encoder_mismatch
 
 __all__ = ["MODES", "ModeRun", "StoreView", "encode_queries", "run_mode", "run_http", "evaluate_store",
            "param_name", "sweep_param"]
@@ -61,9 +62,9 @@ class StoreView:
 
 def check_encoder(artifact: Artifact, encoder: ClipEncoder) -> None:
     """Query vectors from another encoder than the index's would make every number meaningless."""
-    diffs = encoder.identity.differences(artifact.manifest.encoder)
-    if diffs:
-        raise ArtifactError(f"encoder does not match version {artifact.version}: {'; '.join(diffs)}")
+    reason = encoder_mismatch(encoder.identity, artifact.manifest.encoder, f"version {artifact.version}")
+    if reason is not None:
+        raise ArtifactError(reason)
 
 
 def encode_queries(encoder: ClipEncoder, texts: Sequence[str]) -> np.ndarray:

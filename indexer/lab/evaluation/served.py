@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from search.encoder import ClipEncoder
+from indexer.models.clip import ClipEncoder
 
 __all__ = ["serve_store"]
 
@@ -24,16 +24,15 @@ def _free_port() -> int:
 @contextmanager
 def serve_store(store: Path, encoder: ClipEncoder, pretrained: str, text_backend: Literal["torch", "onnx"] = "torch",
                 startup_timeout_s: float = 300.0) -> Iterator[str]:
-    """Serve `store` with `encoder` (its checkpoint path is `pretrained`); yields the base URL."""
+    """Serve `store` (its artifact's own ONNX encoder, pinned to `encoder`'s identity); yields the base URL.
+    `pretrained` and `text_backend` are kept for callers and no longer used."""
     import uvicorn
 
     from search.app import create_app
-    from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
+    from search.settings import EncoderSettings, ReloadSettings, Settings
 
-    settings = Settings(store=Path(store),
-                        encoder=EncoderSettings(model=encoder.identity.model, pretrained=pretrained,
-                                                device=str(encoder.device)),
-                        text=TextSettings(backend=text_backend), reload=ReloadSettings(watch=False))
+    settings = Settings(store=Path(store), encoder=EncoderSettings(key=encoder.identity.key),
+                        reload=ReloadSettings(watch=False))
     ready = threading.Event()
 
     class _Server(uvicorn.Server):
@@ -42,7 +41,7 @@ def serve_store(store: Path, encoder: ClipEncoder, pretrained: str, text_backend
             ready.set()
 
     port = _free_port()
-    server = _Server(uvicorn.Config(create_app(settings, encoder), host="127.0.0.1", port=port,
+    server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                     log_level="warning", lifespan="on"))
     errors: list[BaseException] = []
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from indexer.lab import world
 from indexer.lab.evaluation.datasets import EvalDataset
-from search.encoder import ClipEncoder, load_encoder
-from search.models import registry
+from indexer.models import registry
+from indexer.models.clip import ClipEncoder, load_encoder
 
 __all__ = ["tiny_checkpoint", "tiny_encoder", "ensure_world", "build_store", "prepare_world_store"]
 

@@ -67,7 +67,7 @@ def evaluate_world(encoder: Any, world_dir: Path, k: int = max(KS)) -> dict[str,
 
 def evaluate_checkpoint(checkpoint: Path, seed: int, gallery: int, size: int = 128) -> dict[str, Any]:
     """Write a held-out gallery to a temporary folder and evaluate the tiny model loaded from `checkpoint`."""
-    from search.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     encoder = load_encoder("tiny", pretrained=str(checkpoint), device="cpu")
     with tempfile.TemporaryDirectory(prefix="photostock-eval-") as tmp:

@@ -1,4 +1,4 @@
-"""Project model registry: open_clip JSON configs in this folder, registered lazily, plus aliases.
+"""Project model registry (offline side): open_clip JSON configs in this folder, registered lazily, plus aliases.
 
 `tiny` is the project's own small CLIP (config `photostock-tiny.json`), trained on the synthetic world by
 `python -m indexer train`. Any other name is passed to open_clip unchanged (e.g. `ViT-B-32`).
@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from search.encoder import WeightsUnavailableError
 
 MODELS_DIR = Path(__file__).resolve().parent
 TINY_MODEL_NAME = "photostock-tiny"
@@ -39,13 +41,6 @@ class ModelSpec:
     pretrained: str | None
     tokenizer: Callable[[], Any] | None = None
 
-    def weights_label(self, checkpoint: Path | None) -> str:
-        if checkpoint is None:
-            return "random-init"
-        if self.pretrained and not Path(self.pretrained).expanduser().exists():
-            return self.pretrained  # an open_clip tag
-        return checkpoint.name
-
 
 def tiny_checkpoint_path() -> Path:
     return Path(os.environ.get("PHOTOSTOCK_TINY_CHECKPOINT", TINY_CHECKPOINT))
@@ -72,8 +67,6 @@ def resolve(model: str, pretrained: str | None) -> ModelSpec:
         if pretrained is None:
             path = tiny_checkpoint_path()
             if not path.is_file():
-                from search.encoder import WeightsUnavailableError
-
                 raise WeightsUnavailableError(
                     f"The tiny model's checkpoint {path} does not exist: run `python -m indexer train` "
                     "or pass --pretrained /path/to/checkpoint.pt"

@@ -1,0 +1,355 @@
+"""Export of an open_clip encoder for the torch-free runtime: ONNX towers, tokenizer files, preprocess spec.
+
+Two places keep exports. `export_text_tower`/`export_image_tower` write `<cache>/<export key>/<name>.onnx`
+once (the indexer's own ONNX image backend uses them). `export_bundle` assembles a store's encoder folder
+(`STORE/encoders/<bundle key>/`, search.runtime.bundle documents it) from those exports, hard-linked when the
+cache is on the same file system: a folder that already exists for the encoder is reused as it is, so a
+nightly run with an unchanged model writes no model file. Everything is written to a temporary name and
+renamed into place, so concurrent readers never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.encoder import file_sha256
+from search.manifest import EncoderFiles, FileEntry
+from search.runtime.bundle import (
+    BUNDLE_FORMAT,
+    ENCODERS_DIR,
+    IMAGE_FILE,
+    SPEC_FILE,
+    TEXT_FILE,
+    TEXT_INT8_FILE,
+    TOKENIZER_FILE,
+    TextSpec,
+)
+from search.runtime.preprocess import PreprocessSpec
+from search.runtime.tokenizer import TokenizerSpec
+
+__all__ = [
+    "bundle_key",
+    "default_cache_dir",
+    "export_bundle",
+    "export_image_tower",
+    "export_key",
+    "export_text_tower",
+    "export_tower",
+    "preprocess_spec",
+    "quantize_int8",
+    "text_spec",
+    "tokenizer_spec",
+    "trim_is_exact",
+    "write_tokenizer",
+]
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/photostock/onnx (~/.cache/photostock/onnx)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "photostock" / "onnx"
+
+
+def export_key(encoder: Any) -> str:
+    """Directory name for an encoder's exports: its identity key, or a digest of the weights themselves when
+    the identity cannot tell weights apart (random init: every such encoder shares one identity)."""
+    identity = encoder.identity
+    if identity.checksum != "random-init":
+        return str(identity.key)
+    digest = hashlib.sha256(identity.key.encode())
+    for name, tensor in sorted(encoder.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return "random-" + digest.hexdigest()[:16]
+
+
+def bundle_key(encoder: Any) -> str:
+    """Name of the store's encoder folder: the export key and the bundle format (a format change re-exports).
+
+    Known without loading the model unless the weights are a random init (search.encoder identity rules)."""
+    return hashlib.sha256(f"{export_key(encoder)}/format-{BUNDLE_FORMAT}".encode()).hexdigest()[:20]
+
+
+def export_tower(encoder: Any, cache_dir: Path, name: str, tower: Callable[[Any], Any], sample: tuple[Any, ...],
+                 input_names: Sequence[str], output_names: Sequence[str],
+                 dynamic_axes: Mapping[str, Mapping[int, str]]) -> Path:
+    """Export `tower(model)` once to `cache_dir/<export key>/<name>.onnx`; an existing export is reused.
+
+    The tower is built from the encoder's model in float32 on the CPU; the model goes back to its device after.
+    """
+    import torch
+
+    target = Path(cache_dir) / export_key(encoder) / f"{name}.onnx"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        module = tower(encoder.model.float().cpu())
+        # grad stays enabled: under no_grad nn.MultiheadAttention takes a fused fast path ONNX cannot export
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter (advanced indexing, constant shapes) on exact graphs
+            torch.onnx.export(
+                module, sample, str(tmp), dynamo=False, input_names=list(input_names),
+                output_names=list(output_names), dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+                opset_version=17,
+            )
+    finally:
+        encoder.model.to(encoder.device)
+    os.replace(tmp, target)  # atomic: concurrent exporters never see a half-written file
+    return target
+
+
+# -- text tower ---------------------------------------------------------------------------------------------
+def trim_is_exact(model: Any) -> bool:
+    """True when dropping trailing padding cannot change the pooled feature (causal mask + EOT pooling)."""
+    mask = getattr(model, "attn_mask", None)
+    pool = getattr(model, "text_pool_type", None)
+    if mask is None or pool not in {"argmax", "eos"}:
+        return False
+    import torch
+
+    upper = torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)
+    return bool(torch.isinf(mask[upper]).all() and (mask[upper] < 0).all() and (mask[~upper] == 0).all())
+
+
+def _block_forward(block: Any, x: Any, mask: Any) -> Any:
+    """One open_clip residual block with attention written out (batch-first), so ONNX keeps shapes dynamic."""
+    import torch.nn.functional as F
+
+    attn = block.attn
+    heads = attn.num_heads
+    h = block.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    shape = (x.shape[0], x.shape[1], heads, -1)
+    q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5) + mask
+    out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(x.shape)
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def text_tower_module(model: Any, explicit_attention: bool = False) -> Any:
+    """A standalone module computing normalised text features for tokens of any length <= context.
+
+    `explicit_attention` writes attention out by hand (for ONNX export: nn.MultiheadAttention's traced graph
+    bakes in the example's batch and sequence sizes).
+    """
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    class TrimmedTextTower(torch.nn.Module):
+        def __init__(self, clip: Any):
+            super().__init__()
+            self.token_embedding = clip.token_embedding
+            self.positional_embedding = clip.positional_embedding
+            self.transformer = clip.transformer
+            self.ln_final = clip.ln_final
+            self.text_projection = clip.text_projection
+            self.pool_type = clip.text_pool_type
+            self.eos_id = getattr(clip, "text_eos_id", None)
+            self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+
+        def forward(self, text: torch.Tensor) -> torch.Tensor:
+            length = text.shape[1]
+            mask = self.attn_mask[:length, :length]  # type: ignore[index]
+            x = self.token_embedding(text) + self.positional_embedding[:length]
+            if explicit_attention:
+                for block in self.transformer.resblocks:
+                    x = _block_forward(block, x, mask)
+            else:
+                x = self.transformer(x, attn_mask=mask)
+            x = self.ln_final(x)
+            x = text_global_pool(x, text, self.pool_type, eos_token_id=self.eos_id)
+            if isinstance(self.text_projection, torch.nn.Linear):
+                x = self.text_projection(x)
+            elif self.text_projection is not None:
+                x = x @ self.text_projection
+            return F.normalize(x, dim=-1)
+
+    return TrimmedTextTower(model).eval()
+
+
+def export_text_tower(encoder: Any, cache_dir: Path) -> Path:
+    """Export (once) the text tower to `cache_dir/<export key>/text.onnx` (dynamic batch and sequence axes)."""
+    import torch
+
+    sample = torch.as_tensor(np.asarray(encoder.tokenize(["a photo of a cat", "x"]))[:, :8].astype(np.int64))
+    return export_tower(encoder, cache_dir, "text", lambda model: text_tower_module(model, explicit_attention=True),
+                        (sample,), ["tokens"], ["features"],
+                        {"tokens": {0: "batch", 1: "seq"}, "features": {0: "batch"}})
+
+
+def text_spec(encoder: Any) -> TextSpec:
+    model = encoder.model
+    eos = getattr(model, "text_eos_id", None)
+    return TextSpec(trim=trim_is_exact(model), pool_type=str(getattr(model, "text_pool_type", "argmax")),
+                    eos_id=None if eos is None else int(eos))
+
+
+# -- image tower --------------------------------------------------------------------------------------------
+def _image_tower_module(model: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    class NormalisedImageTower(torch.nn.Module):
+        def __init__(self, visual: torch.nn.Module):
+            super().__init__()
+            self.visual = visual
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return F.normalize(self.visual(pixels), dim=-1)
+
+    return NormalisedImageTower(model.visual).eval()
+
+
+def export_image_tower(encoder: Any, cache_dir: Path) -> Path:
+    """Export (once) the image tower to `cache_dir/<export key>/image.onnx` with a dynamic batch axis."""
+    import torch
+
+    size = getattr(encoder.model.visual, "image_size", 224)  # open_clip towers: an int or (height, width)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    # batch 3 in the example: a batch of 1 or 2 can let the tracer fold the batch size into reshapes
+    sample = torch.zeros((3, 3, height, width), dtype=torch.float32)
+    return export_tower(encoder, cache_dir, "image", _image_tower_module, (sample,), ["pixels"], ["features"],
+                        {"pixels": {0: "batch"}, "features": {0: "batch"}})
+
+
+def preprocess_spec(encoder: Any) -> PreprocessSpec:
+    """The model's evaluation transform as data (open_clip's preprocess_cfg); refuses what the runtime cannot
+    reproduce exactly."""
+    cfg = dict(getattr(encoder.model.visual, "preprocess_cfg", {}) or {})
+    size = cfg.get("size", getattr(encoder.model.visual, "image_size", 224))
+    spec = PreprocessSpec.from_dict({
+        "size": size, "resize_mode": cfg.get("resize_mode") or "shortest",
+        "interpolation": cfg.get("interpolation") or "bicubic",
+        "mean": cfg.get("mean") or (0.48145466, 0.4578275, 0.40821073),
+        "std": cfg.get("std") or (0.26862954, 0.26130258, 0.27577711),
+    })
+    if cfg.get("fill_color", 0) not in (0, None) and spec.resize_mode != "squash":
+        raise ValueError("preprocess fill_color other than 0 is not supported by the runtime")
+    return spec
+
+
+# -- tokenizer ----------------------------------------------------------------------------------------------
+def tokenizer_spec(tokenizer: Any) -> TokenizerSpec:
+    """Settings of an open_clip SimpleTokenizer (other tokenizer kinds are refused with a clear reason)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if not isinstance(tokenizer, SimpleTokenizer):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} cannot be exported for the runtime "
+                         "(open_clip SimpleTokenizer only)")
+    if tokenizer.reduction_fn is not None:
+        raise ValueError("tokenizers with a reduction mask cannot be exported for the runtime")
+    clean = {"_clean_lower": "lower", "_clean_whitespace": "whitespace",
+             "_clean_canonicalize": "canonicalize"}.get(getattr(tokenizer.clean_fn, "__name__", ""))
+    if clean is None:
+        raise ValueError(f"unknown tokenizer clean function {tokenizer.clean_fn!r}")
+    specials = {tokenizer.decoder[i]: int(i) for i in tokenizer.all_special_ids}
+    return TokenizerSpec(context_length=int(tokenizer.context_length), sot_id=int(tokenizer.sot_token_id),
+                         eot_id=int(tokenizer.eot_token_id), clean=clean, pattern=tokenizer.pat.pattern,
+                         special_tokens=specials)
+
+
+def write_tokenizer(tokenizer: Any, path: Path) -> None:
+    """open_clip's vocabulary and merges as a `tokenizers` byte-level BPE (JSON), for search.runtime.tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    merges = [pair for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1])]
+    bpe = models.BPE(vocab=dict(tokenizer.encoder), merges=merges, end_of_word_suffix="</w>")
+    hf = Tokenizer(bpe)
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.save(str(path))
+
+
+# -- int8 ---------------------------------------------------------------------------------------------------
+def quantize_int8(source: Path, target: Path) -> Path:
+    """Dynamic int8 quantisation (weights int8, activations quantised per call) of the MatMul/Gemm weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    os.replace(tmp, target)
+    return target
+
+
+# -- the store's encoder folder -----------------------------------------------------------------------------
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _entries(directory: Path, names: Sequence[str]) -> dict[str, FileEntry]:
+    return {n: FileEntry(sha256=file_sha256(directory / n), bytes=(directory / n).stat().st_size) for n in names}
+
+
+def _existing(store: Path, rel: str) -> EncoderFiles | None:
+    spec_path = store / rel / SPEC_FILE
+    if not spec_path.is_file():
+        return None
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    files = {n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in spec["files"].items()}
+    files[SPEC_FILE] = FileEntry(sha256=file_sha256(spec_path), bytes=spec_path.stat().st_size)
+    return EncoderFiles(dir=rel, files=files)
+
+
+def export_bundle(encoder: Any, store: Path, cache_dir: Path | None = None, int8_text: bool = True) -> EncoderFiles:
+    """The store's encoder folder for `encoder` (exported now unless it exists); returns the manifest entry."""
+    store = Path(store)
+    rel = f"{ENCODERS_DIR}/{bundle_key(encoder)}"
+    found = _existing(store, rel)
+    if found is not None:
+        return found
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = store / rel
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _link_or_copy(export_text_tower(encoder, cache), tmp / TEXT_FILE)
+        _link_or_copy(export_image_tower(encoder, cache), tmp / IMAGE_FILE)
+        names = [TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE]
+        if int8_text:
+            quantize_int8(tmp / TEXT_FILE, tmp / TEXT_INT8_FILE)
+            names.append(TEXT_INT8_FILE)
+        write_tokenizer(encoder.tokenizer, tmp / TOKENIZER_FILE)
+        files = _entries(tmp, names)
+        spec = {"format": BUNDLE_FORMAT, "identity": encoder.identity.to_dict(),
+                "tokenizer": tokenizer_spec(encoder.tokenizer).to_dict(),
+                "preprocess": preprocess_spec(encoder).to_dict(), "text": text_spec(encoder).to_dict(),
+                "files": {n: {"sha256": e.sha256, "bytes": e.bytes} for n, e in files.items()}}
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for file in tmp.iterdir():
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+            file.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another exporter finished the same folder first: theirs is equal, keep it
+            if not (target / SPEC_FILE).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            _remove_tree(tmp)
+    found = _existing(store, rel)
+    assert found is not None
+    return found
+
+
+def _remove_tree(path: Path) -> None:
+    path.chmod(stat.S_IRWXU)
+    shutil.rmtree(path)

@@ -1,0 +1,128 @@
+"""Offline tower backends over a loaded ClipEncoder: eager torch (the reference) and ONNX Runtime.
+
+Image (bulk encoding): 'auto' is ONNX Runtime on a CPU encoder (benchmarks/image_units.py: ViT-B-32 1.22x
+eager torch, the tiny tower 1.9x; micro-batches of 8) and torch with float16 autocast on CUDA. Text: the torch
+backend trims padding like the service's ONNX one (search.runtime.towers) and is what that is checked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.models.clip import ClipEncoder
+from indexer.models.export import (
+    export_image_tower,
+    export_text_tower,
+    quantize_int8,
+    text_spec,
+    text_tower_module,
+)
+from search.runtime.sessions import ort_session
+from search.runtime.towers import ImageEncoder, OnnxImageEncoder, OnnxTextEncoder, Precision, token_lengths
+
+__all__ = ["TorchImageEncoder", "TorchTextEncoder", "build_image_encoder", "onnx_image_encoder",
+           "onnx_text_encoder"]
+
+
+class _NumpyTokenizer:
+    """open_clip's tokenizer answering numpy int64 (the runtime tower's interface)."""
+
+    def __init__(self, encoder: ClipEncoder):
+        self.encoder = encoder
+        self.context_length = encoder.context_length
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.encoder.tokenize(texts).numpy(), dtype=np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.encoder.tokenizer.encode(text))
+
+
+class TorchTextEncoder:
+    """Eager torch text backend with the same padding trim as the runtime's ONNX one."""
+
+    def __init__(self, encoder: ClipEncoder):
+        self.encoder = encoder
+        self.context_length = encoder.context_length
+        self.dim = encoder.dim
+        spec = text_spec(encoder)
+        self.trim, self.pool_type, self.eos_id = spec.trim, spec.pool_type, spec.eos_id
+        self.tower = text_tower_module(encoder.model) if self.trim else None
+        self._tokenizer = _NumpyTokenizer(encoder)
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        return self._tokenizer(texts)
+
+    def lengths(self, tokens: np.ndarray) -> np.ndarray:
+        return token_lengths(tokens, self.pool_type, self.eos_id)
+
+    def trimmed(self, tokens: np.ndarray) -> np.ndarray:
+        if not self.trim or tokens.shape[0] == 0:
+            return tokens
+        return tokens[:, : int(self.lengths(tokens).max())]
+
+    def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self.tower is None:
+            return self.encoder.encode_tokens(torch.from_numpy(tokens))
+        batch = torch.from_numpy(np.ascontiguousarray(self.trimmed(tokens))).to(self.encoder.device)
+        with torch.inference_mode():
+            out = self.tower(batch)
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_token_ids(self.tokenize(texts))
+
+
+def onnx_text_encoder(encoder: ClipEncoder, cache_dir: Path, threads: int = 0,
+                      precision: Precision = "fp32") -> OnnxTextEncoder:
+    """The runtime's ONNX text tower over this encoder's export (open_clip's own tokenizer)."""
+    path = export_text_tower(encoder, cache_dir)
+    if precision == "int8":
+        int8 = path.with_name("text.int8.onnx")
+        path = int8 if int8.is_file() else quantize_int8(path, int8)
+    spec = text_spec(encoder)
+    return OnnxTextEncoder(_NumpyTokenizer(encoder), ort_session(path, threads), encoder.dim, spec.trim,
+                           spec.pool_type, spec.eos_id)
+
+
+class TorchImageEncoder:
+    """The encoder's own torch path (AMP on CUDA)."""
+
+    def __init__(self, encoder: ClipEncoder):
+        self.encoder = encoder
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.encoder.encode_pixels(pixels)
+
+
+def onnx_image_encoder(encoder: ClipEncoder, cache_dir: Path, threads: int = 0, micro_batch: int = 8,
+                       precision: Precision = "fp32") -> OnnxImageEncoder:
+    path = export_image_tower(encoder, cache_dir)
+    if precision == "int8":
+        int8 = path.with_name("image.int8.onnx")
+        path = int8 if int8.is_file() else quantize_int8(path, int8)
+    return OnnxImageEncoder(ort_session(path, threads), encoder.dim, micro_batch)
+
+
+def build_image_encoder(encoder: Any, backend: str = "auto", cache_dir: Path | None = None, threads: int = 0,
+                        micro_batch: int = 8, precision: Precision = "fp32") -> ImageEncoder:
+    """'auto' is ONNX Runtime on a CPU encoder and torch on CUDA; 'torch' or 'onnx' force one."""
+    if backend == "auto":
+        backend = "torch" if encoder.device.type != "cpu" else "onnx"
+    if backend == "torch":
+        return TorchImageEncoder(encoder)
+    if backend == "onnx":
+        if encoder.device.type != "cpu":
+            raise ValueError("the onnx image backend runs on the CPU; use 'torch' (or 'auto') on CUDA")
+        if cache_dir is None:
+            raise ValueError("the onnx image backend needs a cache_dir for the exported image tower")
+        return onnx_image_encoder(encoder, cache_dir, threads, micro_batch, precision)
+    raise ValueError(f"unknown image backend {backend!r} (expected 'auto', 'torch' or 'onnx')")

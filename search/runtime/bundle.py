@@ -1,0 +1,126 @@
+"""The encoder files a version carries, and their verification before the version may open.
+
+Layout (docs/contracts.md): `STORE/encoders/<key>/` holds `text.onnx`, `text.int8.onnx` (optional), `image.onnx`,
+`tokenizer.json` (the `tokenizers` byte-level BPE over open_clip's vocabulary and merges) and `encoder.json`
+(identity, tokenizer settings, preprocess spec, text-tower facts, and the other files' checksums). The folder
+is named by the encoder (content-addressed), so every version built with one encoder shares it; each
+manifest lists the folder and every file's size and sha256.
+
+Verification on every open: every required file present with its recorded size, the small files (tokenizer,
+spec) hashed, the spec's identity equal to the manifest's. With full verification the ONNX files are hashed
+too; without it a truncated or replaced graph is still caught by its size or by ONNX Runtime refusing it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.encoder import EncoderIdentity, encoder_mismatch, file_sha256
+from search.manifest import ArtifactError, EncoderFiles, FileEntry, Manifest
+from search.runtime.preprocess import PreprocessSpec
+from search.runtime.tokenizer import TokenizerSpec
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "ENCODERS_DIR",
+    "IMAGE_FILE",
+    "SPEC_FILE",
+    "TEXT_FILE",
+    "TEXT_INT8_FILE",
+    "TOKENIZER_FILE",
+    "EncoderBundle",
+    "TextSpec",
+    "verify_encoder_files",
+]
+
+BUNDLE_FORMAT = 1
+ENCODERS_DIR = "encoders"
+SPEC_FILE = "encoder.json"
+TOKENIZER_FILE = "tokenizer.json"
+TEXT_FILE = "text.onnx"
+TEXT_INT8_FILE = "text.int8.onnx"
+IMAGE_FILE = "image.onnx"
+REQUIRED_FILES = (SPEC_FILE, TOKENIZER_FILE, TEXT_FILE, IMAGE_FILE)
+_ALWAYS_HASHED_BYTES = 16 << 20  # spec and tokenizer files are hashed on every open; graphs only on full checks
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Facts about the exported text tower the runtime needs to feed it."""
+
+    trim: bool  # causal mask + end-of-text pooling: padding after the end token may be cut off exactly
+    pool_type: str  # 'argmax' (highest id is the end token) or 'eos'
+    eos_id: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trim": self.trim, "pool_type": self.pool_type, "eos_id": self.eos_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextSpec:
+        eos = data.get("eos_id")
+        return cls(trim=bool(data["trim"]), pool_type=str(data["pool_type"]), eos_id=None if eos is None else int(eos))
+
+
+@dataclass(frozen=True)
+class EncoderBundle:
+    """A verified encoder folder, ready for search.runtime.towers.RuntimeEncoder.load."""
+
+    directory: Path
+    identity: EncoderIdentity
+    tokenizer: TokenizerSpec
+    preprocess: PreprocessSpec
+    text: TextSpec
+    files: dict[str, FileEntry]
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @classmethod
+    def from_spec(cls, directory: Path, spec: dict[str, Any], files: dict[str, FileEntry]) -> EncoderBundle:
+        fmt = spec.get("format")
+        if fmt != BUNDLE_FORMAT:
+            raise ValueError(f"encoder spec format {fmt!r} is not supported (this reader knows {BUNDLE_FORMAT})")
+        return cls(directory=directory, identity=EncoderIdentity.from_dict(spec["identity"]),
+                   tokenizer=TokenizerSpec.from_dict(spec["tokenizer"]),
+                   preprocess=PreprocessSpec.from_dict(spec["preprocess"]),
+                   text=TextSpec.from_dict(spec["text"]), files=files)
+
+
+def _check_file(path: Path, entry: FileEntry, full: bool, what: str) -> None:
+    if not path.is_file():
+        raise ArtifactError(f"{what}: encoder file {path.name} is missing ({path})")
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise ArtifactError(f"{what}: encoder file {path.name} has {size} bytes, manifest says {entry.bytes} "
+                            "(truncated or replaced?)")
+    if (full or entry.bytes <= _ALWAYS_HASHED_BYTES) and file_sha256(path) != entry.sha256:
+        raise ArtifactError(f"{what}: encoder file {path.name} fails its sha256 checksum")
+
+
+def verify_encoder_files(version_dir: Path, manifest: Manifest, full: bool) -> EncoderBundle | None:
+    """Check the encoder files `manifest` lists (None when it lists none); ArtifactError names what is wrong."""
+    entry: EncoderFiles | None = manifest.encoder_files
+    if entry is None:
+        return None
+    what = f"version {manifest.version}"
+    store = Path(version_dir).parent.parent.resolve()
+    directory = (store / entry.dir).resolve()
+    if not directory.is_relative_to(store / ENCODERS_DIR):
+        raise ArtifactError(f"{what}: encoder folder {entry.dir!r} is outside {store / ENCODERS_DIR}")
+    missing = [name for name in REQUIRED_FILES if name not in entry.files]
+    if missing:
+        raise ArtifactError(f"{what}: manifest lists no encoder file {', '.join(missing)}")
+    for name, file_entry in entry.files.items():
+        _check_file(directory / name, file_entry, full, what)
+    try:
+        spec = json.loads((directory / SPEC_FILE).read_text(encoding="utf-8"))
+        bundle = EncoderBundle.from_spec(directory, spec, dict(entry.files))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{what}: encoder spec {SPEC_FILE} is unreadable ({type(exc).__name__}: {exc})") from exc
+    reason = encoder_mismatch(manifest.encoder, bundle.identity, f"{what}'s encoder folder {entry.dir}")
+    if reason is not None:
+        raise ArtifactError(reason)
+    return bundle
