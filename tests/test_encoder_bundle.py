@@ -125,3 +125,19 @@ def settings_for_store(store: Path):
     from search.settings import ReloadSettings, Settings
 
     return Settings(store=store, reload=ReloadSettings(watch=False))
+
+
+def test_a_no_change_run_republishes_a_version_that_carries_no_encoder(tmp_path):
+    """Stores published before versions carried their encoder get one new version with it, then no-ops."""
+    images, store = tmp_path / "images", tmp_path / "store"
+    make_tree(images, 4)
+    first = run(images, store)["version"]
+    version = (store / "current").resolve()
+    manifest = json.loads((version / "manifest.json").read_text())
+    del manifest["encoder_files"]  # as published before this change
+    version.chmod(stat.S_IRWXU)
+    (version / "manifest.json").chmod(stat.S_IRUSR | stat.S_IWUSR)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    second = run(images, store)["version"]
+    assert second != first and open_current(store).encoder_bundle is not None
+    assert run(images, store)["version"] == second
