@@ -125,3 +125,45 @@ def settings_for_store(store: Path):
     from search.settings import ReloadSettings, Settings
 
     return Settings(store=store, reload=ReloadSettings(watch=False))
+
+
+def test_a_no_change_run_republishes_a_version_that_carries_no_encoder(tmp_path):
+    """Stores published before versions carried their encoder get one new version with it, then no-ops."""
+    images, store = tmp_path / "images", tmp_path / "store"
+    make_tree(images, 4)
+    first = run(images, store)["version"]
+    version = (store / "current").resolve()
+    manifest = json.loads((version / "manifest.json").read_text())
+    del manifest["encoder_files"]  # as published before this change
+    version.chmod(stat.S_IRWXU)
+    (version / "manifest.json").chmod(stat.S_IRUSR | stat.S_IWUSR)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    second = run(images, store)["version"]
+    assert second != first and open_current(store).encoder_bundle is not None
+    assert run(images, store)["version"] == second
+
+
+def test_encoder_folders_no_version_lists_are_pruned_with_the_versions(world, tmp_path):
+    import torch
+
+    from indexer.index_select import IndexConfig
+    from indexer.models.clip import load_encoder
+    from indexer.models.export import export_bundle
+    from indexer.publish import publish_version
+
+    store = copy_store(world, tmp_path / "store")
+    old = {p.name for p in (store / ENCODERS_DIR).iterdir()}
+    torch.manual_seed(7)
+    other = load_encoder("tiny", pretrained="random", device="cpu")
+    ids = np.asarray(sorted(world.ids_by_path.values()), np.int64)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((len(ids), other.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = IndexConfig(recall_queries=20, latency_queries=5, use_gpu=False, rerank_candidates=(20,),
+                         keep_versions=1)
+    files = export_bundle(other, store, tmp_path / "onnx")
+    publish_version(store, ids, vectors, store / "metadata.sqlite", other.identity, world.image_root, config,
+                    {"indexed": len(ids)}, {}, encoder_files=files)
+    left = {p.name for p in (store / ENCODERS_DIR).iterdir()}
+    assert left == {Path(files.dir).name} and not left & old
+    assert open_current(store, verify_checksums=True).encoder_bundle is not None
