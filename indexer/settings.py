@@ -40,6 +40,7 @@ class IndexerSettings(BaseModel):
     max_image_pixels: int = Field(89_478_485, ge=1)
     hash_threads: int = Field(4, ge=1)
     sidecar: str = "metadata.jsonl"
+    read_file_metadata: bool = True  # EXIF/IPTC/XMP fields, read in the decode worker (indexer/file_meta.py)
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     index_config: str | None = None  # YAML read by IndexConfig (default configs/index.yaml when present)
     index: dict[str, Any] = Field(default_factory=dict)  # top-level overrides on top of index_config

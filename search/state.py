@@ -21,6 +21,7 @@ from search.pipeline import QueryEmbedder, Searcher
 from search.query_log import QueryLog
 from search.reload import ArtifactHolder, ReloadOutcome
 from search.settings import Settings
+from search.takedown import TakedownList
 from search.text_cache import QueryEmbeddingCache
 from search.image_encoder import ImageEncoder, build_image_encoder
 from search.text_encoder import TextEncoder, build_text_encoder
@@ -43,6 +44,7 @@ class ServiceState:
     images: ImageStore
     metrics: ServiceMetrics
     query_log: QueryLog | None = None
+    takedowns: TakedownList | None = None
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -102,10 +104,12 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
     batcher = MicroBatcher(text, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
                            on_batch=metrics.batch_size.observe)
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
+    takedowns = TakedownList(Path(settings.store), settings.reload.takedown_check_s)
     return ServiceState(
         settings=settings, encoder=encoder, text=text, image=image, holder=holder,
         embedder=QueryEmbedder(encoder.identity.key, cache, batcher, metrics),
-        searcher=Searcher(holder, settings.rank), batcher=batcher,
-        images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
+        searcher=Searcher(holder, settings.rank, takedowns), batcher=batcher,
+        images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache, takedowns),
+        metrics=metrics, takedowns=takedowns,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,
     )

@@ -65,11 +65,11 @@ def test_sidecar_values_are_applied_to_rows(tmp_path: Path) -> None:
     db.apply_plan([RowChange("a.png", "h", 1, 1, "pending")], [], {})
     changed = db.apply_sidecar({"a.png": {"caption": "red cube", "tags": ["red", "cube"], "licence": "CC0",
                                           "popularity": 2.5}})
-    assert changed == 1
+    assert changed == (1, 0)
     row = db.conn.execute("SELECT caption, tags, licence, popularity FROM images").fetchone()
     assert tuple(row) == ("red cube", '["red", "cube"]', "CC0", 2.5)
     assert db.apply_sidecar({"a.png": {"caption": "red cube", "tags": ["red", "cube"], "licence": "CC0",
-                                       "popularity": 2.5}}) == 0
+                                       "popularity": 2.5}}) == (0, 0)
 
 
 def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
