@@ -1,6 +1,6 @@
 """Index the image folder tree under --images into --store and publish a new index version there.
 
-Prints the run report as JSON on stdout (also saved under STORE/runs/, and to --report). Exit codes (the
+Prints the run report as JSON on stdout (also saved under STORE/runs/, and to --report; on exit 2 only there). Exit codes (the
 nightly contract, indexer/nightly.py): 0 published or nothing to do; 1 finished with more new failures than
 --max-new-failures; 2 could not run (bad settings, weights unavailable, missing folder, read-only or busy
 store), with one line on stderr and no traceback. --metrics-file writes a node_exporter textfile.
@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"warning: metrics file not written: {exc}", file=sys.stderr)
     if report.get("error"):
         print("error: " + report["error"], file=sys.stderr)
-    print(json.dumps(report, indent=2, sort_keys=True))
+    if code != nightly.EXIT_CANNOT_RUN:  # exit 2: stdout stays empty; the report is in STORE/runs or --report
+        print(json.dumps(report, indent=2, sort_keys=True))
     return code
 
 
