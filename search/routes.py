@@ -237,6 +237,8 @@ async def admin_takedown(request: Request, body: TakedownRequest, _admin: AdminO
                                        body.restore)
     except OSError as exc:  # e.g. a replica whose store is mounted read-only
         raise HTTPException(409, f"cannot write the takedown list: {exc.strerror or exc}") from None
+    if state.takedowns is not None:
+        state.takedowns.invalidate()  # this replica applies it on the very next request
     return TakedownResult(ids=[i for i, _ in entries], restore=body.restore, generation=data["generation"],
                           active=len(data["active"]))
 

@@ -96,6 +96,10 @@ class TakedownList:
             return self._version_copy(Path(version_dir))
         return self._ids
 
+    def invalidate(self) -> None:
+        """Re-check the file on the next call (this process just wrote it)."""
+        self._checked = float("-inf")
+
     def _refresh(self) -> None:
         try:
             st = os.stat(self.path)
