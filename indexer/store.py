@@ -356,14 +356,17 @@ class MetadataStore:
         """
         if not records:
             return 0, 0
-        wanted = {to_raw(key): rec for key, rec in records.items()}
+        wanted = {to_raw(key): (rec, json.dumps(rec, sort_keys=True)) for key, rec in records.items()}
         updates, matched = [], 0
         cur = self.conn.execute("SELECT id, path_raw, sidecar, file_meta FROM images")
         for row_id, raw, stored, file_meta in cur:
-            rec = wanted.get(bytes(raw))
-            if rec is None:
+            found = wanted.get(bytes(raw))
+            if found is None:
                 continue
             matched += 1
+            rec, text = found
+            if stored == text:  # the common no-op: the stored fields are exactly this line's
+                continue
             old = json.loads(stored) if stored else {}
             new = {**old, **rec}
             if new != old:
