@@ -80,7 +80,8 @@ def exif_datetime(stamp: str | None, offset: str | None) -> str | None:
     match = _EXIF_DATE.match(stamp)
     if match is None:
         raise ValueError(f"EXIF date {stamp!r} is not YYYY:MM:DD HH:MM:SS")
-    text = datetime(*map(int, match.groups())).isoformat()  # validates; strptime costs 10x more
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
+    text = datetime(year, month, day, hour, minute, second).isoformat()  # validates; strptime costs 10x more
     return text + offset if offset and _OFFSET.match(offset) else text
 
 

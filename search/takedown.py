@@ -27,7 +27,6 @@ __all__ = ["TAKEDOWN_FILE", "TakedownList", "apply_takedowns", "read_takedowns"]
 
 TAKEDOWN_FILE = "takedowns.json"
 _LOCK_FILE = ".takedowns.lock"
-_EMPTY: dict[str, Any] = {"schema": 1, "generation": 0, "active": {}, "history": []}
 
 
 def read_takedowns(path: Path) -> dict[str, Any]:
@@ -35,10 +34,11 @@ def read_takedowns(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return json.loads(json.dumps(_EMPTY))
+        return {"schema": 1, "generation": 0, "active": {}, "history": []}
     if not isinstance(data, dict) or not isinstance(data.get("active"), dict):
         raise ValueError(f"{path} is not a takedown list")
-    return data
+    found: dict[str, Any] = data
+    return found
 
 
 def apply_takedowns(store: Path, entries: Iterable[tuple[int, str | None]], reason: str,
