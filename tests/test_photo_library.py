@@ -147,3 +147,16 @@ def test_sidecar_bad_line_missing_sidecar_and_explicit_null(tmp_path: Path) -> N
     sidecar.unlink()
     run(images, store)
     assert rows(store)["a.png"]["caption"] == "cap"
+
+
+def test_date_filters_use_taken_at_where_known() -> None:
+    from search.filters import Filters
+    from search.pipeline import _hit
+    from search.rerank import Ranked
+
+    shot = {"created_at": "2026-01-01T00:00:00+00:00", "taken_at": "2019-05-01T10:00:00+02:00"}
+    assert Filters(created_before="2020-01-01").matches(shot)
+    assert not Filters(created_after="2025-01-01").matches(shot)
+    assert Filters(created_after="2025-01-01").matches({"created_at": "2026-01-01T00:00:00+00:00"})
+    hit = _hit(Ranked(7, 0.5, 0.5), {**shot, "path": "a.jpg", "camera_make": "Canon", "creator": "Jane"})
+    assert (hit["taken_at"], hit["camera_make"], hit["creator"]) == (shot["taken_at"], "Canon", "Jane")
