@@ -43,7 +43,7 @@ def _readonly(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("running as root without unshare: cannot make a read-only store")
         pytest.skip("running as root without unshare: cannot make a read-only store")
-    script = f'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
     probe = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(store), "true"], capture_output=True)
     if probe.returncode != 0:
         if os.environ.get("CI") == "true":
