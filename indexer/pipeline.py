@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 
 from indexer import shards
 from indexer.encode import EncodeStats, encode_pending
+from indexer.paths import display
 from indexer.progress import StageTimer
 from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
@@ -76,6 +77,11 @@ def run_build(
     images, store = Path(images).resolve(), Path(store).resolve()
     if not images.is_dir():
         raise NotADirectoryError(f"image folder does not exist or is not a directory: {images}")
+    try:
+        str(images).encode("utf-8")  # names *inside* the root may be anything; the root goes into manifests
+    except UnicodeEncodeError:
+        raise NotADirectoryError(f"the image root's own path is not valid UTF-8 ({display(str(images))}): "
+                                 "use a symlink with a UTF-8 name") from None
     _check_writable(store)
     try:
         with FileLock(store / ".lock", timeout=0):
