@@ -3,7 +3,11 @@
 Both runs happen in this process with the same encoder (the real tiny CLIP, seeded random init), so the
 ratio is against a same-run baseline. Prints one JSON object.
 
+A real library is messier: `--broken 0.01 --non-utf8 0.01` truncates 1% of the files and renames another 1% to
+names that are not valid UTF-8, and the result checks that indexed + failed == candidates in both runs.
+
     .venv/bin/python benchmarks/noop_reindex.py --images 300
+    .venv/bin/python benchmarks/noop_reindex.py --images 100000 --broken 0.01 --non-utf8 0.01
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--broken", type=float, default=0.0, help="fraction of files truncated (fail to decode)")
+    parser.add_argument("--non-utf8", dest="non_utf8", type=float, default=0.0,
+                        help="fraction of files renamed to a name that is not valid UTF-8")
     parser.add_argument("--cli", action="store_true",
                         help="also time `python -m indexer build` twice (process start, imports, model load)")
     args = parser.parse_args()
@@ -41,6 +48,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="noop-bench-") as tmp:
         write_world(Path(tmp) / "world", seed=0, gallery=args.images, size=(args.size, args.size))
         images, store = Path(tmp) / "world" / "gallery", Path(tmp) / "store"
+        damage = _damage(images, args.broken, args.non_utf8)
         start = time.perf_counter()
         torch.manual_seed(0)
         encoder = load_encoder(settings.model, settings.pretrained, settings.device)
@@ -63,6 +71,10 @@ def main() -> int:
         "full_encoded": full["counts"]["encoded"],
         "noop_encoded": noop["counts"]["encoded"],
         "noop_published": noop["published"],
+        **damage,
+        "full_counts": {k: full["counts"][k] for k in ("candidates", "indexed", "failed")},
+        "accounted_for": all(r["counts"]["indexed"] + r["counts"]["failed"] == r["counts"]["candidates"]
+                             for r in (full, noop)),
         **cli,
         "full_timings": full["timings"],
         "noop_timings": noop["timings"],
@@ -86,6 +98,22 @@ def _cli_runs(images: Path, store: Path, args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - start)
     return {"cli_full_run_s": round(times[0], 3), "cli_noop_run_s": round(times[1], 3),
             "cli_ratio": round(times[1] / times[0], 4)}
+
+
+def _damage(images: Path, broken: float, non_utf8: float) -> dict:
+    """Truncate every 1/broken-th file and rename every 1/non_utf8-th (offset so they differ)."""
+    import os
+
+    files = sorted(p for p in images.rglob("img-*") if p.is_file())
+    hit_broken = files[:: max(1, round(1 / broken))] if broken > 0 else []
+    hit_names = files[1:: max(1, round(1 / non_utf8))] if non_utf8 > 0 else []
+    for path in hit_broken:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    for path in hit_names:
+        raw = os.fsencode(path)
+        os.rename(raw, raw.replace(b"img-", b"img-\xe9\xff-"))
+    return {"broken_files": len(hit_broken), "non_utf8_names": len(hit_names)}
 
 
 def _timed(fn):

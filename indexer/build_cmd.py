@@ -1,8 +1,9 @@
 """Index the image folder tree under --images into --store and publish a new index version there.
 
-Prints the run report as JSON on stdout (also saved under STORE/runs/). Exit code 0 when the run completed,
-even if some images failed; 2 with a one-line error when it could not run (bad settings, weights
-unavailable, missing folder, store busy).
+Prints the run report as JSON on stdout (also saved under STORE/runs/, and to --report; on exit 2 only there).
+Exit codes (the nightly contract, indexer/nightly.py): 0 published or nothing to do; 1 finished with more new
+failures than --max-new-failures; 2 could not run (bad settings, weights unavailable, missing folder, read-only or busy
+store), with one line on stderr and no traceback. --metrics-file writes a node_exporter textfile.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from search.encoder import IdentityShape
 if TYPE_CHECKING:
     from indexer.models.clip import ClipEncoder
 
-EXIT_CANNOT_RUN = 2
+
+EXIT_CANNOT_RUN = 2  # == indexer.nightly.EXIT_CANNOT_RUN
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,33 +40,84 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="local worker processes, or a Ray Data pipeline (needs the [distributed] extra)")
     parser.add_argument("--ray-address", dest="ray_address",
                         help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
+    parser.add_argument("--max-new-failures", dest="max_new_failures", type=int, default=None,
+                        help="exit 1 when more images than this fail in this run (default: no limit)")
+    parser.add_argument("--report", type=Path, help="also write the run report (JSON) to this file")
+    parser.add_argument("--metrics-file", dest="metrics_file", type=Path,
+                        help="Prometheus textfile to write (node_exporter textfile collector), e.g. "
+                             "/var/lib/prometheus/node-exporter/photostock_indexer.prom")
 
 
 def main(args: argparse.Namespace) -> int:
-    from indexer.pipeline import StoreBusyError, run_build
+    """Run one build; whatever happens, write the report (and metrics) and return the contract's exit code."""
+    import time
+    import traceback
+    from datetime import UTC, datetime
+
+    from indexer import nightly
+
+    started, clock = datetime.now(UTC), time.perf_counter()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("indexer").setLevel(logging.INFO)
+    try:
+        report = _build(args)
+        code = nightly.exit_code_for(report, args.max_new_failures)
+    except CannotRun as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the library wrote
+        report, code = nightly.failure_report(started, args.images, args.store, message), nightly.EXIT_CANNOT_RUN
+    except Exception as exc:  # a bug, not bad input: one line here, the traceback in the run report
+        message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        report = nightly.failure_report(started, args.images, args.store, message, traceback.format_exc())
+        code = nightly.EXIT_CANNOT_RUN
+    report["exit_code"] = code
+    if code == nightly.EXIT_NEW_FAILURES:
+        report["error"] = (f"{report['counts'].get('failed_this_run')} new failures, more than "
+                           f"--max-new-failures {args.max_new_failures}")
+    report["reports"] = nightly.write_report(report, args.store, args.report)
+    if args.metrics_file is not None:
+        try:
+            nightly.write_metrics(args.metrics_file, report, code, time.perf_counter() - clock)
+        except OSError as exc:
+            print(f"warning: metrics file not written: {exc}", file=sys.stderr)
+    if report.get("error"):
+        print("error: " + report["error"], file=sys.stderr)
+    if code != nightly.EXIT_CANNOT_RUN:  # exit 2: stdout stays empty; the report is in STORE/runs or --report
+        print(json.dumps(report, indent=2, sort_keys=True))
+    return code
+
+
+class CannotRun(RuntimeError):
+    """Exit 2: the run could not start or continue (the message is the one line shown)."""
+
+
+def _build(args: argparse.Namespace) -> dict[str, Any]:
+    import sqlite3
+
+    from indexer.pipeline import StoreBusyError, StoreReadOnlyError, run_build
     from indexer.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
     from indexer.settings import SettingsError, load_settings
     from indexer.store import StoreError
     from search.encoder import WeightsUnavailableError
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("indexer").setLevel(logging.INFO)
     overrides = {k: getattr(args, k)
                  for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
     try:
+        if args.max_new_failures is not None and args.max_new_failures < 0:
+            raise SettingsError("--max-new-failures must be 0 or more")
         settings = load_settings(args.config, overrides)
         encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
         encoder = _encoder_for(args.store, settings, lazy=args.backend == "local")
         report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)
         _remember_fingerprint(args.store, settings, encoder.identity)
-    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreError, NotADirectoryError,
-            RayUnavailableError, RayBackendError, EncoderFingerprintError) as exc:
-        if isinstance(exc, EncoderFingerprintError):
-            _forget_fingerprint(args.store)
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
-        return EXIT_CANNOT_RUN
-    print(json.dumps(report, indent=2, sort_keys=True))
-    return 0
+        return report
+    except EncoderFingerprintError as exc:
+        _forget_fingerprint(args.store)
+        raise CannotRun(str(exc)) from exc
+    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreReadOnlyError, StoreError,
+            NotADirectoryError, FileNotFoundError, RayUnavailableError, RayBackendError) as exc:
+        raise CannotRun(str(exc)) from exc
+    except (PermissionError, sqlite3.OperationalError) as exc:
+        raise CannotRun(f"store {args.store} cannot be written: {exc}") from exc
 
 
 def _load_encoder(model: str, pretrained: str | None, device: str) -> ClipEncoder:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from indexer.file_meta import FileMeta, read_file_meta
+
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
 
@@ -28,6 +30,7 @@ _WHITE = (255, 255, 255)
 _preprocess: Callable[[Image.Image], Any] | None = None
 _max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 _draft_side: int | None = None
+_read_meta: bool = True
 
 
 @dataclass
@@ -40,6 +43,8 @@ class DecodeOutcome:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    file_meta: dict[str, Any] = field(default_factory=dict)  # EXIF/IPTC/XMP fields (indexer.file_meta)
+    meta_problems: list[str] = field(default_factory=list)  # corrupt metadata blocks (image indexed anyway)
 
     @property
     def ok(self) -> bool:
@@ -56,12 +61,13 @@ def decode_image(path: str, max_pixels: int, notes: list[str] | None = None) -> 
 
 
 def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
-             draft_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+             draft_side: int | None = None, meta: FileMeta | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """`decode_image`, plus the file's full (oriented) size.
 
     With `draft_side`, a JPEG is decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
     sides >= draft_side: a cheaper decode when the encoder downsizes to that side anyway (figures:
     benchmarks/README.md, benchmarks/image_units.py). The returned size is still the file's own.
+    With `meta`, the file's EXIF/IPTC/XMP fields are read from the same open image (no second read of the file).
     """
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -74,6 +80,9 @@ def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
                 if draft_side and im.format == "JPEG":
                     im.draft(im.mode, (draft_side, draft_side))
                 im.load()
+                if meta is not None:
+                    found = read_file_meta(im)
+                    meta.fields, meta.problems = found.fields, found.problems
                 oriented = _apply_orientation(im, notes)
                 if oriented.size != im.size:  # EXIF rotated by 90 degrees: report the size as displayed
                     size = (size[1], size[0])
@@ -126,31 +135,34 @@ def _rescale_to_l(im: Image.Image) -> Image.Image:
 
 def decode_file(path: str) -> DecodeOutcome:
     """Worker task: decode + preprocess one file. Never raises for bad input."""
-    return decode_with(path, _preprocess, _max_pixels, _draft_side)  # type: ignore[arg-type]
+    return decode_with(path, _preprocess, _max_pixels, _draft_side, _read_meta)  # type: ignore[arg-type]
 
 
 def decode_with(path: str, preprocess: Callable[[Image.Image], Any], max_pixels: int,
-                draft_side: int | None = None) -> DecodeOutcome:
+                draft_side: int | None = None, read_meta: bool = True) -> DecodeOutcome:
     """`decode_file` with explicit settings, for callers that are not pool workers (the Ray backend)."""
     start = time.perf_counter()
     notes: list[str] = []
+    meta = FileMeta() if read_meta else None
     try:
-        rgb, (width, height) = open_rgb(path, max_pixels, notes, draft_side)
+        rgb, (width, height) = open_rgb(path, max_pixels, notes, draft_side, meta)
         pixels = np.asarray(preprocess(rgb), dtype=np.float32)
     except DecodeError as exc:
         return DecodeOutcome(reason=str(exc), warnings=notes, seconds=time.perf_counter() - start)
     except Exception as exc:  # the encoder's preprocess rejecting an image is still this file's problem
         reason = f"preprocess failed: {type(exc).__name__}: {exc}"
         return DecodeOutcome(reason=reason, warnings=notes, seconds=time.perf_counter() - start)
-    return DecodeOutcome(pixels, width, height, None, notes, time.perf_counter() - start)
+    return DecodeOutcome(pixels, width, height, None, notes, time.perf_counter() - start,
+                         meta.fields if meta else {}, meta.problems if meta else [])
 
 
-def _init_worker(preprocess: Callable[[Image.Image], Any], max_pixels: int, draft_side: int | None) -> None:
-    global _preprocess, _max_pixels, _draft_side
+def _init_worker(preprocess: Callable[[Image.Image], Any], max_pixels: int, draft_side: int | None,
+                 read_meta: bool = True) -> None:
+    global _preprocess, _max_pixels, _draft_side, _read_meta
     import torch
 
     torch.set_num_threads(1)  # workers are many; intra-op threads would only fight each other
-    _preprocess, _max_pixels, _draft_side = preprocess, max_pixels, draft_side
+    _preprocess, _max_pixels, _draft_side, _read_meta = preprocess, max_pixels, draft_side, read_meta
 
 
 def _modules_of(preprocess: Callable[[Any], Any]) -> list[str]:
@@ -185,6 +197,7 @@ class DecodePool:
         max_pixels: int,
         task: Callable[[str], DecodeOutcome] = decode_file,
         draft_side: int | None = None,
+        read_meta: bool = True,
     ):
         from pebble import ProcessPool
 
@@ -193,7 +206,7 @@ class DecodePool:
         self.timeout_s = timeout_s
         self._task = task  # a module-level function of a path (tests substitute one that crashes or hangs)
         self._pool = ProcessPool(
-            max_workers=workers, initializer=_init_worker, initargs=(preprocess, max_pixels, draft_side),
+            max_workers=workers, initializer=_init_worker, initargs=(preprocess, max_pixels, draft_side, read_meta),
             context=context,
         )
 

@@ -20,6 +20,7 @@ from indexer.decode import DecodeOutcome, DecodePool, start_decode_server
 from indexer.models.clip import ClipEncoder
 from indexer.models.export import default_cache_dir
 from indexer.models.towers import build_image_encoder
+from indexer.paths import display
 from indexer.progress import StageTimer, progress_bar
 from indexer.settings import IndexerSettings
 from indexer.store import Decoded, MetadataStore
@@ -33,6 +34,7 @@ class EncodeStats:
     batches: int = 0
     decode_worker_s: float = 0.0
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"path", "warning"}: indexed anyway
+    metadata_errors: int = 0  # images indexed without a corrupt EXIF/IPTC/XMP block's fields
 
 
 def encode_pending(
@@ -51,7 +53,7 @@ def encode_pending(
     start_decode_server()  # its imports overlap the encoder's loading (a lazy encoder loads on first use below)
     next_shard = store.next_shard_number()
     pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels,
-                      draft_side=jpeg_draft_side(encoder, settings))
+                      draft_side=jpeg_draft_side(encoder, settings), read_meta=settings.read_file_metadata)
     with pool, progress_bar(len(pending), "encode") as bar, ThreadPoolExecutor(1) as setup:
         # the ONNX export (first use of an encoder) and session creation run while the decode workers start
         prepared = setup.submit(_prepare, encoder, settings, timer)
@@ -140,12 +142,15 @@ def _commit(
     good = [(row_id, o) for row_id, _, o in batch if o.ok]
     failed = [(row_id, o.reason or "unknown decode failure") for row_id, _, o in batch if not o.ok]
     stats.decode_worker_s += sum(o.seconds for _, _, o in batch)
-    stats.warnings.extend({"path": p, "warning": w} for _, p, o in batch for w in o.warnings)
+    stats.warnings.extend({"path": display(p), "warning": w} for _, p, o in batch for w in o.warnings)
+    stats.warnings.extend({"path": display(p), "warning": f"metadata not read: {w}"}
+                          for _, p, o in batch for w in o.meta_problems)
+    stats.metadata_errors += sum(1 for _, _, o in batch if o.meta_problems)
     vectors: np.ndarray | None = None
     if good:
         with timer.stage("encode"):
             vectors = encoder.encode_pixels(np.stack([o.pixels for _, o in good if o.pixels is not None]))
-    decoded = [Decoded(r, o.width, o.height) for r, o in good]
+    decoded = [Decoded(r, o.width, o.height, o.file_meta or None) for r, o in good]
     write_batch(name, decoded, vectors, failed, store, shard_dir, stats, timer)
 
 

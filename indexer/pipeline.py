@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from indexer import shards
 from indexer.encode import EncodeStats, encode_pending
 from indexer.models.clip import ClipEncoder
+from indexer.paths import display
 from indexer.progress import StageTimer
 from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
@@ -35,6 +36,10 @@ RUNS_DIR = "runs"
 
 class StoreBusyError(RuntimeError):
     """Another build holds the store's lock."""
+
+
+class StoreReadOnlyError(RuntimeError):
+    """The store cannot be written (read-only mount, permissions): a build cannot run there."""
 
 
 @dataclass
@@ -75,13 +80,33 @@ def run_build(
     images, store = Path(images).resolve(), Path(store).resolve()
     if not images.is_dir():
         raise NotADirectoryError(f"image folder does not exist or is not a directory: {images}")
-    store.mkdir(parents=True, exist_ok=True)
+    try:
+        str(images).encode("utf-8")  # names *inside* the root may be anything; the root goes into manifests
+    except UnicodeEncodeError:
+        raise NotADirectoryError(f"the image root's own path is not valid UTF-8 ({display(str(images))}): "
+                                 "use a symlink with a UTF-8 name") from None
+    _check_writable(store)
     try:
         with FileLock(store / ".lock", timeout=0):
             return _run_locked(images, store, settings, encoder, publisher or publish_step,
                                encode_stage or encode_pending)
     except Timeout as exc:
         raise StoreBusyError(f"another indexer run holds {store / '.lock'}") from exc
+
+
+def _check_writable(store: Path) -> None:
+    """Fail before any work, with one clear line, when the store (or its database) cannot be written."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        with open(store / ".lock", "a"):
+            pass
+        db = store / DB_NAME
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+    except OSError as exc:
+        raise StoreReadOnlyError(f"store {store} is not writable ({exc.strerror or exc}); "
+                                 "`python -m indexer status` reads it") from exc
 
 
 def _run_locked(
@@ -93,7 +118,7 @@ def _run_locked(
     db = MetadataStore.open(store / DB_NAME)
     try:
         shard_dir = store / SHARDS_DIR
-        debris = shards.remove_debris(shard_dir, set(db.shard_names()))
+        debris = shards.remove_debris(shard_dir, set(db.shard_names())) + remove_publish_debris(store)
         _check_encoder(db, encoder)
         with timer.stage("scan"):
             scanned = scan(images, settings.extensions, exclude=(store,))
@@ -104,11 +129,13 @@ def _run_locked(
         stats = encode_stage(pending, images, encoder, db, shard_dir, settings, timer)
         with timer.stage("sidecar"):
             sidecar = read_sidecar(images / settings.sidecar)
-            sidecar_updates = db.apply_sidecar(sidecar.records)
+            sidecar_updates, sidecar_unmatched = db.apply_sidecar(sidecar.records)
         shards.delete_shards(shard_dir, db.drop_unreferenced_shards())
         counts = {
             "candidates": len(scanned.candidates), **plan.counts, "resumed": len(pending) - plan.counts["to_encode"],
             "encoded": stats.encoded, "failed_this_run": stats.failed, "sidecar_updates": sidecar_updates,
+            "sidecar_unmatched": sidecar_unmatched, "sidecar_errors": len(sidecar.errors),
+            "metadata_errors": stats.metadata_errors, "skipped": len(scanned.skipped),
             **db.counts(),
         }
         version, published = _maybe_publish(db, store, encoder, images, settings, counts, timer, publisher)
@@ -209,7 +236,8 @@ def _decide(
         return RowChange(content_hash=digest, **_carried(row), **base), kind
     donor = embedded.get(digest)
     if donor is not None:  # same content already encoded under another path: reuse its embedding
-        change = RowChange(content_hash=digest, status="indexed", shard=donor.shard, shard_row=donor.shard_row, **base)
+        change = RowChange(content_hash=digest, status="indexed", shard=donor.shard, shard_row=donor.shard_row,
+                           copy_from=donor.id, **base)
         return change, "reused"
     return RowChange(content_hash=digest, status="pending", **base), ("new" if row is None else "changed")
 
@@ -271,6 +299,14 @@ def publish_step(req: PublishRequest) -> str:
         IndexConfig.from_dict(req.settings.index_options()), summary, req.timings, encoder_files=encoder_files,
     )
     return published.name
+
+
+def remove_publish_debris(store: Path) -> list[str]:
+    """A publish killed mid-way leaves `versions/.tmp-*` (and maybe a `.current.*` link): only a run holding the
+    store lock calls this, so nothing else can be writing them."""
+    from indexer.publish import remove_temporaries
+
+    return remove_temporaries(store)
 
 
 def _save_report(store: Path, report: dict[str, Any]) -> Path:

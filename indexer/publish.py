@@ -195,9 +195,31 @@ def prune_encoders(store: Path) -> list[str]:
     return removed
 
 
+def remove_temporaries(store: Path) -> list[str]:
+    """Remove what a killed publish left: `versions/.tmp-*` folders and `.current.*` links. Returns their names.
+
+    Call only while holding the store's build lock (no publish can be running then)."""
+    store = Path(store)
+    removed = []
+    versions = store / VERSIONS_DIR
+    for path in sorted(versions.glob(_TMP_PREFIX + "*")) if versions.is_dir() else []:
+        if path.is_dir() and not path.is_symlink():
+            _remove_tree(path)
+        else:
+            path.unlink()
+        removed.append(f"{VERSIONS_DIR}/{path.name}")
+    for link in sorted(store.glob(f".{CURRENT_LINK}.*")):
+        if link.is_symlink():
+            link.unlink()
+            removed.append(link.name)
+    return removed
+
+
 def _remove_tree(path: Path) -> None:
-    """Versions are read-only files; restore write permission on the directory so rmtree can unlink them."""
+    """Versions are read-only files; restore write permission on the directories so rmtree can unlink them."""
     path.chmod(stat.S_IRWXU)
+    for sub in (p for p in path.rglob("*") if p.is_dir() and not p.is_symlink()):
+        sub.chmod(stat.S_IRWXU)
     shutil.rmtree(path)
 
 
@@ -253,6 +275,7 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
         write_manifest(tmp, _manifest(name, tmp, encoder, image_root, built, counts,
                                       {**timings, "publish_s": time.perf_counter() - start}, len(ids),
                                       encoder_files))
+        _copy_takedowns(store, tmp)
         _make_read_only(tmp)
         open_version(tmp, verify_checksums=True, expect_encoder=encoder).close()
         final = versions / name
@@ -269,6 +292,16 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
     log.info("published %s (%s, recall@10 %.4f) and pruned %s", name, built.choice.factory,
              built.recall_at_10, pruned)
     return PublishedVersion(name=name, path=final, manifest=manifest, pruned=tuple(pruned))
+
+
+def _copy_takedowns(store: Path, version_dir: Path) -> None:
+    """Carry the store's takedown list into the version (outside the manifest's checked files), so a version
+    served from elsewhere still hides what was taken down when it was published."""
+    from search.takedown import TAKEDOWN_FILE
+
+    source = Path(store) / TAKEDOWN_FILE
+    if source.is_file():
+        shutil.copyfile(source, version_dir / TAKEDOWN_FILE)
 
 
 def _write_index(index: Any, path: Path) -> None:

@@ -32,8 +32,9 @@ import numpy as np
 from indexer import shards
 from indexer.encode import EncodeStats, jpeg_draft_side, write_batch
 from indexer.models.clip import ClipEncoder
+from indexer.paths import display
 from indexer.progress import StageTimer, progress_bar
-from indexer.ray_stages import EncoderActor, decode_batch
+from indexer.ray_stages import EncoderActor, decode_batch, row_path
 from indexer.settings import IndexerSettings, SettingsError
 from indexer.store import Decoded, MetadataStore
 
@@ -197,7 +198,7 @@ def _dataset(
     """file list -> decode tasks (1 CPU each) -> encoder actor pool; lazily executed, streamed by the driver."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
-    items = [{"id": int(i), "path": p} for i, p in pending]
+    items = [{"id": int(i), "path": os.fsencode(p)} for i, p in pending]  # bytes: lossless for any name
     blocks = max(1, math.ceil(len(items) / options.decode_rows_per_task))
     decode_kwargs = {"image_root": str(image_root), "preprocess": encoder.preprocess,
                      "max_pixels": settings.max_image_pixels, "pixel_shape": _pixel_shape(encoder),
@@ -253,11 +254,19 @@ def _commit(
     """One streamed batch: successes with their vectors, failures with their reasons, in one commit."""
     ok = np.asarray(batch["ok"], bool)
     ids, paths = np.asarray(batch["id"], np.int64), batch["path"]
-    decoded = [Decoded(int(ids[r]), int(batch["width"][r]), int(batch["height"][r])) for r in np.flatnonzero(ok)]
+    metas = batch.get("file_meta")
+    decoded = [Decoded(int(ids[r]), int(batch["width"][r]), int(batch["height"][r]),
+                       (json.loads(metas[r]) or None) if metas is not None else None) for r in np.flatnonzero(ok)]
     failed = [(int(ids[r]), str(batch["reason"][r]) or "unknown decode failure") for r in np.flatnonzero(~ok)]
     stats.decode_worker_s += float(np.sum(batch["decode_s"]))
-    stats.warnings.extend({"path": str(p), "warning": w} for p, ws in zip(paths, batch["warnings"], strict=True)
+    shown = [display(row_path(p)) for p in paths]
+    stats.warnings.extend({"path": p, "warning": w} for p, ws in zip(shown, batch["warnings"], strict=True)
                           for w in json.loads(ws))
+    problems = batch.get("meta_problems")
+    if problems is not None:
+        found = [(p, json.loads(ws)) for p, ws in zip(shown, problems, strict=True)]
+        stats.warnings.extend({"path": p, "warning": f"metadata not read: {w}"} for p, ws in found for w in ws)
+        stats.metadata_errors += sum(1 for _, ws in found if ws)
     timer.add("encode", float(np.sum(batch["encode_s"])))  # encoder actors' busy time, summed over actors
     vectors = np.asarray(batch["vector"], np.float32)[ok] if decoded else None
     write_batch(name, decoded, vectors, failed, store, shard_dir, stats, timer)

@@ -69,7 +69,7 @@ def decode_batch(
     import torch
 
     torch.set_num_threads(1)  # decode tasks are many, one per CPU; intra-op threads would only fight
-    outcomes = [decode_one(os.path.join(image_root, str(p)), preprocess, max_pixels, timeout_s, draft_side)
+    outcomes = [decode_one(os.path.join(image_root, row_path(p)), preprocess, max_pixels, timeout_s, draft_side)
                 for p in batch["path"]]
     pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
     for row, outcome in enumerate(outcomes):
@@ -87,7 +87,14 @@ def decode_batch(
         "reason": np.array([o.reason or "" for o in outcomes], dtype=object),
         "warnings": np.array([json.dumps(o.warnings) for o in outcomes], dtype=object),
         "decode_s": np.array([o.seconds for o in outcomes], np.float64),
+        "file_meta": np.array([json.dumps(o.file_meta) for o in outcomes], dtype=object),
+        "meta_problems": np.array([json.dumps(o.meta_problems) for o in outcomes], dtype=object),
     }
+
+
+def row_path(value: Any) -> str:
+    """Paths travel as their bytes (Arrow strings cannot hold a name that is not UTF-8); back to os.fsdecode."""
+    return os.fsdecode(bytes(value)) if isinstance(value, (bytes, bytearray, np.bytes_)) else str(value)
 
 
 class EncoderActor:

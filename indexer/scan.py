@@ -12,10 +12,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.paths import display
+
 
 @dataclass(frozen=True)
 class Candidate:
-    """One image file: `path` is relative to the root, '/'-separated (the store's key)."""
+    """One image file: `path` is relative to the root, '/'-separated (the store's key), lossless: a name that is
+    not valid UTF-8 keeps its bytes as surrogateescape characters (indexer.paths)."""
 
     path: str
     abs_path: str
@@ -61,7 +64,8 @@ def _scan_dir(
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as exc:
-        result.skipped.append({"path": rel_dir or ".", "reason": f"cannot list directory: {exc.strerror or exc}"})
+        reason = f"cannot list directory: {exc.strerror or exc}"
+        result.skipped.append({"path": display(rel_dir) or ".", "reason": reason})
         return []
     subdirs: list[tuple[str, str]] = []
     for entry in entries:
@@ -69,14 +73,15 @@ def _scan_dir(
         try:
             target, st = _follow(entry, root_real)
         except _Skip as skip:
-            result.skipped.append({"path": rel, "reason": str(skip)})
+            result.skipped.append({"path": display(rel), "reason": str(skip)})
             continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if target in excluded:
                 continue
             if key in visited:
-                result.skipped.append({"path": rel, "reason": "directory already visited (symlink loop or alias)"})
+                reason = "directory already visited (symlink loop or alias)"
+                result.skipped.append({"path": display(rel), "reason": reason})
                 continue
             visited.add(key)
             subdirs.append((target, rel))

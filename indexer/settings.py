@@ -43,6 +43,7 @@ class IndexerSettings(BaseModel):
     hash_threads: int = Field(4, ge=1)
     sidecar: str = "metadata.jsonl"
     extensions: tuple[str, ...] = Field(DEFAULT_EXTENSIONS, validate_default=True)  # normalised like a loaded value
+    read_file_metadata: bool = True  # EXIF/IPTC/XMP fields, read in the decode worker (indexer/file_meta.py)
     index_config: str | None = None  # YAML read by IndexConfig (default configs/index.yaml when present)
     index: dict[str, Any] = Field(default_factory=dict)  # top-level overrides on top of index_config
 

@@ -18,6 +18,7 @@ def store_status(store: Path) -> dict[str, Any]:
     """Current version plus the live database's counts and failures (relative paths)."""
     from indexer.store import DB_NAME, MetadataStore, connect
     from search.artifact import current_version
+    from search.takedown import TAKEDOWN_FILE, read_takedowns
 
     db_path = Path(store) / DB_NAME
     if not db_path.is_file():
@@ -33,15 +34,21 @@ def store_status(store: Path) -> dict[str, Any]:
             "pending": counts["pending"],
             "image_root": db.get_meta("image_root"),
             "failures": db.failures(),
+            "takedowns": sorted(read_takedowns(Path(store) / TAKEDOWN_FILE)["active"].values(),
+                                key=lambda t: t["id"]),
         }
     finally:
         db.close()
 
 
 def main(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from indexer.paths import printable
+
     try:
         status = store_status(args.store)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -51,5 +58,8 @@ def main(args: argparse.Namespace) -> int:
     for key in ("indexed", "failed", "deleted", "pending"):
         print(f"{key + ':':9} {status[key]}")
     for failure in status["failures"]:
-        print(f"  FAILED {failure['path']}: {failure['reason']}")
+        print(f"  FAILED {printable(failure['path'])}: {failure['reason']}")
+    print(f"takedowns: {len(status['takedowns'])}")
+    for t in status["takedowns"]:
+        print(f"  TAKEN DOWN {t['id']} {printable(t['path'] or '')} at {t['at']}: {t['reason']}")
     return 0

@@ -15,15 +15,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from indexer.paths import display, from_raw, to_raw
+
+SCHEMA_VERSION = 2
 DB_NAME = "metadata.sqlite"
 STATUSES = ("pending", "indexed", "failed", "deleted")
+# Fields a row shows, each from the sidecar when it set it, else from the file's own metadata (store_meta.py).
+EFFECTIVE_FIELDS = ("caption", "tags", "licence", "popularity", "creator", "taken_at", "camera_make",
+                    "camera_model")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
+_IMAGES_COLUMNS = """
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    path_raw BLOB NOT NULL UNIQUE,
     content_hash TEXT,
     size INTEGER,
     mtime_ns INTEGER,
@@ -38,11 +42,45 @@ CREATE TABLE IF NOT EXISTS images (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     shard TEXT,
-    shard_row INTEGER
-);
+    shard_row INTEGER,
+    taken_at TEXT,
+    camera_make TEXT,
+    camera_model TEXT,
+    creator TEXT,
+    file_meta TEXT,
+    sidecar TEXT
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS images_status ON images(status);
 CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
+CREATE INDEX IF NOT EXISTS images_path ON images(path);
+"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images ({_IMAGES_COLUMNS});
+{_INDEXES}
 CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, created_at TEXT NOT NULL);
+"""
+_V1_COLUMNS = ("id, path, content_hash, size, mtime_ns, width, height, status, reason, caption, tags, licence,"
+               " popularity, created_at, updated_at, shard, shard_row")
+# v1 -> v2: path_raw (the name's bytes) becomes the unique key, `path` the display form; file metadata columns.
+# v1 could only hold UTF-8 names, so CAST(path AS BLOB) is exact. v1 values came from the sidecar only.
+_MIGRATE_V1 = f"""
+BEGIN;
+CREATE TABLE images_v2 ({_IMAGES_COLUMNS});
+INSERT INTO images_v2 ({_V1_COLUMNS}, path_raw, sidecar)
+    SELECT {_V1_COLUMNS}, CAST(path AS BLOB),
+           json_patch(json_patch(json_patch(json_patch('{{}}',
+               CASE WHEN caption IS NULL THEN '{{}}' ELSE json_object('caption', caption) END),
+               CASE WHEN tags IS NULL THEN '{{}}' ELSE json_object('tags', json(tags)) END),
+               CASE WHEN licence IS NULL THEN '{{}}' ELSE json_object('licence', licence) END),
+               CASE WHEN popularity IS NULL THEN '{{}}' ELSE json_object('popularity', popularity) END)
+    FROM images;
+DROP TABLE images;
+ALTER TABLE images_v2 RENAME TO images;
+{_INDEXES}
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+COMMIT;
 """
 
 
@@ -70,6 +108,7 @@ class Decoded:
     id: int
     width: int
     height: int
+    file_meta: dict[str, Any] | None = None  # fields read from the file's EXIF/IPTC/XMP (indexer.file_meta)
 
 
 @dataclass(frozen=True)
@@ -85,6 +124,7 @@ class RowChange:
     shard: str | None = None
     shard_row: int | None = None
     id: int | None = None
+    copy_from: int | None = None  # reused embedding: the donor row whose size and file metadata apply too
 
 
 def now() -> str:
@@ -94,13 +134,25 @@ def now() -> str:
 def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
     """Open the database; read-only connections never create or migrate anything."""
     if readonly:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        conn = _connect_readonly(Path(db_path))
     else:
         conn = sqlite3.connect(db_path)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a committed batch must survive power loss, not just SIGKILL
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _connect_readonly(db_path: Path) -> sqlite3.Connection:
+    """mode=ro; on a read-only directory a WAL database cannot get its -shm file, so fall back to
+    immutable=1 (nothing can be writing a store that nobody can write)."""
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        return sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
 
 
 class MetadataStore:
@@ -119,13 +171,17 @@ class MetadataStore:
         self.conn.close()
 
     def migrate(self) -> None:
+        """Create the schema, or bring an older store forward in one transaction (schema_version in meta)."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        found = self.get_meta("schema_version")
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise StoreError(f"store schema {found} is newer than this indexer supports ({SCHEMA_VERSION})")
+        if found == "1":
+            self.conn.executescript(_MIGRATE_V1)
         with self.conn:
             self.conn.executescript(_SCHEMA)
-            found = self.get_meta("schema_version")
             if found is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
-            elif int(found) > SCHEMA_VERSION:
-                raise StoreError(f"store schema {found} is newer than this indexer supports ({SCHEMA_VERSION})")
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -146,20 +202,36 @@ class MetadataStore:
             self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def rows(self) -> dict[str, ImageRow]:
+        """Every row keyed by its lossless path (os.fsdecode of the stored bytes)."""
         cur = self.conn.execute(
-            "SELECT id, path, content_hash, size, mtime_ns, status, reason, shard, shard_row FROM images"
+            "SELECT id, path_raw, content_hash, size, mtime_ns, status, reason, shard, shard_row FROM images"
         )
-        return {r["path"]: ImageRow(*r) for r in cur}
+        rows = {}
+        for r in cur:
+            key = from_raw(r[1])
+            rows[key] = ImageRow(r[0], key, *r[2:])
+        return rows
 
     def pending(self) -> list[tuple[int, str]]:
-        return [tuple(r) for r in self.conn.execute("SELECT id, path FROM images WHERE status = 'pending' ORDER BY id")]
+        """(id, lossless relative path) of every row still to encode, ascending id."""
+        cur = self.conn.execute("SELECT id, path_raw FROM images WHERE status = 'pending' ORDER BY id")
+        return [(int(i), from_raw(raw)) for i, raw in cur]
+
+    def find(self, ref: str) -> list[tuple[int, str]]:
+        """(id, display path) of the rows an id or a relative path (lossless or display form) names."""
+        if ref.isdigit():
+            cur = self.conn.execute("SELECT id, path FROM images WHERE id = ?", (int(ref),))
+        else:
+            cur = self.conn.execute("SELECT id, path FROM images WHERE path_raw = ? OR path = ?",
+                                    (to_raw(ref.strip("/")), display(ref.strip("/"))))
+        return [(int(i), str(p)) for i, p in cur]
 
     def counts(self) -> dict[str, int]:
         found = dict(self.conn.execute("SELECT status, COUNT(*) FROM images GROUP BY status").fetchall())
         return {s: int(found.get(s, 0)) for s in STATUSES}
 
     def failures(self) -> list[dict[str, str]]:
-        cur = self.conn.execute("SELECT path, reason FROM images WHERE status = 'failed' ORDER BY path")
+        cur = self.conn.execute("SELECT path, reason FROM images WHERE status = 'failed' ORDER BY path_raw")
         return [{"path": p, "reason": r} for p, r in cur]
 
     def embedding_refs(self) -> list[tuple[int, str, int]]:
@@ -180,23 +252,40 @@ class MetadataStore:
     def commit_batch(
         self, shard: str | None, decoded: list[Decoded], failed: list[tuple[int, str]]
     ) -> None:
-        """Record one batch atomically: the shard file (already on disk), its rows, and the failures."""
+        """Record one batch atomically: the shard file (already on disk), its rows, and the failures.
+
+        A decoded row takes the metadata read from its file; the fields the sidecar set keep precedence.
+        """
         stamp = now()
+        sidecars = self._sidecars([d.id for d in decoded] + [i for i, _ in failed])
+        assign = ", ".join(f"{f}=?" for f in EFFECTIVE_FIELDS)
         with self.conn:
             if shard is not None:
                 self.conn.execute(
                     "INSERT INTO shards(name, rows, created_at) VALUES (?, ?, ?)", (shard, len(decoded), stamp)
                 )
             self.conn.executemany(
-                "UPDATE images SET status='indexed', reason=NULL, width=?, height=?, shard=?, shard_row=?,"
-                " updated_at=? WHERE id=?",
-                [(d.width, d.height, shard, i, stamp, d.id) for i, d in enumerate(decoded)],
+                f"UPDATE images SET status='indexed', reason=NULL, width=?, height=?, shard=?, shard_row=?,"
+                f" file_meta=?, {assign}, updated_at=? WHERE id=?",
+                [(d.width, d.height, shard, i, _json_or_null(d.file_meta),
+                  *effective_values(d.file_meta, sidecars.get(d.id)), stamp, d.id)
+                 for i, d in enumerate(decoded)],
             )
             self.conn.executemany(
-                "UPDATE images SET status='failed', reason=?, shard=NULL, shard_row=NULL, updated_at=?"
-                " WHERE id=?",
-                [(reason, stamp, row_id) for row_id, reason in failed],
+                f"UPDATE images SET status='failed', reason=?, shard=NULL, shard_row=NULL, file_meta=NULL,"
+                f" {assign}, updated_at=? WHERE id=?",
+                [(reason, *effective_values(None, sidecars.get(row_id)), stamp, row_id) for row_id, reason in failed],
             )
+
+    def _sidecars(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        for chunk in batched(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row_id, raw in self.conn.execute(
+                f"SELECT id, sidecar FROM images WHERE sidecar IS NOT NULL AND id IN ({marks})", chunk
+            ):
+                found[int(row_id)] = json.loads(raw)
+        return found
 
     def reset_embeddings(self, meta: dict[str, str]) -> None:
         """A different encoder: no stored embedding is comparable any more, so every indexed row re-encodes."""
@@ -229,14 +318,31 @@ class MetadataStore:
                 "UPDATE images SET status='deleted', updated_at=? WHERE id=?", [(stamp, i) for i in deleted]
             )
             self.conn.executemany(
-                "UPDATE images SET path=?, content_hash=?, size=?, mtime_ns=?, status=?, reason=?, shard=?,"
+                "UPDATE images SET path=?, path_raw=?, content_hash=?, size=?, mtime_ns=?, status=?, reason=?, shard=?,"
                 " shard_row=?, updated_at=? WHERE id=?",
                 [(*_values(c), stamp, c.id) for c in changes if c.id is not None],
             )
             self.conn.executemany(
-                "INSERT INTO images(path, content_hash, size, mtime_ns, status, reason, shard, shard_row,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO images(path, path_raw, content_hash, size, mtime_ns, status, reason, shard, shard_row,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*_values(c), stamp, stamp) for c in changes if c.id is None],
+            )
+            self._copy_file_meta([c for c in changes if c.copy_from is not None])
+
+    def _copy_file_meta(self, changes: list[RowChange]) -> None:
+        """Same bytes, same pixels and metadata: a reused row takes its donor's size and file fields."""
+        assign = ", ".join(f"{f}=?" for f in EFFECTIVE_FIELDS)
+        for c in changes:
+            donor = self.conn.execute("SELECT width, height, file_meta FROM images WHERE id = ?",
+                                      (c.copy_from,)).fetchone()
+            if donor is None:
+                continue
+            meta = json.loads(donor[2]) if donor[2] else None
+            sidecar = self.conn.execute("SELECT sidecar FROM images WHERE path_raw = ?", (to_raw(c.path),)).fetchone()
+            side = json.loads(sidecar[0]) if sidecar and sidecar[0] else None
+            self.conn.execute(
+                f"UPDATE images SET width=?, height=?, file_meta=?, {assign} WHERE path_raw=?",
+                (donor[0], donor[1], donor[2], *effective_values(meta, side), to_raw(c.path)),
             )
 
     def drop_unreferenced_shards(self) -> list[str]:
@@ -252,31 +358,58 @@ class MetadataStore:
             self.conn.executemany("DELETE FROM shards WHERE name = ?", [(n,) for n in names])
         return names
 
-    def apply_sidecar(self, records: dict[str, dict[str, Any]]) -> int:
-        """Set caption/tags/licence/popularity from the sidecar; rows whose values differ only. Returns changes."""
-        current = {
-            r[0]: tuple(r[1:])
-            for r in self.conn.execute("SELECT path, caption, tags, licence, popularity FROM images")
-        }
-        updates = []
-        for path, old in current.items():
-            rec = records.get(path, {})
-            tags = rec.get("tags")
-            new = (rec.get("caption"), json.dumps(tags) if tags is not None else None, rec.get("licence"),
-                   rec.get("popularity"))
+    def apply_sidecar(self, records: dict[str, dict[str, Any]]) -> tuple[int, int]:
+        """Merge valid sidecar records into their rows; returns (rows changed, records naming no row).
+
+        A record holds only the fields its line gave: an absent field keeps its stored value, an explicit
+        null clears it. A path without a (valid) line changes nothing, so a missing, unreadable or partly
+        malformed sidecar never wipes metadata.
+        """
+        if not records:
+            return 0, 0
+        wanted = {to_raw(key): (rec, json.dumps(rec, sort_keys=True)) for key, rec in records.items()}
+        updates, matched = [], 0
+        cur = self.conn.execute("SELECT id, path_raw, sidecar, file_meta FROM images")
+        for row_id, raw, stored, file_meta in cur:
+            found = wanted.get(bytes(raw))
+            if found is None:
+                continue
+            matched += 1
+            rec, text = found
+            if stored == text:  # the common no-op: the stored fields are exactly this line's
+                continue
+            old = json.loads(stored) if stored else {}
+            new = {**old, **rec}
             if new != old:
-                updates.append((*new, now(), path))
+                meta = json.loads(file_meta) if file_meta else None
+                updates.append((*effective_values(meta, new), json.dumps(new, sort_keys=True), now(), row_id))
+        assign = ", ".join(f"{f}=?" for f in EFFECTIVE_FIELDS)
         with self.conn:
-            self.conn.executemany(
-                "UPDATE images SET caption=?, tags=?, licence=?, popularity=?, updated_at=? WHERE path=?", updates
-            )
+            self.conn.executemany(f"UPDATE images SET {assign}, sidecar=?, updated_at=? WHERE id=?", updates)
             if updates:
                 self.set_meta("dirty", "1")
-        return len(updates)
+        return len(updates), len(wanted) - matched
+
+
+def effective_values(file_meta: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> tuple[Any, ...]:
+    """EFFECTIVE_FIELDS in order: the sidecar's value when it set the field (even to null), else the file's."""
+    file_meta, sidecar = file_meta or {}, sidecar or {}
+    values = []
+    for name in EFFECTIVE_FIELDS:
+        value = sidecar[name] if name in sidecar else file_meta.get(name)
+        if name == "tags" and value is not None:
+            value = json.dumps(value)
+        values.append(value)
+    return tuple(values)
+
+
+def _json_or_null(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, sort_keys=True) if value else None
 
 
 def _values(c: RowChange) -> tuple[Any, ...]:
-    return (c.path, c.content_hash, c.size, c.mtime_ns, c.status, c.reason, c.shard, c.shard_row)
+    return (display(c.path), to_raw(c.path), c.content_hash, c.size, c.mtime_ns, c.status, c.reason, c.shard,
+            c.shard_row)
 
 
 def batched(items: list[Any], size: int) -> Iterator[list[Any]]:

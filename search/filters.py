@@ -30,7 +30,8 @@ def _tags(meta: dict[str, Any]) -> set[str]:
 
 @dataclass(frozen=True)
 class Filters:
-    """All given conditions must hold; `tags` means every listed tag is present; dates are ISO strings."""
+    """All given conditions must hold; `tags` means every listed tag is present; dates are ISO strings compared
+    with the photo's `taken_at` (EXIF/XMP or sidecar) where present, else with `created_at` (first indexed)."""
 
     orientation: str | None = None
     licence: tuple[str, ...] = ()
@@ -49,7 +50,7 @@ class Filters:
             return False
         if self.tags and not {t.casefold() for t in self.tags} <= _tags(meta):
             return False
-        created = str(meta.get("created_at") or "")
+        created = str(meta.get("taken_at") or meta.get("created_at") or "")  # when the photo was taken, if known
         if self.created_after and (not created or created < self.created_after):
             return False
         if self.created_before and (not created or created >= self.created_before):

@@ -7,12 +7,14 @@ the resolved result must stay inside that root. Nothing from the client is ever 
 from __future__ import annotations
 
 import io
+import os
 import threading
 from pathlib import Path
 
 from cachetools import LRUCache
 
 from search.artifact import Artifact
+from search.takedown import TakedownList
 
 __all__ = ["ImageNotFound", "ImageStore"]
 
@@ -24,23 +26,29 @@ class ImageNotFound(LookupError):
 class ImageStore:
     """Resolves ids to files under the artifact's image root; keeps an LRU of rendered JPEG thumbnails."""
 
-    def __init__(self, thumbnail_px: int, cache_size: int):
+    def __init__(self, thumbnail_px: int, cache_size: int, takedowns: TakedownList | None = None):
         self.thumbnail_px = thumbnail_px
+        self.takedowns = takedowns
         self._thumbs: LRUCache[tuple[str, int], bytes] = LRUCache(maxsize=max(1, cache_size))
         self._lock = threading.Lock()
 
     def path_of(self, artifact: Artifact, image_id: int) -> Path:
+        """The file of a served, not taken-down id. The stored bytes of the name (`path_raw`) are used when the
+        snapshot has them, so a name that is not valid UTF-8 is served too."""
+        self._check_visible(artifact, image_id)
         try:
             (meta,) = artifact.metadata([image_id])
         except KeyError as exc:
             raise ImageNotFound(f"no image {image_id} in index version {artifact.version}") from exc
         root = Path(artifact.manifest.image_root).resolve()
-        path = (root / str(meta["path"])).resolve()
+        raw = meta.get("path_raw")
+        path = (root / (os.fsdecode(bytes(raw)) if raw is not None else str(meta["path"]))).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise ImageNotFound(f"image {image_id} is not available")
         return path
 
     def thumbnail(self, artifact: Artifact, image_id: int) -> bytes:
+        self._check_visible(artifact, image_id)  # before the cache: a cached thumbnail must go dark too
         key = (artifact.version, image_id)
         with self._lock:
             cached = self._thumbs.get(key)
@@ -50,6 +58,10 @@ class ImageStore:
         with self._lock:
             self._thumbs[key] = data
         return data
+
+    def _check_visible(self, artifact: Artifact, image_id: int) -> None:
+        if self.takedowns is not None and image_id in self.takedowns.hidden(artifact.path):
+            raise ImageNotFound(f"image {image_id} is not available")
 
     def _render(self, path: Path) -> bytes:
         from PIL import Image

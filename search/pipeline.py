@@ -19,6 +19,7 @@ from search.metrics import ServiceMetrics
 from search.reload import ArtifactHolder
 from search.rerank import Ranked, RerankWeights, rerank
 from search.settings import RankSettings
+from search.takedown import TakedownList
 from search.text_cache import QueryEmbeddingCache, normalize_query
 from search.timing import StageTimer
 
@@ -93,9 +94,10 @@ class QueryEmbedder:
 class Searcher:
     """Vector -> ranked, filtered, paginated hits from the current artifact."""
 
-    def __init__(self, holder: ArtifactHolder, rank: RankSettings):
+    def __init__(self, holder: ArtifactHolder, rank: RankSettings, takedowns: TakedownList | None = None):
         self.holder = holder
         self.rank = rank
+        self.takedowns = takedowns
         self.weights = RerankWeights(rank.popularity_weight, rank.freshness_weight, rank.freshness_half_life_days)
 
     async def search(self, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> SearchOutcome:
@@ -125,6 +127,9 @@ class Searcher:
             ids = ids[0][ids[0] >= 0]
             if spec.exclude_id is not None:
                 ids = ids[ids != spec.exclude_id]
+            hidden = self.hidden(artifact)
+            if hidden:
+                ids = ids[~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))]
             metas: list[dict[str, Any]] = [{}] * len(ids)
             if self._needs_metadata(spec):
                 with timer.stage("filter"):
@@ -139,6 +144,10 @@ class Searcher:
             if len(ranked) >= need or fetch >= n:
                 return ranked
             fetch = min(n, fetch * 4)
+
+    def hidden(self, artifact: Artifact) -> frozenset[int]:
+        """Taken-down ids (search/takedown.py): never returned, whatever the index holds."""
+        return self.takedowns.hidden(artifact.path) if self.takedowns is not None else frozenset()
 
     @staticmethod
     def _hits(artifact: Artifact, page: list[Ranked]) -> list[dict[str, Any]]:
@@ -160,4 +169,8 @@ def _hit(ranked: Ranked, meta: dict[str, Any]) -> dict[str, Any]:
         "width": meta.get("width"), "height": meta.get("height"), "caption": meta.get("caption"),
         "tags": tags if isinstance(tags, list) else [], "licence": meta.get("licence"),
         "created_at": meta.get("created_at"), "popularity": meta.get("popularity"),
+        **{name: meta.get(name) for name in FILE_FIELDS},
     }
+
+
+FILE_FIELDS = ("taken_at", "creator", "camera_make", "camera_model")  # from EXIF/IPTC/XMP or the sidecar

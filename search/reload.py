@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -153,19 +152,22 @@ class ArtifactHolder:
                 slot.artifact.close()
 
 
-def _link_target(store: Path) -> str | None:
+def _current_target(store: Path) -> Path | None:
     try:
-        return os.readlink(current_link(store))
-    except OSError:
+        return current_path(store)
+    except (ArtifactError, OSError):
         return None
 
 
 async def watch_current(holder: ArtifactHolder, poll_s: float) -> None:
-    """Poll `STORE/current`; reload (in a worker thread) whenever the link target changes."""
-    seen = _link_target(holder.store)
+    """Poll `STORE/current`; reload (in a worker thread) whenever it names another version than the one served.
+
+    Compared with what the holder has loaded, not with what the watcher saw first, so a version published while
+    the service was starting is picked up; a refused version is retried on every poll until it loads or
+    `current` moves on (a repaired or replaced version then loads without a manual reload).
+    """
     while True:
         await asyncio.sleep(poll_s)
-        target = _link_target(holder.store)
-        if target != seen:
-            seen = target
+        target = _current_target(holder.store)
+        if target is not None and target != holder.loaded_path:
             await asyncio.to_thread(holder.reload)

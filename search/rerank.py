@@ -64,7 +64,7 @@ def business_boost(metas: Sequence[dict[str, Any]], weights: RerankWeights,
     now = now or datetime.now(UTC)
     for i, meta in enumerate(metas):
         pop = math.log1p(max(0.0, float(meta.get("popularity") or 0.0)))
-        fresh = _freshness(meta.get("created_at"), weights.freshness_half_life_days, now)
+        fresh = _freshness(meta.get("taken_at") or meta.get("created_at"), weights.freshness_half_life_days, now)
         boost[i] = weights.popularity * pop / (1.0 + pop) + weights.freshness * fresh
     return boost
 

@@ -7,7 +7,7 @@ import hmac
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile as StarletteUploadFile
@@ -15,8 +15,18 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from search.images import ImageNotFound
 from search.pipeline import SearchOutcome, SearchSpec
 from search.reload import NoIndexError
-from search.schemas import ErrorResponse, Hit, Ready, ReloadResult, SearchRequest, SearchResponse
+from search.schemas import (
+    ErrorResponse,
+    Hit,
+    Ready,
+    ReloadResult,
+    SearchRequest,
+    SearchResponse,
+    TakedownRequest,
+    TakedownResult,
+)
 from search.state import ServiceState
+from search.takedown import UnknownImageError, apply_takedowns, resolve_refs
 from search.text_cache import normalize_query
 from search.timing import StageTimer
 from search.uploads import UploadRejected, decode_image, read_limited
@@ -147,6 +157,8 @@ async def search_similar(request: Request, response: Response, image_id: int,
     with timer.stage("total"):
         with state.holder.lease() as artifact:
             try:
+                if image_id in state.searcher.hidden(artifact):
+                    raise KeyError(image_id)
                 vector = artifact.vectors_for([image_id])[0]
             except KeyError:
                 raise HTTPException(404, f"no image {image_id} in index version {artifact.version}") from None
@@ -192,21 +204,50 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/admin/reload", response_model=ReloadResult, summary="Load the version `current` points to",
-             responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
-async def admin_reload(request: Request,
-                       x_admin_token: Annotated[str | None, Header()] = None) -> ReloadResult:
-    state = _state(request)
-    token = state.settings.reload.admin_token
+def require_admin(request: Request, x_admin_token: Annotated[str | None, Header()] = None) -> None:
+    """The one admin check every /admin/* route depends on (switch the rule here, for all of them)."""
+    token = _state(request).settings.reload.admin_token
     if token is not None:
         if x_admin_token is None or not hmac.compare_digest(x_admin_token, token):
             raise HTTPException(403, "a valid X-Admin-Token header is required")
     elif request.client is None or request.client.host not in LOCALHOSTS:
-        raise HTTPException(403, "reload is only allowed from localhost")
+        raise HTTPException(403, "admin endpoints are only allowed from localhost")
+
+
+AdminOnly = Annotated[None, Depends(require_admin)]
+
+
+@router.post("/admin/reload", response_model=ReloadResult, summary="Load the version `current` points to",
+             responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+async def admin_reload(request: Request, _admin: AdminOnly) -> ReloadResult:
+    state = _state(request)
     outcome = await asyncio.to_thread(state.holder.reload, True)
     if outcome.error:
         raise HTTPException(409, f"reload refused, still serving {outcome.version}: {outcome.error}")
     return ReloadResult(loaded=outcome.loaded, version=outcome.version)
+
+
+@router.post("/admin/takedown", response_model=TakedownResult,
+             summary="Hide images from every endpoint now (restore=true shows them again)",
+             responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+async def admin_takedown(request: Request, body: TakedownRequest, _admin: AdminOnly) -> TakedownResult:
+    state = _state(request)
+    with state.holder.lease() as artifact:
+        try:
+            entries = await asyncio.to_thread(resolve_refs, artifact, body.ids, body.paths)
+        except UnknownImageError as exc:
+            raise HTTPException(404, str(exc)) from None
+    if not entries:
+        raise HTTPException(422, "give at least one id or path")
+    try:
+        data = await asyncio.to_thread(apply_takedowns, Path(state.settings.store or "."), entries, body.reason,
+                                       body.restore)
+    except OSError as exc:  # e.g. a replica whose store is mounted read-only
+        raise HTTPException(409, f"cannot write the takedown list: {exc.strerror or exc}") from None
+    if state.takedowns is not None:
+        state.takedowns.invalidate()  # this replica applies it on the very next request
+    return TakedownResult(ids=[i for i, _ in entries], restore=body.restore, generation=data["generation"],
+                          active=len(data["active"]))
 
 
 @router.get("/", include_in_schema=False)

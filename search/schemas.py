@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search.filters import Filters
 
-__all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadResult"]
+__all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadResult",
+           "TakedownRequest", "TakedownResult"]
 
 
 class FilterModel(BaseModel):
@@ -57,6 +58,10 @@ class Hit(BaseModel):
     licence: str | None
     created_at: str | None
     popularity: float | None
+    taken_at: str | None = Field(None, description="when the photo was taken (EXIF/XMP or sidecar), ISO 8601")
+    creator: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
 
 
 class SearchResponse(BaseModel):
@@ -86,3 +91,21 @@ class ReloadResult(BaseModel):
     loaded: bool
     version: str | None
     error: str | None = None
+
+
+class TakedownRequest(BaseModel):
+    """POST /admin/takedown: hide (or with restore=true, show again) images by id or relative path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] = Field(default_factory=list, max_length=1000)
+    paths: list[str] = Field(default_factory=list, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000)
+    restore: bool = False
+
+
+class TakedownResult(BaseModel):
+    ids: list[int]
+    restore: bool
+    generation: int
+    active: int = Field(description="images taken down after this change")

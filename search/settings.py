@@ -76,6 +76,7 @@ class ReloadSettings(_Strict):
     poll_s: float = Field(2.0, gt=0)
     admin_token: str | None = None  # None: /admin/reload only from localhost
     verify_checksums: bool = False
+    takedown_check_s: float = Field(0.5, gt=0, le=2.0)  # STORE/takedowns.json is re-checked this often
 
 
 class ImageSettings(_Strict):

@@ -32,6 +32,7 @@ from search.reload import ArtifactHolder, NoIndexError, ReloadOutcome
 from search.runtime.bundle import EncoderBundle, verify_encoder_files
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.settings import EncoderSettings, Settings
+from search.takedown import TakedownList
 from search.text_cache import QueryEmbeddingCache
 from search.uploads import UploadRejected
 
@@ -170,6 +171,7 @@ class ServiceState:
     images: ImageStore
     metrics: ServiceMetrics
     query_log: QueryLog | None = None
+    takedowns: TakedownList | None = None
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -239,10 +241,12 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
     # one encoder per process (see the module docstring): a constant cache namespace is exact
     loaded = service_encoder.loaded
     cache_namespace = loaded.identity.key if loaded is not None else "first-encoder"
+    takedowns = TakedownList(Path(settings.store), settings.reload.takedown_check_s)
     return ServiceState(
         settings=settings, encoder=service_encoder, holder=holder,
         embedder=QueryEmbedder(cache_namespace, cache, batcher, metrics),
-        searcher=Searcher(holder, settings.rank), batcher=batcher,
-        images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
+        searcher=Searcher(holder, settings.rank, takedowns), batcher=batcher,
+        images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache, takedowns),
+        metrics=metrics, takedowns=takedowns,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,
     )

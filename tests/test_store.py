@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -75,11 +76,11 @@ def test_sidecar_values_are_applied_to_rows(tmp_path: Path) -> None:
     db.apply_plan([RowChange("a.png", "h", 1, 1, "pending")], [], {})
     changed = db.apply_sidecar({"a.png": {"caption": "red cube", "tags": ["red", "cube"], "licence": "CC0",
                                           "popularity": 2.5}})
-    assert changed == 1
+    assert changed == (1, 0)
     row = db.conn.execute("SELECT caption, tags, licence, popularity FROM images").fetchone()
     assert tuple(row) == ("red cube", '["red", "cube"]', "CC0", 2.5)
     assert db.apply_sidecar({"a.png": {"caption": "red cube", "tags": ["red", "cube"], "licence": "CC0",
-                                       "popularity": 2.5}}) == 0
+                                       "popularity": 2.5}}) == (0, 0)
 
 
 def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
@@ -146,3 +147,32 @@ def test_repo_config_loads() -> None:
     settings = load_settings()
     assert settings.model == "tiny" and settings.batch_size >= 1
     assert "keep_versions" in settings.index_options()
+
+
+def test_schema_1_store_migrates_to_lossless_paths_and_keeps_sidecar_values(tmp_path: Path) -> None:
+    """A store written by schema 1 (UTF-8 paths only, sidecar values in the columns) opens as schema 2."""
+    db_path = tmp_path / "metadata.sqlite"
+    conn = sqlite3.connect(db_path)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, content_hash TEXT,"
+        " size INTEGER, mtime_ns INTEGER, width INTEGER, height INTEGER, status TEXT NOT NULL, reason TEXT,"
+        " caption TEXT, tags TEXT, licence TEXT, popularity REAL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " shard TEXT, shard_row INTEGER);"
+        "INSERT INTO images (path, status, caption, tags, created_at, updated_at)"
+        " VALUES ('d/caf\u00e9.png', 'pending', 'old caption', '[\"x\"]', 't', 't'), ('b.png', 'pending', NULL,"
+        " NULL, 't', 't');"
+    )
+    conn.commit()
+    conn.close()
+    db = MetadataStore.open(db_path)
+    assert db.get_meta("schema_version") == "2"
+    assert set(db.rows()) == {"d/caf\u00e9.png", "b.png"}
+    row = db.conn.execute("SELECT path_raw, sidecar, caption FROM images WHERE path = 'd/caf\u00e9.png'").fetchone()
+    assert bytes(row[0]) == "d/caf\u00e9.png".encode() and json.loads(row[1]) == {"caption": "old caption",
+                                                                                   "tags": ["x"]}
+    assert db.conn.execute("SELECT sidecar FROM images WHERE path = 'b.png'").fetchone()[0] in (None, "{}")
+    db.apply_plan([RowChange(os.fsdecode(b"caf\xe9.png"), "h", 1, 1, "pending")], [], {})  # no surrogate error
+    assert os.fsdecode(b"caf\xe9.png") in db.rows()
+    db.close()
