@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Sequence
 
 __all__ = ["main"]
@@ -18,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=["text", "json"], default=None, help="default: logging.format")
     return parser
 
 
@@ -28,7 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from search.app import create_app
     from search.settings import load_settings
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from search.http.logs import configure_logging
+
     settings = load_settings(args.config, store=args.store)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    settings = settings.model_copy(update={"access": settings.access.model_copy(update={"bind_host": args.host})})
+    configure_logging(args.log_level, args.log_format or settings.logging.format)
+    # proxy headers: only the app's own ProxyHeadersMiddleware, configured by access.trusted_proxies
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
+                proxy_headers=False, server_header=False)
     return 0
