@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -113,6 +114,15 @@ def _error(request: Request, status: int, error: str, detail: object = None,
                         status_code=status, headers=headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in [*router.routes, *request.app.router.routes]:  # FastAPI wraps included routers: list ours
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE and route.methods:
+            methods |= route.methods
+    return ", ".join(sorted(methods - {"HEAD"} if "GET" not in methods else methods))
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,7 +130,10 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(request, exc.status_code, str(exc.detail), headers=exc.headers)  # keeps Allow, Retry-After
+        headers = dict(exc.headers or {})  # keeps Retry-After, WWW-Authenticate
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return _error(request, exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(NoIndexError)
     async def no_index(request: Request, exc: NoIndexError) -> JSONResponse:
