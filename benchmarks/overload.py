@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import machine  # noqa: E402
+
 from search.settings import BatchSettings, TrafficSettings  # noqa: E402
 from tests.service_support import running_server, settings_for, world_store  # noqa: E402
 

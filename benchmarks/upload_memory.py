@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import machine  # noqa: E402
+
 from search.settings import LimitSettings  # noqa: E402
 from tests.service_support import running_server, settings_for, world_store  # noqa: E402
 from tests.upload_support import big_jpeg, png_bomb, upload_burst  # noqa: E402

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -26,9 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from search.app import create_app
-    from search.settings import load_settings
-
     from search.http.logs import configure_logging
+    from search.settings import load_settings
 
     settings = load_settings(args.config, store=args.store)
     settings = settings.model_copy(update={"access": settings.access.model_copy(update={"bind_host": args.host})})

@@ -160,6 +160,9 @@ def test_empty_state_and_no_more_button(page, server, world):
     expect(page.locator("#orientation")).to_have_value("portrait")
     assert page.locator("#grid li.hit").count() == 0
     expect(page.locator("#more")).to_be_hidden()
+    page.goto(server.url + "/?q=" + world.queries[0]["query"] + "&after=2030-01-01")  # every photo is older
+    expect(page.locator("#after")).to_have_value("2030-01-01")
+    expect(page.locator("#empty")).to_contain_text("No images match")
 
 
 def test_error_and_loading_states(page, server):
