@@ -16,6 +16,5 @@ _SPACE = re.compile(r"\s+")
 def clean_query(text: str) -> str:
     """The searchable text of `text` ('' when nothing searchable is left)."""
     kept = "".join(" " if ch.isspace() else ch for ch in text
-                   if ch == "\t" or ch == "\n" or ch.isspace() or
-                   (ch != "\ufffd" and unicodedata.category(ch) not in _DROP_CATEGORIES))
+                   if ch.isspace() or (ch != "\ufffd" and unicodedata.category(ch) not in _DROP_CATEGORIES))
     return _SPACE.sub(" ", kept).strip()

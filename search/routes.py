@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
@@ -23,8 +23,8 @@ from search.timing import StageTimer
 
 __all__ = ["router", "ImageId"]
 
-_ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
-_GUARDED = {s: {"model": ErrorResponse} for s in (401, 429)}
+_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
+_GUARDED: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 429)}
 router = APIRouter(responses=_ERRORS)
 STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 ID_MAX = 2**63 - 1  # ids are SQLite INTEGERs: anything outside is a 422, never an overflow deep inside
@@ -33,7 +33,8 @@ SearchGuard = [Depends(require_search_access)]
 
 
 def _state(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 def _check_query(state: ServiceState, query: str) -> str:

@@ -35,7 +35,8 @@ class UploadGuard:
         with self.admission.admit():
             async with self._encode_slot:
                 vectors = await asyncio.to_thread(encode_pixels, pixels[None])
-        return vectors[0]
+        vector: np.ndarray = vectors[0]
+        return vector
 
 
 async def uploaded_pixels(request: Request, guard: UploadGuard, limits: LimitSettings,
