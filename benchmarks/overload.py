@@ -8,7 +8,7 @@ keep serving. This script runs the project's tiny encoder by default (a ViT-B-32
 quiet machine); the load generator is Python asyncio + httpx on the same machine, so its own overhead is in
 every figure.
 
-    .venv/bin/python benchmarks/overload.py [--seconds 10] [--deadline-ms 100] [--factor 2]
+    .venv/bin/python benchmarks/overload.py [--seconds 10] [--deadline-ms 100] [--factor 2] [--model ViT-B-32]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import machine  # noqa: E402
+from common import OUT, machine, random_checkpoint  # noqa: E402
 
-from search.settings import BatchSettings, TrafficSettings  # noqa: E402
+from search.settings import BatchSettings, EncoderSettings, Settings, TrafficSettings  # noqa: E402
 from tests.service_support import running_server, settings_for, world_store  # noqa: E402
 
 HIT_QUERY = "a large orange square on a sand background"
@@ -106,6 +106,32 @@ async def _measure(url: str, seconds: float, factor: float, hit_rate: float) -> 
     }
 
 
+def _model_settings(model: str, base: Path) -> Settings:
+    """Settings on a synthetic-world store encoded with `model` (the tiny world store, or for another open_clip
+    model a seeded random-init checkpoint: speed does not depend on the weights' values)."""
+    world = world_store(base / "world")
+    if model == "tiny":
+        return settings_for(world)
+    import json as _json
+
+    import numpy as _np
+    from PIL import Image
+
+    from search.encoder import load_encoder
+    from tests.service_support import _write_metadata, publish
+
+    checkpoint = random_checkpoint(model, OUT / f"{model}-random.pt")
+    encoder = load_encoder(model, pretrained=str(checkpoint), device="cpu")
+    records = [_json.loads(line) for line in (world.image_root / "metadata.jsonl").read_text().splitlines()]
+    vectors = encoder.encode_images([Image.open(world.image_root / r["path"]).convert("RGB") for r in records])
+    store = base / f"store-{model}"
+    store.mkdir()
+    ids = _write_metadata(store / "metadata.sqlite", world.image_root, records)
+    publish(store, world.image_root, encoder, store / "metadata.sqlite", ids, _np.asarray(vectors))
+    return settings_for(world, store=store,
+                        encoder=EncoderSettings(model=model, pretrained=str(checkpoint), device="cpu"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -113,16 +139,18 @@ def main() -> None:
     parser.add_argument("--deadline-ms", type=float, default=100.0)
     parser.add_argument("--hit-rate", type=float, default=20.0, help="cache-hit requests per second beside it")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without load shedding")
+    parser.add_argument("--model", default="tiny", help="tiny, or an open_clip model such as ViT-B-32")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="overload-"))
-    world = world_store(base / "world")
-    result: dict = {"machine": machine(), "seconds": args.seconds, "factor": args.factor,
+    model_settings = _model_settings(args.model, base)
+    result: dict = {"machine": machine(), "model": args.model, "seconds": args.seconds, "factor": args.factor,
                     "deadline_ms": args.deadline_ms}
     runs = [("shedding", TrafficSettings(deadline_ms=args.deadline_ms))]
     if not args.no_baseline:  # same load, a deadline nobody reaches: what queueing without shedding costs
         runs.append(("no_shedding", TrafficSettings(deadline_ms=600_000, max_queue=100_000)))
     for name, traffic in runs:
-        settings = settings_for(world, traffic=traffic, batching=BatchSettings(window_ms=3, max_batch=32))
+        settings = model_settings.model_copy(update={"traffic": traffic,
+                                                     "batching": BatchSettings(window_ms=3, max_batch=32)})
         with running_server(settings, base / f"{name}.json") as server:
             result[name] = asyncio.run(_measure(server.url, args.seconds, args.factor, args.hit_rate))
     result["machine"]["load_average_1m_after"] = round(__import__("os").getloadavg()[0], 2)

@@ -1,4 +1,5 @@
-"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000]`."""
+"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000] [--log-format json]`;
+`python -m search hash-key < key.txt` prints the digest to put in access.api_keys_file."""
 
 from __future__ import annotations
 
@@ -18,11 +19,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", choices=["text", "json"], default=None, help="default: logging.format")
+    sub.add_parser("hash-key", help="print the sha256 digest of an API key read from stdin (for the key file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-key":
+        import sys
+
+        from search.auth import hash_key
+
+        key = sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            print("no key on stdin", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
     import uvicorn
 
     from search.app import create_app
