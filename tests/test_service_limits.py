@@ -193,3 +193,16 @@ def test_openapi_states_the_enforced_limits(world):
     image_id = schema["paths"]["/images/{image_id}"]["get"]["parameters"][0]["schema"]
     assert (image_id["minimum"], image_id["maximum"]) == (0, 2**63 - 1)
     assert json.dumps(schema)  # serialisable as served
+
+
+def test_json_logs_carry_the_request_id(world, tmp_path):
+    from search.settings import LogSettings
+
+    settings = settings_for(world, logging=LogSettings(format="json"))
+    with running_server(settings, tmp_path / "service.json") as server:
+        r = httpx.get(server.url + "/search", params={"q": "cat"}, headers={"X-Request-ID": "rid-json-1"}, timeout=60)
+        assert r.status_code == 200
+        output = server.stop()
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "name", "message"} <= set(rec) for rec in records)
+    assert any(rec.get("request_id") == "rid-json-1" and "/search" in rec["message"] for rec in records), output[-2000:]
