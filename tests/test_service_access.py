@@ -131,3 +131,14 @@ def test_cors_allow_list_and_preflight(world):
 def test_loopback_detection():
     assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "localhost", "[::1]"]))
     assert not any(map(is_loopback, ["0.0.0.0", "10.0.0.1", "::", "example.com", None]))
+
+
+def test_hash_key_cli_prints_the_digest_for_the_key_file():
+    import subprocess
+    import sys
+
+    from tests.service_support import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "search", "hash-key"], input="k-alpha\n", capture_output=True,
+                          text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == hash_key("k-alpha")
