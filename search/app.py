@@ -16,17 +16,27 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from search.admission import Admission, MeasuredCost, Overloaded
+from search.auth import load_api_keys
+from search.http.openapi import document_limits
+from search.http.ratelimit import RateLimiter
+from search.http.request_id import RequestIdMiddleware, current_request_id
+from search.http.security import AccessControl
+from search.http.uploads import UploadGuard
 from search.reload import NoIndexError, watch_current
 from search.routes import STATIC_DIR, router
 from search.runtime.towers import RuntimeEncoder
 from search.settings import Settings
 from search.state import ServiceState, build_state
-from search.uploads import UploadRejected
+from search.uploads import DecodeGate, UploadRejected
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,7 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState = await asyncio.to_thread(build_state, settings, encoder)
+        state.embedder.admission = _admission(settings)
         app.state.service = state
         await _warm_up(state)
         watcher = None
@@ -58,8 +69,32 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _install_handlers(app)
-    app.add_middleware(RequestMetrics)
+    _install_guards(app, settings)
+    document_limits(app, settings.limits)
     return app
+
+
+def _admission(settings: Settings) -> Admission:
+    traffic = settings.traffic
+    return Admission(traffic.deadline_ms / 1000.0, traffic.max_queue, MeasuredCost(traffic.initial_cost_ms / 1000.0))
+
+
+def _install_guards(app: FastAPI, settings: Settings) -> None:
+    """Access control, upload limits and the middleware stack (outermost first: trusted proxy headers decide
+    the client address, then the request id, CORS, and request metrics)."""
+    access = settings.access
+    rate = settings.traffic.rate_limit
+    app.state.access = AccessControl(settings, load_api_keys(access.api_keys_file, access.api_keys_env),
+                                     RateLimiter(rate) if rate else None)
+    app.state.uploads = UploadGuard(DecodeGate(settings.limits.decode_concurrency), _admission(settings))
+    app.add_middleware(RequestMetrics)
+    if access.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=access.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After", "Server-Timing"], max_age=600)
+    app.add_middleware(RequestIdMiddleware)
+    if access.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=access.trusted_proxies)
 
 
 async def _warm_up(state: ServiceState) -> None:
@@ -71,11 +106,22 @@ async def _warm_up(state: ServiceState) -> None:
     log.info("query cache warmed with %d queries from %s", added, path)
 
 
-def _error(request: Request, status: int, error: str, detail: object = None) -> JSONResponse:
+def _error(request: Request, status: int, error: str, detail: object = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
     if service is not None:
         service.metrics.errors.labels(kind=str(status)).inc()
-    return JSONResponse({"error": error, "detail": jsonable_encoder(detail)}, status_code=status)
+    return JSONResponse({"error": error, "detail": jsonable_encoder(detail), "request_id": current_request_id()},
+                        status_code=status, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in [*router.routes, *request.app.router.routes]:  # FastAPI wraps included routers: list ours
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE and route.methods:
+            methods |= route.methods
+    return ", ".join(sorted(methods - {"HEAD"} if "GET" not in methods else methods))
 
 
 def _install_handlers(app: FastAPI) -> None:
@@ -85,11 +131,18 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(request, exc.status_code, str(exc.detail))
+        headers = dict(exc.headers or {})  # keeps Retry-After, WWW-Authenticate
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return _error(request, exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(NoIndexError)
     async def no_index(request: Request, exc: NoIndexError) -> JSONResponse:
         return _error(request, 503, "no index is loaded", str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return _error(request, 503, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after_s + 0.5)))})
 
     @app.exception_handler(UploadRejected)
     async def bad_upload(request: Request, exc: UploadRejected) -> JSONResponse:

@@ -1,9 +1,9 @@
-"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000]`."""
+"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000] [--log-format json]`;
+`python -m search hash-key < key.txt` prints the digest to put in access.api_keys_file."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -18,17 +18,34 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=["text", "json"], default=None, help="default: logging.format")
+    sub.add_parser("hash-key", help="print the sha256 digest of an API key read from stdin (for the key file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-key":
+        import sys
+
+        from search.auth import hash_key
+
+        key = sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            print("no key on stdin", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
     import uvicorn
 
     from search.app import create_app
+    from search.http.logs import configure_logging
     from search.settings import load_settings
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config, store=args.store)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    settings = settings.model_copy(update={"access": settings.access.model_copy(update={"bind_host": args.host})})
+    configure_logging(args.log_level, args.log_format or settings.logging.format)
+    # proxy headers: only the app's own ProxyHeadersMiddleware, configured by access.trusted_proxies
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
+                proxy_headers=False, server_header=False)
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from search.admission import Admission
 from search.artifact import Artifact
 from search.batcher import MicroBatcher
 from search.filters import Filters
@@ -57,6 +58,7 @@ class QueryEmbedder:
         self.cache = cache
         self.batcher = batcher
         self.metrics = metrics
+        self.admission: Admission | None = None  # load shedding on misses only (set by the app)
 
     def key(self, text: str) -> tuple[str, str]:
         return (self.encoder_key, normalize_query(text))
@@ -68,11 +70,14 @@ class QueryEmbedder:
 
         async def compute() -> np.ndarray:
             nonlocal encode_seconds
+            ticket = self.admission.admit() if self.admission is not None else None  # Overloaded: 503
             start = asyncio.get_running_loop().time()
             try:
                 return await self.batcher.encode(key[1])
             finally:
                 encode_seconds = asyncio.get_running_loop().time() - start
+                if ticket is not None:
+                    ticket.release()
 
         with timer.stage("embed"):
             vector, hit = await self.cache.get_or_compute(key, compute)

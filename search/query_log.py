@@ -31,12 +31,13 @@ class QueryLog:
         self._lock = threading.Lock()
 
     def record(self, *, query: str | None, kind: str, stages_ms: Mapping[str, float], cache_hit: bool | None,
-               results: int, version: str | None) -> None:
+               results: int, version: str | None, request_id: str | None = None) -> None:
         """One line. `kind`: text | image | similar; `query` is None for image searches."""
         if results < 0:
             raise ValueError("results must be >= 0")
         line = json.dumps({"ts": round(time.time(), 3), "kind": kind, "query": query, "version": version,
                            "cache_hit": cache_hit, "results": int(results),
+                           **({"request_id": request_id} if request_id is not None else {}),
                            **{str(k): round(float(v), 3) for k, v in stages_ms.items()}}, ensure_ascii=False)
         with self._lock:
             if self._file.closed:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from search.http.request_id import current_request_id
+from search.http.security import require_admin, require_search_access
+from search.http.uploads import UploadGuard, uploaded_pixels
 from search.images import ImageNotFound
 from search.pipeline import SearchOutcome, SearchSpec
+from search.query_clean import clean_query
 from search.reload import NoIndexError
 from search.schemas import (
     ErrorResponse,
@@ -27,16 +29,17 @@ from search.schemas import (
 )
 from search.state import ServiceState
 from search.takedown import UnknownImageError, apply_takedowns, resolve_refs
-from search.text_cache import normalize_query
 from search.timing import StageTimer
-from search.uploads import UploadRejected, decode_image, read_limited
 
-__all__ = ["router"]
+__all__ = ["router", "ImageId"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
+_GUARDED: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 429)}
 router = APIRouter(responses=_ERRORS)
-LOCALHOSTS = {"127.0.0.1", "::1", "localhost"}
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = FilePath(__file__).resolve().parent / "static"
+ID_MAX = 2**63 - 1  # ids are SQLite INTEGERs: anything outside is a 422, never an overflow deep inside
+ImageId = Annotated[int, Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1)")]
+SearchGuard = [Depends(require_search_access)]
 
 
 def _state(request: Request) -> ServiceState:
@@ -45,15 +48,16 @@ def _state(request: Request) -> ServiceState:
 
 
 def _check_query(state: ServiceState, query: str) -> str:
+    """The cleaned query; 422 when too long or when nothing searchable is left (zero-width, U+FFFD, NUL...)."""
     limit = state.settings.limits.max_query_chars
     if len(query) > limit:
         raise HTTPException(422, f"query is longer than {limit} characters")
-    normalized = normalize_query(query)
-    if not normalized:
-        raise HTTPException(422, "query is empty")
-    if not state.has_tokens(normalized):
+    cleaned = clean_query(query)
+    if not cleaned:
+        raise HTTPException(422, "query is empty after removing control, zero-width and replacement characters")
+    if not state.has_tokens(cleaned):
         raise HTTPException(422, "query has no searchable words (it tokenizes to nothing)")
-    return query
+    return cleaned
 
 
 def _spec(state: ServiceState, k: int | None, offset: int, **extra: object) -> SearchSpec:
@@ -72,7 +76,8 @@ def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query
         state.metrics.stages.labels(stage=stage).observe(seconds)
     if state.query_log is not None:
         state.query_log.record(query=query, kind=kind, stages_ms=outcome.timer.milliseconds(),
-                               cache_hit=outcome.cache_hit, results=len(outcome.hits), version=outcome.version)
+                               cache_hit=outcome.cache_hit, results=len(outcome.hits), version=outcome.version,
+                               request_id=current_request_id())
     response.headers["Server-Timing"] = outcome.timer.server_timing()
     cache: Literal["hit", "miss"] | None = None if outcome.cache_hit is None else (
         "hit" if outcome.cache_hit else "miss")
@@ -92,7 +97,8 @@ async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> Sea
     return outcome
 
 
-@router.get("/search", response_model=SearchResponse, summary="Text search (query string)")
+@router.get("/search", response_model=SearchResponse, summary="Text search (query string)",
+            dependencies=SearchGuard, responses=_GUARDED)
 async def search_get(request: Request, response: Response,
                      q: Annotated[str, Query(description="the query text")],
                      k: Annotated[int | None, Query(ge=1)] = None,
@@ -103,7 +109,8 @@ async def search_get(request: Request, response: Response,
     return _respond(response, outcome, spec, q, state)
 
 
-@router.post("/search", response_model=SearchResponse, summary="Text search with filters and ranking options")
+@router.post("/search", response_model=SearchResponse, summary="Text search with filters and ranking options",
+             dependencies=SearchGuard, responses=_GUARDED)
 async def search_post(request: Request, response: Response, body: SearchRequest) -> SearchResponse:
     state = _state(request)
     spec = _spec(state, body.k, body.offset, filters=body.filters.to_filters(), min_score=body.min_score,
@@ -116,22 +123,8 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
 
 
-async def _uploaded_image(request: Request, state: ServiceState) -> object:
-    """The `file` part of a multipart body, size-checked from Content-Length before the body is parsed."""
-    limits = state.settings.limits
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes + 64 * 1024:
-        raise UploadRejected(413, f"upload exceeds {limits.max_upload_bytes} bytes")
-    form = await request.form(max_files=1, max_fields=4)  # malformed multipart: Starlette's own 400
-    upload = form.get("file")
-    if not isinstance(upload, StarletteUploadFile):
-        raise HTTPException(422, "expected a multipart/form-data body with a 'file' part")
-    data = await read_limited(upload, limits.max_upload_bytes)
-    return await asyncio.to_thread(decode_image, data, limits.max_upload_pixels)
-
-
 @router.post("/search/image", response_model=SearchResponse, summary="Search by an uploaded image (multipart "
-             "field `file`)", openapi_extra=_UPLOAD_BODY)
+             "field `file`)", openapi_extra=_UPLOAD_BODY, dependencies=SearchGuard, responses=_GUARDED)
 async def search_image(request: Request, response: Response,
                        k: Annotated[int | None, Query(ge=1)] = None,
                        offset: Annotated[int, Query(ge=0)] = 0) -> SearchResponse:
@@ -139,16 +132,19 @@ async def search_image(request: Request, response: Response,
     spec = _spec(state, k, offset)
     timer = StageTimer()
     with timer.stage("total"):
+        guard: UploadGuard = request.app.state.uploads
+        encoder = state.encoder.current
         with timer.stage("upload"):
-            image = await _uploaded_image(request, state)
+            pixels = await uploaded_pixels(request, guard, state.settings.limits, encoder.preprocess)
         with timer.stage("encode"):
-            vector = await asyncio.to_thread(state.encode_image, image)
+            vector = await guard.encode(encoder.image.encode_pixels, pixels)
         outcome = await state.searcher.search(vector, spec, timer)
     return _respond(response, outcome, spec, None, state, kind="image")
 
 
-@router.get("/search/similar/{image_id}", response_model=SearchResponse, summary="Images similar to a stored one")
-async def search_similar(request: Request, response: Response, image_id: int,
+@router.get("/search/similar/{image_id}", response_model=SearchResponse, summary="Images similar to a stored one",
+            dependencies=SearchGuard, responses=_GUARDED)
+async def search_similar(request: Request, response: Response, image_id: ImageId,
                          k: Annotated[int | None, Query(ge=1)] = None,
                          offset: Annotated[int, Query(ge=0)] = 0) -> SearchResponse:
     state = _state(request)
@@ -168,7 +164,7 @@ async def search_similar(request: Request, response: Response, image_id: int,
 
 @router.get("/images/{image_id}", summary="The stored image, or its thumbnail with ?thumb=1",
             response_class=Response)
-async def get_image(request: Request, image_id: int, thumb: bool = False) -> Response:
+async def get_image(request: Request, image_id: ImageId, thumb: bool = False) -> Response:
     state = _state(request)
     with state.holder.lease() as artifact:
         try:
@@ -204,22 +200,11 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def require_admin(request: Request, x_admin_token: Annotated[str | None, Header()] = None) -> None:
-    """The one admin check every /admin/* route depends on (switch the rule here, for all of them)."""
-    token = _state(request).settings.reload.admin_token
-    if token is not None:
-        if x_admin_token is None or not hmac.compare_digest(x_admin_token, token):
-            raise HTTPException(403, "a valid X-Admin-Token header is required")
-    elif request.client is None or request.client.host not in LOCALHOSTS:
-        raise HTTPException(403, "admin endpoints are only allowed from localhost")
-
-
-AdminOnly = Annotated[None, Depends(require_admin)]
-
-
 @router.post("/admin/reload", response_model=ReloadResult, summary="Load the version `current` points to",
-             responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
-async def admin_reload(request: Request, _admin: AdminOnly) -> ReloadResult:
+             dependencies=[Depends(require_admin)],
+             responses={s: {"model": ErrorResponse} for s in (403, 409, 415)})
+async def admin_reload(request: Request) -> ReloadResult:
+    """Admin: a JSON request (`{}`) with the admin token, or from localhost when the service is bound there."""
     state = _state(request)
     outcome = await asyncio.to_thread(state.holder.reload, True)
     if outcome.error:
@@ -229,8 +214,9 @@ async def admin_reload(request: Request, _admin: AdminOnly) -> ReloadResult:
 
 @router.post("/admin/takedown", response_model=TakedownResult,
              summary="Hide images from every endpoint now (restore=true shows them again)",
-             responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
-async def admin_takedown(request: Request, body: TakedownRequest, _admin: AdminOnly) -> TakedownResult:
+             dependencies=[Depends(require_admin)],
+             responses={s: {"model": ErrorResponse} for s in (403, 409, 415)})
+async def admin_takedown(request: Request, body: TakedownRequest) -> TakedownResult:
     state = _state(request)
     with state.holder.lease() as artifact:
         try:
@@ -240,7 +226,7 @@ async def admin_takedown(request: Request, body: TakedownRequest, _admin: AdminO
     if not entries:
         raise HTTPException(422, "give at least one id or path")
     try:
-        data = await asyncio.to_thread(apply_takedowns, Path(state.settings.store or "."), entries, body.reason,
+        data = await asyncio.to_thread(apply_takedowns, FilePath(state.settings.store or "."), entries, body.reason,
                                        body.restore)
     except OSError as exc:  # e.g. a replica whose store is mounted read-only
         raise HTTPException(409, f"cannot write the takedown list: {exc.strerror or exc}") from None

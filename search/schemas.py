@@ -35,7 +35,7 @@ class FilterModel(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(description="free text; length limits come from config")
+    query: str = Field(description="free text; length limits come from config (stated in this schema)")
     k: int | None = Field(None, ge=1, description="hits per page (default and maximum from config)")
     offset: int = Field(0, ge=0)
     filters: FilterModel = Field(default_factory=FilterModel)
@@ -78,6 +78,7 @@ class SearchResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     detail: Any = None
+    request_id: str | None = Field(None, description="the X-Request-ID of the request (also in the logs)")
 
 
 class Ready(BaseModel):

@@ -59,7 +59,9 @@ class LimitSettings(_Strict):
     default_k: int = Field(20, ge=1)
     max_offset: int = Field(1000, ge=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_upload_pixels: int = Field(40_000_000, ge=1)
+    max_upload_pixels: int = Field(40_000_000, ge=1)  # refused from the header, before any pixel is decoded
+    decode_concurrency: int = Field(2, ge=1)  # uploads decoded at once: peak RSS ~ this x the largest decode
+    trim_after_pixels: int = Field(4_000_000, ge=0)  # malloc_trim after a decode this big (0: never)
 
 
 class RankSettings(_Strict):
@@ -75,8 +77,31 @@ class ReloadSettings(_Strict):
     watch: bool = True
     poll_s: float = Field(2.0, gt=0)
     admin_token: str | None = None  # None: /admin/reload only from localhost
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # full sha256 of every file on load (1M vectors: see docs/service.md)
     takedown_check_s: float = Field(0.5, gt=0, le=2.0)  # STORE/takedowns.json is re-checked this often
+
+
+class AccessSettings(_Strict):
+    """Who may call what (search/auth.py, search/http/security.py). Everything here is off by default."""
+
+    bind_host: str = "127.0.0.1"  # set by `serve --host`; admin without a token only when bound to loopback
+    api_keys_file: Path | None = None  # one sha256 hex digest per line ('#' comments); keys never in clear
+    api_keys_env: str | None = None  # name of an env var holding comma-separated sha256 hex digests
+    trusted_proxies: list[str] = Field(default_factory=list)  # peers whose X-Forwarded-For is believed
+    cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API
+
+
+class TrafficSettings(_Strict):
+    """Rate limits per client and load shedding in front of the encoders (search/admission.py)."""
+
+    rate_limit: str | None = None  # e.g. "20/second" per API key or client address (`limits` notation)
+    deadline_ms: float = Field(1000.0, gt=0)  # a miss whose predicted encoder wait exceeds this: 503 at once
+    max_queue: int = Field(256, ge=1)  # admitted encodes waiting or running, at most
+    initial_cost_ms: float = Field(20.0, gt=0)  # encode cost assumed until one is measured
+
+
+class LogSettings(_Strict):
+    format: Literal["text", "json"] = "text"
 
 
 class ImageSettings(_Strict):
@@ -94,6 +119,9 @@ class Settings(_Strict):
     rank: RankSettings = RankSettings()
     reload: ReloadSettings = ReloadSettings()
     images: ImageSettings = ImageSettings()
+    access: AccessSettings = AccessSettings()
+    traffic: TrafficSettings = TrafficSettings()
+    logging: LogSettings = LogSettings()
     query_log: Path | None = None  # JSONL file, one line per answered search (off when unset)
 
 

@@ -96,12 +96,12 @@ def test_reload_under_load_loses_no_request_and_refuses_corrupt(world, tmp_path)
             _until(lambda: len(stream.results) >= 10, admin)
             # 1. publish + explicit reload while requests are in flight
             new = _republish(world, store, factory="HNSW16")
-            r = admin.post("/admin/reload")
+            r = admin.post("/admin/reload", json={})
             assert r.status_code == 200 and r.json()["version"] == new
             _until(lambda: new in stream.versions_seen(), admin)
             # 2. a corrupt version is refused; the new one keeps serving
             flip_current(store, _corrupt_copy(store, new))
-            refused = admin.post("/admin/reload")
+            refused = admin.post("/admin/reload", json={})
             assert refused.status_code == 409 and "truncated" in refused.json()["error"]
             ready = admin.get("/readyz").json()
             assert ready["ready"] and ready["version"] == new and "truncated" in ready["last_reload_error"]

@@ -1,23 +1,102 @@
-// Search page: query box -> GET /search, thumbnail grid with scores, "More results" (and infinite scroll).
+// Search page. The URL holds the search (?q=&orientation=&licence=&after=&before= or ?similar=ID), so a search
+// is shareable and back/forward replay it (history.pushState + popstate). Text search, "more like this" on
+// any hit, search by a dropped or pasted image; filters; loading, empty and error states; keyboard use.
+// All result rendering goes through renderResults(hits).
 "use strict";
 const PAGE = 24;
-const form = document.getElementById("search-form");
-const input = document.getElementById("q");
-const grid = document.getElementById("grid");
-const more = document.getElementById("more");
-const statusLine = document.getElementById("status");
-let current = { query: "", offset: 0, total: 0, loading: false };
+const $ = (id) => document.getElementById(id);
+const form = $("search-form");
+const input = $("q");
+const grid = $("grid");
+const more = $("more");
+const statusLine = $("status");
+const context = $("context");
+const empty = $("empty");
+const dropZone = $("drop-zone");
+const FILTERS = ["orientation", "licence", "after", "before"];
+let current = { mode: "none", offset: 0, total: 0, loading: false, seq: 0 };
 
-function showStatus(text, isError) {
+function showStatus(text, kind) {
   statusLine.textContent = text;
-  statusLine.classList.toggle("error", Boolean(isError));
+  statusLine.classList.toggle("error", kind === "error");
+  statusLine.classList.toggle("loading", kind === "loading");
+  grid.setAttribute("aria-busy", kind === "loading" ? "true" : "false");
 }
 
+// --- the search as data: URL <-> search <-> form ---------------------------------------------------------
+function searchFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const filters = {};
+  FILTERS.forEach((name) => { if (params.get(name)) filters[name] = params.get(name); });
+  if (params.get("similar")) return { mode: "similar", id: params.get("similar"), query: "", filters: {} };
+  if (params.get("q")) return { mode: "text", query: params.get("q"), filters };
+  return { mode: "none", query: "", filters };
+}
+
+function urlFor(search) {
+  const params = new URLSearchParams();
+  if (search.mode === "similar") params.set("similar", search.id);
+  if (search.mode === "text") params.set("q", search.query);
+  if (search.mode !== "similar") FILTERS.forEach((name) => { if (search.filters[name]) params.set(name, search.filters[name]); });
+  const text = params.toString();
+  return location.pathname + (text ? "?" + text : "");
+}
+
+function formToSearch() {
+  const filters = {};
+  FILTERS.forEach((name) => { if ($(name).value) filters[name] = $(name).value; });
+  return { mode: "text", query: input.value.trim(), filters };
+}
+
+function searchToForm(search) {
+  input.value = search.mode === "text" ? search.query : "";
+  FILTERS.forEach((name) => { $(name).value = (search.filters || {})[name] || ""; });
+}
+
+// --- requests ------------------------------------------------------------------------------------------
+function filterBody(filters) {
+  const body = {};
+  if (filters.orientation) body.orientation = filters.orientation;
+  if (filters.licence) body.licence = [filters.licence];
+  if (filters.after) body.created_after = filters.after;
+  if (filters.before) body.created_before = filters.before;
+  return body;
+}
+
+function request(search, offset) {
+  const paging = `k=${PAGE}&offset=${offset}`;
+  if (search.mode === "similar") return fetch(`/search/similar/${encodeURIComponent(search.id)}?${paging}`);
+  if (search.mode === "image") {
+    const data = new FormData();
+    data.append("file", search.file, search.file.name || "image");
+    return fetch(`/search/image?${paging}`, { method: "POST", body: data });
+  }
+  const filters = filterBody(search.filters);
+  if (Object.keys(filters).length === 0) {
+    return fetch(`/search?q=${encodeURIComponent(search.query)}&${paging}`);
+  }
+  return fetch("/search", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ query: search.query, k: PAGE, offset, filters }) });
+}
+
+function errorText(status, body) {
+  const reason = body && body.error ? body.error : "request failed";
+  if (status === 429 || status === 503) return `Busy (${status}): ${reason}. Try again in a moment.`;
+  if (status === 422 && Array.isArray(body && body.detail) && body.detail.length) {
+    return `Error ${status}: ${reason} (${body.detail.map((d) => d.msg).join("; ")})`;
+  }
+  return `Error ${status}: ${reason}`;
+}
+
+// --- rendering -----------------------------------------------------------------------------------------
 function hitElement(hit) {
   const li = document.createElement("li");
   li.className = "hit";
+  li.tabIndex = 0;
   li.dataset.id = hit.id;
   li.dataset.path = hit.path || "";
+  li.dataset.licence = hit.licence || "";
+  li.setAttribute("aria-label", `${hit.caption || hit.path || "image " + hit.id}: more like this`);
   const img = document.createElement("img");
   img.src = hit.thumbnail_url;
   img.alt = hit.caption || hit.path || String(hit.id);
@@ -29,50 +108,171 @@ function hitElement(hit) {
   caption.textContent = hit.caption || hit.path || "";
   const score = document.createElement("div");
   score.className = "score";
-  score.textContent = "score " + hit.score.toFixed(3);
-  meta.append(caption, score);
+  score.textContent = "score " + hit.score.toFixed(3) + (hit.licence ? " · " + hit.licence : "");
+  const similar = document.createElement("button");
+  similar.type = "button";
+  similar.className = "similar";
+  similar.tabIndex = -1;  // the card itself is the tab stop; Enter on it does the same
+  similar.textContent = "More like this";
+  meta.append(caption, score, similar);
   li.append(img, meta);
   return li;
 }
 
-async function load(query, offset) {
+// The one place results reach the DOM: `append` adds a further page, otherwise the grid is replaced.
+function renderResults(hits, append = false) {
+  const items = hits.map(hitElement);
+  if (append) grid.append(...items); else grid.replaceChildren(...items);
+  const none = !append && hits.length === 0;
+  empty.hidden = !none;
+  if (none) empty.textContent = current.search && current.search.mode === "text"
+    ? `No images match “${current.search.query}” with these filters.` : "No similar images found.";
+}
+
+function describe(search) {
+  if (search.mode === "similar") return `Images similar to #${search.id}`;
+  if (search.mode === "image") return `Images similar to the image you gave (${search.file.name || "pasted"})`;
+  return "";
+}
+
+// --- running a search ----------------------------------------------------------------------------------
+async function load(offset) {
+  const search = current.search;
+  const seq = current.seq;
   current.loading = true;
-  const url = `/search?q=${encodeURIComponent(query)}&k=${PAGE}&offset=${offset}`;
+  showStatus(offset === 0 ? "Searching…" : "Loading more…", "loading");
   try {
-    const response = await fetch(url);
-    const body = await response.json();
-    if (!response.ok) {
-      showStatus(`Error ${response.status}: ${body.error || "request failed"}`, true);
+    const response = await request(search, offset);
+    const body = await response.json().catch(() => null);
+    if (seq !== current.seq) return;  // a newer search started meanwhile
+    if (!response.ok || body === null) {
+      if (offset === 0) { renderResults([]); empty.hidden = true; }
+      showStatus(errorText(response.status, body), "error");
+      more.hidden = true;
       return;
     }
-    if (query !== current.query) return;  // a newer search started meanwhile
-    body.hits.forEach((hit) => grid.append(hitElement(hit)));
+    renderResults(body.hits, offset > 0);
     current.offset = offset + body.hits.length;
     current.total = body.total;
     const ms = body.timings_ms.total !== undefined ? body.timings_ms.total.toFixed(1) : "?";
-    showStatus(`${current.offset} results shown · query time ${ms} ms (${body.cache || "-"}) · index ${body.version}`);
+    showStatus(current.offset === 0 ? "No results." :
+      `${current.offset} results shown · query time ${ms} ms (${body.cache || "-"}) · index ${body.version}`);
     more.hidden = body.hits.length < PAGE || current.offset >= body.total;
   } catch (err) {
-    showStatus("Network error: " + err, true);
+    if (seq === current.seq) { showStatus("Network error: " + err.message, "error"); more.hidden = true; }
   } finally {
-    current.loading = false;
+    if (seq === current.seq) current.loading = false;
   }
+}
+
+function run(search, push) {
+  if (push) history.pushState(search.mode === "image" ? { image: search.file } : null, "",
+                              search.mode === "image" ? location.pathname + "?by=image" : urlFor(search));
+  current = { search, offset: 0, total: 0, loading: false, seq: current.seq + 1 };
+  more.hidden = true;
+  context.hidden = search.mode === "text";
+  context.textContent = describe(search);
+  load(0);
+}
+
+function reset() {
+  current = { search: null, offset: 0, total: 0, loading: false, seq: current.seq + 1 };
+  grid.replaceChildren();
+  empty.hidden = true;
+  more.hidden = true;
+  context.hidden = true;
+  showStatus("");
+}
+
+function restore() {  // page load and back/forward: the URL (and history state) decide what is shown
+  const search = searchFromUrl();
+  const image = history.state && history.state.image;
+  searchToForm(search);
+  if (image) run({ mode: "image", file: image, query: "", filters: {} }, false);
+  else if (search.mode === "none") reset();
+  else run(search, false);
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const query = input.value.trim();
-  if (!query) { showStatus("Type something to search for.", true); return; }
-  current = { query, offset: 0, total: 0, loading: false };
-  grid.replaceChildren();
-  more.hidden = true;
-  load(query, 0);
+  const search = formToSearch();
+  if (!search.query) { showStatus("Type something to search for.", "error"); input.focus(); return; }
+  run(search, true);
+});
+FILTERS.forEach((name) => $(name).addEventListener("change", () => {
+  if (current.search && current.search.mode === "text" && input.value.trim()) run(formToSearch(), true);
+}));
+more.addEventListener("click", () => { if (!current.loading) load(current.offset); });
+window.addEventListener("popstate", restore);
+
+function moreLikeThis(li) { run({ mode: "similar", id: li.dataset.id, query: "", filters: {} }, true); }
+grid.addEventListener("click", (event) => {
+  const li = event.target.closest("li.hit");
+  if (li) moreLikeThis(li);
 });
 
-more.addEventListener("click", () => { if (!current.loading) load(current.query, current.offset); });
+// --- keyboard ------------------------------------------------------------------------------------------
+function columns() {
+  const items = grid.querySelectorAll("li.hit");
+  if (items.length === 0) return 1;
+  const top = items[0].offsetTop;
+  let n = 0;
+  while (n < items.length && items[n].offsetTop === top) n++;
+  return Math.max(1, n);
+}
+
+grid.addEventListener("keydown", (event) => {
+  const li = event.target.closest("li.hit");
+  if (!li) return;
+  const items = [...grid.querySelectorAll("li.hit")];
+  const index = items.indexOf(li);
+  const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns() }[event.key];
+  if (step !== undefined) {
+    event.preventDefault();
+    const next = items[Math.min(items.length - 1, Math.max(0, index + step))];
+    next.focus();
+    if (next === items[items.length - 1] && !more.hidden && !current.loading) load(current.offset);
+  } else if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    moreLikeThis(li);
+  }
+});
+
+input.addEventListener("keydown", (event) => {
+  const first = grid.querySelector("li.hit");
+  if (event.key === "ArrowDown" && first) { event.preventDefault(); first.focus(); }
+});
+
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") {
+    if (document.activeElement === input) { input.value = ""; }
+    input.focus();
+  } else if (event.key === "/" && document.activeElement !== input && !event.target.closest("input, select")) {
+    event.preventDefault();
+    input.focus();
+  }
+});
+
+// --- search by image: drag-and-drop or paste -----------------------------------------------------------
+function searchByImage(file) {
+  if (!file || !file.type.startsWith("image/")) { showStatus("That is not an image file.", "error"); return; }
+  run({ mode: "image", file, query: "", filters: {} }, true);
+}
+dropZone.addEventListener("dragover", (event) => { event.preventDefault(); dropZone.classList.add("dragging"); $("drop-hint").hidden = false; });
+dropZone.addEventListener("dragleave", () => { dropZone.classList.remove("dragging"); $("drop-hint").hidden = true; });
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  dropZone.classList.remove("dragging");
+  $("drop-hint").hidden = true;
+  searchByImage(event.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (event) => {
+  const item = [...(event.clipboardData ? event.clipboardData.items : [])].find((i) => i.kind === "file");
+  if (item) { event.preventDefault(); searchByImage(item.getAsFile()); }
+});
 
 new IntersectionObserver((entries) => {
-  if (entries.some((e) => e.isIntersecting) && !more.hidden && !current.loading) {
-    load(current.query, current.offset);
-  }
+  if (entries.some((e) => e.isIntersecting) && !more.hidden && !current.loading) load(current.offset);
 }).observe(more);
+
+restore();
