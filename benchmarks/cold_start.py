@@ -208,7 +208,7 @@ def main() -> int:
     ckpt = checkpoint(args.model)
     store = args.work / f"store-{args.model}-{args.n}-{factory.replace(',', '_')}"
     version, publish_s = publish(store, args.n, factory, args.model, ckpt, args.work / "onnx-cache")
-    from search.artifact import current_path
+    from search.artifact.version import current_path
 
     floor_s, done = timed_run([sys.executable, "-c", FLOOR, str(current_path(store))])
     imports_s, _ = timed_run([sys.executable, "-c", "import onnxruntime, tokenizers, fastapi, uvicorn, faiss"])

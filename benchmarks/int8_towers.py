@@ -113,7 +113,7 @@ def image_units(model: str, cache: Path, n: int) -> dict[str, Any]:
 def _recall(store: Path, queries: list[dict[str, Any]], precision: str) -> tuple[dict[str, float], np.ndarray]:
     """R@1/R@10 of the store's own runtime encoder at `precision` through ANN + exact rerank."""
     from indexer.lab.evaluation import metrics
-    from search.artifact import open_current
+    from search.artifact.version import open_current
     from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 
     with open_current(store, verify_checksums=True) as artifact:
@@ -137,7 +137,7 @@ def world_relevance(work: Path, gallery: int, seed: int) -> dict[str, Any]:
     from indexer.models.clip import load_encoder
     from indexer.pipeline import run_build
     from indexer.settings import IndexerSettings
-    from search.artifact import open_current
+    from search.artifact.version import open_current
 
     world_dir = work / f"world-{seed}-{gallery}"
     if not (world_dir / world.QUERIES_FILE).is_file():

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.encoder import IdentityShape
+from search.artifact.encoder import IdentityShape
 
 if TYPE_CHECKING:
     from indexer.models.clip import ClipEncoder
@@ -97,7 +97,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     from indexer.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
     from indexer.settings import SettingsError, load_settings
     from indexer.store import StoreError
-    from search.encoder import WeightsUnavailableError
+    from search.artifact.encoder import WeightsUnavailableError
 
     overrides = {k: getattr(args, k)
                  for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
@@ -133,7 +133,7 @@ def _load_encoder(model: str, pretrained: str | None, device: str) -> ClipEncode
     from indexer.models import registry
     from indexer.models.clip import load_encoder
     from indexer.settings import SettingsError
-    from search.encoder import WeightsUnavailableError
+    from search.artifact.encoder import WeightsUnavailableError
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")
@@ -195,7 +195,7 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     from importlib.metadata import version
 
     from indexer.models import registry
-    from search.encoder import file_sha256, is_checkpoint_path
+    from search.artifact.encoder import file_sha256, is_checkpoint_path
 
     parts: dict[str, Any] = {"model": model, "pretrained": pretrained, "open_clip": version("open_clip_torch"),
                              "torch": version("torch")}
@@ -203,7 +203,7 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     if model in registry.TINY_ALIASES:
         parts["config"] = file_sha256(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json")
         checkpoint = registry.tiny_checkpoint_path() if pretrained is None else None
-    if is_checkpoint_path(pretrained):  # search.encoder's one rule: a file, not an open_clip tag
+    if is_checkpoint_path(pretrained):  # search.artifact.encoder's one rule: a file, not an open_clip tag
         assert pretrained is not None
         checkpoint = Path(pretrained).expanduser()
     if checkpoint is not None:
@@ -217,7 +217,7 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
 def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
     """A LazyEncoder when the store remembers this fingerprint's identity, else the loaded encoder."""
     from indexer.store import DB_NAME, MetadataStore, connect
-    from search.encoder import EncoderIdentity
+    from search.artifact.encoder import EncoderIdentity
 
     def load() -> Any:
         return _load_encoder(settings.model, settings.pretrained, settings.device)

@@ -27,8 +27,8 @@ from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
 from indexer.sidecar import read_sidecar
 from indexer.store import DB_NAME, ImageRow, MetadataStore, RowChange
-from search.artifact import current_version
-from search.encoder import file_sha256
+from search.artifact.encoder import file_sha256
+from search.artifact.version import current_version
 
 SHARDS_DIR = "shards"
 RUNS_DIR = "runs"
@@ -275,8 +275,8 @@ def _maybe_publish(
 def _carries_encoder(store: Path) -> bool:
     """Whether the current version lists its encoder files; one published before versions carried their
     encoder is republished once, so the service (which refuses it) can serve the store."""
-    from search.artifact import current_path
-    from search.manifest import ArtifactError, read_manifest
+    from search.artifact.manifest import ArtifactError, read_manifest
+    from search.artifact.version import current_path
 
     try:
         return read_manifest(current_path(store)).encoder_files is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from search.timing import StageTimer
+from search.query.timing import StageTimer
 
 if TYPE_CHECKING:
     from tqdm import tqdm

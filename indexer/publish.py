@@ -27,9 +27,8 @@ import numpy as np
 from indexer.build import BuiltIndex, build_index
 from indexer.index_select import IndexConfig
 from indexer.shards import fsync_dir
-from search.artifact import CURRENT_LINK, current_version, open_version
-from search.encoder import EncoderIdentity, file_sha256
-from search.manifest import (
+from search.artifact.encoder import EncoderIdentity, file_sha256
+from search.artifact.manifest import (
     IDS_FILE,
     INDEX_FILE,
     METADATA_FILE,
@@ -43,6 +42,7 @@ from search.manifest import (
     read_manifest,
     write_manifest,
 )
+from search.artifact.version import CURRENT_LINK, current_version, open_version
 from search.runtime.bundle import ENCODERS_DIR
 
 __all__ = ["PublishedVersion", "publish_version", "new_version_name", "prune_versions", "list_versions",
@@ -297,7 +297,7 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
 def _copy_takedowns(store: Path, version_dir: Path) -> None:
     """Carry the store's takedown list into the version (outside the manifest's checked files), so a version
     served from elsewhere still hides what was taken down when it was published."""
-    from search.takedown import TAKEDOWN_FILE
+    from search.artifact.takedown import TAKEDOWN_FILE
 
     source = Path(store) / TAKEDOWN_FILE
     if source.is_file():

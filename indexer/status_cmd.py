@@ -17,8 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def store_status(store: Path) -> dict[str, Any]:
     """Current version plus the live database's counts and failures (relative paths)."""
     from indexer.store import DB_NAME, MetadataStore, connect
-    from search.artifact import current_version
-    from search.takedown import TAKEDOWN_FILE, read_takedowns
+    from search.artifact.takedown import TAKEDOWN_FILE, read_takedowns
+    from search.artifact.version import current_version
 
     db_path = Path(store) / DB_NAME
     if not db_path.is_file():

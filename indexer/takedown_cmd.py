@@ -1,6 +1,6 @@
 """Take images down from search at once: `python -m indexer takedown --store STORE ID|PATH... --reason TEXT`.
 
-Writes STORE/takedowns.json (search/takedown.py), which every service replica reading the store re-checks
+Writes STORE/takedowns.json (search/artifact/takedown.py), which every service replica reading the store re-checks
 within `reload.takedown_check_s`; no reindex, and every later publish carries the list into its version.
 `restore` shows them again. Both are recorded with time and reason (`python -m indexer status` lists them).
 Exit 0 done, 2 could not (unknown id/path, store not writable) with one line.
@@ -45,7 +45,7 @@ def resolve(store: Path, refs: list[str]) -> list[tuple[int, str | None]]:
 
 
 def run(args: argparse.Namespace, restore: bool) -> int:
-    from search.takedown import apply_takedowns
+    from search.artifact.takedown import apply_takedowns
 
     if not args.reason.strip():
         print("error: --reason must not be empty", file=sys.stderr)

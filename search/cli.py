@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash-key":
         import sys
 
-        from search.auth import hash_key
+        from search.http.auth import hash_key
 
         key = sys.stdin.readline().rstrip("\r\n")
         if not key:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import uvicorn
 
-    from search.app import create_app
+    from search.http.app import create_app
     from search.http.logs import configure_logging
     from search.settings import load_settings
 

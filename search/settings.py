@@ -27,7 +27,7 @@ class EncoderSettings(_Strict):
     /readyz and /metrics) any version whose encoder differs from it."""
 
     model: str | None = None  # e.g. "photostock-tiny" or "ViT-B-32"
-    pretrained: str | None = None  # open_clip tag or checkpoint file (compared by search.encoder.weights_label)
+    pretrained: str | None = None  # open_clip tag or checkpoint file (compared by weights_label)
     key: str | None = None  # the full identity: EncoderIdentity.key, as /readyz reports it
 
 
@@ -82,7 +82,7 @@ class ReloadSettings(_Strict):
 
 
 class AccessSettings(_Strict):
-    """Who may call what (search/auth.py, search/http/security.py). Everything here is off by default."""
+    """Who may call what (search/http/auth.py, search/http/security.py). Everything here is off by default."""
 
     bind_host: str = "127.0.0.1"  # set by `serve --host`; admin without a token only when bound to loopback
     api_keys_file: Path | None = None  # one sha256 hex digest per line ('#' comments); keys never in clear
@@ -92,7 +92,7 @@ class AccessSettings(_Strict):
 
 
 class TrafficSettings(_Strict):
-    """Rate limits per client and load shedding in front of the encoders (search/admission.py)."""
+    """Rate limits per client and load shedding in front of the encoders (search/query/admission.py)."""
 
     rate_limit: str | None = None  # e.g. "20/second" per API key or client address (`limits` notation)
     deadline_ms: float = Field(1000.0, gt=0)  # a miss whose predicted encoder wait exceeds this: 503 at once

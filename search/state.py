@@ -20,21 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from search.artifact import Artifact, current_path
-from search.batcher import MicroBatcher
-from search.encoder import EncoderIdentity, encoder_mismatch, weights_label
-from search.images import ImageStore
-from search.manifest import ArtifactError, read_manifest
+from search.artifact.encoder import EncoderIdentity, encoder_mismatch, weights_label
+from search.artifact.images import ImageStore
+from search.artifact.manifest import ArtifactError, read_manifest
+from search.artifact.reload import ArtifactHolder, NoIndexError, ReloadOutcome
+from search.artifact.takedown import TakedownList
+from search.artifact.version import Artifact, current_path
 from search.metrics import ServiceMetrics
-from search.pipeline import QueryEmbedder, Searcher
-from search.query_log import QueryLog
-from search.reload import ArtifactHolder, NoIndexError, ReloadOutcome
+from search.query.log import QueryLog
+from search.query.pipeline import QueryEmbedder, Searcher
+from search.query.text_cache import QueryEmbeddingCache
+from search.runtime.batcher import MicroBatcher
 from search.runtime.bundle import EncoderBundle, verify_encoder_files
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+from search.runtime.uploads import UploadRejected
 from search.settings import EncoderSettings, Settings
-from search.takedown import TakedownList
-from search.text_cache import QueryEmbeddingCache
-from search.uploads import UploadRejected
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import numpy as np
 from indexer.index_select import IndexConfig
 from indexer.models.clip import ClipEncoder
 from indexer.publish import PublishedVersion, publish_version
-from search.artifact import ArtifactError
-from search.encoder import EncoderIdentity
-from search.pipeline import Searcher, SearchSpec
-from search.reload import ArtifactHolder
+from search.artifact.encoder import EncoderIdentity
+from search.artifact.reload import ArtifactHolder
+from search.artifact.version import ArtifactError
+from search.query.pipeline import Searcher, SearchSpec
+from search.query.timing import StageTimer
 from search.settings import RankSettings
-from search.timing import StageTimer
 
 
 def clustered(n: int, d: int, clusters: int = 20, spread: float = 0.35, seed: int = 0) -> np.ndarray:

@@ -56,7 +56,7 @@ def main(store: str, image: str, query: str) -> dict[str, Any]:
     sys.meta_path.insert(0, _Blocker())
     import uvicorn
 
-    from search.app import create_app
+    from search.http.app import create_app
     from search.settings import ReloadSettings, Settings
 
     started = threading.Event()

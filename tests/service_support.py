@@ -147,7 +147,7 @@ def runtime_for(world: WorldStore) -> RuntimeEncoder:
     """The runtime encoder of the shared store's current version (loaded once; shared by in-process apps)."""
     key = str(world.store)
     if key not in _RUNTIME:
-        from search.artifact import open_current
+        from search.artifact.version import open_current
 
         with open_current(world.store) as artifact:
             assert artifact.encoder_bundle is not None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from search.admission import Admission, MeasuredCost, Overloaded
-from search.app import create_app
+from search.http.app import create_app
+from search.query.admission import Admission, MeasuredCost, Overloaded
 from search.settings import TrafficSettings
-from tests.service_support import encoder_for, settings_for, world_store
+from tests.service_support import runtime_for, settings_for
 
 
 class FixedCost:
@@ -60,14 +60,9 @@ def test_measured_cost_learns_from_completions():
     assert cost.predicted_cost() < 0.3  # a near-instant request pulled the estimate down
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
-
-
 def test_service_sheds_misses_but_keeps_serving_cache_hits(world):
     settings = settings_for(world, traffic=TrafficSettings(deadline_ms=50, initial_cost_ms=20))
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)),
+    with TestClient(create_app(settings, encoder=runtime_for(world)),
                     raise_server_exceptions=False) as c:
         warm = world.queries[0]["query"]
         assert c.get("/search", params={"q": warm}).json()["cache"] == "miss"

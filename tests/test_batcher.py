@@ -9,7 +9,7 @@ import pytest
 
 from indexer.models.clip import load_encoder
 from indexer.models.towers import TorchTextEncoder
-from search.batcher import MicroBatcher
+from search.runtime.batcher import MicroBatcher
 
 QUERIES = ["cat", "a red circle", "a small green crescent on sand", "blue", "a large orange square", "dog",
            "two words", "a tiny purple triangle on grass", "sun", "moon over water"]

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from search.text_cache import QueryEmbeddingCache, normalize_query
+from search.query.text_cache import QueryEmbeddingCache, normalize_query
 
 
 class FakeTimer:

@@ -13,7 +13,7 @@ from indexer import cli
 from indexer.lab.evaluation import runner, stores
 from indexer.lab.evaluation.datasets import load_world
 from indexer.models.clip import load_encoder
-from search.artifact import open_current
+from search.artifact.version import open_current
 from tests.service_support import tiny_checkpoint
 from tests.test_evaluation_datasets import FLICKR, write_karpathy_images
 

@@ -1,4 +1,4 @@
-"""search/query_log.py: lines written from many threads read back whole, and feed the stage percentiles."""
+"""search/query/log.py: lines written from many threads read back whole, and feed the stage percentiles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from indexer.lab.evaluation.latency import stage_percentiles
-from search.query_log import QueryLog, read_query_log
+from search.query.log import QueryLog, read_query_log
 
 
 def test_concurrent_records_read_back_whole(tmp_path: Path) -> None:

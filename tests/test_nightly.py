@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from indexer_support import REPO, draw, run
 
 from indexer.cli import main as indexer_main
+from tests.indexer_support import REPO, draw, run
+from tests.optional import require_optional
 
 BUILD = ("--pretrained", "random", "--device", "cpu", "--batch-size", "4", "--workers", "1")
 
@@ -39,16 +40,12 @@ def _readonly(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
         finally:
             for p, mode in modes.items():
                 p.chmod(mode)
-    if shutil.which("unshare") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("running as root without unshare: cannot make a read-only store")
-        pytest.skip("running as root without unshare: cannot make a read-only store")
+    require_optional("unshare", shutil.which("unshare") is not None,
+                     "running as root without unshare: cannot make a read-only store")
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
     probe = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(store), "true"], capture_output=True)
-    if probe.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount the store read-only: {probe.stderr!r}")
-        pytest.skip(f"cannot mount the store read-only: {probe.stderr!r}")
+    require_optional("read-only bind mount", probe.returncode == 0,
+                     f"cannot mount the store read-only: {probe.stderr!r}")
     return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(store), *cmd], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from indexer_support import draw, rows, run, status
-from photo_files import XMP, jpeg_with_metadata, tiff_with_metadata
+
+from tests.indexer_support import draw, rows, run, status
+from tests.photo_files import XMP, jpeg_with_metadata, tiff_with_metadata
 
 NON_UTF8 = b"caf\xe9.png"
 NEWLINE = "two\nlines.png"
@@ -68,7 +69,7 @@ def test_rerun_is_a_no_op_and_a_rename_keeps_the_row(library) -> None:
 
 
 def test_status_cli_prints_names_on_one_line(library) -> None:
-    from indexer_support import cli
+    from tests.indexer_support import cli
 
     _, store, _, _ = library
     shown = cli("status", "--store", str(store))
@@ -150,9 +151,9 @@ def test_sidecar_bad_line_missing_sidecar_and_explicit_null(tmp_path: Path) -> N
 
 
 def test_date_filters_use_taken_at_where_known() -> None:
-    from search.filters import Filters
-    from search.pipeline import _hit
-    from search.rerank import Ranked
+    from search.query.filters import Filters
+    from search.query.pipeline import _hit
+    from search.query.rerank import Ranked
 
     shot = {"created_at": "2026-01-01T00:00:00+00:00", "taken_at": "2019-05-01T10:00:00+02:00"}
     assert Filters(created_before="2020-01-01").matches(shot)

@@ -6,8 +6,8 @@ from datetime import UTC
 
 import numpy as np
 
-from search.filters import Filters
-from search.rerank import RerankWeights, business_boost, rerank
+from search.query.filters import Filters
+from search.query.rerank import RerankWeights, business_boost, rerank
 
 
 def _unit(rows):

@@ -4,7 +4,6 @@ value: odd sizes, palette/LA/CMYK/16-bit and other modes, EXIF-rotated files and
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image, ImageOps
 
 from search.runtime.preprocess import ImagePreprocess, PreprocessSpec
 from tests.indexer_support import ODD_IMAGES
+from tests.optional import require_optional
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,10 +82,7 @@ def test_exif_rotated_jpegs(pair, orientation):
 
 
 def _corpus() -> list[str]:
-    if not ODD_IMAGES.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{ODD_IMAGES} is missing (required under CI=true)")
-        pytest.skip(f"{ODD_IMAGES} not present")
+    require_optional("odd-image corpus", ODD_IMAGES.is_dir(), f"{ODD_IMAGES} not present")
     return sorted(p.name for p in ODD_IMAGES.iterdir() if p.is_file())
 
 

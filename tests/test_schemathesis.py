@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from search.app import create_app
-from tests.service_support import encoder_for, settings_for, world_store
+from search.http.app import create_app
+from tests.service_support import runtime_for, settings_for, world_store
 
 schemathesis = pytest.importorskip("schemathesis")  # the `test` extra pins it; .ci installs the extra
 
@@ -21,7 +21,7 @@ MAX_EXAMPLES = 25
 @pytest.fixture(scope="module")
 def app_schema(tmp_path_factory):
     world = world_store(tmp_path_factory.getbasetemp() / "service-world")
-    app = create_app(settings_for(world), encoder=encoder_for(world.checkpoint))
+    app = create_app(settings_for(world), encoder=runtime_for(world))
     with TestClient(app):  # runs the lifespan: the state exists while schemathesis calls the app
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
 

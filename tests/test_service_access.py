@@ -7,19 +7,14 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from search.app import create_app
-from search.auth import hash_key, is_loopback, load_api_keys
+from search.http.app import create_app
+from search.http.auth import hash_key, is_loopback, load_api_keys
 from search.settings import AccessSettings, ReloadSettings, TrafficSettings
-from tests.service_support import encoder_for, settings_for, world_store
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+from tests.service_support import runtime_for, settings_for
 
 
 def _client(world, host: str = "127.0.0.1", **sections: object) -> TestClient:
-    app = create_app(settings_for(world, **sections), encoder=encoder_for(world.checkpoint))
+    app = create_app(settings_for(world, **sections), encoder=runtime_for(world))
     return TestClient(app, client=(host, 5000), raise_server_exceptions=False)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from search.app import create_app
-from search.artifact import open_current
+from search.artifact.version import open_current
+from search.http.app import create_app
 from tests.service_support import encoder_for, runtime_for, settings_for
 
 
@@ -170,7 +170,7 @@ def test_serves_with_no_model_settings_and_reports_its_encoder(world):
 
 
 def test_optional_query_log_records_each_answered_search(world, tmp_path):
-    from search.query_log import read_query_log
+    from search.query.log import read_query_log
 
     log_path = tmp_path / "queries.jsonl"
     settings = settings_for(world).model_copy(update={"query_log": log_path})

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.models.clip import load_encoder
-from search.app import create_app
+from search.http.app import create_app
 from search.settings import EncoderSettings, LimitSettings, ReloadSettings
 from tests.service_support import copy_store, publish, runtime_for, settings_for
 
@@ -179,7 +179,7 @@ def test_pinned_encoder_mismatch_is_a_clear_refusal(world):
 def test_image_the_preprocess_cannot_read_is_a_400_with_its_reason(client):
     from PIL import Image
 
-    from search.uploads import UploadRejected
+    from search.runtime.uploads import UploadRejected
 
     with pytest.raises(UploadRejected) as refused:
         client.app.state.service.encode_image(Image.new("RGB", (0, 5)))

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from search.artifact import open_current
+from search.artifact.version import open_current
 from search.settings import BatchSettings, RankSettings
 from tests.service_support import copy_store, encoder_for, publish, running_server, settings_for
 

@@ -13,24 +13,19 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from search.app import create_app
+from search.http.app import create_app
 from search.http.multipart import read_file_part
-from search.query_log import read_query_log
+from search.query.log import read_query_log
+from search.runtime.uploads import UploadRejected, release_memory
 from search.settings import LimitSettings
-from search.uploads import UploadRejected, release_memory
-from tests.service_support import encoder_for, running_server, settings_for, world_store
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+from tests.service_support import running_server, runtime_for, settings_for
 
 
 @pytest.fixture(scope="module")
 def client(world, tmp_path_factory):
     log = tmp_path_factory.mktemp("qlog") / "queries.jsonl"
     settings = settings_for(world, query_log=log)
-    with TestClient(create_app(settings, encoder=encoder_for(world.checkpoint)),
+    with TestClient(create_app(settings, encoder=runtime_for(world)),
                     raise_server_exceptions=False) as client:
         client.query_log = log  # type: ignore[attr-defined]
         yield client
@@ -158,7 +153,7 @@ def test_decode_gate_bounds_concurrent_decodes(world):
     """Twelve concurrent uploads of 2000x2000 PNGs: all answered, never more than `decode_concurrency` decoded
     at once, and an image over the pixel budget is refused from its header with 413."""
     settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=5_000_000))
-    app = create_app(settings, encoder=encoder_for(world.checkpoint))
+    app = create_app(settings, encoder=runtime_for(world))
     image = _png(2000, 2000)
 
     async def run() -> list[int]:
@@ -182,7 +177,7 @@ def test_release_memory_works_on_glibc():
 
 def test_openapi_states_the_enforced_limits(world):
     limits = LimitSettings(max_query_chars=64, max_k=50, max_offset=100)
-    with TestClient(create_app(settings_for(world, limits=limits), encoder=encoder_for(world.checkpoint))) as c:
+    with TestClient(create_app(settings_for(world, limits=limits), encoder=runtime_for(world))) as c:
         schema = c.get("/openapi.json").json()
     params = {p["name"]: p["schema"] for p in schema["paths"]["/search"]["get"]["parameters"]}
     assert (params["q"]["minLength"], params["q"]["maxLength"]) == (1, 64)

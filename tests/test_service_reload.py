@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 
 from indexer.publish import flip_current
-from search.artifact import open_current
-from search.reload import ArtifactHolder
+from search.artifact.reload import ArtifactHolder
+from search.artifact.version import open_current
 from search.settings import ReloadSettings
 from tests.service_support import (
     copy_store,

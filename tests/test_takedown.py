@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from indexer_support import draw, rows, run, status, tiny_encoder
 
 from indexer.cli import main as indexer_main
-from search.app import create_app
-from search.settings import EncoderSettings, ReloadSettings, Settings, TextSettings
+from search.http.app import create_app
+from search.settings import ReloadSettings, Settings
+from tests.indexer_support import draw, rows, run, status
 
 NON_UTF8 = b"caf\xe9.png"
 
@@ -27,10 +27,9 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         draw(images / f"img{i}.png", seed=500 + i, size=(40, 30))
     draw(Path(os.fsdecode(os.fsencode(images) + b"/" + NON_UTF8)), seed=599, size=(40, 30))
     run(images, store)
-    settings = Settings(store=store, encoder=EncoderSettings(model="tiny", pretrained="random", device="cpu"),
-                        text=TextSettings(backend="onnx", onnx_cache_dir=base / "onnx"),
-                        reload=ReloadSettings(watch=True, poll_s=0.2, takedown_check_s=0.1))
-    app = create_app(settings, encoder=tiny_encoder())
+    # no model settings: the service runs the encoder the published version carries
+    settings = Settings(store=store, reload=ReloadSettings(watch=True, poll_s=0.2, takedown_check_s=0.1))
+    app = create_app(settings)
     with TestClient(app, client=("127.0.0.1", 5000)) as client:
         yield images, store, client, app
 

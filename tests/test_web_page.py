@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.artifact import open_current
+from search.artifact.version import open_current
 from tests.service_support import encoder_for, running_server, settings_for
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

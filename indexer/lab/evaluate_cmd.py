@@ -53,8 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from indexer.lab.evaluation.datasets import DatasetError
-    from search.artifact import ArtifactError
-    from search.encoder import WeightsUnavailableError
+    from search.artifact.encoder import WeightsUnavailableError
+    from search.artifact.version import ArtifactError
 
     try:
         modes = _modes(args.modes)
@@ -107,7 +107,7 @@ def _dataset(args: argparse.Namespace, workdir: Path) -> EvalDataset:
 def run(args: argparse.Namespace, modes: list[str], workdir: Path) -> dict[str, Any]:
     from indexer.lab.evaluation import runner, stores
     from indexer.lab.evaluation.datasets import materialize_split
-    from search.artifact import open_current
+    from search.artifact.version import open_current
 
     dataset = _dataset(args, workdir).limit(args.max_queries)
     encoder, pretrained = _encoder(args)

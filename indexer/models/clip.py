@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from indexer.models import registry
-from search.encoder import (
+from search.artifact.encoder import (
     EncoderIdentity,
     IdentityShape,
     WeightsUnavailableError,

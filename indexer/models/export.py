@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from search.encoder import file_sha256
-from search.manifest import EncoderFiles, FileEntry
+from search.artifact.encoder import file_sha256
+from search.artifact.manifest import EncoderFiles, FileEntry
 from search.runtime.bundle import (
     BUNDLE_FORMAT,
     ENCODERS_DIR,
@@ -76,7 +76,7 @@ def export_key(encoder: Any) -> str:
 def bundle_key(encoder: Any) -> str:
     """Name of the store's encoder folder: the export key and the bundle format (a format change re-exports).
 
-    Known without loading the model unless the weights are a random init (search.encoder identity rules)."""
+    Known without loading the model unless the weights are a random init (search.artifact.encoder identity rules)."""
     return hashlib.sha256(f"{export_key(encoder)}/format-{BUNDLE_FORMAT}".encode()).hexdigest()[:20]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.encoder import WeightsUnavailableError
+from search.artifact.encoder import WeightsUnavailableError
 
 MODELS_DIR = Path(__file__).resolve().parent
 TINY_MODEL_NAME = "photostock-tiny"

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from search.uploads import UploadRejected
+from search.runtime.uploads import UploadRejected
 
 __all__ = ["read_file_part", "NotMultipart"]
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from search.auth import ApiKeys, is_loopback
+from search.http.auth import ApiKeys, is_loopback
 from search.http.ratelimit import RateLimiter
 from search.settings import Settings
 

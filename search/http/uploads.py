@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException, Request
 
-from search.admission import Admission
 from search.http.multipart import NotMultipart, read_file_part
+from search.query.admission import Admission
+from search.runtime.uploads import DecodeGate, UploadRejected, preprocess_upload
 from search.settings import LimitSettings
-from search.uploads import DecodeGate, UploadRejected, preprocess_upload
 
 __all__ = ["UploadGuard", "uploaded_pixels", "DRAFT_SIDE"]
 

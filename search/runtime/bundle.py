@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.encoder import EncoderIdentity, encoder_mismatch, file_sha256
-from search.manifest import ArtifactError, EncoderFiles, FileEntry, Manifest
+from search.artifact.encoder import EncoderIdentity, encoder_mismatch, file_sha256
+from search.artifact.manifest import ArtifactError, EncoderFiles, FileEntry, Manifest
 from search.runtime.preprocess import PreprocessSpec
 from search.runtime.tokenizer import TokenizerSpec
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from search.text_cache import QueryEmbeddingCache, normalize_query
+from search.query.text_cache import QueryEmbeddingCache, normalize_query
 
 __all__ = ["zipf_ranks", "zipf_log", "replay", "hit_rate_curve"]
 

@@ -29,10 +29,10 @@ def measure_stages(store: Path, encoder: ClipEncoder, pretrained: str, queries: 
     The service state runs the artifact's own ONNX encoder, pinned to `encoder`'s identity; `pretrained`,
     `text_backend` and `onnx_cache` are kept for callers and no longer used (the artifact carries its towers).
     """
-    from search.pipeline import SearchSpec
+    from search.query.pipeline import SearchSpec
+    from search.query.timing import StageTimer
     from search.settings import EncoderSettings, ReloadSettings, Settings
     from search.state import build_state
-    from search.timing import StageTimer
 
     settings = Settings(store=Path(store),
                         encoder=EncoderSettings(key=encoder.identity.key), reload=ReloadSettings(watch=False))

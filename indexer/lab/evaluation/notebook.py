@@ -16,7 +16,7 @@ from typing import Any
 from indexer.lab.evaluation import cache_sim, latency, runner, stores
 from indexer.lab.evaluation.datasets import EvalDataset
 from indexer.models.clip import ClipEncoder
-from search.artifact import Artifact, open_current
+from search.artifact.version import Artifact, open_current
 
 __all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
 

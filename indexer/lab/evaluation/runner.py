@@ -22,8 +22,8 @@ import numpy as np
 from indexer.lab.evaluation import metrics, ranking
 from indexer.lab.evaluation.datasets import EvalDataset
 from indexer.models.clip import ClipEncoder
-from search.artifact import Artifact, ArtifactError
-from search.encoder import encoder_mismatch
+from search.artifact.encoder import encoder_mismatch
+from search.artifact.version import Artifact, ArtifactError
 
 __all__ = ["MODES", "ModeRun", "StoreView", "encode_queries", "run_mode", "run_http", "evaluate_store",
            "param_name", "sweep_param"]

@@ -28,7 +28,7 @@ def serve_store(store: Path, encoder: ClipEncoder, pretrained: str, text_backend
     `pretrained` and `text_backend` are kept for callers and no longer used."""
     import uvicorn
 
-    from search.app import create_app
+    from search.http.app import create_app
     from search.settings import EncoderSettings, ReloadSettings, Settings
 
     settings = Settings(store=Path(store), encoder=EncoderSettings(key=encoder.identity.key),

@@ -10,14 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from search.artifact.images import ImageNotFound
+from search.artifact.reload import NoIndexError
+from search.artifact.takedown import UnknownImageError, apply_takedowns, resolve_refs
 from search.http.request_id import current_request_id
-from search.http.security import require_admin, require_search_access
-from search.http.uploads import UploadGuard, uploaded_pixels
-from search.images import ImageNotFound
-from search.pipeline import SearchOutcome, SearchSpec
-from search.query_clean import clean_query
-from search.reload import NoIndexError
-from search.schemas import (
+from search.http.schemas import (
     ErrorResponse,
     Hit,
     Ready,
@@ -27,9 +24,12 @@ from search.schemas import (
     TakedownRequest,
     TakedownResult,
 )
+from search.http.security import require_admin, require_search_access
+from search.http.uploads import UploadGuard, uploaded_pixels
+from search.query.clean import clean_query
+from search.query.pipeline import SearchOutcome, SearchSpec
+from search.query.timing import StageTimer
 from search.state import ServiceState
-from search.takedown import UnknownImageError, apply_takedowns, resolve_refs
-from search.timing import StageTimer
 
 __all__ = ["router", "ImageId"]
 

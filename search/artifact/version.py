@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from search import ann
-from search.encoder import EncoderIdentity, encoder_mismatch, file_sha256
-from search.manifest import (
+from search.artifact.encoder import EncoderIdentity, encoder_mismatch, file_sha256
+from search.artifact.manifest import (
     IDS_FILE,
     INDEX_FILE,
     METADATA_FILE,
@@ -30,6 +29,7 @@ from search.manifest import (
     Manifest,
     read_manifest,
 )
+from search.query import ann
 from search.runtime.bundle import EncoderBundle, verify_encoder_files
 
 __all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "SearchResult", "current_link", "current_path",

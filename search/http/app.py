@@ -24,19 +24,19 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from search.admission import Admission, MeasuredCost, Overloaded
-from search.auth import load_api_keys
+from search.artifact.reload import NoIndexError, watch_current
+from search.http.auth import load_api_keys
 from search.http.openapi import document_limits
 from search.http.ratelimit import RateLimiter
 from search.http.request_id import RequestIdMiddleware, current_request_id
+from search.http.routes import STATIC_DIR, router
 from search.http.security import AccessControl
 from search.http.uploads import UploadGuard
-from search.reload import NoIndexError, watch_current
-from search.routes import STATIC_DIR, router
+from search.query.admission import Admission, MeasuredCost, Overloaded
 from search.runtime.towers import RuntimeEncoder
+from search.runtime.uploads import DecodeGate, UploadRejected
 from search.settings import Settings
 from search.state import ServiceState, build_state
-from search.uploads import DecodeGate, UploadRejected
 
 log = logging.getLogger(__name__)
 

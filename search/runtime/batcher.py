@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from search.text_encoder import TextEncoder
+from search.runtime.towers import TextEncoder
 
 __all__ = ["MicroBatcher"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cachetools import LRUCache
 
-from search.artifact import Artifact
-from search.takedown import TakedownList
+from search.artifact.takedown import TakedownList
+from search.artifact.version import Artifact
 
 __all__ = ["ImageNotFound", "ImageStore"]
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.encoder import EncoderIdentity
+from search.artifact.encoder import EncoderIdentity
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -71,7 +71,7 @@ class IndexInfo:
     """The FAISS index: factory string, tuned per-call search params, the choice's reasons and its figures.
 
     `params` holds the search parameters chosen by tuning (e.g. {"nprobe": 16} or {"efSearch": 64}); they are
-    meant to be passed per call (search.ann.search_parameters), never set on the shared index.
+    meant to be passed per call (search.query.ann.search_parameters), never set on the shared index.
     `rerank_candidates` is how many ANN candidates to over-fetch before the exact float16 rerank.
     `recall_at_10` is after that rerank (what a query gets); `recall_at_10_raw` is the ANN stage alone.
     """

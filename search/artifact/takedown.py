@@ -137,7 +137,7 @@ def resolve_refs(artifact: Any, ids: list[int], paths: list[str]) -> list[tuple[
     A path matches its display form or its exact bytes (os.fsencode of a surrogateescape string)."""
     import sqlite3
 
-    from search.manifest import METADATA_FILE
+    from search.artifact.manifest import METADATA_FILE
 
     found: list[tuple[int, str | None]] = []
     missing: list[str] = []

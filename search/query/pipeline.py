@@ -12,17 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from search.admission import Admission
-from search.artifact import Artifact
-from search.batcher import MicroBatcher
-from search.filters import Filters
+from search.artifact.reload import ArtifactHolder
+from search.artifact.takedown import TakedownList
+from search.artifact.version import Artifact
 from search.metrics import ServiceMetrics
-from search.reload import ArtifactHolder
-from search.rerank import Ranked, RerankWeights, rerank
+from search.query.admission import Admission
+from search.query.filters import Filters
+from search.query.rerank import Ranked, RerankWeights, rerank
+from search.query.text_cache import QueryEmbeddingCache, normalize_query
+from search.query.timing import StageTimer
+from search.runtime.batcher import MicroBatcher
 from search.settings import RankSettings
-from search.takedown import TakedownList
-from search.text_cache import QueryEmbeddingCache, normalize_query
-from search.timing import StageTimer
 
 __all__ = ["SearchSpec", "SearchOutcome", "QueryEmbedder", "Searcher"]
 
@@ -151,7 +151,7 @@ class Searcher:
             fetch = min(n, fetch * 4)
 
     def hidden(self, artifact: Artifact) -> frozenset[int]:
-        """Taken-down ids (search/takedown.py): never returned, whatever the index holds."""
+        """Taken-down ids (search/artifact/takedown.py): never returned, whatever the index holds."""
         return self.takedowns.hidden(artifact.path) if self.takedowns is not None else frozenset()
 
     @staticmethod

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.filters import Filters
+from search.query.filters import Filters
 
 __all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadResult",
            "TakedownRequest", "TakedownResult"]
