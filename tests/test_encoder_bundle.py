@@ -93,7 +93,7 @@ def test_broken_encoder_files_refuse_the_version_while_the_old_keeps_serving(wor
         publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite", ids,
                 np.load(world.store / "vectors.npy"))
         _break(store, how)
-        refused = client.post("/admin/reload")
+        refused = client.post("/admin/reload", json={})
         assert refused.status_code == 409 and reason in refused.json()["error"], refused.json()
         ready = client.get("/readyz").json()
         assert ready["version"] == served and reason in ready["last_reload_error"]

@@ -158,7 +158,7 @@ def test_version_with_another_encoder_is_refused_while_the_old_keeps_serving(wor
         ids = sorted(world.ids_by_path.values())
         vectors = np.load(world.store / "vectors.npy")
         publish(store, world.image_root, other, store / "metadata.sqlite", ids, vectors, onnx_cache=tmp_path / "onnx")
-        refused = c.post("/admin/reload")
+        refused = c.post("/admin/reload", json={})
         assert refused.status_code == 409 and "another encoder" in refused.json()["error"]
         ready = c.get("/readyz").json()
         assert ready["version"] == served and "checksum" in ready["last_reload_error"]

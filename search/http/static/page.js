@@ -37,7 +37,7 @@ function urlFor(search) {
   const params = new URLSearchParams();
   if (search.mode === "similar") params.set("similar", search.id);
   if (search.mode === "text") params.set("q", search.query);
-  if (search.mode !== "similar") FILTERS.forEach((name) => { if (search.query.filters[name]) params.set(name, search.query.filters[name]); });
+  if (search.mode !== "similar") FILTERS.forEach((name) => { if (search.filters[name]) params.set(name, search.filters[name]); });
   const text = params.toString();
   return location.pathname + (text ? "?" + text : "");
 }
@@ -50,7 +50,7 @@ function formToSearch() {
 
 function searchToForm(search) {
   input.value = search.mode === "text" ? search.query : "";
-  FILTERS.forEach((name) => { $(name).value = (search.query.filters || {})[name] || ""; });
+  FILTERS.forEach((name) => { $(name).value = (search.filters || {})[name] || ""; });
 }
 
 // --- requests ------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ function request(search, offset) {
     data.append("file", search.file, search.file.name || "image");
     return fetch(`/search/image?${paging}`, { method: "POST", body: data });
   }
-  const filters = filterBody(search.query.filters);
+  const filters = filterBody(search.filters);
   if (Object.keys(filters).length === 0) {
     return fetch(`/search?q=${encodeURIComponent(search.query)}&${paging}`);
   }
