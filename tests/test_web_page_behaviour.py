@@ -74,6 +74,9 @@ def test_url_holds_query_and_filters_and_back_forward_replay(page, server, world
     _wait_ids(page, _api_ids(server, "/search", q=first))
     page.select_option("#licence", "CC0-1.0")  # a filter change re-runs the search and lands in the URL
     page.wait_for_url("**licence=CC0-1.0**")
+    # the URL changes before the filtered answer arrives: wait for the grid the filtered search renders
+    page.wait_for_function("() => { const l = [...document.querySelectorAll('#grid li.hit')]"
+                           ".map(e => e.dataset.licence); return l.length > 0 && l.every(x => x === 'CC0-1.0'); }")
     expect(page.locator("#grid li.hit").first).to_be_visible()
     assert set(page.locator("#grid li.hit").evaluate_all("els => els.map(e => e.dataset.licence)")) == {"CC0-1.0"}
     page.fill("#q", second)
