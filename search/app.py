@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search.encoder import ClipEncoder
 from search.reload import NoIndexError, watch_current
+from search.runtime.pool import PoolUnavailable
+from search.runtime.threads import use_loop_workers
 from search.routes import STATIC_DIR, router
 from search.settings import Settings
 from search.state import ServiceState, build_state
@@ -40,6 +42,7 @@ def create_app(settings: Settings, encoder: ClipEncoder | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState = await asyncio.to_thread(build_state, settings, encoder)
         app.state.service = state
+        use_loop_workers(asyncio.get_running_loop())
         await _warm_up(state)
         watcher = None
         if settings.reload.watch:
@@ -89,6 +92,10 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(NoIndexError)
     async def no_index(request: Request, exc: NoIndexError) -> JSONResponse:
         return _error(request, 503, "no index is loaded", str(exc))
+
+    @app.exception_handler(PoolUnavailable)
+    async def no_encoder(request: Request, exc: PoolUnavailable) -> JSONResponse:
+        return _error(request, 503, "no encode session is available", str(exc))
 
     @app.exception_handler(UploadRejected)
     async def bad_upload(request: Request, exc: UploadRejected) -> JSONResponse:

@@ -10,7 +10,7 @@ live in `search.runtime.pool.SessionPool`; without a pool given, the batcher run
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def single_member_pool(encoder: TextEncoder, max_batch: int, budget_s: float, ti
         cost.calibrate(encoder.encode_token_ids, tokens[:, :length])
     member = Member("text-0", "cpu", encoder.encode_token_ids, cost, max_batch=max_batch)
     return SessionPool([member], latency_budget_s=budget_s, timeout_s=timeout_s, metrics=metrics,
-                       on_batch=on_batch)
+                       on_batch=on_batch, batch_budget_s=budget_s)
 
 
 class MicroBatcher:

@@ -24,6 +24,7 @@ from search.settings import Settings
 from search.text_cache import QueryEmbeddingCache
 from search.image_encoder import ImageEncoder, build_image_encoder
 from search.text_encoder import TextEncoder, build_text_encoder
+from search.runtime.serving import build_text_batcher, configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
     if settings.store is None:
         raise ValueError("settings.store is required (pass --store STORE)")
     metrics = ServiceMetrics()
+    configure_threads(settings)
     encoder = encoder or configured_encoder(settings)
     text = build_text_encoder(encoder, settings.text.backend, settings.text.cache_dir(), settings.text.threads)
     image = build_image_encoder(encoder, settings.encoder.image_backend, settings.text.cache_dir(),
@@ -99,8 +101,7 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
                             on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params)
     holder_ref.append(holder)
     holder.reload()
-    batcher = MicroBatcher(text, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
-                           on_batch=metrics.batch_size.observe)
+    batcher = build_text_batcher(text, settings, metrics)
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
     return ServiceState(
         settings=settings, encoder=encoder, text=text, image=image, holder=holder,

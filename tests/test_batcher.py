@@ -34,6 +34,7 @@ class GatedEncoder:
         self.inner, self.calls = inner, []
         self.dim, self.context_length, self.trim = inner.dim, inner.context_length, inner.trim
         self.gate = threading.Event()
+        self.started = threading.Event()
 
     def tokenize(self, texts):
         return self.inner.tokenize(texts)
@@ -45,6 +46,7 @@ class GatedEncoder:
         return self.encode_token_ids(self.tokenize(texts))
 
     def encode_token_ids(self, tokens):
+        self.started.set()
         self.gate.wait(30)
         self.calls.append((tokens.shape, sorted(set(self.lengths(tokens).tolist()))))
         return self.inner.encode_token_ids(tokens)
@@ -52,7 +54,7 @@ class GatedEncoder:
 
 async def _burst(batcher: MicroBatcher, gated: GatedEncoder, queries: list[str]) -> list[np.ndarray]:
     first = asyncio.ensure_future(batcher.encode(queries[0]))  # occupies the session (held at the gate)
-    await asyncio.sleep(0)
+    assert await asyncio.to_thread(gated.started.wait, 30)
     rest = [asyncio.ensure_future(batcher.encode(q)) for q in queries[1:]]
     await asyncio.sleep(0)  # one loop turn: every request is queued (enqueueing is synchronous)
     gated.gate.set()
@@ -82,12 +84,15 @@ def test_batch_size_cap_comes_from_the_cost_budget(text):
     batcher = MicroBatcher(gated, window_s=0.003, max_batch=32, on_batch=sizes.append, calibrate=False)
     member = batcher.pool.members[0]
     member.cost.fixed_s, member.cost.per_token_s = 0.001, 0.001  # "measured": 1 ms + 1 ms per token
-    batcher.pool.latency_budget_s = 0.001 + 0.001 * 4 * 16  # four rows of the longest query (16 tokens)
+    member.cost.alpha = 0.0  # keep that measurement (real runs would rescale it)
+    budget = batcher.pool.batch_budget_s = 0.001 + 0.001 * 4 * 16  # four rows of the longest query (16 tokens)
     try:
         out = asyncio.run(_burst(batcher, gated, QUERIES))
     finally:
         batcher.close()
-    assert max(sizes) <= 4 and sum(sizes) == len(QUERIES)
+    assert sum(sizes) == len(QUERIES) and max(sizes) > 1
+    for (rows, length), _ in gated.calls:  # every batch's predicted cost fits the budget
+        assert 0.001 + 0.001 * rows * length <= budget + 1e-12
     np.testing.assert_allclose(np.stack(out), text.encode(QUERIES), atol=1e-5, rtol=0)
 
 

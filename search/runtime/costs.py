@@ -8,7 +8,7 @@ batch then rescales it (EWMA), so load from neighbours and device speed changes 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

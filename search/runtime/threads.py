@@ -15,7 +15,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["ThreadBudget", "apply_faiss_threads", "configure_process", "process_budget", "resolve_budget",
-           "session_options"]
+           "session_options", "use_loop_workers"]
 
 _PROCESS: list[ThreadBudget] = []  # the budget this process was configured with (threads are process-wide)
 
@@ -80,3 +80,12 @@ def configure_process(budget: ThreadBudget) -> None:
 def process_budget() -> ThreadBudget | None:
     """The configured budget, or None before `configure_process` (sessions then keep ORT's defaults)."""
     return _PROCESS[0] if _PROCESS else None
+
+
+def use_loop_workers(loop: Any) -> None:
+    """The event loop's default executor (asyncio.to_thread: ANN/rerank, uploads) sized by the budget."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = process_budget()
+    if budget is not None:
+        loop.set_default_executor(ThreadPoolExecutor(budget.loop_workers, thread_name_prefix="search"))

@@ -1,0 +1,36 @@
+"""Start-up wiring of the serving core from settings: the process thread budget and the text batcher/pool.
+
+Kept out of state.py so the service state only calls two functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search.batcher import MicroBatcher
+from search.metrics import ServiceMetrics
+from search.runtime.members import build_members
+from search.runtime.pool import PoolMetrics, SessionPool
+from search.runtime.threads import ThreadBudget, configure_process, resolve_budget
+from search.settings import Settings
+
+__all__ = ["build_text_batcher", "configure_threads"]
+
+
+def configure_threads(settings: Settings) -> ThreadBudget:
+    """Resolve and apply the `threads` section (FAISS now; ONNX sessions created after this)."""
+    t = settings.threads
+    budget = resolve_budget(t.ort_intra_op, t.ort_inter_op, t.ort_spinning, t.faiss_omp, t.loop_workers)
+    configure_process(budget)
+    return budget
+
+
+def build_text_batcher(text: Any, settings: Settings, metrics: ServiceMetrics) -> MicroBatcher:
+    """The micro-batcher over a session pool: the configured members, or the text session alone."""
+    batching, pool_cfg = settings.batching, settings.pool
+    max_batch = batching.max_batch if batching.window_ms > 0 else 1
+    members = build_members(text, list(pool_cfg.members), max_batch)
+    pool = SessionPool(members, latency_budget_s=pool_cfg.latency_budget_ms / 1000.0,
+                       timeout_s=pool_cfg.member_timeout_s, metrics=PoolMetrics(metrics.registry),
+                       on_batch=metrics.batch_size.observe, batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
+    return MicroBatcher(text, batching.window_ms / 1000.0, batching.max_batch, pool=pool)
