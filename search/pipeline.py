@@ -36,6 +36,7 @@ class SearchSpec:
     dedup: bool = False
     diversity: float = 0.0
     exclude_id: int | None = None  # similar-image search leaves out the image itself
+    phase: str = "full"  # "fast": ANN order and scores only (no exact rerank, signals, dedup or MMR)
 
 
 @dataclass
@@ -115,6 +116,8 @@ class Searcher:
 
     def _rank(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> list[Ranked]:
         """Over-fetch ANN candidates, growing the fetch until filters/dedup leave offset+k hits (or all fetched)."""
+        if spec.phase == "fast":
+            return self._rank_fast(artifact, vector, spec, timer)
         need = spec.offset + spec.k
         n = len(artifact.ids)
         fetch = min(n, max(artifact.rerank_candidates, need * self.rank.overfetch))
@@ -138,6 +141,30 @@ class Searcher:
                                 diversity=spec.diversity, min_score=spec.min_score)
             if len(ranked) >= need or fetch >= n:
                 return ranked
+            fetch = min(n, fetch * 4)
+
+    def _rank_fast(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
+                   timer: StageTimer) -> list[Ranked]:
+        """The fast phase: ANN order and ANN scores alone (filters still apply: the full answer must not show
+        fewer matches than the fast one promised)."""
+        need = spec.offset + spec.k + (1 if spec.exclude_id is not None else 0)
+        n = len(artifact.ids)
+        fetch = min(n, need * (self.rank.overfetch if spec.filters.active else 1))
+        params = dict(self.rank.ann_params) or None
+        while True:
+            with timer.stage("ann"):
+                scores, ids = artifact.ann_search(vector[None, :], max(fetch, 1), params)
+            keep = (ids[0] >= 0) & (ids[0] != (spec.exclude_id if spec.exclude_id is not None else -1))
+            if spec.min_score is not None:
+                keep &= scores[0] >= spec.min_score
+            ids, sims = ids[0][keep], scores[0][keep]
+            if spec.filters.active:
+                with timer.stage("filter"):
+                    metas = artifact.metadata(ids.tolist())
+                    mask = np.array([spec.filters.matches(m) for m in metas], dtype=bool)
+                    ids, sims = ids[mask] if len(ids) else ids, sims[mask] if len(ids) else sims
+            if len(ids) >= need - (1 if spec.exclude_id is not None else 0) or fetch >= n:
+                return [Ranked(int(i), float(s), float(s)) for i, s in zip(ids.tolist(), sims.tolist())]
             fetch = min(n, fetch * 4)
 
     @staticmethod

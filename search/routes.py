@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
@@ -27,6 +27,8 @@ _ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
 router = APIRouter(responses=_ERRORS)
 LOCALHOSTS = {"127.0.0.1", "::1", "localhost"}
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+PHASE_DOC = ("fast: the fast text tower (int8 when available) and the ANN order alone, for a first grid; "
+             "full (default): exact rerank, business signals, dedup and MMR")
 
 
 def _state(request: Request) -> ServiceState:
@@ -62,7 +64,8 @@ def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query
     response.headers["Server-Timing"] = outcome.timer.server_timing()
     cache = None if outcome.cache_hit is None else ("hit" if outcome.cache_hit else "miss")
     return SearchResponse(query=query, hits=outcome.hits, total=outcome.total, k=spec.k, offset=spec.offset,
-                          version=outcome.version, cache=cache, timings_ms=outcome.timer.milliseconds())
+                          version=outcome.version, cache=cache, timings_ms=outcome.timer.milliseconds(),
+                          phase="fast" if spec.phase == "fast" else "full")
 
 
 async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> SearchOutcome:
@@ -70,7 +73,8 @@ async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> Sea
         raise NoIndexError(state.holder.last_error or "no index version is loaded")
     timer = StageTimer()
     with timer.stage("total"):
-        vector, hit = await state.embedder.embed(query, timer)
+        embedder = state.fast_embedder if spec.phase == "fast" and state.fast_embedder else state.embedder
+        vector, hit = await embedder.embed(query, timer)
         outcome = await state.searcher.search(vector, spec, timer)
     outcome.cache_hit = hit
     return outcome
@@ -80,18 +84,22 @@ async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> Sea
 async def search_get(request: Request, response: Response,
                      q: Annotated[str, Query(description="the query text")],
                      k: Annotated[int | None, Query(ge=1)] = None,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> SearchResponse:
+                     offset: Annotated[int, Query(ge=0)] = 0,
+                     phase: Annotated[Literal["fast", "full"], Query(description=PHASE_DOC)] = "full"
+                     ) -> SearchResponse:
     state = _state(request)
-    spec = _spec(state, k, offset)
+    spec = _spec(state, k, offset, phase=phase)
     outcome = await _text_search(state, _check_query(state, q), spec)
     return _respond(response, outcome, spec, q, state)
 
 
 @router.post("/search", response_model=SearchResponse, summary="Text search with filters and ranking options")
-async def search_post(request: Request, response: Response, body: SearchRequest) -> SearchResponse:
+async def search_post(request: Request, response: Response, body: SearchRequest,
+                      phase: Annotated[Literal["fast", "full"], Query(description=PHASE_DOC)] = "full"
+                      ) -> SearchResponse:
     state = _state(request)
     spec = _spec(state, body.k, body.offset, filters=body.filters.to_filters(), min_score=body.min_score,
-                 dedup=body.dedup, diversity=body.diversity)
+                 dedup=body.dedup, diversity=body.diversity, phase=phase)
     outcome = await _text_search(state, _check_query(state, body.query), spec)
     return _respond(response, outcome, spec, body.query, state)
 

@@ -24,7 +24,7 @@ from search.settings import Settings
 from search.text_cache import QueryEmbeddingCache
 from search.image_encoder import ImageEncoder, build_image_encoder
 from search.text_encoder import TextEncoder, build_text_encoder
-from search.runtime.serving import build_text_batcher, configure_threads
+from search.runtime.serving import build_fast_embedder, build_text_batcher, configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class ServiceState:
     images: ImageStore
     metrics: ServiceMetrics
     query_log: QueryLog | None = None
+    fast_embedder: QueryEmbedder | None = None  # phase=fast (None: the full embedder)
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -56,6 +57,8 @@ class ServiceState:
 
     def close(self) -> None:
         self.batcher.close()
+        if self.fast_embedder is not None and self.fast_embedder.batcher is not self.batcher:
+            self.fast_embedder.batcher.close()
         self.holder.close()
         if self.query_log is not None:
             self.query_log.close()
@@ -103,9 +106,10 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
     holder.reload()
     batcher = build_text_batcher(text, settings, metrics)
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
+    embedder = QueryEmbedder(encoder.identity.key, cache, batcher, metrics)
     return ServiceState(
-        settings=settings, encoder=encoder, text=text, image=image, holder=holder,
-        embedder=QueryEmbedder(encoder.identity.key, cache, batcher, metrics),
+        settings=settings, encoder=encoder, text=text, image=image, holder=holder, embedder=embedder,
+        fast_embedder=build_fast_embedder(text, settings, metrics, embedder),
         searcher=Searcher(holder, settings.rank), batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,

@@ -9,12 +9,13 @@ from typing import Any
 
 from search.batcher import MicroBatcher
 from search.metrics import ServiceMetrics
-from search.runtime.members import build_members
+from search.pipeline import QueryEmbedder
+from search.runtime.members import TOWER_PATHS, build_members
 from search.runtime.pool import PoolMetrics, SessionPool
 from search.runtime.threads import ThreadBudget, configure_process, resolve_budget
-from search.settings import Settings
+from search.settings import PoolMemberSettings, Settings
 
-__all__ = ["build_text_batcher", "configure_threads"]
+__all__ = ["build_fast_embedder", "build_text_batcher", "configure_threads"]
 
 
 def configure_threads(settings: Settings) -> ThreadBudget:
@@ -34,3 +35,19 @@ def build_text_batcher(text: Any, settings: Settings, metrics: ServiceMetrics) -
                        timeout_s=pool_cfg.member_timeout_s, metrics=PoolMetrics(metrics.registry),
                        on_batch=metrics.batch_size.observe, batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
     return MicroBatcher(text, batching.window_ms / 1000.0, batching.max_batch, pool=pool)
+
+
+def build_fast_embedder(text: Any, settings: Settings, metrics: ServiceMetrics,
+                        embedder: QueryEmbedder) -> QueryEmbedder:
+    """The `phase=fast` query embedder: the int8 text tower when one is registered (its own batcher and cache
+    key), else the full embedder itself (the same fp32 tower, so the same cache entries)."""
+    if "int8" not in TOWER_PATHS or not hasattr(text, "path"):
+        return embedder
+    batching = settings.batching
+    members = build_members(text, [PoolMemberSettings(precision="int8")], batching.max_batch)
+    pool = SessionPool(members, latency_budget_s=settings.pool.latency_budget_ms / 1000.0,
+                       timeout_s=settings.pool.member_timeout_s,
+                       metrics=PoolMetrics(metrics.registry, prefix="photostock_fast_pool"),
+                       batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
+    batcher = MicroBatcher(text, batching.window_ms / 1000.0, batching.max_batch, pool=pool)
+    return QueryEmbedder(embedder.encoder_key + "#int8", embedder.cache, batcher, metrics)

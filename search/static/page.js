@@ -46,6 +46,7 @@ async function load(query, offset) {
       return;
     }
     if (query !== current.query) return;  // a newer search started meanwhile
+    if (offset === 0) { grid.replaceChildren(); grid.dataset.phase = "full"; current.fullShown = true; }
     body.hits.forEach((hit) => grid.append(hitElement(hit)));
     current.offset = offset + body.hits.length;
     current.total = body.total;
@@ -59,6 +60,20 @@ async function load(query, offset) {
   }
 }
 
+// Fast-then-exact: ask for the fast answer (phase=fast: fast text tower + ANN order) beside the full one and
+// show it while the grid is still empty; load() replaces it with the full answer in one synchronous DOM update.
+// Same card count and fixed-size cards, so the swap moves nothing. A failed fast answer is simply not shown.
+async function showFastGrid(query) {
+  try {
+    const response = await fetch(`/search?q=${encodeURIComponent(query)}&k=${PAGE}&phase=fast`);
+    const body = await response.json();
+    if (!response.ok || query !== current.query || current.fullShown) return;
+    body.hits.forEach((hit) => grid.append(hitElement(hit)));
+    grid.dataset.phase = "fast";
+    showStatus(`${body.hits.length} quick results · refining…`);
+  } catch (err) { /* the full request reports errors */ }
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const query = input.value.trim();
@@ -66,6 +81,7 @@ form.addEventListener("submit", (event) => {
   current = { query, offset: 0, total: 0, loading: false };
   grid.replaceChildren();
   more.hidden = true;
+  showFastGrid(query);
   load(query, 0);
 });
 
