@@ -147,9 +147,9 @@ class Searcher:
                    timer: StageTimer) -> list[Ranked]:
         """The fast phase: ANN order and ANN scores alone (filters still apply: the full answer must not show
         fewer matches than the fast one promised)."""
-        need = spec.offset + spec.k + (1 if spec.exclude_id is not None else 0)
+        need = spec.offset + spec.k
         n = len(artifact.ids)
-        fetch = min(n, need * (self.rank.overfetch if spec.filters.active else 1))
+        fetch = min(n, (need + 1) * (self.rank.overfetch if spec.filters.active else 1))  # +1: exclude_id
         params = dict(self.rank.ann_params) or None
         while True:
             with timer.stage("ann"):
@@ -162,9 +162,10 @@ class Searcher:
                 with timer.stage("filter"):
                     metas = artifact.metadata(ids.tolist())
                     mask = np.array([spec.filters.matches(m) for m in metas], dtype=bool)
-                    ids, sims = ids[mask] if len(ids) else ids, sims[mask] if len(ids) else sims
-            if len(ids) >= need - (1 if spec.exclude_id is not None else 0) or fetch >= n:
-                return [Ranked(int(i), float(s), float(s)) for i, s in zip(ids.tolist(), sims.tolist())]
+                    ids, sims = (ids[mask], sims[mask]) if len(ids) else (ids, sims)
+            if len(ids) >= need or fetch >= n:
+                return [Ranked(int(i), float(s), float(s))
+                        for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
             fetch = min(n, fetch * 4)
 
     @staticmethod
