@@ -134,7 +134,7 @@ async def search_image(request: Request, response: Response,
         with timer.stage("upload"):
             image = await _uploaded_image(request, state)
         with timer.stage("encode"):
-            vector = await asyncio.to_thread(state.encode_image, image)
+            vector = await state.encode_upload(image)
         outcome = await state.searcher.search(vector, spec, timer)
     return _respond(response, outcome, spec, None, state, kind="image")
 

@@ -4,6 +4,7 @@ startup from settings. No FastAPI here: the app only wires these parts to routes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from search.settings import Settings
 from search.text_cache import QueryEmbeddingCache
 from search.image_encoder import ImageEncoder, build_image_encoder
 from search.text_encoder import TextEncoder, build_text_encoder
-from search.runtime.serving import build_fast_embedder, build_text_batcher, configure_threads
+from search.runtime.pool import SessionPool  # noqa: I001 (serving core; kept last for a small merge)
+from search.runtime.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class ServiceState:
     metrics: ServiceMetrics
     query_log: QueryLog | None = None
     fast_embedder: QueryEmbedder | None = None  # phase=fast (None: the full embedder)
+    image_pool: SessionPool | None = None  # uploads' image session(s); None: encode_image in a thread
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -55,7 +58,16 @@ class ServiceState:
         pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)[None]
         return self.image.encode_pixels(pixels)[0]
 
+    async def encode_upload(self, image: Any) -> np.ndarray:
+        """An uploaded RGB image -> its unit vector: preprocess in a thread, encode through the image pool."""
+        if self.image_pool is None:
+            return await asyncio.to_thread(self.encode_image, image)
+        pixels = await asyncio.to_thread(lambda: np.asarray(self.encoder.preprocess(image), dtype=np.float32))
+        return await self.image_pool.submit(pixels, 1)
+
     def close(self) -> None:
+        if self.image_pool is not None:
+            self.image_pool.close()
         self.batcher.close()
         if self.fast_embedder is not None and self.fast_embedder.batcher is not self.batcher:
             self.fast_embedder.batcher.close()
@@ -78,7 +90,7 @@ def configured_encoder(settings: Settings) -> ClipEncoder:
     return load_encoder(model, pretrained=pretrained, device=cfg.device)
 
 
-def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> "callable":
+def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) -> callable:
     def on_change(outcome: ReloadOutcome) -> None:
         metrics.reloads.labels(result="ok" if outcome.loaded else "refused").inc()
         metrics.reload_failed.set(1 if outcome.error else 0)
@@ -110,7 +122,15 @@ def build_state(settings: Settings, encoder: ClipEncoder | None = None) -> Servi
     return ServiceState(
         settings=settings, encoder=encoder, text=text, image=image, holder=holder, embedder=embedder,
         fast_embedder=build_fast_embedder(text, settings, metrics, embedder),
+        image_pool=build_image_pool(image, _pixel_shape(encoder), settings, metrics),
         searcher=Searcher(holder, settings.rank), batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache), metrics=metrics,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,
     )
+
+
+def _pixel_shape(encoder: ClipEncoder) -> tuple[int, ...]:
+    """(3, H, W) of the encoder's preprocessed images (for the image pool's cost calibration)."""
+    from PIL import Image
+
+    return tuple(np.asarray(encoder.preprocess(Image.new("RGB", (32, 32)))).shape)

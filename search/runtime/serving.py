@@ -10,12 +10,13 @@ from typing import Any
 from search.batcher import MicroBatcher
 from search.metrics import ServiceMetrics
 from search.pipeline import QueryEmbedder
+from search.runtime.costs import CostModel
 from search.runtime.members import TOWER_PATHS, build_members
-from search.runtime.pool import PoolMetrics, SessionPool
+from search.runtime.pool import Member, PoolMetrics, SessionPool
 from search.runtime.threads import ThreadBudget, configure_process, resolve_budget
 from search.settings import PoolMemberSettings, Settings
 
-__all__ = ["build_fast_embedder", "build_text_batcher", "configure_threads"]
+__all__ = ["build_fast_embedder", "build_image_pool", "build_text_batcher", "configure_threads"]
 
 
 def configure_threads(settings: Settings) -> ThreadBudget:
@@ -51,3 +52,17 @@ def build_fast_embedder(text: Any, settings: Settings, metrics: ServiceMetrics,
                        batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
     batcher = MicroBatcher(text, batching.window_ms / 1000.0, batching.max_batch, pool=pool)
     return QueryEmbedder(embedder.encoder_key + "#int8", embedder.cache, batcher, metrics)
+
+
+def build_image_pool(image: Any, pixel_shape: tuple[int, ...], settings: Settings,
+                     metrics: ServiceMetrics) -> SessionPool:
+    """Uploads: the image session as a pool member (concurrent uploads share batches; faults as for text)."""
+    import numpy as np
+
+    cost = CostModel()
+    cost.calibrate(image.encode_pixels, np.zeros((1, *pixel_shape), np.float32), rows=(1, 2), repeats=2)
+    member = Member("image-0", "cpu", image.encode_pixels, cost, max_batch=settings.batching.max_batch)
+    return SessionPool([member], latency_budget_s=settings.pool.latency_budget_ms / 1000.0,
+                       timeout_s=settings.pool.member_timeout_s,
+                       metrics=PoolMetrics(metrics.registry, prefix="photostock_image_pool"),
+                       batch_budget_s=settings.batching.batch_cost_budget_ms / 1000.0)
