@@ -11,14 +11,15 @@ live in `search.runtime.pool.SessionPool`; without a pool given, the batcher run
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from search.runtime.costs import CostModel
-from search.runtime.pool import Member, PoolMetrics, SessionPool
+from search.runtime.pool import Collate, Member, PoolMetrics, SessionPool
 from search.text_encoder import TextEncoder
 
-__all__ = ["MicroBatcher", "single_member_pool"]
+__all__ = ["MicroBatcher", "estimated_length", "single_member_pool", "text_collate"]
 
 
 def single_member_pool(encoder: TextEncoder, max_batch: int, budget_s: float, timeout_s: float = 30.0,
@@ -33,6 +34,22 @@ def single_member_pool(encoder: TextEncoder, max_batch: int, budget_s: float, ti
     member = Member("text-0", "cpu", encoder.encode_token_ids, cost, max_batch=max_batch)
     return SessionPool([member], latency_budget_s=budget_s, timeout_s=timeout_s, metrics=metrics,
                        on_batch=on_batch, batch_budget_s=budget_s)
+
+
+def text_collate(encoder: TextEncoder, trim: bool = True) -> Collate:
+    """Tokenise a batch of texts on the member's thread (BPE's regex work stays off the event loop) and cut it
+    to the batch's longest real length."""
+    def collate(texts: list[Any], _estimate: int) -> np.ndarray:
+        tokens = encoder.tokenize(texts)
+        if not trim:
+            return tokens
+        return np.ascontiguousarray(tokens[:, : int(encoder.lengths(tokens).max())])
+    return collate
+
+
+def estimated_length(text: str, context_length: int) -> int:
+    """Tokens a text will take, from its words (+ start/end): prices a batch before it is tokenised."""
+    return min(context_length, len(text.split()) + 2)
 
 
 class MicroBatcher:
@@ -51,6 +68,7 @@ class MicroBatcher:
         else:
             for member in pool.members:
                 member.max_batch = min(member.max_batch, self.max_batch)
+        pool.collate = text_collate(encoder, self.trim)
         self.pool = pool
 
     @property
@@ -58,9 +76,7 @@ class MicroBatcher:
         return self.pool.ready
 
     async def encode(self, text: str) -> np.ndarray:
-        tokens = self.encoder.tokenize([text])
-        length = int(self.encoder.lengths(tokens)[0]) if self.trim else tokens.shape[1]
-        return await self.pool.submit(tokens[0], length)
+        return await self.pool.submit(text, estimated_length(text, self.encoder.context_length))
 
     def close(self) -> None:
         self.pool.close()

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -32,9 +33,10 @@ from search.runtime.costs import CostModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncodeFn", "Member", "PoolMetrics", "PoolUnavailable", "SessionPool"]
+__all__ = ["Collate", "EncodeFn", "Member", "PoolMetrics", "PoolUnavailable", "SessionPool", "stack_rows"]
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]
+Collate = Callable[[list[Any], int], np.ndarray]  # (inputs, batch's longest real length) -> the stacked batch
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -44,7 +46,7 @@ class PoolUnavailable(RuntimeError):
 
 @dataclass(eq=False)
 class _Request:
-    row: np.ndarray  # one input row (token ids, or pixels)
+    row: Any  # one input: a token-id row, pixels, or (with a collate function) raw text
     length: int  # real length (tokens up to EOT; 1 for fixed-size inputs)
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[np.ndarray]
@@ -104,7 +106,7 @@ class SessionPool:
 
     def __init__(self, members: list[Member], latency_budget_s: float = 0.05, timeout_s: float = 5.0,
                  metrics: PoolMetrics | None = None, on_batch: Callable[[int], None] | None = None,
-                 batch_budget_s: float | None = None):
+                 batch_budget_s: float | None = None, collate: Collate | None = None):
         if not members:
             raise ValueError("a session pool needs at least one member")
         self.members = members
@@ -113,6 +115,7 @@ class SessionPool:
         self.timeout_s = timeout_s
         self.metrics = metrics or PoolMetrics()
         self.on_batch = on_batch or (lambda size: None)
+        self.collate = collate or stack_rows  # runs on the member's thread, never on the event loop
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -126,7 +129,8 @@ class SessionPool:
     def ready(self) -> bool:
         return not self._closed and any(m.healthy for m in self.members)
 
-    async def submit(self, row: np.ndarray, length: int) -> np.ndarray:
+    async def submit(self, row: Any, length: int) -> np.ndarray:
+        """`row`: one input for `collate`; `length`: its real length (or an estimate: it only prices the batch)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         with self._cond:
@@ -255,7 +259,7 @@ class SessionPool:
                 return
             start = time.perf_counter()
             try:
-                out = member.run(_stack(batch))
+                out = member.run(self.collate([r.row for r in batch.requests], batch.length))
                 if len(out) != len(batch.requests):
                     raise RuntimeError(f"{member.name} returned {len(out)} rows for {len(batch.requests)}")
             except Exception as exc:  # the member is out; its batch is retried once elsewhere
@@ -278,10 +282,10 @@ class SessionPool:
             _deliver(batch, np.asarray(out, dtype=np.float32))
 
 
-def _stack(batch: _Batch) -> np.ndarray:
-    """Rows stacked and cut to the batch's longest real length (exact for causal, EOT-pooled towers)."""
-    rows = np.stack([r.row for r in batch.requests])
-    return np.ascontiguousarray(rows[:, : batch.length]) if rows.ndim == 2 else rows
+def stack_rows(inputs: list[Any], length: int) -> np.ndarray:
+    """Rows stacked; token rows cut to the batch's longest real length (exact for causal, EOT-pooled towers)."""
+    rows = np.stack(inputs)
+    return np.ascontiguousarray(rows[:, :length]) if rows.ndim == 2 else rows
 
 
 def _deliver(batch: _Batch, out: np.ndarray) -> None:
