@@ -7,6 +7,7 @@ batch then rescales it (EWMA), so load from neighbours and device speed changes 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -33,12 +34,15 @@ class CostModel:
         ratio = min(max(seconds / max(base, 1e-9), self.scale / 4), self.scale * 4)
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
 
-    def cap(self, budget_s: float, length: int, max_batch: int) -> int:
-        """Largest batch (<= max_batch, >= 1) whose predicted cost fits the budget."""
-        spare = budget_s / self.scale - self.fixed_s
-        if spare <= 0:
-            return 1
-        return int(min(max_batch, max(1, spare // (self.per_token_s * max(length, 1)))))
+    def cap(self, budget_s: float, length: int, max_batch: int, floor_share: float = 0.1) -> int:
+        """Batch-size cap: the largest batch whose predicted cost fits the budget, but never below the knee,
+        the batch at which the fixed overhead is within `floor_share` of the per-row cost (batching has paid
+        off by then). The knee keeps batching alive when a loaded machine makes even one row miss the budget.
+        """
+        per_row = self.per_token_s * max(length, 1)
+        fits = int((budget_s / self.scale - self.fixed_s) // per_row) if per_row > 0 else max_batch
+        knee = math.ceil(self.fixed_s / (floor_share * per_row)) if per_row > 0 else max_batch
+        return int(min(max_batch, max(1, fits, knee)))
 
     def calibrate(self, run: Callable[[np.ndarray], object], sample: np.ndarray, rows: tuple[int, int] = (1, 8),
                   repeats: int = 3) -> None:
