@@ -133,9 +133,9 @@ def test_cost_cap_fits_the_budget_but_keeps_batching_past_the_knee():
     from search.runtime.costs import CostModel
 
     quiet = CostModel(fixed_s=0.0046, per_token_s=0.0026 / 12)  # ViT-B-32, 12 tokens: 7.2 ms alone, 2.9 ms at 16
-    assert quiet.cap(0.030, 12, 64) == 18  # the knee (fixed cost within 10% of a row's) beats the 30 ms fit (9)
-    assert quiet.cap(0.100, 12, 64) == 36  # a looser budget fits more
+    assert quiet.cap(0.030, 12, 64) == 36  # the knee (fixed cost within 5% of a row's) beats the 30 ms fit (9)
+    assert quiet.cap(0.200, 12, 128) == 75  # a looser budget fits more
     loaded = CostModel(fixed_s=0.0046, per_token_s=0.0026 / 12)
     loaded.scale = 20.0  # a machine 20x slower: one row misses the budget, batching still pays
-    assert loaded.cap(0.030, 12, 64) == 18
+    assert loaded.cap(0.030, 12, 64) == 36
     assert quiet.cap(0.030, 12, 8) == 8

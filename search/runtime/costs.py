@@ -34,7 +34,7 @@ class CostModel:
         ratio = min(max(seconds / max(base, 1e-9), self.scale / 4), self.scale * 4)
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
 
-    def cap(self, budget_s: float, length: int, max_batch: int, floor_share: float = 0.1) -> int:
+    def cap(self, budget_s: float, length: int, max_batch: int, floor_share: float = 0.05) -> int:
         """Batch-size cap: the largest batch whose predicted cost fits the budget, but never below the knee,
         the batch at which the fixed overhead is within `floor_share` of the per-row cost (batching has paid
         off by then). The knee keeps batching alive when a loaded machine makes even one row miss the budget.
