@@ -268,6 +268,8 @@ class SessionPool:
                         member.running = None
                         self._take_out(member, "error", repr(exc))
                         self._retry_or_fail(batch, exc)
+                    else:  # it had already timed out: the batch was retried elsewhere
+                        log.warning("encode session %s failed after its timeout: %r", member.name, exc)
                     self._cond.notify_all()
                 continue
             seconds = time.perf_counter() - start
