@@ -180,26 +180,46 @@ class SessionPool:
         return None, None
 
     def _place(self, now: float) -> tuple[Member | None, str]:
-        """The member that finishes first if it is idle; else overflow to an idle one past the budget; else wait."""
+        """Where the head of the queue goes now (None: wait for a member to free up).
+
+        The member that finishes it first, if idle. Else, when draining the queue on that member (queue depth x
+        measured cost) would keep the oldest request past the latency budget, the head overflows to an idle
+        member if that drains the queue sooner (the idle member's batch and the rest on the best member run
+        side by side); a slow member is never handed the last batches the fast one would finish first.
+        """
         healthy = [m for m in self.members if m.healthy]
         length = max(r.length for r in list(self._pending)[:64])
         rows = len(self._pending)
 
         def finish(m: Member) -> float:
-            return m.remaining(now) + m.cost.predict(min(rows, m.max_batch), length)
+            return m.remaining(now) + m.cost.predict(min(rows, self._cap(m, length)), length)
 
         best = min(healthy, key=finish)
         if best.running is None:
             return best, "retry" if self._pending[0].attempts else "best"
         idle = [m for m in healthy if m.running is None]
-        oldest_wait = now - self._pending[0].enqueued
-        if idle and oldest_wait + finish(best) > self.latency_budget_s:
-            return min(idle, key=finish), "overflow"
+        drain = self._drain(best, rows, length, now)
+        if not idle or now - self._pending[0].enqueued + drain <= self.latency_budget_s:
+            return None, ""
+        for m in sorted(idle, key=finish):
+            taken = min(rows, self._cap(m, length))
+            if max(m.cost.predict(taken, length), self._drain(best, rows - taken, length, now)) < drain:
+                return m, "overflow"
         return None, ""
+
+    def _cap(self, member: Member, length: int) -> int:
+        return member.cost.cap(self.batch_budget_s, length, member.max_batch)
+
+    def _drain(self, member: Member, rows: int, length: int, now: float) -> float:
+        """Predicted time until `member` has encoded `rows` queued rows after its running batch."""
+        cap = self._cap(member, length)
+        full, rest = divmod(rows, cap)
+        tail = member.cost.predict(rest, length) if rest else 0.0
+        return member.remaining(now) + full * member.cost.predict(cap, length) + tail
 
     def _take(self, member: Member, reason: str) -> _Batch:
         length = max(r.length for r in list(self._pending)[:64])
-        cap = member.cost.cap(self.batch_budget_s, length, member.max_batch)
+        cap = self._cap(member, length)
         requests = [self._pending.popleft() for _ in range(min(cap, len(self._pending)))]
         self.metrics.pending.set(len(self._pending))
         return _Batch(requests, max(r.length for r in requests), reason)
