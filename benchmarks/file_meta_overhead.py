@@ -82,7 +82,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from search.artifact.encoder import load_encoder
+    from indexer.models.clip import load_encoder
 
     torch.set_num_threads(1)  # as in a decode worker
     torch.manual_seed(0)

@@ -120,7 +120,7 @@ def _model_settings(model: str, base: Path) -> Settings:
     import numpy as _np
     from PIL import Image
 
-    from search.artifact.encoder import load_encoder
+    from indexer.models.clip import load_encoder
     from tests.service_support import _write_metadata, publish
 
     checkpoint = random_checkpoint(model, OUT / f"{model}-random.pt")

@@ -49,8 +49,33 @@ class CacheSettings(_Strict):
 
 
 class BatchSettings(_Strict):
-    window_ms: float = Field(3.0, ge=0)  # 0 disables micro-batching
+    window_ms: float = Field(3.0, ge=0)  # 0 disables micro-batching (>0: batches form while an encode runs)
     max_batch: int = Field(32, ge=1)
+    batch_cost_budget_ms: float = Field(30.0, gt=0)  # size cap: largest batch whose measured cost fits this
+
+
+class ThreadSettings(_Strict):
+    """The process's thread budget (search/runtime/threads.py); 0 = the cores this process may use."""
+
+    ort_intra_op: int = Field(0, ge=0)
+    ort_inter_op: int = Field(1, ge=1)
+    ort_spinning: bool = False  # spinning intra-op threads slow the FAISS search that follows an encode
+    faiss_omp: int = Field(0, ge=0)
+    loop_workers: int = Field(0, ge=0)  # the event loop's default executor (ANN/rerank, uploads)
+
+
+class PoolMemberSettings(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "int8"] = "fp32"
+    threads: int = Field(0, ge=0)  # this member's intra-op threads (0: the process budget)
+
+
+class PoolSettings(_Strict):
+    """Text-encode session pool (search/runtime/pool.py). No members: one member, the text session itself."""
+
+    members: list[PoolMemberSettings] = Field(default_factory=list)  # first = primary
+    latency_budget_ms: float = Field(50.0, gt=0)  # primary's expected wait above this: overflow elsewhere
+    member_timeout_s: float = Field(5.0, gt=0)  # a batch running longer takes its member out of the pool
 
 
 class LimitSettings(_Strict):
@@ -115,6 +140,8 @@ class Settings(_Strict):
     runtime: RuntimeSettings = RuntimeSettings()
     cache: CacheSettings = CacheSettings()
     batching: BatchSettings = BatchSettings()
+    threads: ThreadSettings = ThreadSettings()
+    pool: PoolSettings = PoolSettings()
     limits: LimitSettings = LimitSettings()
     rank: RankSettings = RankSettings()
     reload: ReloadSettings = ReloadSettings()

@@ -10,6 +10,7 @@ instant. Replicas switch encoders by a restart (a fresh process takes whatever `
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from search.query.pipeline import QueryEmbedder, Searcher
 from search.query.text_cache import QueryEmbeddingCache
 from search.runtime.batcher import MicroBatcher
 from search.runtime.bundle import EncoderBundle, verify_encoder_files
+from search.runtime.pool import SessionPool
+from search.runtime.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.runtime.uploads import UploadRejected
 from search.settings import EncoderSettings, Settings
@@ -156,6 +159,11 @@ class ServiceEncoder:
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
         return self.current.text.encode_token_ids(tokens)
 
+    @property
+    def trim(self) -> bool:
+        """Whether cutting a batch after its longest real sequence is exact for this text tower."""
+        return bool(self.current.text.trim)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.current.text.encode(texts)
 
@@ -172,6 +180,8 @@ class ServiceState:
     metrics: ServiceMetrics
     query_log: QueryLog | None = None
     takedowns: TakedownList | None = None
+    fast_embedder: QueryEmbedder | None = None  # phase=fast (None: the full embedder)
+    image_pool: SessionPool | None = None  # uploads' image session(s); None: encode_image in a thread
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -192,8 +202,20 @@ class ServiceState:
             raise UploadRejected(400, f"image cannot be preprocessed ({type(exc).__name__}: {exc})") from exc
         return np.asarray(encoder.image.encode_pixels(pixels)[0], dtype=np.float32)
 
+    async def encode_upload(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed upload pixels (3, H, W) -> unit vector, through the image pool (concurrent uploads share
+        batches; a failing session is retried elsewhere) or, without one, the image tower in a thread."""
+        if self.image_pool is None:
+            vectors = await asyncio.to_thread(self.encoder.current.image.encode_pixels, pixels[None])
+            return np.asarray(vectors[0], dtype=np.float32)
+        return await self.image_pool.submit(pixels, 1)
+
     def close(self) -> None:
+        if self.image_pool is not None:
+            self.image_pool.close()
         self.batcher.close()
+        if self.fast_embedder is not None and self.fast_embedder.batcher is not self.batcher:
+            self.fast_embedder.batcher.close()
         self.holder.close()
         if self.query_log is not None:
             self.query_log.close()
@@ -226,6 +248,7 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
     if settings.store is None:
         raise ValueError("settings.store is required (pass --store STORE)")
     metrics = ServiceMetrics()
+    configure_threads(settings)
     options = runtime_options(settings)
     service_encoder = ServiceEncoder(settings.encoder, options, encoder, on_load=_record_encoder(metrics, options))
     holder_ref: list[ArtifactHolder] = []
@@ -235,18 +258,20 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
     holder_ref.append(holder)
     service_encoder.prefetch(Path(settings.store))
     holder.reload()
-    batcher = MicroBatcher(service_encoder, settings.batching.window_ms / 1000.0, settings.batching.max_batch,
-                           on_batch=metrics.batch_size.observe)
+    batcher = build_text_batcher(service_encoder, settings, metrics)
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
     # one encoder per process (see the module docstring): a constant cache namespace is exact
     loaded = service_encoder.loaded
     cache_namespace = loaded.identity.key if loaded is not None else "first-encoder"
     takedowns = TakedownList(Path(settings.store), settings.reload.takedown_check_s)
+    embedder = QueryEmbedder(cache_namespace, cache, batcher, metrics)
     return ServiceState(
-        settings=settings, encoder=service_encoder, holder=holder,
-        embedder=QueryEmbedder(cache_namespace, cache, batcher, metrics),
+        settings=settings, encoder=service_encoder, holder=holder, embedder=embedder,
+        fast_embedder=build_fast_embedder(service_encoder, settings, metrics, embedder),
+        image_pool=build_image_pool(service_encoder, settings, metrics),
         searcher=Searcher(holder, settings.rank, takedowns), batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache, takedowns),
         metrics=metrics, takedowns=takedowns,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,
     )
+

@@ -1,8 +1,9 @@
-"""Service area: micro-batching under real concurrency gives the unbatched results, grouped by length."""
+"""Service area: micro-batching under real concurrency batches mixed lengths together and equals unbatched."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from indexer.models.clip import load_encoder
 from indexer.models.towers import TorchTextEncoder
 from search.runtime.batcher import MicroBatcher
+from search.runtime.pool import PoolUnavailable
 
 QUERIES = ["cat", "a red circle", "a small green crescent on sand", "blue", "a large orange square", "dog",
-           "two words", "a tiny purple triangle on grass", "sun", "moon over water"]
+           "two words", "a tiny purple triangle on grass", "sun", "moon over water",
+           "a big yellow star on a grass background next to a small blue circle on sand"]
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +26,15 @@ def text():
     return TorchTextEncoder(load_encoder("tiny", pretrained="random", device="cpu"))
 
 
-class RecordingEncoder:
-    """The real encoder, recording the row count and sequence length of every forward call."""
+class GatedEncoder:
+    """The real encoder, recording every forward call; the first call waits for `gate` (so the test controls
+    what is queued behind it without sleeping)."""
 
     def __init__(self, inner: TorchTextEncoder):
         self.inner, self.calls = inner, []
-        self.dim, self.context_length = inner.dim, inner.context_length
+        self.dim, self.context_length, self.trim = inner.dim, inner.context_length, inner.trim
+        self.gate = threading.Event()
+        self.started = threading.Event()
 
     def tokenize(self, texts):
         return self.inner.tokenize(texts)
@@ -40,69 +46,96 @@ class RecordingEncoder:
         return self.encode_token_ids(self.tokenize(texts))
 
     def encode_token_ids(self, tokens):
-        self.calls.append((tokens.shape[0], set(self.lengths(tokens).tolist())))
+        self.started.set()
+        self.gate.wait(30)
+        self.calls.append((tokens.shape, sorted(set(self.lengths(tokens).tolist()))))
         return self.inner.encode_token_ids(tokens)
 
 
-def test_concurrent_requests_are_batched_and_equal_unbatched(text):
-    recorder = RecordingEncoder(text)
+async def _burst(batcher: MicroBatcher, gated: GatedEncoder, queries: list[str]) -> list[np.ndarray]:
+    first = asyncio.ensure_future(batcher.encode(queries[0]))  # occupies the session (held at the gate)
+    assert await asyncio.to_thread(gated.started.wait, 30)
+    rest = [asyncio.ensure_future(batcher.encode(q)) for q in queries[1:]]
+    await asyncio.sleep(0)  # one loop turn: every request is queued (enqueueing is synchronous)
+    gated.gate.set()
+    return list(await asyncio.gather(first, *rest))
+
+
+def test_concurrent_mixed_lengths_share_one_padded_batch_and_equal_unbatched(text):
+    gated = GatedEncoder(text)
     sizes: list[int] = []
-    # A long window: every concurrent request lands in one batch regardless of machine speed.
-    batcher = MicroBatcher(recorder, window_s=5.0, max_batch=len(QUERIES), on_batch=sizes.append)
-
-    async def run():
-        return await asyncio.gather(*(batcher.encode(q) for q in QUERIES))
-
+    batcher = MicroBatcher(gated, window_s=0.003, max_batch=32, on_batch=sizes.append, calibrate=False,
+                           batch_cost_budget_s=10.0)
     try:
-        batched = np.stack(asyncio.run(run()))
+        batched = np.stack(asyncio.run(_burst(batcher, gated, QUERIES)))
     finally:
         batcher.close()
-    assert sizes == [len(QUERIES)]  # flushed by max_batch, not by the 5 s timer
-    for _rows, lengths in recorder.calls:
-        assert len(lengths) == 1  # each forward call holds one token length
-    assert sum(rows for rows, _ in recorder.calls) == len(QUERIES)
+    assert sizes == [1, len(QUERIES) - 1]  # the lone first request went at once; the rest rode together
+    (shape, lengths) = gated.calls[1]
+    assert len(lengths) > 3  # mixed real lengths in one forward call, not split by length
+    assert shape[1] == max(lengths)  # padded to the longest real length, not the context
     unbatched = np.stack([text.encode([q])[0] for q in QUERIES])
     np.testing.assert_allclose(batched, unbatched, atol=1e-5, rtol=0)
 
 
-def test_lone_request_flushes_on_the_window(text):
+def test_batch_size_cap_comes_from_the_cost_budget(text):
+    gated = GatedEncoder(text)
     sizes: list[int] = []
-    batcher = MicroBatcher(text, window_s=0.001, max_batch=32, on_batch=sizes.append)
+    batcher = MicroBatcher(gated, window_s=0.003, max_batch=32, on_batch=sizes.append, calibrate=False)
+    member = batcher.pool.members[0]
+    member.cost.fixed_s, member.cost.per_token_s = 0.001, 0.001  # "measured": 1 ms + 1 ms per token
+    member.cost.alpha = 0.0  # keep that measurement (real runs would rescale it)
+    budget = batcher.pool.batch_budget_s = 0.001 + 0.001 * 4 * 16  # four rows of the longest query (16 tokens)
     try:
-        vector = asyncio.run(batcher.encode("a red circle"))
+        out = asyncio.run(_burst(batcher, gated, QUERIES))
     finally:
         batcher.close()
-    assert sizes == [1]
-    np.testing.assert_allclose(vector, text.encode(["a red circle"])[0], atol=1e-5, rtol=0)
+    assert sum(sizes) == len(QUERIES) and max(sizes) > 1
+    for (rows, length), _ in gated.calls:  # every batch's predicted cost fits the budget
+        assert 0.001 + 0.001 * rows * length <= budget + 1e-12
+    np.testing.assert_allclose(np.stack(out), text.encode(QUERIES), atol=1e-5, rtol=0)
 
 
 def test_window_zero_disables_batching(text):
+    gated = GatedEncoder(text)
     sizes: list[int] = []
-    batcher = MicroBatcher(text, window_s=0.0, on_batch=sizes.append)
-
-    async def run():
-        return await asyncio.gather(*(batcher.encode(q) for q in QUERIES[:4]))
-
+    batcher = MicroBatcher(gated, window_s=0.0, on_batch=sizes.append)
     try:
-        out = asyncio.run(run())
+        out = asyncio.run(_burst(batcher, gated, QUERIES[:4]))
     finally:
         batcher.close()
     assert sizes == [1, 1, 1, 1]
     np.testing.assert_allclose(np.stack(out), text.encode(QUERIES[:4]), atol=1e-5, rtol=0)
 
 
-def test_encoder_failure_reaches_every_waiter(text):
-    class Broken(RecordingEncoder):
+def test_encoder_failure_reaches_every_waiter_and_unreadies_the_pool(text):
+    class Broken(GatedEncoder):
         def encode_token_ids(self, tokens):
             raise RuntimeError("model exploded")
 
-    batcher = MicroBatcher(Broken(text), window_s=5.0, max_batch=3)
+    broken = Broken(text)
+    batcher = MicroBatcher(broken, window_s=0.003, max_batch=3, calibrate=False)
 
     async def run():
         return await asyncio.gather(*(batcher.encode(q) for q in QUERIES[:3]), return_exceptions=True)
 
     try:
         results = asyncio.run(run())
+        assert not batcher.ready
+        with pytest.raises(PoolUnavailable):
+            asyncio.run(batcher.encode("cat"))
     finally:
         batcher.close()
-    assert all(isinstance(r, RuntimeError) for r in results)
+    assert all(isinstance(r, (RuntimeError, PoolUnavailable)) for r in results)
+
+
+def test_cost_cap_fits_the_budget_but_keeps_batching_past_the_knee():
+    from search.runtime.costs import CostModel
+
+    quiet = CostModel(fixed_s=0.0046, per_token_s=0.0026 / 12)  # ViT-B-32, 12 tokens: 7.2 ms alone, 2.9 ms at 16
+    assert quiet.cap(0.030, 12, 64) == 36  # the knee (fixed cost within 5% of a row's) beats the 30 ms fit (9)
+    assert quiet.cap(0.200, 12, 128) == 75  # a looser budget fits more
+    loaded = CostModel(fixed_s=0.0046, per_token_s=0.0026 / 12)
+    loaded.scale = 20.0  # a machine 20x slower: one row misses the budget, batching still pays
+    assert loaded.cap(0.030, 12, 64) == 36
+    assert quiet.cap(0.030, 12, 8) == 8

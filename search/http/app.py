@@ -33,6 +33,8 @@ from search.http.routes import STATIC_DIR, router
 from search.http.security import AccessControl
 from search.http.uploads import UploadGuard
 from search.query.admission import Admission, MeasuredCost, Overloaded
+from search.runtime.pool import PoolUnavailable
+from search.runtime.threads import use_loop_workers
 from search.runtime.towers import RuntimeEncoder
 from search.runtime.uploads import DecodeGate, UploadRejected
 from search.settings import Settings
@@ -52,6 +54,7 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
         state: ServiceState = await asyncio.to_thread(build_state, settings, encoder)
         state.embedder.admission = _admission(settings)
         app.state.service = state
+        use_loop_workers(asyncio.get_running_loop())
         await _warm_up(state)
         watcher = None
         if settings.reload.watch:
@@ -143,6 +146,10 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         return _error(request, 503, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after_s + 0.5)))})
+
+    @app.exception_handler(PoolUnavailable)
+    async def no_encoder(request: Request, exc: PoolUnavailable) -> JSONResponse:
+        return _error(request, 503, "no encode session is available", str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(UploadRejected)
     async def bad_upload(request: Request, exc: UploadRejected) -> JSONResponse:

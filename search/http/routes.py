@@ -40,6 +40,8 @@ STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 ID_MAX = 2**63 - 1  # ids are SQLite INTEGERs: anything outside is a 422, never an overflow deep inside
 ImageId = Annotated[int, Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1)")]
 SearchGuard = [Depends(require_search_access)]
+PHASE_DOC = ("fast: the fast text tower (int8 when available) and the ANN order alone, for a first grid; "
+             "full (default): exact rerank, business signals, dedup and MMR")
 
 
 def _state(request: Request) -> ServiceState:
@@ -83,7 +85,8 @@ def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query
         "hit" if outcome.cache_hit else "miss")
     return SearchResponse(query=query, hits=[Hit(**h) for h in outcome.hits], total=outcome.total, k=spec.k,
                           offset=spec.offset, version=outcome.version, cache=cache,
-                          timings_ms=outcome.timer.milliseconds())
+                          timings_ms=outcome.timer.milliseconds(),
+                          phase="fast" if spec.phase == "fast" else "full")
 
 
 async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> SearchOutcome:
@@ -91,7 +94,8 @@ async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> Sea
         raise NoIndexError(state.holder.last_error or "no index version is loaded")
     timer = StageTimer()
     with timer.stage("total"):
-        vector, hit = await state.embedder.embed(query, timer)
+        embedder = state.fast_embedder if spec.phase == "fast" and state.fast_embedder else state.embedder
+        vector, hit = await embedder.embed(query, timer)
         outcome = await state.searcher.search(vector, spec, timer)
     outcome.cache_hit = hit
     return outcome
@@ -102,19 +106,23 @@ async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> Sea
 async def search_get(request: Request, response: Response,
                      q: Annotated[str, Query(description="the query text")],
                      k: Annotated[int | None, Query(ge=1)] = None,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> SearchResponse:
+                     offset: Annotated[int, Query(ge=0)] = 0,
+                     phase: Annotated[Literal["fast", "full"], Query(description=PHASE_DOC)] = "full"
+                     ) -> SearchResponse:
     state = _state(request)
-    spec = _spec(state, k, offset)
+    spec = _spec(state, k, offset, phase=phase)
     outcome = await _text_search(state, _check_query(state, q), spec)
     return _respond(response, outcome, spec, q, state)
 
 
 @router.post("/search", response_model=SearchResponse, summary="Text search with filters and ranking options",
              dependencies=SearchGuard, responses=_GUARDED)
-async def search_post(request: Request, response: Response, body: SearchRequest) -> SearchResponse:
+async def search_post(request: Request, response: Response, body: SearchRequest,
+                      phase: Annotated[Literal["fast", "full"], Query(description=PHASE_DOC)] = "full"
+                      ) -> SearchResponse:
     state = _state(request)
     spec = _spec(state, body.k, body.offset, filters=body.filters.to_filters(), min_score=body.min_score,
-                 dedup=body.dedup, diversity=body.diversity)
+                 dedup=body.dedup, diversity=body.diversity, phase=phase)
     outcome = await _text_search(state, _check_query(state, body.query), spec)
     return _respond(response, outcome, spec, body.query, state)
 
@@ -137,7 +145,7 @@ async def search_image(request: Request, response: Response,
         with timer.stage("upload"):
             pixels = await uploaded_pixels(request, guard, state.settings.limits, encoder.preprocess)
         with timer.stage("encode"):
-            vector = await guard.encode(encoder.image.encode_pixels, pixels)
+            vector = await guard.encode(state.encode_upload, pixels)
         outcome = await state.searcher.search(vector, spec, timer)
     return _respond(response, outcome, spec, None, state, kind="image")
 
@@ -189,6 +197,9 @@ async def readyz(request: Request, response: Response) -> Ready:
         with holder.lease() as artifact:
             ready = Ready(ready=True, version=artifact.version, vectors=len(artifact.ids),
                           last_reload_error=holder.last_error)
+        if not _state(request).batcher.ready:  # every encode session was taken out of the pool
+            ready = ready.model_copy(update={"ready": False})
+            response.status_code = 503
     except NoIndexError:
         ready = Ready(ready=False, version=None, vectors=None, last_reload_error=holder.last_error)
         response.status_code = 503

@@ -73,6 +73,7 @@ class SearchResponse(BaseModel):
     version: str
     cache: Literal["hit", "miss"] | None = None
     timings_ms: dict[str, float]
+    phase: Literal["fast", "full"] = Field("full", description="fast: fast tower + ANN order only (phase=fast)")
 
 
 class ErrorResponse(BaseModel):

@@ -1,11 +1,10 @@
 """Image uploads end to end with bounded resources: the body streamed under a byte cap, decode + preprocess
-behind the decode gate, and the image-tower encode behind admission control and one encode slot."""
+behind the decode gate, and the image-tower encode behind admission control (then the image session pool)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,15 +27,12 @@ class UploadGuard:
 
     gate: DecodeGate
     admission: Admission
-    _encode_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
-    async def encode(self, encode_pixels: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
-        """One image-tower call at a time; refused at once (Overloaded -> 503) when the queue is too long."""
+    async def encode(self, encode: Callable[[np.ndarray], Awaitable[np.ndarray]], pixels: np.ndarray) -> np.ndarray:
+        """The image-tower encode behind admission: refused at once (Overloaded -> 503) when the predicted wait
+        is too long; the session pool behind `encode` runs one batch per session at a time."""
         with self.admission.admit():
-            async with self._encode_slot:
-                vectors = await asyncio.to_thread(encode_pixels, pixels[None])
-        vector: np.ndarray = vectors[0]
-        return vector
+            return await encode(pixels)
 
 
 async def uploaded_pixels(request: Request, guard: UploadGuard, limits: LimitSettings,

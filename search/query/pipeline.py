@@ -38,6 +38,7 @@ class SearchSpec:
     dedup: bool = False
     diversity: float = 0.0
     exclude_id: int | None = None  # similar-image search leaves out the image itself
+    phase: str = "full"  # "fast": ANN order and scores only (no exact rerank, signals, dedup or MMR)
 
 
 @dataclass
@@ -122,6 +123,8 @@ class Searcher:
 
     def _rank(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> list[Ranked]:
         """Over-fetch ANN candidates, growing the fetch until filters/dedup leave offset+k hits (or all fetched)."""
+        if spec.phase == "fast":
+            return self._rank_fast(artifact, vector, spec, timer)
         need = spec.offset + spec.k
         n = len(artifact.ids)
         fetch = min(n, max(artifact.rerank_candidates, need * self.rank.overfetch))
@@ -153,6 +156,31 @@ class Searcher:
     def hidden(self, artifact: Artifact) -> frozenset[int]:
         """Taken-down ids (search/artifact/takedown.py): never returned, whatever the index holds."""
         return self.takedowns.hidden(artifact.path) if self.takedowns is not None else frozenset()
+
+    def _rank_fast(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
+                   timer: StageTimer) -> list[Ranked]:
+        """The fast phase: ANN order and ANN scores alone (filters still apply: the full answer must not show
+        fewer matches than the fast one promised)."""
+        need = spec.offset + spec.k
+        n = len(artifact.ids)
+        fetch = min(n, (need + 1) * (self.rank.overfetch if spec.filters.active else 1))  # +1: exclude_id
+        params = dict(self.rank.ann_params) or None
+        while True:
+            with timer.stage("ann"):
+                scores, ids = artifact.ann_search(vector[None, :], max(fetch, 1), params)
+            keep = (ids[0] >= 0) & (ids[0] != (spec.exclude_id if spec.exclude_id is not None else -1))
+            if spec.min_score is not None:
+                keep &= scores[0] >= spec.min_score
+            ids, sims = ids[0][keep], scores[0][keep]
+            if spec.filters.active:
+                with timer.stage("filter"):
+                    metas = artifact.metadata(ids.tolist())
+                    mask = np.array([spec.filters.matches(m) for m in metas], dtype=bool)
+                    ids, sims = (ids[mask], sims[mask]) if len(ids) else (ids, sims)
+            if len(ids) >= need or fetch >= n:
+                return [Ranked(int(i), float(s), float(s))
+                        for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
+            fetch = min(n, fetch * 4)
 
     @staticmethod
     def _hits(artifact: Artifact, page: list[Ranked]) -> list[dict[str, Any]]:

@@ -1,91 +1,82 @@
-"""Micro-batching of query encodes: concurrent misses within a short window are encoded together.
+"""Micro-batching of query encodes that batches real traffic.
 
-A request that arrives alone waits at most `window_s` before its batch is flushed; a full batch (`max_batch`)
-flushes at once. Each flushed batch is split into groups of equal trimmed token length, so trimming stays as
-effective as for single queries and every result equals what an unbatched encode gives. Encodes run on one
-worker thread, keeping the event loop free and the CPU-bound model calls serialised.
+Concurrent misses are padded to the batch's longest real token length and encoded together: CLIP's text tower
+is causal and pools at the end-of-text token, so padding after EOT cannot change a row's feature (the results
+equal one-by-one encodes to float rounding). There is no fixed window: a lone request on an idle session is
+encoded at once; requests arriving while a batch runs form the next batch (the window adapts to load). The
+batch-size cap comes from the session's measured cost (`batch_cost_budget_s`). Dispatch, devices and faults
+live in `search.runtime.pool.SessionPool`; without a pool given, the batcher runs one member: the encoder.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
+from search.runtime.costs import CostModel
+from search.runtime.pool import Collate, Member, PoolMetrics, SessionPool
 from search.runtime.towers import TextEncoder
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "estimated_length", "single_member_pool", "text_collate"]
+
+
+def single_member_pool(encoder: TextEncoder, max_batch: int, budget_s: float, timeout_s: float = 30.0,
+                       metrics: PoolMetrics | None = None, on_batch: Callable[[int], None] | None = None,
+                       calibrate: bool = True) -> SessionPool:
+    """The encoder's own session as a one-member pool, its cost measured on a typical 12-token query."""
+    cost = CostModel()
+    if calibrate:
+        tokens = encoder.tokenize(["a large orange square on a sand background at dusk"])
+        length = int(encoder.lengths(tokens)[0])
+        cost.calibrate(encoder.encode_token_ids, tokens[:, :length])
+    member = Member("text-0", "cpu", encoder.encode_token_ids, cost, max_batch=max_batch)
+    return SessionPool([member], latency_budget_s=budget_s, timeout_s=timeout_s, metrics=metrics,
+                       on_batch=on_batch, batch_budget_s=budget_s)
+
+
+def text_collate(encoder: TextEncoder, trim: bool | None = None) -> Collate:
+    """Tokenise a batch of texts on the member's thread (BPE's regex work stays off the event loop) and cut it
+    to the batch's longest real length (only where that is exact: `trim`, by default the encoder's own flag,
+    read per batch because the service's encoder loads with the first index version)."""
+    def collate(texts: list[Any], _estimate: int) -> np.ndarray:
+        tokens = encoder.tokenize(texts)
+        if not (trim if trim is not None else bool(getattr(encoder, "trim", True))):
+            return tokens
+        return np.ascontiguousarray(tokens[:, : int(encoder.lengths(tokens).max())])
+    return collate
+
+
+def estimated_length(text: str, context_length: int) -> int:
+    """Tokens a text will take, from its words (+ start/end): prices a batch before it is tokenised."""
+    return min(context_length, len(text.split()) + 2)
 
 
 class MicroBatcher:
-    """`await encode(text)` -> vector; batches concurrent calls (window 0 = no batching)."""
+    """`await encode(text)` -> unit vector; concurrent calls share batches (window 0 = one text per batch)."""
 
     def __init__(self, encoder: TextEncoder, window_s: float = 0.003, max_batch: int = 32,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, pool: SessionPool | None = None,
+                 batch_cost_budget_s: float = 0.03, calibrate: bool = True):
         self.encoder = encoder
         self.window_s = window_s
-        self.max_batch = max(1, max_batch)
-        self.on_batch = on_batch or (lambda size: None)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encode")
-        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._running: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+        self.max_batch = max(1, max_batch) if window_s > 0 else 1
+        if pool is None:
+            pool = single_member_pool(encoder, self.max_batch, batch_cost_budget_s, on_batch=on_batch,
+                                      calibrate=calibrate and self.max_batch > 1)
+        else:
+            for member in pool.members:
+                member.max_batch = min(member.max_batch, self.max_batch)
+        pool.collate = text_collate(encoder)
+        self.pool = pool
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready
 
     async def encode(self, text: str) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        if self.window_s <= 0:
-            self.on_batch(1)
-            vectors: np.ndarray = await loop.run_in_executor(self._executor, self._encode_group, [text])
-            return np.asarray(vectors[0])
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append((text, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
-            self.on_batch(len(batch))
-            task = asyncio.ensure_future(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _run(self, batch: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            vectors = await loop.run_in_executor(self._executor, self._encode_grouped, [t for t, _ in batch])
-        except Exception as exc:  # every waiter gets the error; nothing is swallowed
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, fut), vec in zip(batch, vectors, strict=True):
-            if not fut.done():
-                fut.set_result(vec)
-
-    def _encode_group(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode(texts)
-
-    def _encode_grouped(self, texts: list[str]) -> np.ndarray:
-        """Encode in groups of equal trimmed length; rows come back in input order."""
-        tokens = self.encoder.tokenize(texts)
-        lengths = self.encoder.lengths(tokens)
-        groups: dict[int, list[int]] = defaultdict(list)
-        for row, length in enumerate(lengths.tolist()):
-            groups[int(length)].append(row)
-        out = np.zeros((len(texts), self.encoder.dim), np.float32)
-        for rows in groups.values():
-            out[rows] = self.encoder.encode_token_ids(tokens[rows])
-        return out
+        return await self.pool.submit(text, estimated_length(text, self.encoder.context_length))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()

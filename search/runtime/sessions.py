@@ -12,12 +12,13 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 
 def ort_session(path: Path, threads: int = 0, providers: Sequence[str] = DEFAULT_PROVIDERS) -> Any:
-    """An inference session with full graph optimisation; `threads` 0 keeps ONNX Runtime's default."""
+    """An inference session with full graph optimisation and the process's thread budget (spinning off,
+    `search.runtime.threads`); `threads` > 0 overrides the budget's intra-op count."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    from search.runtime.threads import process_budget, session_options
+
+    opts = session_options(process_budget())
     if threads > 0:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

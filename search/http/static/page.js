@@ -63,8 +63,8 @@ function filterBody(filters) {
   return body;
 }
 
-function request(search, offset) {
-  const paging = `k=${PAGE}&offset=${offset}`;
+function request(search, offset, phase = "full") {
+  const paging = `k=${PAGE}&offset=${offset}` + (phase === "fast" ? "&phase=fast" : "");
   if (search.mode === "similar") return fetch(`/search/similar/${encodeURIComponent(search.id)}?${paging}`);
   if (search.mode === "image") {
     const data = new FormData();
@@ -75,7 +75,8 @@ function request(search, offset) {
   if (Object.keys(filters).length === 0) {
     return fetch(`/search?q=${encodeURIComponent(search.query)}&${paging}`);
   }
-  return fetch("/search", { method: "POST", headers: { "Content-Type": "application/json" },
+  return fetch("/search" + (phase === "fast" ? "?phase=fast" : ""), { method: "POST",
+    headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ query: search.query, k: PAGE, offset, filters }) });
 }
 
@@ -122,7 +123,10 @@ function hitElement(hit) {
 // The one place results reach the DOM: `append` adds a further page, otherwise the grid is replaced.
 function renderResults(hits, append = false) {
   const items = hits.map(hitElement);
+  // a keyboard user already moving through the fast grid keeps the same place when the full grid replaces it
+  const focused = append ? -1 : [...grid.children].indexOf(document.activeElement);
   if (append) grid.append(...items); else grid.replaceChildren(...items);
+  if (focused >= 0 && items.length) items[Math.min(focused, items.length - 1)].focus();
   const none = !append && hits.length === 0;
   empty.hidden = !none;
   if (none) empty.textContent = current.search && current.search.mode === "text"
@@ -151,7 +155,9 @@ async function load(offset) {
       more.hidden = true;
       return;
     }
+    current.fullShown = true;
     renderResults(body.hits, offset > 0);
+    grid.dataset.phase = "full";
     current.offset = offset + body.hits.length;
     current.total = body.total;
     const ms = body.timings_ms.total !== undefined ? body.timings_ms.total.toFixed(1) : "?";
@@ -165,6 +171,21 @@ async function load(offset) {
   }
 }
 
+// Fast-then-exact: a text search also asks for the fast answer (phase=fast: fast tower + ANN order alone) and
+// shows it while the full answer is on its way; load() then replaces the grid in one synchronous DOM update
+// (renderResults). Same card count and fixed-size cards, so the swap moves nothing. A failed fast answer is
+// simply not shown: the full request reports errors.
+async function showFastGrid(search, seq) {
+  try {
+    const response = await request(search, 0, "fast");
+    const body = await response.json();
+    if (!response.ok || seq !== current.seq || current.fullShown) return;
+    renderResults(body.hits);
+    grid.dataset.phase = "fast";
+    showStatus(`${body.hits.length} quick results · refining…`, "loading");
+  } catch (err) { /* see above */ }
+}
+
 function run(search, push) {
   if (push) history.pushState(search.mode === "image" ? { image: search.file } : null, "",
                               search.mode === "image" ? location.pathname + "?by=image" : urlFor(search));
@@ -172,6 +193,7 @@ function run(search, push) {
   more.hidden = true;
   context.hidden = search.mode === "text";
   context.textContent = describe(search);
+  if (search.mode === "text") showFastGrid(search, current.seq);
   load(0);
 }
 

@@ -1,0 +1,262 @@
+"""Serving core in the production shape: a ViT-B-32 (random init) service over the 1M-vector store of
+`serving_store.py`, driven by wrk with distinct mixed-length queries (3-20 tokens), at 1 and 16 connections,
+batching on/off, pool on/off (two CPU sessions), phase fast/full, plus cache hits. Beside each in-service stage
+(mean of the service's own photostock_stage_seconds over the run) the bare component measured in the same run:
+the bare ONNX session encode of the same kind of queries, and the bare artifact ann + exact rerank. Also the
+fast-phase top-10 overlap with the full top-10, and (--profile) a py-spy profile of the server under load.
+
+    .venv/bin/python benchmarks/serving_core.py [--n 1000000] [--duration 10] [--profile]
+Prints one JSON object (also written to benchmarks/out/serving_core.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, machine  # noqa: E402
+from serving_store import build  # noqa: E402
+
+from tests.service_support import running_server  # noqa: E402
+
+WORDS = ("a the red blue green small large dog cat house tree car street beach night city old young woman man "
+         "child running sitting on in with under near sunset mountain river snow winter summer photo of two "
+         "black white bright dark view field flowers bridge boat sky cloudy market people food table").split()
+
+# wrk Lua: every request a new query of 1..18 words (3-20 tokens with start/end), or (hit) one fixed query.
+LUA = r"""
+local words = {WORDS_LIST}
+local counter = 0
+local mode = os.getenv("PHOTOSTOCK_MODE") or "miss"
+local phase = os.getenv("PHOTOSTOCK_PHASE") or "full"
+math.randomseed(tonumber(os.getenv("PHOTOSTOCK_SEED") or "1"))
+request = function()
+  counter = counter + 1
+  local q = "a large orange square on a sand background"
+  if mode == "miss" then
+    local n = math.random(1, 17)
+    local parts = {}
+    for i = 1, n do parts[i] = words[math.random(1, #words)] end
+    parts[n + 1] = tostring(counter)
+    q = table.concat(parts, " ")
+  end
+  return wrk.format("GET", "/search?k=10&phase=" .. phase .. "&q=" .. q:gsub(" ", "%%20"))
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'JSON {"requests": %d, "seconds": %.3f, "errors": %d, "non2xx": %d, "p50_ms": %.3f, "p99_ms": %.3f}\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+""".replace("WORDS_LIST", ", ".join(f'"{w}"' for w in WORDS))
+
+
+def wrk(url: str, script: Path, duration: int, connections: int, mode: str, phase: str, seed: int) -> dict[str, Any]:
+    env = {**os.environ, "PHOTOSTOCK_MODE": mode, "PHOTOSTOCK_PHASE": phase, "PHOTOSTOCK_SEED": str(seed)}
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s",
+                           str(script), url], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
+    stats: dict[str, Any] = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("JSON "))[5:])
+    stats["qps"] = round(stats["requests"] / stats["seconds"], 1)
+    return stats
+
+
+def stage_sums(url: str) -> dict[str, tuple[float, float]]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        if family.name == "photostock_stage_seconds":
+            for s in family.samples:
+                stage = s.labels.get("stage", "")
+                total, count = out.get(stage, (0.0, 0.0))
+                if s.name.endswith("_sum"):
+                    out[stage] = (s.value, count)
+                elif s.name.endswith("_count"):
+                    out[stage] = (total, s.value)
+    return out
+
+
+def stage_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    means = {}
+    for stage, (total, count) in after.items():
+        t0, c0 = before.get(stage, (0.0, 0.0))
+        if count > c0:
+            means[stage] = round((total - t0) / (count - c0) * 1000, 3)
+    return means
+
+
+def queries(n: int, seed: int) -> list[str]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 18)))) + f" {i}" for i in range(n)]
+
+
+def bare_components(store: Path, ckpt: Path, model: str, onnx_cache: Path, runs: int) -> dict[str, Any]:
+    """The bare session encode (one query at a time, and 16 at once per query) and the bare ann + rerank."""
+    import numpy as np
+
+    from indexer.models.clip import load_encoder
+    from search.artifact.version import open_current
+    from search.runtime.threads import configure_process, resolve_budget
+    from search.runtime.towers import OnnxTextEncoder
+
+    configure_process(resolve_budget())  # the service's default budget
+    text = OnnxTextEncoder(load_encoder(model, pretrained=str(ckpt), device="cpu"), onnx_cache)
+    qs = queries(runs, 99)
+    toks = [text.tokenize([q]) for q in qs]
+    for t in toks[:5]:
+        text.encode_token_ids(t)
+    one = []
+    for t in toks:
+        start = time.perf_counter()
+        text.encode_token_ids(t)
+        one.append(time.perf_counter() - start)
+    batch = text.tokenize(qs[:16])
+    sixteen = []
+    for _ in range(max(3, runs // 16)):
+        start = time.perf_counter()
+        text.encode_token_ids(batch)
+        sixteen.append((time.perf_counter() - start) / 16)
+    vectors = np.concatenate([text.encode_token_ids(t) for t in toks[:50]])
+    with open_current(store) as artifact:
+        for v in vectors[:5]:
+            artifact.search(v[None], 40)
+        ann = []
+        for v in vectors:
+            start = time.perf_counter()
+            artifact.search(v[None], 40)  # the service fetches max(rerank_candidates, 4 x k) and reranks
+            ann.append(time.perf_counter() - start)
+    return {"bare_encode_one_query_p50_ms": round(statistics.median(one) * 1000, 3),
+            "bare_encode_one_query_mean_ms": round(statistics.mean(one) * 1000, 3),
+            "bare_encode_batch16_per_query_ms": round(statistics.median(sixteen) * 1000, 3),
+            "bare_ann_rerank_p50_ms": round(statistics.median(ann) * 1000, 3),
+            "bare_ann_rerank_mean_ms": round(statistics.mean(ann) * 1000, 3)}
+
+
+def overlap(url: str, n: int) -> float:
+    import httpx
+
+    shares = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for q in queries(n, 7):
+            fast = client.get("/search", params={"q": q, "k": 10, "phase": "fast"}).json()["hits"]
+            full = client.get("/search", params={"q": q, "k": 10}).json()["hits"]
+            shares.append(len({h["id"] for h in fast} & {h["id"] for h in full}) / 10)
+    return round(statistics.mean(shares), 3)
+
+
+def profile(pid: int, url: str, script: Path, seconds: int, work: Path) -> dict[str, Any]:
+    """py-spy (raw collapsed stacks) of the server under 16-connection miss load; the top frames by samples."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = work / "pyspy.txt"
+    spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
+                            "--output", str(raw), "--nonblocking", "--threads", "--idle"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wrk(url, script, seconds, 16, "miss", "full", 5)
+    spy.wait(timeout=seconds + 60)
+    leaves: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines() if raw.is_file() else []:
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        threads[frames[0].split(" ")[0] if frames else "?"] += int(count)
+        leaves[frames[-1]] += int(count)
+    return {"samples": total, "top_leaf_frames": [[f, round(c / max(total, 1), 3)] for f, c in leaves.most_common(15)],
+            "by_thread": [[t, round(c / max(total, 1), 3)] for t, c in threads.most_common(10)]}
+
+
+def scenario_settings(base: dict[str, Any], batching: bool, pool: bool) -> Any:
+    from search.settings import Settings
+
+    data = json.loads(json.dumps(base))
+    data["batching"] = {"window_ms": 3.0 if batching else 0.0, "max_batch": 32}
+    if pool:  # two CPU sessions with one intra-op thread each, instead of one session with two
+        data["pool"] = {"members": [{"device": "cpu", "precision": "fp32", "threads": 1}] * 2}
+    return Settings.model_validate(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--factory", default="OPQ64_256,IVF4096,PQ64")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--bare-runs", type=int, default=200)
+    parser.add_argument("--overlap-queries", type=int, default=50)
+    parser.add_argument("--profile", action="store_true", help="py-spy the batching-on service under load")
+    parser.add_argument("--work", type=Path, default=OUT / "serving")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    made = build(args.n, args.factory, args.model, args.work)
+    store, ckpt = Path(str(made["store"])), Path(str(made["checkpoint"]))
+    onnx_cache = args.work / "onnx-cache"
+    tmp = Path(tempfile.mkdtemp(prefix="serving-core-"))
+    script = tmp / "queries.lua"
+    script.write_text(LUA)
+    base = {"store": str(store), "encoder": {"model": args.model, "pretrained": str(ckpt), "device": "cpu"},
+            "text": {"backend": "onnx", "onnx_cache_dir": str(onnx_cache)}, "reload": {"watch": False}}
+    result: dict[str, Any] = {"benchmark": "serving_core", "machine": machine(), "store": made,
+                              "duration_s": args.duration, "load_average_at_start": os.getloadavg()}
+    result["bare"] = bare_components(store, ckpt, args.model, onnx_cache, args.bare_runs)
+    plan = {  # server config -> [(name, mode, phase, connections)]
+        (True, False): [("miss_full_c1", "miss", "full", 1), ("miss_full_c16", "miss", "full", 16),
+                        ("miss_fast_c1", "miss", "fast", 1), ("miss_fast_c16", "miss", "fast", 16),
+                        ("hit_c1", "hit", "full", 1)],
+        (False, False): [("miss_full_c16_no_batching", "miss", "full", 16),
+                         ("miss_full_c1_no_batching", "miss", "full", 1)],
+        (True, True): [("miss_full_c16_pool2cpu", "miss", "full", 16)],
+    }
+    runs: dict[str, Any] = {}
+    for (batching, pool), scenarios in plan.items():
+        settings = scenario_settings(base, batching, pool)
+        with running_server(settings, tmp / "service.json") as server:
+            wrk(server.url, script, 2, 4, "miss", "full", 0)  # warm-up
+            for seed, (name, mode, phase, connections) in enumerate(scenarios, start=1):
+                before = stage_sums(server.url)
+                stats = wrk(server.url, script, args.duration, connections, mode, phase, seed * 1000)
+                stats.update(batching=batching, pool=pool, phase=phase, connections=connections,
+                             stage_means_ms=stage_means_ms(before, stage_sums(server.url)),
+                             load_average=round(os.getloadavg()[0], 2))
+                runs[name] = stats
+            if batching and not pool:
+                result["fast_top10_overlap_with_full"] = overlap(server.url, args.overlap_queries)
+                if args.profile:
+                    result["profile"] = profile(server.proc.pid, server.url, script, args.duration, tmp)
+    result["runs"] = runs
+    bare = result["bare"]
+    c1 = runs["miss_full_c1"]["stage_means_ms"]
+    result["ratios"] = {
+        "in_service_encode_minus_bare_ms": round(c1.get("encode", 0) - bare["bare_encode_one_query_mean_ms"], 3),
+        "in_service_ann_rerank_over_bare": round((c1.get("ann", 0) + c1.get("rerank", 0))
+                                                 / bare["bare_ann_rerank_mean_ms"], 2),
+        "batched_over_unbatched_qps_c16": round(runs["miss_full_c16"]["qps"]
+                                                / runs["miss_full_c16_no_batching"]["qps"], 2),
+        "pool_over_single_qps_c16": round(runs["miss_full_c16_pool2cpu"]["qps"] / runs["miss_full_c16"]["qps"], 2),
+    }
+    text = json.dumps(result, indent=2)
+    (OUT / "serving_core.json").write_text(text)
+    print(text)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Service area: the session pool's dispatch policy (overflow to a slower member under load) and its faults
+(a member that raises or hangs is taken out and its batch retried once elsewhere; none left: not ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.models.clip import load_encoder
+from indexer.models.towers import TorchTextEncoder
+from search.http.app import create_app
+from search.runtime.costs import CostModel
+from search.runtime.pool import Member, PoolMetrics, PoolUnavailable, SessionPool
+from tests.service_support import runtime_for, settings_for
+
+WORDS = "a small large red green blue star circle square on sand grass water background next to the".split()
+
+
+@pytest.fixture(scope="module")
+def text():
+    import torch
+
+    torch.manual_seed(5)
+    return TorchTextEncoder(load_encoder("tiny", pretrained="random", device="cpu"))
+
+
+def _queries(n: int) -> list[str]:
+    rng = np.random.default_rng(7)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in range(n)]
+
+
+def slowed(run, delay_s: float):
+    """A real session with an added delay: a slower device of known, measured cost."""
+    def slow(tokens: np.ndarray) -> np.ndarray:
+        time.sleep(delay_s)
+        return run(tokens)
+    return slow
+
+
+def _member(name: str, run, cap: int = 2) -> Member:
+    return Member(name, "cpu", run, CostModel(), max_batch=cap)
+
+
+def _calibrated(members: list[Member], text: TorchTextEncoder) -> list[Member]:
+    tokens = text.tokenize(["a large orange square on sand"])
+    for m in members:
+        m.cost.calibrate(m.run, tokens[:, : int(text.lengths(tokens)[0])])
+    return members
+
+
+async def _submit_all(pool: SessionPool, text: TorchTextEncoder, queries: list[str]):
+    """Every query at once; returns (vectors, seconds from submit to result per query)."""
+    async def one(q: str) -> tuple[np.ndarray, float]:
+        tokens = text.tokenize([q])
+        start = time.perf_counter()
+        vec = await pool.submit(tokens[0], int(text.lengths(tokens)[0]))
+        return vec, time.perf_counter() - start
+    out = await asyncio.gather(*(one(q) for q in queries))
+    return np.stack([v for v, _ in out]), np.array([s for _, s in out])
+
+
+def _count(metrics: PoolMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_overflow_to_a_slower_member_holds_p99_where_one_member_does_not(text):
+    queries = _queries(96)
+    budget = 0.05
+    # Added delays dominate the real encode (~1 ms), so CPU contention from neighbours moves both configs alike.
+    fast = slowed(text.encode_token_ids, 0.020)  # the "GPU": real session, 20 ms a batch
+    slow = slowed(text.encode_token_ids, 0.060)  # the "CPU": the same session, 3x slower
+    results = {}
+    for config, members in {"single": [_member("gpu", fast)],
+                            "pool": [_member("gpu", fast), _member("cpu", slow)]}.items():
+        metrics = PoolMetrics()
+        pool = SessionPool(_calibrated(members, text), latency_budget_s=budget, timeout_s=30, metrics=metrics,
+                           batch_budget_s=10.0)
+        try:
+            vectors, seconds = asyncio.run(_submit_all(pool, text, queries))
+        finally:
+            pool.close()
+        results[config] = (vectors, seconds, metrics)
+    expected = np.stack([text.encode([q])[0] for q in queries])
+    for vectors, _, _ in results.values():
+        np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
+    single_p95 = float(np.percentile(results["single"][1], 95))
+    pool_p95 = float(np.percentile(results["pool"][1], 95))
+    metrics = results["pool"][2]
+    to_cpu = sum(_count(metrics, "photostock_pool_dispatch_total", member="cpu", reason=r)
+                 for r in ("best", "overflow"))
+    to_gpu = sum(_count(metrics, "photostock_pool_dispatch_total", member="gpu", reason=r)
+                 for r in ("best", "overflow"))
+    single_waits = results["single"][2].registry.get_sample_value(
+        "photostock_pool_queue_wait_seconds_sum", {"member": "gpu"})
+    pool_waits = sum(metrics.registry.get_sample_value("photostock_pool_queue_wait_seconds_sum", {"member": m})
+                     for m in ("gpu", "cpu"))
+    print(f"p95 single {single_p95 * 1e3:.0f} ms, pool {pool_p95 * 1e3:.0f} ms; queue wait single "
+          f"{single_waits:.2f} s, pool {pool_waits:.2f} s; batches gpu {to_gpu}, cpu {to_cpu}")
+    assert to_cpu >= 3 and to_gpu > to_cpu  # the primary keeps most work; the slower member takes overflow
+    assert single_p95 > budget  # one member cannot hold the budget under this burst
+    assert pool_waits < single_waits  # time spent queued, summed over every request, drops
+    assert pool_p95 < single_p95  # and so does the tail, in the same run under the same load
+
+
+def test_a_member_that_raises_is_taken_out_and_its_batch_retried_elsewhere(text, caplog):
+    calls = {"n": 0}
+
+    def broken(tokens: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        raise RuntimeError("CUDA error: device lost")
+
+    metrics = PoolMetrics()
+    members = [Member("gpu", "cuda", broken, CostModel(0.0001, 1e-7)), _member("cpu", text.encode_token_ids)]
+    pool = SessionPool(members, latency_budget_s=1.0, timeout_s=30, metrics=metrics)
+    queries = _queries(6)
+    try:
+        vectors, _ = asyncio.run(_submit_all(pool, text, queries))
+        assert pool.ready
+    finally:
+        pool.close()
+    np.testing.assert_allclose(vectors, np.stack([text.encode([q])[0] for q in queries]), atol=1e-5, rtol=0)
+    assert calls["n"] == 1  # out after its first failure
+    assert _count(metrics, "photostock_pool_member_failures_total", member="gpu", kind="error") == 1
+    assert _count(metrics, "photostock_pool_member_up", member="gpu") == 0
+    assert _count(metrics, "photostock_pool_dispatch_total", member="cpu", reason="retry") >= 1
+    assert "taken out of the pool" in caplog.text
+
+
+def test_a_member_that_hangs_times_out_and_its_batch_is_retried(text):
+    release = threading.Event()
+
+    def hangs(tokens: np.ndarray) -> np.ndarray:
+        release.wait(60)
+        return text.encode_token_ids(tokens)
+
+    metrics = PoolMetrics()
+    members = [Member("gpu", "cuda", hangs, CostModel(0.0001, 1e-7)), _member("cpu", text.encode_token_ids)]
+    pool = SessionPool(members, latency_budget_s=1.0, timeout_s=0.3, metrics=metrics)
+    queries = _queries(4)
+    try:
+        vectors, _ = asyncio.run(_submit_all(pool, text, queries))
+    finally:
+        release.set()
+        pool.close()
+    np.testing.assert_allclose(vectors, np.stack([text.encode([q])[0] for q in queries]), atol=1e-5, rtol=0)
+    assert _count(metrics, "photostock_pool_member_failures_total", member="gpu", kind="timeout") == 1
+    assert _count(metrics, "photostock_pool_member_up", member="cpu") == 1
+
+
+def test_no_member_left_fails_requests_and_readyz(world):
+    app = create_app(settings_for(world), encoder=runtime_for(world))
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        assert client.get("/readyz").json()["ready"] is True
+        member = app.state.service.batcher.pool.members[0]
+
+        def broken(tokens: np.ndarray) -> np.ndarray:
+            raise RuntimeError("session lost")
+
+        member.run = broken
+        r = client.get("/search", params={"q": "a red star never asked before"})
+        assert r.status_code == 503 and r.json()["error"] == "no encode session is available"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        metrics = client.get("/metrics").text
+        assert 'photostock_pool_member_up{member="text-cpu-fp32"} 0.0' in metrics
+    with pytest.raises(PoolUnavailable):
+        asyncio.run(app.state.service.batcher.encode("x"))
