@@ -36,9 +36,9 @@ class RuntimeSettings(_Strict):
 
     threads: int = Field(0, ge=0)  # intra-op threads per session; 0: ONNX Runtime's default
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    # int8: the dynamically quantised text tower every store carries. Default: it met the rule (<= 0.5 pt R@10
-    # lost, mean cosine >= 0.995) in benchmarks/int8_towers.py: R@10 and R@1 unchanged on the held-out world,
-    # cosine 0.9992 (ViT-B-32, world queries), p50 0.26x fp32. fp32 gives query vectors equal to open_clip's.
+    # int8: the dynamically quantised text tower every store carries. Default because it met the rule (<= 0.5 pt
+    # R@10 lost, mean cosine >= 0.995) in benchmarks/int8_towers.py (figures: benchmarks/README.md). fp32 gives
+    # query vectors equal to open_clip's.
     text_precision: Literal["fp32", "int8"] = "int8"
 
 

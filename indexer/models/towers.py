@@ -1,7 +1,7 @@
 """Offline tower backends over a loaded ClipEncoder: eager torch (the reference) and ONNX Runtime.
 
-Image (bulk encoding): 'auto' is ONNX Runtime on a CPU encoder (benchmarks/image_units.py: ViT-B-32 1.22x
-eager torch, the tiny tower 1.9x; micro-batches of 8) and torch with float16 autocast on CUDA. Text: the torch
+Image (bulk encoding): 'auto' is ONNX Runtime on a CPU encoder (faster than eager torch: benchmarks/image_units.py,
+figures in benchmarks/README.md; micro-batches of 8) and torch with float16 autocast on CUDA. Text: the torch
 backend trims padding like the service's ONNX one (search.runtime.towers) and is what that is checked against.
 """
 

@@ -1,8 +1,9 @@
 """One deliberate thread budget for the process: ONNX Runtime, FAISS/OpenMP and the event loop's helpers.
 
 Why: on a small machine ONNX Runtime's intra-op threads spin after each run by default, and FAISS's OpenMP
-team spins too; the two pools then fight for the same cores (one probe: the FAISS search right after an encode
-ran 4.5x slower). The budget is set once from config; sessions take their options from `session_options`.
+team spins too; the two pools then fight for the same cores and the FAISS search right after an encode slows
+down (benchmarks/thread_contention.py; figures in benchmarks/README.md). The budget is set once from config;
+sessions take their options from `session_options`.
 """
 
 from __future__ import annotations
