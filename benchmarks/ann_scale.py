@@ -21,7 +21,7 @@ import numpy as np
 
 from indexer.build import forced_choice, index_bytes, make_queries, measure_latency, measure_recall, train_and_add
 from indexer.index_select import IndexConfig, choose_index, ivf_nlist
-from search.query import ann
+from search.artifact import ann
 
 
 def clustered_unit_vectors(n: int, d: int, clusters: int, seed: int, anisotropy: float = 0.0) -> np.ndarray:

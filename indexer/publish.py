@@ -27,6 +27,7 @@ import numpy as np
 from indexer.build import BuiltIndex, build_index
 from indexer.index_select import IndexConfig
 from indexer.shards import fsync_dir
+from search.artifact.bundle import ENCODERS_DIR
 from search.artifact.encoder import EncoderIdentity, file_sha256
 from search.artifact.manifest import (
     IDS_FILE,
@@ -43,7 +44,6 @@ from search.artifact.manifest import (
     write_manifest,
 )
 from search.artifact.version import CURRENT_LINK, current_version, open_version
-from search.runtime.bundle import ENCODERS_DIR
 
 __all__ = ["PublishedVersion", "publish_version", "new_version_name", "prune_versions", "list_versions",
            "flip_current"]

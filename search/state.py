@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from search.artifact.bundle import EncoderBundle, verify_encoder_files
 from search.artifact.encoder import EncoderIdentity, encoder_mismatch, weights_label
 from search.artifact.images import ImageStore
 from search.artifact.manifest import ArtifactError, read_manifest
@@ -32,11 +33,10 @@ from search.query.log import QueryLog
 from search.query.pipeline import QueryEmbedder, Searcher
 from search.query.text_cache import QueryEmbeddingCache
 from search.runtime.batcher import MicroBatcher
-from search.runtime.bundle import EncoderBundle, verify_encoder_files
 from search.runtime.pool import SessionPool
-from search.runtime.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.runtime.uploads import UploadRejected
+from search.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
 from search.settings import EncoderSettings, Settings
 
 log = logging.getLogger(__name__)

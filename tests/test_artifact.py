@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from indexer.publish import publish_version
+from search.artifact import ann
 from search.artifact.version import ArtifactError, open_current, open_version
-from search.query import ann
 from tests.artifact_support import clustered, identity, make_metadata, publish, search_store, small_config
 
 D = 32

@@ -11,8 +11,8 @@ import pytest
 import indexer.publish as publish_mod
 from indexer.build import build_index
 from indexer.publish import list_versions, new_version_name, prune_versions, publish_version
+from search.artifact import ann
 from search.artifact.version import ArtifactError, current_path, open_current
-from search.query import ann
 from tests.artifact_support import clustered, identity, publish, small_config
 
 D = 32

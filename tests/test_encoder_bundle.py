@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from search.artifact.bundle import ENCODERS_DIR, IMAGE_FILE, SPEC_FILE, TEXT_FILE
 from search.artifact.encoder import file_sha256
 from search.artifact.version import open_current
 from search.http.app import create_app
-from search.runtime.bundle import ENCODERS_DIR, IMAGE_FILE, SPEC_FILE, TEXT_FILE
 from tests.indexer_support import make_tree, run
 from tests.service_support import copy_store, encoder_for, publish, settings_for, world_store
 

@@ -11,7 +11,8 @@ import pytest
 from open_clip import image_transform
 from PIL import Image, ImageOps
 
-from search.runtime.preprocess import ImagePreprocess, PreprocessSpec
+from search.artifact.specs import PreprocessSpec
+from search.runtime.preprocess import ImagePreprocess
 from tests.indexer_support import ODD_IMAGES
 from tests.optional import require_optional
 

@@ -2,7 +2,7 @@
 
 Two places keep exports. `export_text_tower`/`export_image_tower` write `<cache>/<export key>/<name>.onnx`
 once (the indexer's own ONNX image backend uses them). `export_bundle` assembles a store's encoder folder
-(`STORE/encoders/<bundle key>/`, search.runtime.bundle documents it) from those exports, hard-linked when the
+(`STORE/encoders/<bundle key>/`, search.artifact.bundle documents it) from those exports, hard-linked when the
 cache is on the same file system: a folder that already exists for the encoder is reused as it is, so a
 nightly run with an unchanged model writes no model file. Everything is written to a temporary name and
 renamed into place, so concurrent readers never see a half-written file.
@@ -22,9 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from search.artifact.encoder import file_sha256
-from search.artifact.manifest import EncoderFiles, FileEntry
-from search.runtime.bundle import (
+from search.artifact.bundle import (
     BUNDLE_FORMAT,
     ENCODERS_DIR,
     IMAGE_FILE,
@@ -34,8 +32,9 @@ from search.runtime.bundle import (
     TOKENIZER_FILE,
     TextSpec,
 )
-from search.runtime.preprocess import PreprocessSpec
-from search.runtime.tokenizer import TokenizerSpec
+from search.artifact.encoder import file_sha256
+from search.artifact.manifest import EncoderFiles, FileEntry
+from search.artifact.specs import PreprocessSpec, TokenizerSpec
 
 __all__ = [
     "bundle_key",

@@ -55,7 +55,7 @@ class FileEntry:
 @dataclass(frozen=True)
 class EncoderFiles:
     """The encoder a version carries: a folder of the store (`encoders/<key>`, shared by every version built
-    with the same encoder) and the size and sha256 of each file in it (search.runtime.bundle verifies them)."""
+    with the same encoder) and the size and sha256 of each file in it (search.artifact.bundle verifies them)."""
 
     dir: str
     files: dict[str, FileEntry]
@@ -71,7 +71,7 @@ class IndexInfo:
     """The FAISS index: factory string, tuned per-call search params, the choice's reasons and its figures.
 
     `params` holds the search parameters chosen by tuning (e.g. {"nprobe": 16} or {"efSearch": 64}); they are
-    meant to be passed per call (search.query.ann.search_parameters), never set on the shared index.
+    meant to be passed per call (search.artifact.ann.search_parameters), never set on the shared index.
     `rerank_candidates` is how many ANN candidates to over-fetch before the exact float16 rerank.
     `recall_at_10` is after that rerank (what a query gets); `recall_at_10_raw` is the ANN stage alone.
     """

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.artifact import ann
 from search.artifact.encoder import EncoderIdentity
 from search.artifact.version import Artifact, ArtifactError, current_link, current_path, open_version
-from search.query import ann
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `open_current(store)` / `open_version(path)` check the version before returning it (manifest schema, every
 file present with the recorded size, array shapes against the manifest and encoder, the index's size); with
-`verify_checksums=True` they also hash every file. A version that lists encoder files (search.runtime.bundle)
+`verify_checksums=True` they also hash every file. A version that lists encoder files (search.artifact.bundle)
 opens only when they verify too. Anything wrong raises ArtifactError, which the service uses
 to refuse a reload and keep serving the version it has.
 """
@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from search.artifact import ann
+from search.artifact.bundle import EncoderBundle, verify_encoder_files
 from search.artifact.encoder import EncoderIdentity, encoder_mismatch, file_sha256
 from search.artifact.manifest import (
     IDS_FILE,
@@ -29,8 +31,6 @@ from search.artifact.manifest import (
     Manifest,
     read_manifest,
 )
-from search.query import ann
-from search.runtime.bundle import EncoderBundle, verify_encoder_files
 
 __all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "SearchResult", "current_link", "current_path",
            "current_version", "open_current", "open_version"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from search.runtime.bundle import TEXT_FILE, TEXT_INT8_FILE
+from search.artifact.bundle import TEXT_FILE, TEXT_INT8_FILE
 from search.runtime.costs import CostModel
 from search.runtime.pool import EncodeFn, Member
 from search.runtime.threads import process_budget, session_options

@@ -7,51 +7,13 @@ The same Pillow calls give the same pixels, so the result equals open_clip's to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PreprocessSpec", "ImagePreprocess", "SUPPORTED_RESIZE_MODES"]
+from search.artifact.specs import PreprocessSpec
 
-SUPPORTED_RESIZE_MODES = ("shortest", "squash")
-_INTERPOLATIONS = ("bicubic", "bilinear")
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """Input size (height, width), resize mode, interpolation, per-channel mean and std."""
-
-    size: tuple[int, int]
-    resize_mode: str
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "resize_mode": self.resize_mode, "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        size = data["size"]
-        height, width = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        mean = tuple(float(v) for v in data["mean"])
-        std = tuple(float(v) for v in data["std"])
-        spec = cls(size=(height, width), resize_mode=str(data["resize_mode"]),
-                   interpolation=str(data["interpolation"]),
-                   mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
-        spec.check()
-        return spec
-
-    def check(self) -> None:
-        """Refuse what this runtime cannot reproduce exactly (rather than silently differ from open_clip)."""
-        if self.resize_mode not in SUPPORTED_RESIZE_MODES:
-            raise ValueError(f"resize mode {self.resize_mode!r} is not supported (use {SUPPORTED_RESIZE_MODES})")
-        if self.resize_mode == "shortest" and self.size[0] != self.size[1]:
-            raise ValueError("resize mode 'shortest' is supported for square input sizes only")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation {self.interpolation!r} is not supported (use {_INTERPOLATIONS})")
+__all__ = ["ImagePreprocess"]
 
 
 class ImagePreprocess:

@@ -11,40 +11,14 @@ from __future__ import annotations
 import html
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TokenizerSpec", "ClipTokenizer", "clean_function"]
+from search.artifact.specs import TokenizerSpec
 
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """The tokenizer settings stored beside the vocabulary (encoder.json, key "tokenizer")."""
-
-    context_length: int
-    sot_id: int
-    eot_id: int
-    clean: str  # open_clip clean rule: 'lower' | 'whitespace' | 'canonicalize'
-    pattern: str  # open_clip's split expression (compiled with IGNORECASE)
-    special_tokens: dict[str, int]
-    kind: str = "open_clip.SimpleTokenizer"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "context_length": self.context_length, "sot_id": self.sot_id,
-                "eot_id": self.eot_id, "clean": self.clean, "pattern": self.pattern,
-                "special_tokens": dict(self.special_tokens)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerSpec:
-        kind = str(data.get("kind", "open_clip.SimpleTokenizer"))
-        if kind != "open_clip.SimpleTokenizer":
-            raise ValueError(f"tokenizer kind {kind!r} is not supported by this runtime")
-        return cls(context_length=int(data["context_length"]), sot_id=int(data["sot_id"]),
-                   eot_id=int(data["eot_id"]), clean=str(data["clean"]), pattern=str(data["pattern"]),
-                   special_tokens={str(k): int(v) for k, v in data["special_tokens"].items()}, kind=kind)
+__all__ = ["ClipTokenizer", "clean_function"]
 
 
 def _basic_clean(text: str) -> str:

@@ -17,8 +17,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from search.artifact.bundle import IMAGE_FILE, TEXT_FILE, TEXT_INT8_FILE, TOKENIZER_FILE, EncoderBundle
 from search.artifact.encoder import EncoderIdentity, IdentityShape
-from search.runtime.bundle import IMAGE_FILE, TEXT_FILE, TEXT_INT8_FILE, TOKENIZER_FILE, EncoderBundle
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.sessions import DEFAULT_PROVIDERS, ort_session
 from search.runtime.tokenizer import ClipTokenizer

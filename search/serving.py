@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from search.artifact.bundle import TEXT_INT8_FILE
 from search.metrics import ServiceMetrics
 from search.query.pipeline import QueryEmbedder
 from search.runtime.batcher import MicroBatcher
-from search.runtime.bundle import TEXT_INT8_FILE
 from search.runtime.costs import CostModel
 from search.runtime.members import build_members
 from search.runtime.pool import Member, PoolMetrics, SessionPool

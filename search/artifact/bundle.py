@@ -20,8 +20,7 @@ from typing import Any
 
 from search.artifact.encoder import EncoderIdentity, encoder_mismatch, file_sha256
 from search.artifact.manifest import ArtifactError, EncoderFiles, FileEntry, Manifest
-from search.runtime.preprocess import PreprocessSpec
-from search.runtime.tokenizer import TokenizerSpec
+from search.artifact.specs import PreprocessSpec, TokenizerSpec
 
 __all__ = [
     "BUNDLE_FORMAT",

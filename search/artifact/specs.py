@@ -1,0 +1,76 @@
+"""The encoder's input specs a version carries (encoder.json): how text is tokenized and how images are
+preprocessed. Data only: the indexer writes them at export, the artifact reader checks them, the runtime
+executes them (search.runtime.tokenizer, search.runtime.preprocess)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["INTERPOLATIONS", "PreprocessSpec", "SUPPORTED_RESIZE_MODES", "TokenizerSpec"]
+
+SUPPORTED_RESIZE_MODES = ("shortest", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Input size (height, width), resize mode, interpolation, per-channel mean and std."""
+
+    size: tuple[int, int]
+    resize_mode: str
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "resize_mode": self.resize_mode, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        size = data["size"]
+        height, width = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        mean = tuple(float(v) for v in data["mean"])
+        std = tuple(float(v) for v in data["std"])
+        spec = cls(size=(height, width), resize_mode=str(data["resize_mode"]),
+                   interpolation=str(data["interpolation"]),
+                   mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """Refuse what this runtime cannot reproduce exactly (rather than silently differ from open_clip)."""
+        if self.resize_mode not in SUPPORTED_RESIZE_MODES:
+            raise ValueError(f"resize mode {self.resize_mode!r} is not supported (use {SUPPORTED_RESIZE_MODES})")
+        if self.resize_mode == "shortest" and self.size[0] != self.size[1]:
+            raise ValueError("resize mode 'shortest' is supported for square input sizes only")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not supported (use {INTERPOLATIONS})")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """The tokenizer settings stored beside the vocabulary (encoder.json, key "tokenizer")."""
+
+    context_length: int
+    sot_id: int
+    eot_id: int
+    clean: str  # open_clip clean rule: 'lower' | 'whitespace' | 'canonicalize'
+    pattern: str  # open_clip's split expression (compiled with IGNORECASE)
+    special_tokens: dict[str, int]
+    kind: str = "open_clip.SimpleTokenizer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "context_length": self.context_length, "sot_id": self.sot_id,
+                "eot_id": self.eot_id, "clean": self.clean, "pattern": self.pattern,
+                "special_tokens": dict(self.special_tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerSpec:
+        kind = str(data.get("kind", "open_clip.SimpleTokenizer"))
+        if kind != "open_clip.SimpleTokenizer":
+            raise ValueError(f"tokenizer kind {kind!r} is not supported by this runtime")
+        return cls(context_length=int(data["context_length"]), sot_id=int(data["sot_id"]),
+                   eot_id=int(data["eot_id"]), clean=str(data["clean"]), pattern=str(data["pattern"]),
+                   special_tokens={str(k): int(v) for k, v in data["special_tokens"].items()}, kind=kind)
