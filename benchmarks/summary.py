@@ -88,5 +88,6 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: summary.py NAME... (reads benchmarks/out/NAME.json, writes benchmarks/out/summary.md)")
     text = summary(sys.argv[1:])
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.md").write_text(text)
     print(text, end="")
