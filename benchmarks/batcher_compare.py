@@ -23,13 +23,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, machine, random_checkpoint  # noqa: E402
+from common import OUT, ROOT, machine  # noqa: E402
 from serving_core import queries  # noqa: E402
+from serving_store import build, text_encoder  # noqa: E402
 
 
 def previous_batcher(ref: str) -> Any:
-    source = subprocess.run(["git", "show", f"{ref}:search/runtime/batcher.py"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
+    source = subprocess.run(["git", "show", f"{ref}:search/batcher.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout  # before the search/ relayout
+    # its TextEncoder protocol moved with the relayout (same methods: tokenize, lengths, encode_token_ids, encode)
+    source = source.replace("from search.text_encoder import TextEncoder",
+                            "from search.runtime.towers import TextEncoder")
     path = Path(tempfile.mkdtemp()) / "previous_batcher.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("previous_batcher", path)
@@ -62,20 +66,21 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--queries", type=int, default=320)
     parser.add_argument("--ref", default="c0d902e", help="git ref of the previous batcher")
+    parser.add_argument("--text-precision", choices=("int8", "fp32"), default="int8")
     parser.add_argument("--work", type=Path, default=OUT / "serving")
     args = parser.parse_args()
 
-    from indexer.models.clip import load_encoder
     from search.runtime.batcher import MicroBatcher
     from search.runtime.threads import configure_process, resolve_budget
-    from search.runtime.towers import OnnxTextEncoder
 
     configure_process(resolve_budget())
-    ckpt = random_checkpoint(args.model, args.work / f"{args.model}-random.pt")
-    text = OnnxTextEncoder(load_encoder(args.model, pretrained=str(ckpt), device="cpu"), args.work / "onnx-cache")
+    # the text tower the service runs: a small random-init store's own encoder files (the index plays no part)
+    made = build(1000, "Flat", args.model, args.work)
+    text = text_encoder(Path(str(made["store"])), args.text_precision)
     Previous = previous_batcher(args.ref)
     result: dict[str, Any] = {"benchmark": "batcher_compare", "machine": machine(), "model": args.model,
-                              "queries": args.queries, "previous_ref": args.ref}
+                              "queries": args.queries, "previous_ref": args.ref,
+                              "text_precision": args.text_precision}
     modes = {"no_batching": lambda: MicroBatcher(text, window_s=0.0),
              "previous_3ms_equal_length_groups": lambda: Previous(text, window_s=0.003, max_batch=32),
              "this_padded_adaptive": lambda: MicroBatcher(text, window_s=0.003, max_batch=32)}

@@ -30,7 +30,7 @@ def _library(root: Path, n: int, size: tuple[int, int]) -> list[str]:
 
     from photo_files import XMP, exif_block, iptc_segment
 
-    from indexer import world
+    from indexer.lab import world
 
     paths = []
     for i in range(n):

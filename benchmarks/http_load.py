@@ -2,9 +2,10 @@
 
 Scenarios: cache hit (one repeated query), cache miss (every request a new query) with micro-batching on, and
 cache miss with micro-batching off. Each scenario gets its own server process on a free localhost port. Builds
-a small synthetic-world store with the real tiny encoder (the test-support builder) unless --store is given.
+a small synthetic-world store with the real tiny encoder and its encoder files (the test-support builder); the
+service takes its encoder from that store.
 
-    .venv/bin/python benchmarks/http_load.py [--duration 8] [--connections 8] [--store STORE --checkpoint PT]
+    .venv/bin/python benchmarks/http_load.py [--duration 8] [--connections 8] [--backend onnx|onnx-int8]
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def main() -> None:
                  ("cache_miss_batching_3ms", "miss", 3.0, args.connections),
                  ("cache_miss_no_batching", "miss", 0.0, args.connections),
                  ("cache_miss_1_connection", "miss", 3.0, 1)]
-    results: dict[str, object] = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+    results: dict[str, object] = {"benchmark": "http_load", "cpus": os.cpu_count(),
+                                  "load_average_at_start": os.getloadavg(),
                                   "connections": args.connections, "duration_s": args.duration,
                                   "backend": args.backend, "vectors": len(world.ids_by_path)}
     for name, mode, window, connections in scenarios:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import OUT, machine, random_checkpoint  # noqa: E402
 
-from search.settings import BatchSettings, EncoderSettings, Settings, TrafficSettings  # noqa: E402
+from search.settings import BatchSettings, RuntimeSettings, Settings, TrafficSettings  # noqa: E402
 from tests.service_support import running_server, settings_for, world_store  # noqa: E402
 
 HIT_QUERY = "a large orange square on a sand background"
@@ -111,10 +111,11 @@ async def _measure(url: str, seconds: float, factor: float, hit_rate: float, sus
 
 def _model_settings(model: str, base: Path) -> Settings:
     """Settings on a synthetic-world store encoded with `model` (the tiny world store, or for another open_clip
-    model a seeded random-init checkpoint: speed does not depend on the weights' values)."""
+    model a seeded random-init checkpoint: speed does not depend on the weights' values). No model settings:
+    the store carries its encoder files; the text tower is the service's default precision (int8)."""
     world = world_store(base / "world")
     if model == "tiny":
-        return settings_for(world)
+        return settings_for(world, runtime=RuntimeSettings())
     import json as _json
 
     import numpy as _np
@@ -131,8 +132,7 @@ def _model_settings(model: str, base: Path) -> Settings:
     store.mkdir()
     ids = _write_metadata(store / "metadata.sqlite", world.image_root, records)
     publish(store, world.image_root, encoder, store / "metadata.sqlite", ids, _np.asarray(vectors))
-    return settings_for(world, store=store,
-                        encoder=EncoderSettings(model=model, pretrained=str(checkpoint), device="cpu"))
+    return settings_for(world, store=store, runtime=RuntimeSettings())
 
 
 def main() -> None:
@@ -146,7 +146,8 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="overload-"))
     model_settings = _model_settings(args.model, base)
-    result: dict = {"machine": machine(), "model": args.model, "seconds": args.seconds, "factor": args.factor,
+    result: dict = {"benchmark": "overload", "machine": machine(), "model": args.model, "seconds": args.seconds,
+                    "factor": args.factor, "text_precision": model_settings.runtime.text_precision,
                     "deadline_ms": args.deadline_ms}
     # first the same load with a deadline nobody reaches (calibration + what queueing without shedding costs),
     # then the same offered rate with shedding

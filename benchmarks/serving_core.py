@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine  # noqa: E402
-from serving_store import build  # noqa: E402
+from serving_store import build, text_encoder  # noqa: E402
 
 from tests.service_support import running_server  # noqa: E402
 
@@ -107,17 +107,16 @@ def queries(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 18)))) + f" {i}" for i in range(n)]
 
 
-def bare_components(store: Path, ckpt: Path, model: str, onnx_cache: Path, runs: int) -> dict[str, Any]:
-    """The bare session encode (one query at a time, and 16 at once per query) and the bare ann + rerank."""
+def bare_components(store: Path, precision: str, runs: int) -> dict[str, Any]:
+    """The bare session encode (one query at a time, and 16 at once per query) and the bare ann + rerank, with
+    the store's own encoder files (the text tower of the service's precision)."""
     import numpy as np
 
-    from indexer.models.clip import load_encoder
     from search.artifact.version import open_current
     from search.runtime.threads import configure_process, resolve_budget
-    from search.runtime.towers import OnnxTextEncoder
 
     configure_process(resolve_budget())  # the service's default budget
-    text = OnnxTextEncoder(load_encoder(model, pretrained=str(ckpt), device="cpu"), onnx_cache)
+    text = text_encoder(store, precision)
     qs = queries(runs, 99)
     toks = [text.tokenize([q]) for q in qs]
     for t in toks[:5]:
@@ -189,7 +188,8 @@ def scenario_settings(base: dict[str, Any], batching: bool, pool: bool) -> Any:
     data = json.loads(json.dumps(base))
     data["batching"] = {"window_ms": 3.0 if batching else 0.0, "max_batch": 32}
     if pool:  # two CPU sessions with one intra-op thread each, instead of one session with two
-        data["pool"] = {"members": [{"device": "cpu", "precision": "fp32", "threads": 1}] * 2}
+        member = {"device": "cpu", "precision": data["runtime"]["text_precision"], "threads": 1}
+        data["pool"] = {"members": [member] * 2}
     return Settings.model_validate(data)
 
 
@@ -201,22 +201,24 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--bare-runs", type=int, default=200)
     parser.add_argument("--overlap-queries", type=int, default=50)
+    parser.add_argument("--text-precision", choices=("int8", "fp32"), default="int8",
+                        help="runtime.text_precision of the service (and of the bare encode)")
     parser.add_argument("--profile", action="store_true", help="py-spy the batching-on service under load")
     parser.add_argument("--work", type=Path, default=OUT / "serving")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     made = build(args.n, args.factory, args.model, args.work)
-    store, ckpt = Path(str(made["store"])), Path(str(made["checkpoint"]))
-    onnx_cache = args.work / "onnx-cache"
+    store = Path(str(made["store"]))
     tmp = Path(tempfile.mkdtemp(prefix="serving-core-"))
     script = tmp / "queries.lua"
     script.write_text(LUA)
-    base = {"store": str(store), "encoder": {"model": args.model, "pretrained": str(ckpt), "device": "cpu"},
-            "text": {"backend": "onnx", "onnx_cache_dir": str(onnx_cache)}, "reload": {"watch": False}}
+    # no model settings: the service takes its encoder from the store
+    base = {"store": str(store), "runtime": {"text_precision": args.text_precision}, "reload": {"watch": False}}
     result: dict[str, Any] = {"benchmark": "serving_core", "machine": machine(), "store": made,
-                              "duration_s": args.duration, "load_average_at_start": os.getloadavg()}
-    result["bare"] = bare_components(store, ckpt, args.model, onnx_cache, args.bare_runs)
+                              "duration_s": args.duration, "text_precision": args.text_precision,
+                              "load_average_at_start": os.getloadavg()}
+    result["bare"] = bare_components(store, args.text_precision, args.bare_runs)
     plan = {  # server config -> [(name, mode, phase, connections)]
         (True, False): [("miss_full_c1", "miss", "full", 1), ("miss_full_c16", "miss", "full", 16),
                         ("miss_fast_c1", "miss", "fast", 1), ("miss_fast_c16", "miss", "fast", 16),
@@ -253,6 +255,7 @@ def main() -> None:
         "pool_over_single_qps_c16": round(runs["miss_full_c16_pool2cpu"]["qps"] / runs["miss_full_c16"]["qps"], 2),
     }
     text = json.dumps(result, indent=2)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving_core.json").write_text(text)
     print(text)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -39,6 +39,33 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
                   ("text_encoder.batch_256_qps", "text QPS (batch 256)"),
                   ("faiss_ivf.gpu_train_s", "IVF train s (GPU)"),
                   ("faiss_ivf.gpu_speedup", "GPU speed-up")],
+    "file_meta_overhead": [("sizes.0.size", "size"), ("sizes.0.overhead", "overhead"),
+                           ("sizes.1.size", "size"), ("sizes.1.overhead", "overhead"), ("target", "target")],
+    "serving_store": [("model", "model"), ("vectors", "vectors"), ("factory", "index"), ("publish_s", "publish s")],
+    "serving_core": [("store.model", "model"), ("store.vectors", "vectors"),
+                     ("runs.miss_full_c1.qps", "miss c1 QPS"), ("runs.miss_full_c1.p99_ms", "miss c1 p99 ms"),
+                     ("runs.miss_full_c16.qps", "miss c16 QPS"), ("runs.miss_full_c16.p99_ms", "miss c16 p99 ms"),
+                     ("runs.hit_c1.p50_ms", "hit c1 p50 ms"),
+                     ("ratios.batched_over_unbatched_qps_c16", "batched / unbatched QPS c16"),
+                     ("ratios.pool_over_single_qps_c16", "2-CPU pool / single QPS c16"),
+                     ("fast_top10_overlap_with_full", "fast vs full top-10 overlap")],
+    "batcher_compare": [("model", "model"),
+                        ("concurrency_16.this_padded_adaptive.qps_over_no_batching", "c16 batcher / none"),
+                        ("concurrency_16.previous_3ms_equal_length_groups.qps_over_no_batching", "c16 previous / none"),
+                        ("concurrency_1.this_padded_adaptive.qps_over_no_batching", "c1 batcher / none")],
+    "thread_contention": [("model", "model"), ("vectors", "vectors"),
+                          ("faiss_search_alone_p50_ms", "search alone p50 ms"),
+                          ("spinning_off_service.faiss_search_after_encode_p50_ms", "after encode, no spin p50 ms"),
+                          ("search_slowdown_spinning_on_vs_off", "slowdown spinning on/off")],
+    "query_path_profile": [("concurrency_1.qps", "c1 QPS"), ("concurrency_16.qps", "c16 QPS")],
+    "overload": [("model", "model"), ("shedding.sustainable_miss_rate_per_s", "sustainable misses/s"),
+                 ("shedding.admitted_p99_ms", "admitted p99 ms"), ("shedding.rejected_p99_ms", "rejected p99 ms"),
+                 ("shedding.hit_p99_ms", "hit p99 ms"), ("shedding.readyz_after", "readyz after"),
+                 ("no_shedding.admitted_p99_ms", "no shedding: admitted p99 ms")],
+    "upload_memory": [("uploads", "uploads"), ("guarded.peak_above_idle_mb", "peak above idle MB"),
+                      ("guarded.after_above_idle_mb", "after MB"),
+                      ("peak_ratio_unguarded_over_guarded", "unguarded / guarded peak"),
+                      ("meets_target", "target met")],
 }
 GENERIC = ("speedup", "ratio", "per_s", "qps", "p50", "p99", "recall")
 
@@ -47,7 +74,11 @@ def flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict):
         for key, value in data.items():
             yield from flatten(value, f"{prefix}{key}.")
-    elif not isinstance(data, list):
+    elif isinstance(data, list):  # lists of objects (one per size, per model...) by position; other lists skipped
+        for i, value in enumerate(data):
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{i}.")
+    else:
         yield prefix[:-1], data
 
 
@@ -88,5 +119,6 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: summary.py NAME... (reads benchmarks/out/NAME.json, writes benchmarks/out/summary.md)")
     text = summary(sys.argv[1:])
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.md").write_text(text)
     print(text, end="")

@@ -59,7 +59,7 @@ def main() -> None:
     full = torch.from_numpy(tokens)
     reference = encoder.encode_tokens(full)
     results: dict[str, object] = {
-        "model": args.model, "weights": "random-init", "query": args.query,
+        "benchmark": "text_encoder_latency", "model": args.model, "weights": "random-init", "query": args.query,
         "query_tokens": int(trimmed.lengths(tokens)[0]), "context_length": encoder.context_length,
         "torch_threads": torch.get_num_threads(), "runs": args.runs,
         "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

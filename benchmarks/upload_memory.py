@@ -53,7 +53,7 @@ def main() -> None:
     bomb, jpeg = png_bomb(args.side), big_jpeg(args.side)
     payloads = [("bomb.png", bomb) if i % 4 else ("big.jpg", jpeg) for i in range(args.uploads)]
     pixels = args.side * args.side + 1
-    result: dict = {"machine": machine(), "uploads": args.uploads, "side": args.side,
+    result: dict = {"benchmark": "upload_memory", "machine": machine(), "uploads": args.uploads, "side": args.side,
                     "png_bytes": len(bomb), "jpeg_bytes": len(jpeg), "target_peak_above_idle_mb": TARGET_MB}
     result["guarded"] = _run(world, base, "guarded", LimitSettings(
         max_upload_pixels=max(pixels, 40_000_000), decode_concurrency=args.decode_concurrency), payloads)
