@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,17 @@ def timed_run(cmd: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None =
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return seconds, done
+
+
+def latency_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> dict[str, float]:
+    """p50 and p95 wall time of `fn` in milliseconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    samples.sort()
+    return {"p50_ms": round(statistics.median(samples), 3),
+            "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 3)}

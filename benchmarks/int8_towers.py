@@ -19,33 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, machine  # noqa: E402
+from common import OUT, latency_ms, machine  # noqa: E402
 
 QUERY_12 = "two dogs playing with a red ball in the park"  # 12 tokens with start/end on CLIP's BPE
 RULE = {"max_r10_loss_pt": 0.5, "min_mean_cosine": 0.995}
 
 
-def _p50(fn: Callable[[], Any], runs: int, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    samples.sort()
-    return {"p50_ms": round(statistics.median(samples), 3),
-            "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 3)}
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -74,8 +61,8 @@ def text_units(model: str, cache: Path, runs: int, world_queries: list[str]) -> 
     fp32 = onnx_text_encoder(encoder, cache / model)
     int8 = onnx_text_encoder(encoder, cache / model, precision="int8")
     tokens = fp32.tokenize([QUERY_12])
-    lat = {"fp32": _p50(lambda: fp32.encode_token_ids(tokens), runs),
-           "int8": _p50(lambda: int8.encode_token_ids(tokens), runs)}
+    lat = {"fp32": latency_ms(lambda: fp32.encode_token_ids(tokens), runs),
+           "int8": latency_ms(lambda: int8.encode_token_ids(tokens), runs)}
     tok = encoder.tokenizer
     random_tokens = _random_tokens(encoder.context_length, len(tok.encoder), tok.sot_token_id, tok.eot_token_id, 256)
     world = fp32.tokenize(world_queries)

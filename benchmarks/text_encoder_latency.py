@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,20 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import latency_ms  # noqa: E402
+
 QUERY_12 = "two dogs playing with a red ball in the park"  # 12 tokens with start/end on CLIP's BPE
-
-
-def _time(fn: Callable[[], np.ndarray], runs: int, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    samples.sort()
-    return {"p50_ms": round(statistics.median(samples), 3),
-            "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 3)}
 
 
 def main() -> None:
@@ -64,7 +54,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "runs": args.runs,
         "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    eager = _time(lambda: encoder.encode_tokens(full), args.runs)
+    eager = latency_ms(lambda: encoder.encode_tokens(full), args.runs)
     results["open_clip_eager_full_context"] = eager
     backends: dict[str, Callable[[], np.ndarray]] = {"torch_trimmed": lambda: trimmed.encode_token_ids(tokens)}
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="onnx-bench-"))
@@ -76,7 +66,7 @@ def main() -> None:
         onnx = onnx_text_encoder(encoder, cache_dir, threads=threads)
         backends[f"onnx_trimmed_{threads}_threads"] = (lambda o: lambda: o.encode_token_ids(tokens))(onnx)
     for name, fn in backends.items():
-        stats = _time(fn, args.runs)
+        stats = latency_ms(fn, args.runs)
         stats["max_abs_diff_vs_eager"] = float(np.abs(fn() - reference).max())
         stats["speedup_vs_eager_p50"] = round(eager["p50_ms"] / stats["p50_ms"], 2)
         results[name] = stats

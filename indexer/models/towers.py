@@ -22,7 +22,7 @@ from indexer.models.export import (
     text_tower_module,
 )
 from search.runtime.sessions import ort_session
-from search.runtime.towers import ImageEncoder, OnnxImageEncoder, OnnxTextEncoder, Precision, token_lengths
+from search.runtime.towers import ImageEncoder, OnnxImageEncoder, OnnxTextEncoder, Precision, TrimmingTextEncoder
 
 __all__ = ["TorchImageEncoder", "TorchTextEncoder", "build_image_encoder", "onnx_image_encoder",
            "onnx_text_encoder"]
@@ -42,7 +42,7 @@ class _NumpyTokenizer:
         return list(self.encoder.tokenizer.encode(text))
 
 
-class TorchTextEncoder:
+class TorchTextEncoder(TrimmingTextEncoder):
     """Eager torch text backend with the same padding trim as the runtime's ONNX one."""
 
     def __init__(self, encoder: ClipEncoder):
@@ -57,13 +57,6 @@ class TorchTextEncoder:
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return self._tokenizer(texts)
 
-    def lengths(self, tokens: np.ndarray) -> np.ndarray:
-        return token_lengths(tokens, self.pool_type, self.eos_id)
-
-    def trimmed(self, tokens: np.ndarray) -> np.ndarray:
-        if not self.trim or tokens.shape[0] == 0:
-            return tokens
-        return tokens[:, : int(self.lengths(tokens).max())]
 
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
         import torch

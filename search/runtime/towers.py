@@ -30,6 +30,7 @@ __all__ = [
     "Precision",
     "RuntimeEncoder",
     "TextEncoder",
+    "TrimmingTextEncoder",
     "token_lengths",
 ]
 
@@ -69,7 +70,24 @@ def token_lengths(tokens: np.ndarray, pool_type: str = "argmax", eos_id: int | N
     return np.asarray(tokens.argmax(axis=1) + 1)
 
 
-class OnnxTextEncoder:
+class TrimmingTextEncoder:
+    """What every text backend shares: each row's real length from its end token, and a batch cut after its
+    longest real sequence when `trim` says that is exact for the tower (causal mask + EOT pooling)."""
+
+    trim: bool
+    pool_type: str
+    eos_id: int | None
+
+    def lengths(self, tokens: np.ndarray) -> np.ndarray:
+        return token_lengths(tokens, self.pool_type, self.eos_id)
+
+    def trimmed(self, tokens: np.ndarray) -> np.ndarray:
+        if not self.trim or tokens.shape[0] == 0:
+            return tokens
+        return tokens[:, : int(self.lengths(tokens).max())]
+
+
+class OnnxTextEncoder(TrimmingTextEncoder):
     """Tokenizer + text-tower session; `trim` cuts each batch to its longest real sequence."""
 
     def __init__(self, tokenizer: Any, session: Any, dim: int, trim: bool = True, pool_type: str = "argmax",
@@ -85,13 +103,6 @@ class OnnxTextEncoder:
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
 
-    def lengths(self, tokens: np.ndarray) -> np.ndarray:
-        return token_lengths(tokens, self.pool_type, self.eos_id)
-
-    def trimmed(self, tokens: np.ndarray) -> np.ndarray:
-        if not self.trim or tokens.shape[0] == 0:
-            return tokens
-        return tokens[:, : int(self.lengths(tokens).max())]
 
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
         (out,) = self.session.run(None, {"tokens": np.ascontiguousarray(self.trimmed(tokens), dtype=np.int64)})
