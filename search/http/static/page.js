@@ -107,6 +107,7 @@ function hitElement(hit) {
   const caption = document.createElement("div");
   caption.className = "caption";
   caption.textContent = hit.caption || hit.path || "";
+  caption.title = caption.textContent;  // one line on the card; the whole caption on hover
   const score = document.createElement("div");
   score.className = "score";
   score.textContent = "score " + hit.score.toFixed(3) + (hit.licence ? " · " + hit.licence : "");
