@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def start_service(store: Path, config: Path, queries: int = 0) -> dict[str, Any]
         else:
             raise RuntimeError("service exited during startup:\n" + "".join(log[-30:]))
         ready_s = time.perf_counter() - start
+        # keep draining the server's log: a full stderr pipe would block the server mid-benchmark
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             ready = client.get("/readyz").json()
             q = time.perf_counter()
