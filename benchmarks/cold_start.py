@@ -76,6 +76,9 @@ def write_metadata(db: Path, n: int, image_root: Path) -> None:
 
 
 def publish(store: Path, n: int, factory: str, model: str, ckpt: Path, onnx_cache: Path) -> tuple[str, float]:
+    """N seeded random unit vectors under `model`'s random-init encoder, published with the project's own publish
+    (index built, nprobe tuned) and the encoder files; returns the version name and the publish seconds.
+    serving_store.py builds its store with this too."""
     import numpy as np
 
     from indexer.index_select import IndexConfig
@@ -85,8 +88,11 @@ def publish(store: Path, n: int, factory: str, model: str, ckpt: Path, onnx_cach
 
     encoder = load_encoder(model, pretrained=str(ckpt), device="cpu")
     identity = encoder.identity
-    vectors = np.random.default_rng(0).standard_normal((n, identity.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    vectors = np.empty((n, identity.dim), np.float16)
+    for begin in range(0, n, 100_000):  # float16 in chunks: 1M x 512 float32 at once is 2 GB
+        chunk = rng.standard_normal((min(100_000, n - begin), identity.dim), dtype=np.float32)
+        vectors[begin:begin + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
     store.mkdir(parents=True, exist_ok=True)
     write_metadata(store / "metadata.sqlite", n, store / "images")
     config = IndexConfig.load(ROOT / "configs" / "index.yaml")
