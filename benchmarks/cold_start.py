@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -75,7 +74,7 @@ def write_metadata(db: Path, n: int, image_root: Path) -> None:
     conn.close()
 
 
-def publish(store: Path, n: int, factory: str, model: str, ckpt: Path, onnx_cache: Path) -> tuple[str, float]:
+def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, onnx_cache: Path) -> tuple[str, float]:
     """N seeded random unit vectors under `model`'s random-init encoder, published with the project's own publish
     (index built, nprobe tuned) and the encoder files; returns the version name and the publish seconds.
     serving_store.py builds its store with this too."""
@@ -205,19 +204,25 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--factory", help="index factory (default IVF{4*sqrt(n) as a power of 2},Flat)")
+    parser.add_argument("--factory", default="auto",
+                        help="index factory; auto (default): indexer.index_select's pick under configs/index.yaml")
+    parser.add_argument("--rebuild", action="store_true", help="publish again even if the store has a version")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default="ViT-B-32", help="tiny | an open_clip model (random init)")
     parser.add_argument("--queries", type=int, default=1000, help="distinct queries before reading the RSS")
     parser.add_argument("--install-sizes", action="store_true", help="also build a serve-only virtualenv")
     parser.add_argument("--work", type=Path, default=OUT / "cold_start")
     args = parser.parse_args()
-    nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(args.n))))
-    factory = args.factory or f"IVF{nlist},Flat"
     ckpt = checkpoint(args.model)
-    store = args.work / f"store-{args.model}-{args.n}-{factory.replace(',', '_')}"
-    version, publish_s = publish(store, args.n, factory, args.model, ckpt, args.work / "onnx-cache")
+    store = args.work / f"store-{args.model}-{args.n}-{args.factory.replace(',', '_')}"
     from search.artifact.version import current_path
+
+    if args.rebuild or not current_path(store).is_dir():
+        factory = None if args.factory == "auto" else args.factory
+        version, publish_s = publish(store, args.n, factory, args.model, ckpt, args.work / "onnx-cache")
+    else:  # the store is the same seeded build: publishing it again only costs minutes
+        version, publish_s = current_path(store).resolve().name, float("nan")
+    factory = json.loads((current_path(store) / "manifest.json").read_text())["index"]["factory"]
 
     floor_s, done = timed_run([sys.executable, "-c", FLOOR, str(current_path(store))])
     imports_s, _ = timed_run([sys.executable, "-c", "import onnxruntime, tokenizers, fastapi, uvicorn, faiss"])

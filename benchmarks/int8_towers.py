@@ -103,7 +103,7 @@ def _recall(store: Path, queries: list[dict[str, Any]], precision: str) -> tuple
     from search.artifact.version import open_current
     from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 
-    with open_current(store, verify_checksums=True) as artifact:
+    with open_current(store, checks="full") as artifact:
         assert artifact.encoder_bundle is not None
         encoder = RuntimeEncoder.load(artifact.encoder_bundle, RuntimeOptions(text_precision=precision))  # type: ignore[arg-type]
         vectors = encoder.encode_texts([q["query"] for q in queries])

@@ -28,7 +28,8 @@ from indexer.build import BuiltIndex, build_index
 from indexer.index_select import IndexConfig
 from indexer.shards import fsync_dir
 from search.artifact.bundle import ENCODERS_DIR
-from search.artifact.encoder import EncoderIdentity, file_sha256
+from search.artifact.checksums import file_entry
+from search.artifact.encoder import EncoderIdentity
 from search.artifact.manifest import (
     IDS_FILE,
     INDEX_FILE,
@@ -37,7 +38,6 @@ from search.artifact.manifest import (
     VECTORS_FILE,
     ArtifactError,
     EncoderFiles,
-    FileEntry,
     IndexInfo,
     Manifest,
     read_manifest,
@@ -226,8 +226,7 @@ def _remove_tree(path: Path) -> None:
 def _manifest(name: str, tmp: Path, encoder: EncoderIdentity, image_root: Path, built: BuiltIndex,
               counts: Mapping[str, int], timings: Mapping[str, float], n: int,
               encoder_files: EncoderFiles | None = None) -> Manifest:
-    files = {f: FileEntry(sha256=file_sha256(tmp / f), bytes=(tmp / f).stat().st_size)
-             for f in (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)}
+    files = {f: file_entry(tmp / f) for f in (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)}
     selection = built.choice.to_dict()
     selection["target_met"] = built.target_met
     index = IndexInfo(
@@ -277,7 +276,7 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
                                       encoder_files))
         _copy_takedowns(store, tmp)
         _make_read_only(tmp)
-        open_version(tmp, verify_checksums=True, expect_encoder=encoder).close()
+        open_version(tmp, checks="full", expect_encoder=encoder).close()
         final = versions / name
         os.rename(tmp, final)
         fsync_dir(versions)

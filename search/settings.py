@@ -102,7 +102,9 @@ class ReloadSettings(_Strict):
     watch: bool = True
     poll_s: float = Field(2.0, gt=0)
     admin_token: str | None = None  # None: /admin/reload only from localhost
-    verify_checksums: bool = True  # full sha256 of every file on load (1M vectors: see docs/service.md)
+    verify_checksums: bool = True  # full sha256 of every file before a version serves (false: sizes only)
+    start_checks: Literal["sampled", "full"] = "sampled"  # the first version at start: sampled sha256, full in
+    # the background (unloaded if that fails); "full": hash everything before ready (1M: docs/service.md)
     takedown_check_s: float = Field(0.5, gt=0, le=2.0)  # STORE/takedowns.json is re-checked this often
 
 

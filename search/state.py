@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from search.artifact.bundle import EncoderBundle, verify_encoder_files
+from search.artifact.checksums import CheckLevel
 from search.artifact.encoder import EncoderIdentity, encoder_mismatch, weights_label
 from search.artifact.images import ImageStore
 from search.artifact.manifest import ArtifactError, read_manifest
@@ -87,7 +88,7 @@ class ServiceEncoder:
             return
         try:
             version_dir = current_path(store)
-            bundle = verify_encoder_files(version_dir, read_manifest(version_dir), full=False)
+            bundle = verify_encoder_files(version_dir, read_manifest(version_dir), "size")
         except (ArtifactError, OSError):
             return  # the holder's own open reports what is wrong with this version
         if bundle is None or pin_mismatch(self.pins, bundle.identity, "") is not None:
@@ -252,9 +253,10 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
     options = runtime_options(settings)
     service_encoder = ServiceEncoder(settings.encoder, options, encoder, on_load=_record_encoder(metrics, options))
     holder_ref: list[ArtifactHolder] = []
-    holder = ArtifactHolder(Path(settings.store), None, settings.reload.verify_checksums,
-                            on_change=_record_reload(metrics, holder_ref), ann_params=settings.rank.ann_params,
-                            admit=service_encoder.admit)
+    checks: CheckLevel = "full" if settings.reload.verify_checksums else "size"
+    holder = ArtifactHolder(Path(settings.store), None, checks, on_change=_record_reload(metrics, holder_ref),
+                            ann_params=settings.rank.ann_params, admit=service_encoder.admit,
+                            start_checks=settings.reload.start_checks if checks == "full" else "size")
     holder_ref.append(holder)
     service_encoder.prefetch(Path(settings.store))
     holder.reload()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from indexer.publish import publish_version
-from search.artifact import ann
+from search.artifact import ann, checksums
 from search.artifact.version import ArtifactError, open_current, open_version
 from tests.artifact_support import clustered, identity, make_metadata, publish, search_store, small_config
 
@@ -40,14 +40,15 @@ def _copy(version: Path, dest: Path) -> Path:
 
 def test_opens_with_full_checksums(published) -> None:
     path, vectors = published
-    with open_version(path, verify_checksums=True, expect_encoder=identity(D)) as art:
+    with open_version(path, checks="full", expect_encoder=identity(D)) as art:
         assert art.vectors.dtype == np.float16 and isinstance(art.vectors, np.memmap)
         assert len(art.ids) == 2000 and art.manifest.index.factory == "IVF32,Flat"
         scores, ids = art.exact_search(vectors[:3], 5)
         assert list(ids[:, 0]) == list(art.ids[:3])
 
 
-def test_flipped_byte_fails_full_verification_only(published, tmp_path: Path) -> None:
+def test_flipped_byte_in_a_small_file_fails_every_open(published, tmp_path: Path) -> None:
+    """Files up to 16 MiB are hashed on every open (large ones: tests/test_checksums.py)."""
     path, _ = published
     copy = _copy(path, tmp_path / "v")
     with open(copy / "vectors.f16.npy", "r+b") as fh:
@@ -55,9 +56,9 @@ def test_flipped_byte_fails_full_verification_only(published, tmp_path: Path) ->
         byte = fh.read(1)
         fh.seek(-7, os.SEEK_END)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    open_version(copy).close()  # cheap checks cannot see a same-size corruption...
-    with pytest.raises(ArtifactError, match="sha256"):
-        open_version(copy, verify_checksums=True)  # ...the full verification does
+    for level in ("size", "sampled", "full"):
+        with pytest.raises(ArtifactError, match="sha256"):
+            open_version(copy, checks=level)
 
 
 @pytest.mark.parametrize("victim", ["index.faiss", "vectors.f16.npy", "ids.npy", "metadata.sqlite"])
@@ -72,7 +73,7 @@ def test_truncated_file_is_refused(published, tmp_path: Path, victim: str) -> No
 def test_missing_file_and_partial_version(published, tmp_path: Path) -> None:
     copy = _copy(published[0], tmp_path / "v")
     (copy / "ids.npy").unlink()
-    with pytest.raises(ArtifactError, match="missing ids.npy"):
+    with pytest.raises(ArtifactError, match="ids.npy is missing"):
         open_version(copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="partial"):
@@ -93,7 +94,7 @@ def test_incompatible_or_inconsistent_manifest(published, tmp_path: Path, edit, 
         open_version(copy)
 
 
-def test_garbage_index_and_manifest(published, tmp_path: Path) -> None:
+def test_garbage_index_and_manifest(published, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = _copy(published[0], tmp_path / "v")
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="JSON"):
@@ -101,7 +102,10 @@ def test_garbage_index_and_manifest(published, tmp_path: Path) -> None:
     copy2 = _copy(published[0], tmp_path / "v2")
     size = (copy2 / "index.faiss").stat().st_size
     (copy2 / "index.faiss").write_bytes(b"\0" * size)
-    with pytest.raises(ArtifactError, match="FAISS"):
+    with pytest.raises(ArtifactError, match="index.faiss fails its sha256"):
+        open_version(copy2)
+    monkeypatch.setattr(checksums, "ALWAYS_HASHED_BYTES", 0)  # as a large index at the size level:
+    with pytest.raises(ArtifactError, match="FAISS cannot read"):  # FAISS itself refuses the garbage
         open_version(copy2)
 
 

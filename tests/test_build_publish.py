@@ -137,7 +137,7 @@ def test_truncated_index_file_is_caught_before_publish(tmp_path: Path, vectors: 
         publish(store, vectors, config=small_config(factory="Flat"))
     assert current_path(store) == good.path
     assert list_versions(store) == [good.name]
-    art = open_current(store, verify_checksums=True)
+    art = open_current(store, checks="full")
     assert art.version == good.name
     art.close()
 

@@ -44,7 +44,7 @@ def test_unchanged_encoder_is_exported_once_and_shared_by_later_versions(tmp_pat
     make_tree(images, 2, start=6)
     second = run(images, store)
     assert second["version"] != first["version"]
-    v2 = open_current(store, verify_checksums=True).manifest
+    v2 = open_current(store, checks="full").manifest
     assert v1.encoder_files == v2.encoder_files  # the same folder, the same files
     assert _model_files(store) == exported  # the nightly run with the same model wrote no model file
 
@@ -166,4 +166,4 @@ def test_encoder_folders_no_version_lists_are_pruned_with_the_versions(world, tm
                     {"indexed": len(ids)}, {}, encoder_files=files)
     left = {p.name for p in (store / ENCODERS_DIR).iterdir()}
     assert left == {Path(files.dir).name} and not left & old
-    assert open_current(store, verify_checksums=True).encoder_bundle is not None
+    assert open_current(store, checks="full").encoder_bundle is not None

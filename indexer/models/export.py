@@ -17,6 +17,7 @@ import shutil
 import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from search.artifact.bundle import (
     TOKENIZER_FILE,
     TextSpec,
 )
-from search.artifact.encoder import file_sha256
+from search.artifact.checksums import file_entry
 from search.artifact.manifest import EncoderFiles, FileEntry
 from search.artifact.specs import PreprocessSpec, TokenizerSpec
 
@@ -292,7 +293,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _entries(directory: Path, names: Sequence[str]) -> dict[str, FileEntry]:
-    return {n: FileEntry(sha256=file_sha256(directory / n), bytes=(directory / n).stat().st_size) for n in names}
+    return {n: file_entry(directory / n) for n in names}
 
 
 def _existing(store: Path, rel: str) -> EncoderFiles | None:
@@ -300,8 +301,8 @@ def _existing(store: Path, rel: str) -> EncoderFiles | None:
     if not spec_path.is_file():
         return None
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    files = {n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in spec["files"].items()}
-    files[SPEC_FILE] = FileEntry(sha256=file_sha256(spec_path), bytes=spec_path.stat().st_size)
+    files = {n: FileEntry.from_dict(e) for n, e in spec["files"].items()}
+    files[SPEC_FILE] = file_entry(spec_path)
     return EncoderFiles(dir=rel, files=files)
 
 
@@ -330,7 +331,7 @@ def export_bundle(encoder: Any, store: Path, cache_dir: Path | None = None, int8
         spec = {"format": BUNDLE_FORMAT, "identity": encoder.identity.to_dict(),
                 "tokenizer": tokenizer_spec(encoder.tokenizer).to_dict(),
                 "preprocess": preprocess_spec(encoder).to_dict(), "text": text_spec(encoder).to_dict(),
-                "files": {n: {"sha256": e.sha256, "bytes": e.bytes} for n, e in files.items()}}
+                "files": {n: asdict(e) for n, e in files.items()}}
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for file in tmp.iterdir():
             with open(file, "rb") as fh:

@@ -7,8 +7,9 @@ is named by the encoder (content-addressed), so every version built with one enc
 manifest lists the folder and every file's size and sha256.
 
 Verification on every open: every required file present with its recorded size, the small files (tokenizer,
-spec) hashed, the spec's identity equal to the manifest's. With full verification the ONNX files are hashed
-too; without it a truncated or replaced graph is still caught by its size or by ONNX Runtime refusing it.
+spec) hashed, the spec's identity equal to the manifest's. At the sampled or full level the ONNX files are
+hashed too (search.artifact.checksums); at the size level a truncated or replaced graph is still caught by its
+size or by ONNX Runtime refusing it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.artifact.encoder import EncoderIdentity, encoder_mismatch, file_sha256
+from search.artifact.checksums import CheckLevel, check_file
+from search.artifact.encoder import EncoderIdentity, encoder_mismatch
 from search.artifact.manifest import ArtifactError, EncoderFiles, FileEntry, Manifest
 from search.artifact.specs import PreprocessSpec, TokenizerSpec
 
@@ -43,7 +45,6 @@ TEXT_FILE = "text.onnx"
 TEXT_INT8_FILE = "text.int8.onnx"
 IMAGE_FILE = "image.onnx"
 REQUIRED_FILES = (SPEC_FILE, TOKENIZER_FILE, TEXT_FILE, IMAGE_FILE)
-_ALWAYS_HASHED_BYTES = 16 << 20  # spec and tokenizer files are hashed on every open; graphs only on full checks
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,7 @@ class EncoderBundle:
                    text=TextSpec.from_dict(spec["text"]), files=files)
 
 
-def _check_file(path: Path, entry: FileEntry, full: bool, what: str) -> None:
-    if not path.is_file():
-        raise ArtifactError(f"{what}: encoder file {path.name} is missing ({path})")
-    size = path.stat().st_size
-    if size != entry.bytes:
-        raise ArtifactError(f"{what}: encoder file {path.name} has {size} bytes, manifest says {entry.bytes} "
-                            "(truncated or replaced?)")
-    if (full or entry.bytes <= _ALWAYS_HASHED_BYTES) and file_sha256(path) != entry.sha256:
-        raise ArtifactError(f"{what}: encoder file {path.name} fails its sha256 checksum")
-
-
-def verify_encoder_files(version_dir: Path, manifest: Manifest, full: bool) -> EncoderBundle | None:
+def verify_encoder_files(version_dir: Path, manifest: Manifest, checks: CheckLevel) -> EncoderBundle | None:
     """Check the encoder files `manifest` lists (None when it lists none); ArtifactError names what is wrong."""
     entry: EncoderFiles | None = manifest.encoder_files
     if entry is None:
@@ -113,7 +103,7 @@ def verify_encoder_files(version_dir: Path, manifest: Manifest, full: bool) -> E
     if missing:
         raise ArtifactError(f"{what}: manifest lists no encoder file {', '.join(missing)}")
     for name, file_entry in entry.files.items():
-        _check_file(directory / name, file_entry, full, what)
+        check_file(directory / name, file_entry, checks, f"{what}: encoder file")
     try:
         spec = json.loads((directory / SPEC_FILE).read_text(encoding="utf-8"))
         bundle = EncoderBundle.from_spec(directory, spec, dict(entry.files))

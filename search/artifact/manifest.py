@@ -46,10 +46,17 @@ class ArtifactError(RuntimeError):
 
 @dataclass(frozen=True)
 class FileEntry:
-    """Size is checked on every open (cheap); the sha256 only on full verification."""
+    """Size is checked on every open (cheap); the sampled and full sha256 as search.artifact.checksums says."""
 
     sha256: str
     bytes: int
+    sample_sha256: str | None = None  # absent in manifests written before sampled checks existed
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileEntry:
+        sample = data.get("sample_sha256")
+        return cls(sha256=str(data["sha256"]), bytes=int(data["bytes"]),
+                   sample_sha256=str(sample) if sample is not None else None)
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class EncoderFiles:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderFiles:
-        files = {n: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"])) for n, e in data["files"].items()}
+        files = {n: FileEntry.from_dict(e) for n, e in data["files"].items()}
         return cls(dir=str(data["dir"]), files=files)
 
 
@@ -127,8 +134,7 @@ class Manifest:
                 f"manifest schema_version {schema!r} is not supported (this reader knows {SCHEMA_VERSION})"
             )
         try:
-            files = {name: FileEntry(sha256=str(e["sha256"]), bytes=int(e["bytes"]))
-                     for name, e in data["files"].items()}
+            files = {name: FileEntry.from_dict(e) for name, e in data["files"].items()}
             manifest = cls(
                 schema_version=int(schema),
                 version=str(data["version"]),

@@ -2,9 +2,9 @@
 
 `open_current(store)` / `open_version(path)` check the version before returning it (manifest schema, every
 file present with the recorded size, array shapes against the manifest and encoder, the index's size); with
-`verify_checksums=True` they also hash every file. A version that lists encoder files (search.artifact.bundle)
-opens only when they verify too. Anything wrong raises ArtifactError, which the service uses
-to refuse a reload and keep serving the version it has.
+`checks="sampled"` or `"full"` they also hash every file's samples or every byte (search.artifact.checksums).
+A version that lists encoder files (search.artifact.bundle) opens only when they verify too. Anything wrong
+raises ArtifactError, which the service uses to refuse a reload and keep serving the version it has.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 
 from search.artifact import ann
 from search.artifact.bundle import EncoderBundle, verify_encoder_files
-from search.artifact.encoder import EncoderIdentity, encoder_mismatch, file_sha256
+from search.artifact.checksums import CheckLevel, check_file
+from search.artifact.encoder import EncoderIdentity, encoder_mismatch
 from search.artifact.manifest import (
     IDS_FILE,
     INDEX_FILE,
@@ -33,7 +34,7 @@ from search.artifact.manifest import (
 )
 
 __all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "SearchResult", "current_link", "current_path",
-           "current_version", "open_current", "open_version"]
+           "check_version_files", "current_version", "open_current", "open_version"]
 
 CURRENT_LINK = "current"
 
@@ -71,12 +72,12 @@ def current_path(store: str | os.PathLike[str]) -> Path:
     return target
 
 
-def open_current(store: str | os.PathLike[str], *, verify_checksums: bool = False,
+def open_current(store: str | os.PathLike[str], *, checks: CheckLevel = "size",
                  expect_encoder: EncoderIdentity | None = None) -> Artifact:
-    return open_version(current_path(store), verify_checksums=verify_checksums, expect_encoder=expect_encoder)
+    return open_version(current_path(store), checks=checks, expect_encoder=expect_encoder)
 
 
-def open_version(path: str | os.PathLike[str], *, verify_checksums: bool = False,
+def open_version(path: str | os.PathLike[str], *, checks: CheckLevel = "size",
                  expect_encoder: EncoderIdentity | None = None) -> Artifact:
     """Open and check one version directory; `expect_encoder` refuses vectors from a different encoder."""
     path = Path(path).resolve()
@@ -87,23 +88,15 @@ def open_version(path: str | os.PathLike[str], *, verify_checksums: bool = False
         reason = encoder_mismatch(expect_encoder, manifest.encoder, f"version {manifest.version}")
         if reason is not None:
             raise ArtifactError(reason)
-    _check_files(path, manifest, verify_checksums)
-    bundle = verify_encoder_files(path, manifest, verify_checksums)
+    bundle = check_version_files(path, manifest, checks)
     return Artifact(path, manifest, bundle)
 
 
-def _check_files(path: Path, manifest: Manifest, full: bool) -> None:
+def check_version_files(path: Path, manifest: Manifest, checks: CheckLevel) -> EncoderBundle | None:
+    """Check a version's files and its encoder's files at `checks`; returns the verified encoder bundle."""
     for name, entry in manifest.files.items():
-        file = path / name
-        if not file.is_file():
-            raise ArtifactError(f"version {manifest.version} is missing {name}")
-        size = file.stat().st_size
-        if size != entry.bytes:
-            raise ArtifactError(
-                f"version {manifest.version}: {name} has {size} bytes, manifest says {entry.bytes} (truncated?)"
-            )
-        if full and file_sha256(file) != entry.sha256:
-            raise ArtifactError(f"version {manifest.version}: {name} fails its sha256 checksum")
+        check_file(path / name, entry, checks, f"version {manifest.version}")
+    return verify_encoder_files(path, manifest, checks)
 
 
 class Artifact:

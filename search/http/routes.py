@@ -196,12 +196,13 @@ async def readyz(request: Request, response: Response) -> Ready:
     try:
         with holder.lease() as artifact:
             ready = Ready(ready=True, version=artifact.version, vectors=len(artifact.ids),
-                          last_reload_error=holder.last_error)
+                          last_reload_error=holder.last_error, background_check=holder.background_check)
         if not _state(request).batcher.ready:  # every encode session was taken out of the pool
             ready = ready.model_copy(update={"ready": False})
             response.status_code = 503
     except NoIndexError:
-        ready = Ready(ready=False, version=None, vectors=None, last_reload_error=holder.last_error)
+        ready = Ready(ready=False, version=None, vectors=None, last_reload_error=holder.last_error,
+                      background_check=holder.background_check)
         response.status_code = 503
     return ready
 

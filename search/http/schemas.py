@@ -87,6 +87,7 @@ class Ready(BaseModel):
     version: str | None
     vectors: int | None
     last_reload_error: str | None
+    background_check: Literal["none", "running", "passed", "failed"] = "none"  # full checksums after a start
 
 
 class ReloadResult(BaseModel):
