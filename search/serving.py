@@ -41,7 +41,7 @@ def build_text_batcher(text: Any, settings: Settings, metrics: ServiceMetrics) -
         log.warning("pool.members need an encoder at start and no index version has opened yet: serving with "
                     "the text session alone until the next start")
         configs = []
-    members = build_members(text, configs, max_batch)
+    members = build_members(text, configs, max_batch, calibrate_in_background=True)
     pool = SessionPool(members, latency_budget_s=pool_cfg.latency_budget_ms / 1000.0,
                        timeout_s=pool_cfg.member_timeout_s, metrics=PoolMetrics(metrics.registry),
                        on_batch=metrics.batch_size.observe, batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
@@ -57,7 +57,8 @@ def build_fast_embedder(text: Any, settings: Settings, metrics: ServiceMetrics,
     if settings.runtime.text_precision != "fp32" or loaded is None or TEXT_INT8_FILE not in loaded.bundle.files:
         return embedder
     batching = settings.batching
-    members = build_members(text, [PoolMemberSettings(precision="int8")], batching.max_batch)
+    members = build_members(text, [PoolMemberSettings(precision="int8")], batching.max_batch,
+                            calibrate_in_background=True)
     pool = SessionPool(members, latency_budget_s=settings.pool.latency_budget_ms / 1000.0,
                        timeout_s=settings.pool.member_timeout_s,
                        metrics=PoolMetrics(metrics.registry, prefix="photostock_fast_pool"),

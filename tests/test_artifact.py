@@ -48,7 +48,7 @@ def test_opens_with_full_checksums(published) -> None:
 
 
 def test_flipped_byte_in_a_small_file_fails_every_open(published, tmp_path: Path) -> None:
-    """Files up to 16 MiB are hashed on every open (large ones: tests/test_checksums.py)."""
+    """Files up to 4 MiB are hashed on every open (large ones: tests/test_checksums.py)."""
     path, _ = published
     copy = _copy(path, tmp_path / "v")
     with open(copy / "vectors.f16.npy", "r+b") as fh:

@@ -1,6 +1,6 @@
 """File checks for a version's files and its encoder's files, at three levels.
 
-- `size`: the recorded size only (files of at most 16 MiB are always hashed whole: it costs nothing);
+- `size`: the recorded size only (files of at most 4 MiB are always hashed whole: it costs nothing);
 - `sampled`: the size plus `sample_sha256`, a sha256 over the size and 64 blocks of 64 KiB spread evenly over
   the file (first and last included). It reads 4 MiB per file whatever its size, so a 1M-vector store opens in
   milliseconds instead of the seconds a full hash of its ~2 GB takes. It catches a replaced, truncated,
@@ -27,7 +27,7 @@ CheckLevel = Literal["size", "sampled", "full"]
 CHECK_LEVELS: tuple[CheckLevel, ...] = ("size", "sampled", "full")
 SAMPLE_BLOCKS = 64
 SAMPLE_BLOCK_BYTES = 64 << 10
-ALWAYS_HASHED_BYTES = 16 << 20  # small files (spec, tokenizer, manifests of tiny stores) are hashed whole
+ALWAYS_HASHED_BYTES = 4 << 20  # what a sample would read whole anyway (spec, tokenizer, tiny stores)
 
 
 def sample_sha256(path: str | os.PathLike[str]) -> str:

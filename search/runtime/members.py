@@ -8,6 +8,7 @@ be built here is a start-up error naming what is missing, never a silent fallbac
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,17 @@ def onnx_member_fn(path: Path, device: str, threads: int = 0) -> EncodeFn:
     return run
 
 
-def build_members(text: Any, configs: list[PoolMemberSettings], max_batch: int) -> list[Member]:
+def build_members(text: Any, configs: list[PoolMemberSettings], max_batch: int,
+                  calibrate_in_background: bool = False) -> list[Member]:
     """One member per config entry (first = primary), each with its cost measured on a 12-token query.
-    No entries: the text encoder's own session is the only member."""
+    No entries: the text encoder's own session is the only member. `calibrate_in_background`: members start
+    on the default cost model and are measured in a thread (the service's cold start does not wait; the
+    first batches' EWMA corrects the defaults meanwhile)."""
     fns: list[tuple[str, str, EncodeFn]] = []
     if not configs:
-        fns.append(("text-cpu-fp32", "cpu", text.encode_token_ids))
+        loaded = getattr(text, "loaded", None)
+        precision = getattr(loaded, "precision", "fp32") if loaded is not None else "fp32"
+        fns.append((f"text-cpu-{precision}", "cpu", text.encode_token_ids))
     for i, cfg in enumerate(configs):
         if cfg.precision not in TOWER_PATHS:
             raise ValueError(f"pool member {i}: no {cfg.precision} text tower in this build "
@@ -72,11 +78,17 @@ def build_members(text: Any, configs: list[PoolMemberSettings], max_batch: int) 
     if getattr(text, "loaded", True) is not None:  # no encoder yet: costs are learnt from the first batches
         tokens = text.tokenize(["a large orange square on a sand background at dusk"])
         sample = tokens[:, : int(text.lengths(tokens)[0])]
-    members = []
-    for name, device, fn in fns:
-        cost = CostModel()
-        if sample is not None:
-            cost.calibrate(fn, sample)
-        log.info("pool member %s: %.2f ms + %.3f ms/token", name, cost.fixed_s * 1e3, cost.per_token_s * 1e3)
-        members.append(Member(name, device, fn, cost, max_batch=max_batch))
+    members = [Member(name, device, fn, CostModel(), max_batch=max_batch) for name, device, fn in fns]
+    if sample is not None:
+        if calibrate_in_background:
+            threading.Thread(target=_calibrate, args=(members, sample), name="pool-calibration", daemon=True).start()
+        else:
+            _calibrate(members, sample)
     return members
+
+
+def _calibrate(members: list[Member], sample: np.ndarray) -> None:
+    for member in members:
+        member.cost.calibrate(member.run, sample)
+        log.info("pool member %s: %.2f ms + %.3f ms/token", member.name, member.cost.fixed_s * 1e3,
+                 member.cost.per_token_s * 1e3)

@@ -70,7 +70,9 @@ class ClipTokenizer:
         """`tokenizer_file`: a `tokenizers` JSON file (byte-level BPE over the exported vocabulary/merges)."""
         from tokenizers import Tokenizer
 
-        return cls(spec, Tokenizer.from_file(str(tokenizer_file)))
+        tokenizer = cls(spec, Tokenizer.from_file(str(tokenizer_file)))
+        tokenizer.encode("warm up")  # imports ftfy and compiles its patterns now (load time), not in a query
+        return tokenizer
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text without start/end ids; [] when the text cleans to nothing."""
