@@ -253,6 +253,12 @@ def main() -> None:
         "batched_over_unbatched_qps_c16": round(runs["miss_full_c16"]["qps"]
                                                 / runs["miss_full_c16_no_batching"]["qps"], 2),
         "pool_over_single_qps_c16": round(runs["miss_full_c16_pool2cpu"]["qps"] / runs["miss_full_c16"]["qps"], 2),
+        # the most batching can give: the bare session's own gain from 16 rows at once (the service adds HTTP,
+        # ANN and rerank per query, which batching does not shrink)
+        "bare_session_batch16_gain": round(bare["bare_encode_one_query_mean_ms"]
+                                           / bare["bare_encode_batch16_per_query_ms"], 2),
+        # QPS ceiling of the encoder alone at 16 rows per batch (both cores): no service can pass it
+        "bare_encode_ceiling_qps": round(1000 / bare["bare_encode_batch16_per_query_ms"], 1),
     }
     text = json.dumps(result, indent=2)
     OUT.mkdir(parents=True, exist_ok=True)

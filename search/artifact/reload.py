@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -147,6 +148,7 @@ class ArtifactHolder:
 
     def _background_check(self, artifact: Artifact) -> None:
         """The full check of a version already serving; a failure unloads it (if it still serves)."""
+        _lower_thread_priority()  # hashing ~2 GB must not take CPU from the queries served meanwhile
         try:
             check_version_files(artifact.path, artifact.manifest, self.checks)
         except (ArtifactError, OSError) as exc:
@@ -214,6 +216,14 @@ class ArtifactHolder:
             slot.retired = True
             if slot.leases == 0:
                 slot.artifact.close()
+
+
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Linux: a thread has its own nice value (setpriority on its thread id); elsewhere nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        log.debug("could not lower the priority of the artifact-check thread")
 
 
 def _current_target(store: Path) -> Path | None:
