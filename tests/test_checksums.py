@@ -161,3 +161,21 @@ def test_start_unloads_a_version_whose_background_full_check_fails(tmp_path, sma
     with holder.lease() as artifact:
         assert len(artifact.ids) == len(vectors)
     holder.close()
+
+
+def test_service_reports_its_background_check_in_readyz(world, tmp_path) -> None:
+    """The service's default: sampled checks at start, the full check in the background, shown in /readyz."""
+    from fastapi.testclient import TestClient
+
+    from search.http.app import create_app
+    from tests.service_support import copy_store, settings_for
+
+    store = copy_store(world, tmp_path / "store")
+    settings = settings_for(world, store=store)
+    assert settings.reload.verify_checksums and settings.reload.start_checks == "sampled"
+    with TestClient(create_app(settings), client=("127.0.0.1", 5000)) as client:
+        holder = client.app.state.service.holder  # type: ignore[attr-defined]
+        assert holder.wait_checked(60)
+        ready = client.get("/readyz").json()
+        assert ready["ready"] and ready["background_check"] == "passed" and ready["last_reload_error"] is None
+        assert client.get("/search", params={"q": "a red circle"}).status_code == 200
