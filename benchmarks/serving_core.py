@@ -107,7 +107,7 @@ def queries(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 18)))) + f" {i}" for i in range(n)]
 
 
-def bare_components(store: Path, precision: str, runs: int) -> dict[str, Any]:
+def bare_components(store: Path, precision: str, runs: int, params: dict[str, int] | None = None) -> dict[str, Any]:
     """The bare session encode (one query at a time, and 16 at once per query) and the bare ann + rerank, with
     the store's own encoder files (the text tower of the service's precision)."""
     import numpy as np
@@ -135,13 +135,18 @@ def bare_components(store: Path, precision: str, runs: int) -> dict[str, Any]:
     vectors = np.concatenate([text.encode_token_ids(t) for t in toks[:50]])
     with open_current(store) as artifact:
         for v in vectors[:5]:
-            artifact.search(v[None], 40)
+            artifact.search(v[None], 40, params)
         ann = []
         for v in vectors:
             start = time.perf_counter()
-            artifact.search(v[None], 40)  # the service fetches max(rerank_candidates, 4 x k) and reranks
+            artifact.search(v[None], 40, params)  # the service fetches max(rerank_candidates, 4 x k), reranks
             ann.append(time.perf_counter() - start)
-    return {"bare_encode_one_query_p50_ms": round(statistics.median(one) * 1000, 3),
+        probe = vectors[:20]  # recall@10 of ann + rerank at these params against exact search (text queries)
+        found = artifact.search(probe, 10, params).ids
+        truth = artifact.exact_search(probe, 10)[1]
+        recall = statistics.mean(len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True))
+    return {"recall_at_10_vs_exact": round(recall, 3),
+            "bare_encode_one_query_p50_ms": round(statistics.median(one) * 1000, 3),
             "bare_encode_one_query_mean_ms": round(statistics.mean(one) * 1000, 3),
             "bare_encode_batch16_per_query_ms": round(statistics.median(sixteen) * 1000, 3),
             "bare_ann_rerank_p50_ms": round(statistics.median(ann) * 1000, 3),
@@ -204,6 +209,8 @@ def main() -> None:
     parser.add_argument("--text-precision", choices=("int8", "fp32"), default="int8",
                         help="runtime.text_precision of the service (and of the bare encode)")
     parser.add_argument("--profile", action="store_true", help="py-spy the batching-on service under load")
+    parser.add_argument("--nprobe", type=int, default=0,
+                        help="rank.ann_params nprobe for service and bare ANN (0: the manifest's tuned value)")
     parser.add_argument("--work", type=Path, default=OUT / "serving")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -214,11 +221,16 @@ def main() -> None:
     script = tmp / "queries.lua"
     script.write_text(LUA)
     # no model settings: the service takes its encoder from the store
-    base = {"store": str(store), "runtime": {"text_precision": args.text_precision}, "reload": {"watch": False}}
+    base: dict[str, Any] = {"store": str(store), "runtime": {"text_precision": args.text_precision},
+                            "reload": {"watch": False}}
+    ann_params = {"nprobe": args.nprobe} if args.nprobe else {}
+    if ann_params:
+        base["rank"] = {"ann_params": ann_params}
     result: dict[str, Any] = {"benchmark": "serving_core", "machine": machine(), "store": made,
                               "duration_s": args.duration, "text_precision": args.text_precision,
+                              "ann_params": ann_params or "the manifest's tuned params",
                               "load_average_at_start": os.getloadavg()}
-    result["bare"] = bare_components(store, args.text_precision, args.bare_runs)
+    result["bare"] = bare_components(store, args.text_precision, args.bare_runs, ann_params or None)
     plan = {  # server config -> [(name, mode, phase, connections)]
         (True, False): [("miss_full_c1", "miss", "full", 1), ("miss_full_c16", "miss", "full", 16),
                         ("miss_fast_c1", "miss", "fast", 1), ("miss_fast_c16", "miss", "fast", 16),
