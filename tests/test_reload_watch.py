@@ -1,5 +1,6 @@
 """The service's watcher compares `current` with the version it serves: a version published while the service
-was starting is loaded, and a refused version is retried on the next poll (here: repaired in place)."""
+was starting is loaded, and a refused version is retried once its files change (here: repaired in place), not
+reopened on every poll while nothing changed."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ async def _until(condition, deadline_s: float = 20.0) -> None:
 
 def test_watcher_loads_a_version_published_during_start_and_retries_a_refused_one(world, tmp_path) -> None:
     store = copy_store(world, tmp_path / "store")
-    holder = ArtifactHolder(store, encoder_for(world.checkpoint).identity)
+    outcomes = []
+    holder = ArtifactHolder(store, encoder_for(world.checkpoint).identity, on_change=outcomes.append)
     assert holder.reload().loaded
     during_start = _republish(world, store)  # published after the first load, before the watcher runs
 
@@ -50,6 +52,9 @@ def test_watcher_loads_a_version_published_during_start_and_retries_a_refused_on
             flip_current(store, bad)
             await _until(lambda: holder.last_error is not None)
             assert holder.version == during_start  # refused: the old version keeps serving
+            refusals = len([o for o in outcomes if o.error])
+            await _until(lambda: holder.unchanged_skips >= 3)  # three more polls: nothing changed on disk...
+            assert len([o for o in outcomes if o.error]) == refusals  # ...so it was not reopened nor reported
             index.write_bytes(good)  # repaired in place: `current` does not change again
             await _until(lambda: holder.loaded_path == bad.resolve() and holder.last_error is None)
         finally:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from search.artifact import ann
+from search.artifact.bundle import ENCODERS_DIR
 from search.artifact.checksums import CHECK_LEVELS, CheckLevel
 from search.artifact.encoder import EncoderIdentity
 from search.artifact.version import (
@@ -87,6 +89,10 @@ class ArtifactHolder:
         self.loaded_path: Path | None = None
         self.last_error: str | None = None
         self.background_check: BackgroundCheck = "none"  # the state of the last background check
+        self._refused: tuple[Path, tuple[tuple[str, int, int], ...]] | None = None  # target + its files' stats
+        self._refused_at = 0.0
+        self.retry_unchanged_s = 60.0  # an unchanged refused version is still retried this often (transient causes)
+        self.unchanged_skips = 0  # polls that found the refused version unchanged (nothing reopened or logged)
         self._checked = threading.Event()
         self._checked.set()
 
@@ -114,10 +120,16 @@ class ArtifactHolder:
     def reload(self, force: bool = False) -> ReloadOutcome:
         """Open what `STORE/current` points to and swap it in; on failure keep the old. Thread-safe."""
         with self._reload_lock:
+            fingerprint: tuple[tuple[str, int, int], ...] = ()
             try:
                 target = current_path(self.store)
                 if not force and target == self.loaded_path:
                     return ReloadOutcome(False, self.version)
+                fingerprint = _fingerprint(self.store, target)
+                recent = time.monotonic() - self._refused_at < self.retry_unchanged_s
+                if not force and recent and self._refused == (target, fingerprint):
+                    self.unchanged_skips += 1  # refused before and no file changed since: it would fail again
+                    return ReloadOutcome(False, self.version, self.last_error)
                 # the light start level only while nothing serves and no background check has failed yet
                 light = self._slot is None and self.background_check != "failed"
                 level = self.start_checks if light else self.checks
@@ -128,12 +140,15 @@ class ArtifactHolder:
                 if not isinstance(exc, (ArtifactError, OSError)):
                     log.exception("unexpected error opening %s", current_link(self.store))
                 self.last_error = str(exc) if isinstance(exc, (ArtifactError, OSError)) else repr(exc)
+                self._refused = (target, fingerprint) if fingerprint else None
+                self._refused_at = time.monotonic()
                 outcome = ReloadOutcome(False, self.version, self.last_error)
                 log.error("index reload refused, still serving %s: %s", self.version, exc)
                 self.on_change(outcome)
                 return outcome
             self._swap(artifact, target)
             self.last_error = None
+            self._refused = None
             outcome = ReloadOutcome(True, artifact.version)
             log.info("serving index version %s from %s (%s checks)", artifact.version, target, level)
             self.on_change(outcome)
@@ -218,6 +233,19 @@ class ArtifactHolder:
                 slot.artifact.close()
 
 
+def _fingerprint(store: Path, target: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and mtime of every file of the version and of the store's encoder folders: what a repair, a
+    re-export or a new `current` changes (stat calls only; nothing is read)."""
+    folders = [target, *sorted(p for p in (store / ENCODERS_DIR).glob("*") if p.is_dir())]
+    stats = []
+    for folder in folders:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                stats.append((f"{folder.name}/{entry.name}", st.st_size, st.st_mtime_ns))
+    return tuple(stats)
+
+
 def _lower_thread_priority(niceness: int = 10) -> None:
     """Linux: a thread has its own nice value (setpriority on its thread id); elsewhere nothing changes."""
     try:
@@ -237,8 +265,9 @@ async def watch_current(holder: ArtifactHolder, poll_s: float) -> None:
     """Poll `STORE/current`; reload (in a worker thread) whenever it names another version than the one served.
 
     Compared with what the holder has loaded, not with what the watcher saw first, so a version published while
-    the service was starting is picked up; a refused version is retried on every poll until it loads or
-    `current` moves on (a repaired or replaced version then loads without a manual reload).
+    the service was starting is picked up. A refused version is retried on the first poll after any of its
+    files (or the encoder folders) change, after `current` moves on, or after `holder.retry_unchanged_s`; in
+    between it is neither reopened (a full check of a 1M store hashes ~2 GB) nor logged again.
     """
     while True:
         await asyncio.sleep(poll_s)
