@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -77,16 +79,23 @@ class Admission:
     """Bounded queue in front of one encoder (or pool): predicted wait = queue depth x measured cost per request.
 
     The cost is learnt from completions alone, so it composes with any batcher behind it: while requests
-    queue, the interval between two completions is one request's share of encoder time (a batch of 16 ends
-    with 16 releases whose intervals sum to the batch time); an idle request's cost is its own duration.
+    queue, the mean interval between completions is one request's share of encoder time. Batches end in
+    clusters (a batch of 16 ends with 16 releases microseconds apart, then a gap), so one interval alone says
+    little and an average over single intervals spends most of the time far below the truth; the sample fed to
+    the cost model is the mean interval over the last `window` releases of the current busy period (more than
+    one batch of the largest size; nothing until the window is full). A busy period starts when a request
+    finds the queue empty; its first completion's cost is its own duration (an over-estimate under batching,
+    so the admission errs on the side of refusing until the window has filled).
     """
 
-    def __init__(self, deadline_s: float, max_queue: int, cost: CostModel):
+    def __init__(self, deadline_s: float, max_queue: int, cost: CostModel, window: int = 64,
+                 clock: Callable[[], float] = time.perf_counter):
         self.deadline_s = deadline_s
+        self._clock = clock
         self.max_queue = max_queue
         self.cost = cost
         self._depth = 0
-        self._last_release: float | None = None
+        self._releases: deque[float] = deque(maxlen=max(2, window))  # release times of this busy period
         self._lock = threading.Lock()
         self.admitted = 0
         self.rejected = 0
@@ -95,21 +104,30 @@ class Admission:
     def depth(self) -> int:
         return self._depth
 
-    def predicted_wait(self, predicted_cost: float | None = None) -> float:
-        """Seconds until a request admitted now would be done."""
+    def predicted_wait(self, predicted_cost: float | None = None, queued: int | None = None) -> float:
+        """Seconds until a request admitted now would be done (behind `queued` others; default: the depth)."""
         cost = self.cost.predicted_cost() if predicted_cost is None else predicted_cost
-        return (self._depth + 1) * cost
+        return ((self._depth if queued is None else queued) + 1) * cost
+
+    def fits(self, queued: int, extra_wait_s: float = 0.0, predicted_cost: float | None = None) -> bool:
+        """Would one more request behind `queued` others (plus `extra_wait_s` spent before it reaches the
+        queue) finish within the deadline? Nothing queued always fits. Takes no ticket (the service's entry
+        check asks this before routing; search.http.shedding)."""
+        cost = self.cost.predicted_cost() if predicted_cost is None else predicted_cost
+        return queued < self.max_queue and (queued == 0 or extra_wait_s + (queued + 1) * cost <= self.deadline_s)
 
     def try_admit(self, predicted_cost: float | None = None) -> Ticket | None:
         """A ticket if the predicted wait fits the deadline (an idle encoder always admits), else None."""
         cost = self.cost.predicted_cost() if predicted_cost is None else predicted_cost
         with self._lock:
-            if self._depth >= self.max_queue or (self._depth > 0 and (self._depth + 1) * cost > self.deadline_s):
+            if not self.fits(self._depth, predicted_cost=cost):
                 self.rejected += 1
                 return None
+            if self._depth == 0:  # the encoder was idle: a new busy period
+                self._releases.clear()
             self._depth += 1
             self.admitted += 1
-        return Ticket(self, cost, time.perf_counter())
+        return Ticket(self, cost, self._clock())
 
     def admit(self, predicted_cost: float | None = None) -> Ticket:
         """`try_admit`, raising Overloaded (with a Retry-After estimate) when refused."""
@@ -121,10 +139,15 @@ class Admission:
         return ticket
 
     def _release(self, ticket: Ticket) -> None:
-        now = time.perf_counter()
+        now = self._clock()
+        sample: float | None = None
         with self._lock:
-            busy = self._depth > 1 and self._last_release is not None and self._last_release > ticket.started
-            sample = now - self._last_release if busy and self._last_release is not None else now - ticket.started
+            releases = self._releases
+            if not releases:  # the first completion of a busy period: its own duration
+                sample = now - ticket.started
+            elif len(releases) == releases.maxlen:
+                sample = (now - releases[0]) / len(releases)
+            releases.append(now)
             self._depth -= 1
-            self._last_release = now
-        self.cost.observe(sample)
+        if sample is not None:
+            self.cost.observe(sample)
