@@ -6,7 +6,8 @@
 //                       "hitQuery": "a large orange square", "spread": 25, "timeoutS": 30}'
 //
 // probe: closed loop, `connections` clients back to back, every request a new query: the sustainable miss rate.
-// open:  a fixed offered rate of distinct-query misses plus a slower stream of one cached query. autocannon's
+// open:  a fixed offered rate of distinct-query misses plus a slower stream of one cached query (and, with
+//        `floorRate`, of GET /healthz: the answer time of the cheapest request under the same load). autocannon's
 //        rate limit sends each connection's per-second quota at the start of its second, so one instance at
 //        275/s would be one burst of 275 a second; the stream is split into `spread` instances of one request
 //        per connection per second, started 1000/spread ms apart (sub-bursts of rate/spread). A request waits
@@ -80,12 +81,13 @@ async function openStream (rate, seconds, spread, requests) {
 
 async function open () {
   const k = cfg.k ?? 10
-  const hitRequests = [{ method: 'GET', path: searchPath(cfg.hitQuery, k) }]
-  const [miss, hit] = await Promise.all([
-    openStream(cfg.missRate, cfg.seconds, cfg.spread ?? 25, missRequests('overload', k)),
-    cfg.hitRate > 0 ? openStream(cfg.hitRate, cfg.seconds, cfg.spread ?? 25, hitRequests) : null
+  const spread = cfg.spread ?? 25
+  const [miss, hit, floor] = await Promise.all([
+    openStream(cfg.missRate, cfg.seconds, spread, missRequests('overload', k)),
+    cfg.hitRate > 0 ? openStream(cfg.hitRate, cfg.seconds, spread, [{ method: 'GET', path: searchPath(cfg.hitQuery, k) }]) : null,
+    cfg.floorRate > 0 ? openStream(cfg.floorRate, cfg.seconds, spread, [{ method: 'GET', path: '/healthz' }]) : null
   ])
-  return hit ? { miss, hit } : { miss }
+  return Object.fromEntries(Object.entries({ miss, hit, floor }).filter(([, stats]) => stats !== null))
 }
 
 const lag = monitorEventLoopDelay({ resolution: 5 })
