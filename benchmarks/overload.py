@@ -94,7 +94,7 @@ def _settle(url: str) -> None:
 
 
 def _measure(url: str, seconds: float, factor: float, hit_rate: float, sustainable: float | None,
-             probe_connections: int) -> dict[str, Any]:
+             probe_connections: int, spread: int) -> dict[str, Any]:
     """Calibrates the sustainable miss rate when `sustainable` is None (on a server without shedding, so no
     request of the calibration is refused), then offers `factor` times it."""
     _settle(url)
@@ -108,7 +108,7 @@ def _measure(url: str, seconds: float, factor: float, hit_rate: float, sustainab
                            "p50_ms": _pct(miss["statuses"].get("200", []), 50)}
     offered = sustainable * factor
     load = _generator({"url": url, "mode": "open", "seconds": seconds, "missRate": offered, "hitRate": hit_rate,
-                       "hitQuery": HIT_QUERY, "floorRate": 20, "spread": 25, "timeoutS": 30})
+                       "hitQuery": HIT_QUERY, "floorRate": 20, "spread": spread, "timeoutS": 30})
     misses, hits = load["streams"]["miss"]["statuses"], load["streams"]["hit"]["statuses"]
     floor = load["streams"]["floor"]["statuses"].get("200", [])
     admitted, rejected = misses.get("200", []), misses.get("503", [])
@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--hit-rate", type=float, default=20.0, help="cache-hit requests per second beside it")
     parser.add_argument("--probe-connections", type=int, default=4,
                         help="closed-loop clients of the sustainable-rate probe")
+    parser.add_argument("--spread", type=int, default=25,
+                        help="autocannon instances per stream, started 1000/spread ms apart (smaller sub-bursts)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without load shedding")
     parser.add_argument("--model", default="tiny", help="tiny, or an open_clip model such as ViT-B-32")
     args = parser.parse_args()
@@ -191,7 +193,7 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "overload", "machine": machine(), "model": args.model,
                               "seconds": args.seconds, "factor": args.factor,
                               "text_precision": model_settings.runtime.text_precision,
-                              "deadline_ms": args.deadline_ms, "targets": TARGETS}
+                              "deadline_ms": args.deadline_ms, "spread": args.spread, "targets": TARGETS}
     # first the same load with a deadline nobody reaches (calibration + what queueing without shedding costs),
     # then the same offered rate with shedding
     runs = [("no_shedding", TrafficSettings(deadline_ms=600_000, max_queue=100_000, entry_shedding=False)),
@@ -204,7 +206,7 @@ def main() -> None:
                                                      "batching": BatchSettings(window_ms=3, max_batch=32)})
         with running_server(settings, base / f"{name}.json") as server:
             result[name] = _measure(server.url, args.seconds, args.factor, args.hit_rate, sustainable,
-                                    args.probe_connections)
+                                    args.probe_connections, args.spread)
         sustainable = result[name]["sustainable_miss_rate_per_s"]
     if "shedding" in result:
         result["meets_target"] = _verdict(result["shedding"])
