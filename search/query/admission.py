@@ -78,14 +78,14 @@ class Ticket:
 class Admission:
     """Bounded queue in front of one encoder (or pool): predicted wait = queue depth x measured cost per request.
 
-    The cost is learnt from completions alone, so it composes with any batcher behind it: while requests
-    queue, the mean interval between completions is one request's share of encoder time. Batches end in
-    clusters (a batch of 16 ends with 16 releases microseconds apart, then a gap), so one interval alone says
-    little and an average over single intervals spends most of the time far below the truth; the sample fed to
-    the cost model is the mean interval over the last `window` releases of the current busy period (more than
-    one batch of the largest size; nothing until the window is full). A busy period starts when a request
-    finds the queue empty; its first completion's cost is its own duration (an over-estimate under batching,
-    so the admission errs on the side of refusing until the window has filled).
+    The cost is learnt from completions alone, so it composes with any batcher behind it: one request's share
+    of encoder time is busy time / completions (busy: at least one admitted request unfinished). Each release
+    records the busy time since the previous release (or since the busy period began); the sample fed to the
+    cost model is the mean over the last `window` releases, taken once `window // 4` are in or when the queue
+    empties. Why not the interval between two completions: batches end in clusters (a batch of 6 ends with 6
+    releases microseconds apart, then a gap), so single intervals averaged sit far below the truth most of the
+    time, and a busy period's first completion alone (its whole batch time) far above it: the admission then
+    let the queue grow past the deadline, or kept it so short that the encoder idled under overload.
     """
 
     def __init__(self, deadline_s: float, max_queue: int, cost: CostModel, window: int = 64,
@@ -95,7 +95,9 @@ class Admission:
         self.max_queue = max_queue
         self.cost = cost
         self._depth = 0
-        self._releases: deque[float] = deque(maxlen=max(2, window))  # release times of this busy period
+        self._busy: deque[float] = deque(maxlen=max(1, window))  # busy seconds before each recent release
+        self._min_samples = max(1, window // 4)
+        self._mark = 0.0  # the last release, or when the current busy period began
         self._lock = threading.Lock()
         self.admitted = 0
         self.rejected = 0
@@ -123,11 +125,12 @@ class Admission:
             if not self.fits(self._depth, predicted_cost=cost):
                 self.rejected += 1
                 return None
+            now = self._clock()
             if self._depth == 0:  # the encoder was idle: a new busy period
-                self._releases.clear()
+                self._mark = now
             self._depth += 1
             self.admitted += 1
-        return Ticket(self, cost, self._clock())
+        return Ticket(self, cost, now)
 
     def admit(self, predicted_cost: float | None = None) -> Ticket:
         """`try_admit`, raising Overloaded (with a Retry-After estimate) when refused."""
@@ -142,12 +145,10 @@ class Admission:
         now = self._clock()
         sample: float | None = None
         with self._lock:
-            releases = self._releases
-            if not releases:  # the first completion of a busy period: its own duration
-                sample = now - ticket.started
-            elif len(releases) == releases.maxlen:
-                sample = (now - releases[0]) / len(releases)
-            releases.append(now)
+            self._busy.append(max(0.0, now - self._mark))
+            self._mark = now
             self._depth -= 1
+            if len(self._busy) >= self._min_samples or self._depth == 0:
+                sample = sum(self._busy) / len(self._busy)
         if sample is not None:
             self.cost.observe(sample)
