@@ -30,6 +30,10 @@ class ServiceMetrics:
         self.index_vectors = Gauge("photostock_index_vectors", "Vectors in the served index", registry=r)
         self.errors = Counter("photostock_errors_total", "Requests answered with an error", ["kind"],
                               registry=r)
+        self.shed = Counter("photostock_shed_total", "Encode-bound requests refused at the entry (503)",
+                            ["encoder", "reason"], registry=r)
+        self.loop_lag = Gauge("photostock_event_loop_lag_seconds", "How late the event loop runs a periodic tick",
+                              registry=r)
         self.reloads = Counter("photostock_reloads_total", "Index reload attempts", ["result"], registry=r)
         self.reload_failed = Gauge("photostock_reload_failed", "1 while the last reload attempt failed",
                                    registry=r)

@@ -125,6 +125,11 @@ class TrafficSettings(_Strict):
     deadline_ms: float = Field(1000.0, gt=0)  # a miss whose predicted encoder wait exceeds this: 503 at once
     max_queue: int = Field(256, ge=1)  # admitted encodes waiting or running, at most
     initial_cost_ms: float = Field(20.0, gt=0)  # encode cost assumed until one is measured
+    # entry shedding (search/http/shedding.py): misses refused before routing when the encode-bound requests
+    # inside reach max_in_flight or their predicted wait + the event loop's lag exceeds deadline_ms
+    entry_shedding: bool = True
+    max_in_flight: int = Field(128, ge=1)
+    loop_lag_probe_ms: float = Field(10.0, gt=0)  # how often the loop-lag tick runs
 
 
 class LogSettings(_Strict):

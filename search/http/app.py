@@ -31,8 +31,10 @@ from search.http.ratelimit import RateLimiter
 from search.http.request_id import RequestIdMiddleware, current_request_id
 from search.http.routes import STATIC_DIR, router
 from search.http.security import AccessControl
+from search.http.shedding import EncodeKind, EntryGate, EntryShedder, LoopLag
 from search.http.uploads import UploadGuard
 from search.query.admission import Admission, MeasuredCost, Overloaded
+from search.query.clean import clean_query
 from search.runtime.pool import PoolUnavailable
 from search.runtime.threads import use_loop_workers
 from search.runtime.towers import RuntimeEncoder
@@ -53,19 +55,23 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState = await asyncio.to_thread(build_state, settings, encoder)
         state.embedder.admission = _admission(settings)
+        if state.fast_embedder is not None and state.fast_embedder is not state.embedder:
+            state.fast_embedder.admission = _admission(settings)  # its own session: its own queue
         app.state.service = state
+        lag: LoopLag = app.state.loop_lag
+        state.metrics.loop_lag.set_function(lag.current)
         use_loop_workers(asyncio.get_running_loop())
         await _warm_up(state)
-        watcher = None
+        tasks = [asyncio.create_task(lag.run())]
         if settings.reload.watch:
-            watcher = asyncio.create_task(watch_current(state.holder, settings.reload.poll_s))
+            tasks.append(asyncio.create_task(watch_current(state.holder, settings.reload.poll_s)))
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in tasks:
+                task.cancel()
                 with suppress(asyncio.CancelledError):
-                    await watcher
+                    await task
             state.close()
 
     app = FastAPI(title="PhotoStock semantic image search", version="0.1.0", lifespan=lifespan)
@@ -84,13 +90,18 @@ def _admission(settings: Settings) -> Admission:
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:
     """Access control, upload limits and the middleware stack (outermost first: trusted proxy headers decide
-    the client address, then the request id, CORS, and request metrics)."""
+    the client address, then the request id, CORS, entry shedding of encode-bound requests, request metrics)."""
     access = settings.access
     rate = settings.traffic.rate_limit
     app.state.access = AccessControl(settings, load_api_keys(access.api_keys_file, access.api_keys_env),
                                      RateLimiter(rate) if rate else None)
     app.state.uploads = UploadGuard(DecodeGate(settings.limits.decode_concurrency), _admission(settings))
     app.add_middleware(RequestMetrics)
+    app.state.loop_lag = LoopLag(settings.traffic.loop_lag_probe_ms / 1000.0)
+    if settings.traffic.entry_shedding:  # inside CORS and the request id: a shed answer carries both
+        front = _ServiceFront(app)
+        app.add_middleware(EntryShedder, gate=EntryGate(settings.traffic.max_in_flight, app.state.loop_lag),
+                           target=front, on_shed=front.count_shed)
     if access.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=access.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
@@ -98,6 +109,38 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(RequestIdMiddleware)
     if access.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=access.trusted_proxies)
+
+
+class _ServiceFront:
+    """The service as the entry shedder sees it (search.http.shedding.ShedTarget): nothing before the lifespan
+    has built the state, then the text/upload admissions and the query cache."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def _service(self) -> ServiceState | None:
+        return getattr(self.app.state, "service", None)
+
+    def admission(self, kind: EncodeKind) -> Admission | None:
+        if kind == "image":
+            guard: UploadGuard = self.app.state.uploads
+            return guard.admission
+        service = self._service()
+        return service.embedder.admission if service is not None else None
+
+    def cached(self, query: str, phase: str) -> bool:
+        service = self._service()
+        if service is None or len(query) > service.settings.limits.max_query_chars:
+            return False
+        cleaned = clean_query(query)
+        embedder = service.fast_embedder if phase == "fast" and service.fast_embedder else service.embedder
+        return bool(cleaned) and embedder.cache.get(embedder.key(cleaned)) is not None
+
+    def count_shed(self, kind: EncodeKind, reason: str) -> None:
+        service = self._service()
+        if service is not None:
+            service.metrics.shed.labels(encoder=kind, reason=reason).inc()
+            service.metrics.errors.labels(kind="503").inc()
 
 
 async def _warm_up(state: ServiceState) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -76,17 +78,26 @@ class Ticket:
 class Admission:
     """Bounded queue in front of one encoder (or pool): predicted wait = queue depth x measured cost per request.
 
-    The cost is learnt from completions alone, so it composes with any batcher behind it: while requests
-    queue, the interval between two completions is one request's share of encoder time (a batch of 16 ends
-    with 16 releases whose intervals sum to the batch time); an idle request's cost is its own duration.
+    The cost is learnt from completions alone, so it composes with any batcher behind it: one request's share
+    of encoder time is busy time / completions (busy: at least one admitted request unfinished). Each release
+    records the busy time since the previous release (or since the busy period began); the sample fed to the
+    cost model is the mean over the last `window` releases, taken once `window // 4` are in or when the queue
+    empties. Why not the interval between two completions: batches end in clusters (a batch of 6 ends with 6
+    releases microseconds apart, then a gap), so single intervals averaged sit far below the truth most of the
+    time, and a busy period's first completion alone (its whole batch time) far above it: the admission then
+    let the queue grow past the deadline, or kept it so short that the encoder idled under overload.
     """
 
-    def __init__(self, deadline_s: float, max_queue: int, cost: CostModel):
+    def __init__(self, deadline_s: float, max_queue: int, cost: CostModel, window: int = 64,
+                 clock: Callable[[], float] = time.perf_counter):
         self.deadline_s = deadline_s
+        self._clock = clock
         self.max_queue = max_queue
         self.cost = cost
         self._depth = 0
-        self._last_release: float | None = None
+        self._busy: deque[float] = deque(maxlen=max(1, window))  # busy seconds before each recent release
+        self._min_samples = max(1, window // 4)
+        self._mark = 0.0  # the last release, or when the current busy period began
         self._lock = threading.Lock()
         self.admitted = 0
         self.rejected = 0
@@ -95,21 +106,31 @@ class Admission:
     def depth(self) -> int:
         return self._depth
 
-    def predicted_wait(self, predicted_cost: float | None = None) -> float:
-        """Seconds until a request admitted now would be done."""
+    def predicted_wait(self, predicted_cost: float | None = None, queued: int | None = None) -> float:
+        """Seconds until a request admitted now would be done (behind `queued` others; default: the depth)."""
         cost = self.cost.predicted_cost() if predicted_cost is None else predicted_cost
-        return (self._depth + 1) * cost
+        return ((self._depth if queued is None else queued) + 1) * cost
+
+    def fits(self, queued: int, extra_wait_s: float = 0.0, predicted_cost: float | None = None) -> bool:
+        """Would one more request behind `queued` others (plus `extra_wait_s` spent before it reaches the
+        queue) finish within the deadline? Nothing queued always fits. Takes no ticket (the service's entry
+        check asks this before routing; search.http.shedding)."""
+        cost = self.cost.predicted_cost() if predicted_cost is None else predicted_cost
+        return queued < self.max_queue and (queued == 0 or extra_wait_s + (queued + 1) * cost <= self.deadline_s)
 
     def try_admit(self, predicted_cost: float | None = None) -> Ticket | None:
         """A ticket if the predicted wait fits the deadline (an idle encoder always admits), else None."""
         cost = self.cost.predicted_cost() if predicted_cost is None else predicted_cost
         with self._lock:
-            if self._depth >= self.max_queue or (self._depth > 0 and (self._depth + 1) * cost > self.deadline_s):
+            if not self.fits(self._depth, predicted_cost=cost):
                 self.rejected += 1
                 return None
+            now = self._clock()
+            if self._depth == 0:  # the encoder was idle: a new busy period
+                self._mark = now
             self._depth += 1
             self.admitted += 1
-        return Ticket(self, cost, time.perf_counter())
+        return Ticket(self, cost, now)
 
     def admit(self, predicted_cost: float | None = None) -> Ticket:
         """`try_admit`, raising Overloaded (with a Retry-After estimate) when refused."""
@@ -121,10 +142,13 @@ class Admission:
         return ticket
 
     def _release(self, ticket: Ticket) -> None:
-        now = time.perf_counter()
+        now = self._clock()
+        sample: float | None = None
         with self._lock:
-            busy = self._depth > 1 and self._last_release is not None and self._last_release > ticket.started
-            sample = now - self._last_release if busy and self._last_release is not None else now - ticket.started
+            self._busy.append(max(0.0, now - self._mark))
+            self._mark = now
             self._depth -= 1
-            self._last_release = now
-        self.cost.observe(sample)
+            if len(self._busy) >= self._min_samples or self._depth == 0:
+                sample = sum(self._busy) / len(self._busy)
+        if sample is not None:
+            self.cost.observe(sample)
