@@ -55,9 +55,9 @@ def one_build(images: Path, store: Path, encoder: Any, settings: Any, pool: Any)
 
     seconds: list[float] = []
 
-    def stage(*args: Any) -> Any:
+    def stage(pending: Any, root: Path, enc: Any, db: Any, shard_dir: Path, s: Any, timer: Any) -> Any:
         start = time.perf_counter()
-        stats = encode_pending(*args, make_pool=pool)
+        stats = encode_pending(pending, root, enc, db, shard_dir, s, timer, make_pool=pool)
         seconds.append(time.perf_counter() - start)
         return stats
 
