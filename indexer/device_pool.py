@@ -91,6 +91,7 @@ class DevicePool:
             for m in self._members:
                 m.executor = ThreadPoolExecutor(1, thread_name_prefix=f"encode-{m.name}")
         self._cond = threading.Condition()  # guards members' queued/healthy/stats; notified when one finishes
+        self._closed = False
 
     # -- dispatch --------------------------------------------------------------------------------------------
     def submit(self, pixels: np.ndarray) -> Future[np.ndarray]:
@@ -107,6 +108,8 @@ class DevicePool:
         return job.result
 
     def _choose(self) -> _Member | None:
+        if self._closed:
+            raise PoolExhausted("the pool is closed")
         if not any(m.healthy for m in self._members):
             raise PoolExhausted("every image encoder of the pool was taken out: "
                                 + "; ".join(f"{m.name}: {m.stats.out}" for m in self._members))
@@ -131,6 +134,9 @@ class DevicePool:
         return vectors, time.perf_counter() - start
 
     def _finished(self, member: _Member, job: _Job, future: Future[tuple[np.ndarray, float]]) -> None:
+        if future.cancelled():  # close() while the run was failing: nobody waits for this batch any more
+            job.result.cancel()
+            return
         error = future.exception()
         with self._cond:
             member.queued -= 1
@@ -140,6 +146,9 @@ class DevicePool:
                 self._record(member, job, seconds)
                 job.pixels = None  # the batch's pixels are freed as soon as it is encoded
                 job.result.set_result(vectors)
+                return
+            if self._closed:  # no retry on a pool being shut down
+                job.result.set_exception(error)
                 return
             moved = isinstance(error, _MemberOut)
             if not moved:
@@ -196,6 +205,9 @@ class DevicePool:
         return len(self._members)
 
     def close(self) -> None:
+        """Cancel batches not yet started and wait for the running ones (an error path; a finished run has none)."""
+        with self._cond:
+            self._closed = True
         for m in self._members:
             if m.executor is not None:
                 m.executor.shutdown(wait=True, cancel_futures=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,24 @@ def test_a_batch_that_fails_everywhere_is_retried_once_then_raises(onnx_cache: P
             pool.submit(data[1])
         stats = pool.stats()
     assert stats["primary"].failures == stats["cpu-overflow-1"].failures == 1
+
+
+def test_closing_cancels_queued_batches_and_finishes_the_running_one(onnx_cache: Path) -> None:
+    """The error path of a build: the pool closes with work queued; nothing hangs, nothing runs after."""
+    primary = Gated(onnx(onnx_cache))
+    data = batches(3)
+    pool = DevicePool(("primary", primary), [("cpu-overflow-1", Gated(onnx(onnx_cache)))], depth=3)
+    futures = [pool.submit(p) for p in data]  # all on the primary: the first runs (held), two wait
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    wait(futures[1:], timeout=60)  # close() cancels the waiting batches, then waits for the running one
+    primary.gate.set()
+    closer.join(timeout=60)
+    assert not closer.is_alive()
+    np.testing.assert_allclose(futures[0].result(timeout=60), reference(data[:1])[0], atol=ATOL, rtol=0)
+    assert futures[1].cancelled() and futures[2].cancelled()
+    with pytest.raises(PoolExhausted, match="closed"):
+        pool.submit(data[0])
 
 
 def test_without_overflow_the_pool_encodes_inline_as_before(onnx_cache: Path) -> None:
