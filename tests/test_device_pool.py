@@ -156,14 +156,16 @@ def test_a_deep_primary_queue_leaves_the_overflow_idle(onnx_cache: Path) -> None
 
 
 def test_two_backends_give_the_single_encoder_vectors_in_submission_order(onnx_cache: Path) -> None:
-    """A torch primary (slowed) and an ONNX overflow: whichever encodes a batch, its future holds its vectors."""
+    """A torch primary and an ONNX overflow: whichever encodes a batch, its future holds its own vectors."""
     data = batches(8)
-    primary = Slowed(TorchImageEncoder(tiny_encoder()), 0.05)
+    primary = Gated(TorchImageEncoder(tiny_encoder()))
     with DevicePool(("cpu:torch", primary), [("cpu-overflow-1", onnx(onnx_cache))], depth=1) as pool:
-        futures = [pool.submit(p) for p in data]
+        futures = [pool.submit(p) for p in data[:4]]  # the first is held by the primary, the next three overflow
+        primary.gate.set()
+        futures += [pool.submit(p) for p in data[4:]]  # from here on either member, as they free up
         got = [f.result(timeout=60) for f in futures]
         stats = pool.stats()
-    assert stats["cpu-overflow-1"].batches >= 1  # the first overflow batch is the second one: primary full, it idle
+    assert stats["cpu-overflow-1"].batches >= 3 and stats["cpu:torch"].batches >= 1
     assert stats["cpu:torch"].batches + stats["cpu-overflow-1"].batches == 8
     assert_same(got, reference(data))
 
@@ -306,7 +308,7 @@ def test_a_build_with_a_slow_primary_and_overflow_indexes_what_one_encoder_does(
             return original(shard, *args, **kwargs)
 
         store.commit_batch = commit_batch  # type: ignore[method-assign]
-        make_pool = functools.partial(_slowed_pool, 0.15, 1, onnx_cache)
+        make_pool = functools.partial(_slowed_pool, 0.3, 1, onnx_cache)
         return encode_pending(pending, root, encoder, store, *rest, make_pool=make_pool)
 
     base = _build(images, tmp_path / "one", onnx_cache_dir=str(onnx_cache))
