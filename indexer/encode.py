@@ -188,7 +188,7 @@ class OrderedCommits:
 
     def add(self, batch: list[tuple[int, str, DecodeOutcome]], name: str) -> None:
         """Record the batch's decode results, send its decoded images to a device, commit what is ready."""
-        good = [(row_id, o) for row_id, _, o in batch if o.ok and o.pixels is not None]
+        good = [(row_id, o) for row_id, _, o in batch if o.ok]
         failed = [(row_id, o.reason or "unknown decode failure") for row_id, _, o in batch if not o.ok]
         _count_decode(batch, self.stats)
         vectors: Future[np.ndarray] | None = None
