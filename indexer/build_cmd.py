@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per encode/commit batch")
     parser.add_argument("--workers", type=int, help="decode worker processes")
+    parser.add_argument("--overflow-workers", type=int, dest="overflow_workers",
+                        help="CPU ONNX sessions that take batches when the GPU queue is full (default 1 on CUDA)")
     parser.add_argument("--image-backend", dest="image_backend", choices=("auto", "torch", "onnx"),
                         help="image tower runtime: auto (ONNX Runtime on CPU, torch on CUDA), torch or onnx")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -100,7 +102,8 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     from search.artifact.encoder import WeightsUnavailableError
 
     overrides = {k: getattr(args, k)
-                 for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend")}
+                 for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend",
+                           "overflow_workers")}
     try:
         if args.max_new_failures is not None and args.max_new_failures < 0:
             raise SettingsError("--max-new-failures must be 0 or more")

@@ -3,23 +3,30 @@
 Decoding runs ahead in worker processes (a bounded window of scheduled files) while the main process
 encodes the previous batch, so CPU workers and the CPU/GPU encoder overlap. A file that fails to decode is
 committed as 'failed' in the same batch as its neighbours; it never holds the batch back.
+
+The image encoders form a small device pool (indexer.device_pool): on a GPU machine CPU ONNX sessions take a
+batch when the GPU already holds `overflow_queue_depth` of them; batches are still committed in order. On a
+CPU-only machine (no overflow workers) the pool encodes inline, exactly as a single encoder did.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from indexer import shards
 from indexer.decode import DecodeOutcome, DecodePool, start_decode_server
+from indexer.device_pool import DevicePool, overflow_threads, overflow_workers
 from indexer.models.clip import ClipEncoder
 from indexer.models.export import default_cache_dir
-from indexer.models.towers import build_image_encoder
+from indexer.models.towers import build_image_encoder, onnx_image_encoder
 from indexer.paths import display
 from indexer.progress import StageTimer, progress_bar
 from indexer.settings import IndexerSettings
@@ -35,6 +42,10 @@ class EncodeStats:
     decode_worker_s: float = 0.0
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"path", "warning"}: indexed anyway
     metadata_errors: int = 0  # images indexed without a corrupt EXIF/IPTC/XMP block's fields
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # member -> batches/images/encode_s (pool)
+
+
+PoolFactory = Callable[[ClipEncoder, IndexerSettings], DevicePool]
 
 
 def encode_pending(
@@ -45,8 +56,13 @@ def encode_pending(
     shard_dir: Path,
     settings: IndexerSettings,
     timer: StageTimer,
+    make_pool: PoolFactory | None = None,
 ) -> EncodeStats:
-    """Decode, encode and commit every pending (id, relative path); returns what happened."""
+    """Decode, encode and commit every pending (id, relative path); returns what happened.
+
+    `make_pool` builds the image encoders (default `device_pool_for`: the settings' backend, plus CPU overflow
+    workers on a GPU machine).
+    """
     stats = EncodeStats()
     if not pending:
         return stats
@@ -54,21 +70,27 @@ def encode_pending(
     next_shard = store.next_shard_number()
     pool = DecodePool(encoder.preprocess, settings.workers, settings.decode_timeout_s, settings.max_image_pixels,
                       draft_side=jpeg_draft_side(encoder, settings), read_meta=settings.read_file_metadata)
-    with pool, progress_bar(len(pending), "encode") as bar, ThreadPoolExecutor(1) as setup:
+    with ExitStack() as stack:
+        stack.enter_context(pool)
+        bar = stack.enter_context(progress_bar(len(pending), "encode"))
+        setup = stack.enter_context(ThreadPoolExecutor(1))
         # the ONNX export (first use of an encoder) and session creation run while the decode workers start
-        prepared = setup.submit(_prepare, encoder, settings, timer)
+        prepared = setup.submit(_prepare, encoder, settings, timer, make_pool or device_pool_for)
         decoded = DecodeAhead(pool, pending, image_root, settings.batch_size + 4 * settings.workers, timer)
         with timer.stage("encoder_setup_wait"):
-            image_encoder = prepared.result()
+            devices = stack.enter_context(prepared.result())
+        commits = OrderedCommits(devices, store, shard_dir, stats, timer)
         batch: list[tuple[int, str, DecodeOutcome]] = []
         for row_id, path, outcome in decoded:
             batch.append((row_id, path, outcome))
             if len(batch) >= settings.batch_size:
-                _commit(batch, shards.shard_name(next_shard), image_encoder, store, shard_dir, stats, timer)
+                commits.add(batch, shards.shard_name(next_shard))
                 next_shard, batch = next_shard + 1, []
             bar.update(1)
         if batch:
-            _commit(batch, shards.shard_name(next_shard), image_encoder, store, shard_dir, stats, timer)
+            commits.add(batch, shards.shard_name(next_shard))
+        commits.finish()
+        stats.devices = devices.report()
     return stats
 
 
@@ -82,9 +104,24 @@ def image_encoder_for(encoder: ClipEncoder, settings: IndexerSettings, threads: 
                                settings.onnx_micro_batch, settings.image_precision)
 
 
-def _prepare(encoder: ClipEncoder, settings: IndexerSettings, timer: StageTimer) -> ImageEncoder:
+def device_pool_for(encoder: ClipEncoder, settings: IndexerSettings) -> DevicePool:
+    """The settings' image backend as the primary, plus `overflow_workers` CPU ONNX sessions (default: one when
+    the primary runs on CUDA, none on a CPU-only machine, which then encodes inline exactly as before)."""
+    device = str(encoder.device)
+    primary = image_encoder_for(encoder, settings)
+    backend = type(primary).__name__.removesuffix("ImageEncoder").lower()
+    count = overflow_workers(settings.overflow_workers, device)
+    threads = overflow_threads(settings.overflow_threads, count, settings.workers)
+    overflow = [(f"cpu-overflow-{i}", onnx_image_encoder(encoder, onnx_cache_dir(settings), threads,
+                                                         settings.onnx_micro_batch, settings.image_precision))
+                for i in range(1, count + 1)]
+    return DevicePool((f"{device}:{backend}", primary), overflow, settings.overflow_queue_depth)
+
+
+def _prepare(encoder: ClipEncoder, settings: IndexerSettings, timer: StageTimer, make_pool: PoolFactory
+             ) -> DevicePool:
     with timer.stage("encoder_setup"):
-        return image_encoder_for(encoder, settings)
+        return make_pool(encoder, settings)
 
 
 def jpeg_draft_side(encoder: ClipEncoder, settings: IndexerSettings) -> int | None:
@@ -129,29 +166,65 @@ class DecodeAhead:
             yield row_id, path, outcome
 
 
-def _commit(
-    batch: list[tuple[int, str, DecodeOutcome]],
-    name: str,
-    encoder: ImageEncoder,
-    store: MetadataStore,
-    shard_dir: Path,
-    stats: EncodeStats,
-    timer: StageTimer,
-) -> None:
-    """Encode the batch's decoded images, write their shard, then commit shard + successes + failures."""
-    good = [(row_id, o) for row_id, _, o in batch if o.ok]
-    failed = [(row_id, o.reason or "unknown decode failure") for row_id, _, o in batch if not o.ok]
+@dataclass
+class _Pending:
+    name: str
+    decoded: list[Decoded]
+    failed: list[tuple[int, str]]
+    vectors: Future[np.ndarray] | None
+
+
+class OrderedCommits:
+    """Batches go to the device pool as they fill and are committed in submission order (shard numbering and
+    commit order as with one encoder). Only vectors wait here, never pixels: a batch encoded out of order holds
+    ~dim x 4 bytes per image until the batches before it are committed (at most REORDER_WINDOW batches)."""
+
+    REORDER_WINDOW = 64
+
+    def __init__(self, devices: DevicePool, store: MetadataStore, shard_dir: Path, stats: EncodeStats,
+                 timer: StageTimer):
+        self.devices, self.store, self.shard_dir, self.stats, self.timer = devices, store, shard_dir, stats, timer
+        self.waiting: deque[_Pending] = deque()
+
+    def add(self, batch: list[tuple[int, str, DecodeOutcome]], name: str) -> None:
+        """Record the batch's decode results, send its decoded images to a device, commit what is ready."""
+        good = [(row_id, o) for row_id, _, o in batch if o.ok]
+        failed = [(row_id, o.reason or "unknown decode failure") for row_id, _, o in batch if not o.ok]
+        _count_decode(batch, self.stats)
+        vectors: Future[np.ndarray] | None = None
+        if good:
+            stage = "encode" if not self.devices.pipelined else "encode_wait"  # inline: the encode itself
+            with self.timer.stage(stage):
+                vectors = self.devices.submit(np.stack([o.pixels for _, o in good if o.pixels is not None]))
+        decoded = [Decoded(r, o.width, o.height, o.file_meta or None) for r, o in good]
+        self.waiting.append(_Pending(name, decoded, failed, vectors))
+        while self.waiting and (len(self.waiting) > self.REORDER_WINDOW or _ready(self.waiting[0])):
+            self._commit_first()
+
+    def finish(self) -> None:
+        while self.waiting:
+            self._commit_first()
+
+    def _commit_first(self) -> None:
+        item = self.waiting.popleft()
+        vectors = None
+        if item.vectors is not None:
+            with self.timer.stage("encode_wait"):
+                vectors = item.vectors.result()  # a batch that failed on every member it was tried on raises here
+        write_batch(item.name, item.decoded, vectors, item.failed, self.store, self.shard_dir, self.stats,
+                    self.timer)
+
+
+def _ready(item: _Pending) -> bool:
+    return item.vectors is None or item.vectors.done()
+
+
+def _count_decode(batch: list[tuple[int, str, DecodeOutcome]], stats: EncodeStats) -> None:
     stats.decode_worker_s += sum(o.seconds for _, _, o in batch)
     stats.warnings.extend({"path": display(p), "warning": w} for _, p, o in batch for w in o.warnings)
     stats.warnings.extend({"path": display(p), "warning": f"metadata not read: {w}"}
                           for _, p, o in batch for w in o.meta_problems)
     stats.metadata_errors += sum(1 for _, _, o in batch if o.meta_problems)
-    vectors: np.ndarray | None = None
-    if good:
-        with timer.stage("encode"):
-            vectors = encoder.encode_pixels(np.stack([o.pixels for _, o in good if o.pixels is not None]))
-    decoded = [Decoded(r, o.width, o.height, o.file_meta or None) for r, o in good]
-    write_batch(name, decoded, vectors, failed, store, shard_dir, stats, timer)
 
 
 def write_batch(

@@ -144,6 +144,7 @@ def _run_locked(
             "version": version, "published": published, "counts": counts,
             "timings": {**timer.as_dict(), "decode_worker_cpu": round(stats.decode_worker_s, 4),
                         "total": round((datetime.now(UTC) - started).total_seconds(), 4)},
+            "encode_devices": stats.devices,
             "skipped": scanned.skipped, "warnings": stats.warnings, "sidecar_errors": sidecar.errors,
             "debris_removed": debris,
         }

@@ -36,6 +36,10 @@ class IndexerSettings(BaseModel):
     image_precision: Literal["fp32", "int8"] = "fp32"  # onnx image backend; int8: benchmarks/int8_towers.py
     onnx_micro_batch: int = Field(8, ge=1)  # images per ONNX Runtime call (why 8: benchmarks/README.md)
     batch_size: int = Field(64, ge=1)
+    # CPU ONNX sessions taking batches when the primary (GPU) encoder's queue is full; None: 1 on CUDA, 0 on CPU
+    overflow_workers: int | None = Field(None, ge=0)
+    overflow_queue_depth: int = Field(2, ge=1)  # batches the primary holds (running + waiting) before overflow
+    overflow_threads: int = Field(0, ge=0)  # intra-op threads per overflow session; 0: CPUs left by the workers
     workers: int = Field(2, ge=1)
     jpeg_draft: bool = True  # decode JPEGs at a reduced DCT scale that still covers the encoder's input size
     decode_timeout_s: float = Field(60.0, gt=0)

@@ -36,6 +36,13 @@ def test_gpu_check_cpu_dry_run_reports_every_section(tmp_path: Path) -> None:
     indexer = result["indexer"]
     assert indexer["images"] == indexer["encoded"] == 6 and indexer["images_per_s"] > 0
     assert indexer["amp"] == "none"
+    assert indexer["overflow_workers"] == 0 and list(indexer["devices"]) == ["cpu:onnx"]
+    overflow = result["indexer_overflow"]  # GPU alone vs GPU + CPU overflow (here: a CPU primary + 1 CPU worker)
+    helped = overflow["gpu_plus_cpu_overflow"]
+    assert helped["encoded"] == 6 and helped["overflow_workers"] == 1 and helped["images_per_s"] > 0
+    assert set(helped["devices"]) == {"cpu:onnx", "cpu-overflow-1"}
+    assert sum(d["images"] for d in helped["devices"].values()) == 6
+    assert overflow["gpu_alone"]["devices"]["cpu:onnx"]["images"] == 6 and overflow["speedup"] > 0
     assert result["text_encoder"]["batch_1_qps"] > 0 and result["text_encoder"]["batch_256_qps"] > 0
     ivf = result["faiss_ivf"]
     assert ivf["vectors"] == 4096 and ivf["nlist"] == 16 and ivf["cpu_train_s"] >= 0
