@@ -122,6 +122,7 @@ class TrafficSettings(_Strict):
     """Rate limits per client and load shedding in front of the encoders (search/query/admission.py)."""
 
     rate_limit: str | None = None  # e.g. "20/second" per API key or client address (`limits` notation)
+    rate_limit_storage: str = "memory://"  # `limits` storage URI; redis://host:6379 makes it fleet-wide
     deadline_ms: float = Field(1000.0, gt=0)  # a miss whose predicted encoder wait exceeds this: 503 at once
     max_queue: int = Field(256, ge=1)  # admitted encodes waiting or running, at most
     initial_cost_ms: float = Field(20.0, gt=0)  # encode cost assumed until one is measured

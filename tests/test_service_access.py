@@ -137,3 +137,24 @@ def test_hash_key_cli_prints_the_digest_for_the_key_file():
     done = subprocess.run([sys.executable, "-m", "search", "hash-key"], input="k-alpha\n", capture_output=True,
                           text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == hash_key("k-alpha")
+
+
+def test_rate_limit_storage_is_checked_at_start(world):
+    with pytest.raises(ValueError, match="rate_limit_storage 'bogus://x'"):
+        create_app(settings_for(world, traffic=TrafficSettings(rate_limit="3/minute", rate_limit_storage="bogus://x")))
+
+
+def test_a_failing_rate_limit_storage_lets_requests_through_and_is_counted(world):
+    """Fail open: a shared limiter store that is down must not take search down with it (fault injected into
+    the `limits` storage, as a lost Redis connection would raise)."""
+    with _client(world, traffic=TrafficSettings(rate_limit="1/minute")) as c:
+        storage = c.app.state.access.limiter._limiter.storage  # type: ignore[attr-defined]
+
+        def down(*args: object, **kwargs: object) -> None:
+            raise ConnectionError("storage unreachable")
+
+        storage.acquire_sliding_window_entry = down  # what a moving window's hit calls
+        storage.acquire_entry = down
+        statuses = [c.get("/search", params={"q": "cat"}).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        assert 'photostock_errors_total{kind="rate_limit_storage"} 3.0' in c.get("/metrics").text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -94,7 +94,8 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     access = settings.access
     rate = settings.traffic.rate_limit
     app.state.access = AccessControl(settings, load_api_keys(access.api_keys_file, access.api_keys_env),
-                                     RateLimiter(rate) if rate else None)
+                                     RateLimiter(rate, settings.traffic.rate_limit_storage,
+                                                 _error_counter(app, "rate_limit_storage")) if rate else None)
     app.state.uploads = UploadGuard(DecodeGate(settings.limits.decode_concurrency), _admission(settings))
     app.add_middleware(RequestMetrics)
     app.state.loop_lag = LoopLag(settings.traffic.loop_lag_probe_ms / 1000.0)
@@ -109,6 +110,15 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(RequestIdMiddleware)
     if access.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=access.trusted_proxies)
+
+
+def _error_counter(app: FastAPI, kind: str) -> Callable[[], None]:
+    """`photostock_errors_total{kind}` += 1, once the lifespan has built the service's metrics."""
+    def count() -> None:
+        service: ServiceState | None = getattr(app.state, "service", None)
+        if service is not None:
+            service.metrics.errors.labels(kind=kind).inc()
+    return count
 
 
 class _ServiceFront:
