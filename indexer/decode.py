@@ -172,9 +172,9 @@ def settle_decode_process() -> None:
 
     Workers are many, so torch's intra-op threads would only fight each other. The freeze: a process that has
     imported torch holds ~400k tracked objects, and each full collection walks all of them; the per-file
-    allocations of decoding and metadata reading trigger such collections often enough to cost 5-10% of a
-    640x480 decode (benchmarks/file_meta_overhead.py, `--no-gc-freeze`). Import-time objects live as long as the
-    process anyway; reference counting still frees everything as before.
+    allocations of decoding and metadata reading trigger such collections often enough to cost about 10% of a
+    640x480 decode in one measurement (benchmarks/file_meta_overhead.py has `--no-gc-freeze`). Import-time
+    objects live as long as the process anyway; reference counting still frees everything as before.
     """
     global _settled
     if _settled:
