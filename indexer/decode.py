@@ -163,12 +163,12 @@ def _init_worker(preprocess: Callable[[Image.Image], Any], max_pixels: int, draf
     _preprocess, _max_pixels, _draft_side, _read_meta = preprocess, max_pixels, draft_side, read_meta
 
 
-_settled = False
+_frozen = False
 
 
-def settle_decode_process() -> None:
-    """Once per decode process (pool worker, Ray worker), after its imports: one intra-op thread, and every
-    object alive now moved out of reach of the cyclic garbage collector (`gc.freeze`).
+def settle_decode_process(freeze: bool = True) -> None:
+    """In a decode process (pool worker, Ray worker), after its imports: one intra-op thread, and (once, with
+    `freeze`) every object alive now moved out of reach of the cyclic garbage collector (`gc.freeze`).
 
     Workers are many, so torch's intra-op threads would only fight each other. The freeze: a process that has
     imported torch holds ~400k tracked objects, and each full collection walks all of them; the per-file
@@ -176,17 +176,16 @@ def settle_decode_process() -> None:
     640x480 decode in one measurement (benchmarks/file_meta_overhead.py has `--no-gc-freeze`). Import-time
     objects live as long as the process anyway; reference counting still frees everything as before.
     """
-    global _settled
-    if _settled:
-        return
+    global _frozen
     import gc
 
     import torch
 
     torch.set_num_threads(1)
-    gc.collect()  # garbage made while importing goes now, not into the frozen set
-    gc.freeze()
-    _settled = True
+    if freeze and not _frozen:
+        gc.collect()  # garbage made while importing goes now, not into the frozen set
+        gc.freeze()
+        _frozen = True
 
 
 def _modules_of(preprocess: Callable[[Any], Any]) -> list[str]:

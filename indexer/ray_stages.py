@@ -60,16 +60,18 @@ def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, tim
 
 def decode_batch(
     batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...],
-    timeout_s: float, draft_side: int | None = None, read_meta: bool = True,
+    timeout_s: float, draft_side: int | None = None, read_meta: bool = True, worker_process: bool = False,
 ) -> Batch:
     """Ray task: decode + preprocess each (id, path) row; bad files become rows with `ok` False and a reason.
 
     `pixel_shape` is the preprocess output shape: failed rows get zeros of it, so every block has one schema.
     `read_meta` False (settings `read_file_metadata: false`): no EXIF/IPTC/XMP is read, `file_meta` stays "{}".
+    `worker_process`: this runs in a Ray worker (the backend says so), which may freeze its objects once;
+    called in-process (tests), it only sets one intra-op thread, as before.
     """
     from indexer.decode import settle_decode_process
 
-    settle_decode_process()  # once per Ray worker process: one intra-op thread, import-time objects frozen
+    settle_decode_process(freeze=worker_process)
     outcomes = [decode_one(os.path.join(image_root, row_path(p)), preprocess, max_pixels, timeout_s, draft_side,
                            read_meta) for p in batch["path"]]
     pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
