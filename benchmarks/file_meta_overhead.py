@@ -41,15 +41,15 @@ DRAFT_SIDE = 224
 DISTINCT_PICTURES = 8  # files share these pixels (world pictures rendered at 640x480, scaled, with grain)
 
 
-def _library(root: Path, n: int, size: tuple[int, int]) -> list[str]:
+def _library(root: Path, n: int, size: tuple[int, int], light: bool = False) -> list[str]:
     import numpy as np
-    from photo_files import STOCK_XMP, camera_exif_block, iptc_segment
+    from photo_files import STOCK_XMP, XMP, camera_exif_block, exif_block, iptc_segment
     from PIL import Image
 
     from indexer.lab import world
 
-    keywords = [(25, b"keyword %d" % k) for k in range(15)]
-    exif = camera_exif_block(size)
+    keywords = [(25, b"kw")] if light else [(25, b"keyword %d" % k) for k in range(15)]
+    exif, xmp = (exif_block(1), XMP) if light else (camera_exif_block(size), STOCK_XMP)
     rng = np.random.default_rng(0)
     pictures = []
     for i in range(min(n, DISTINCT_PICTURES)):
@@ -57,13 +57,13 @@ def _library(root: Path, n: int, size: tuple[int, int]) -> list[str]:
         grain = rng.normal(0, 6, (size[1], size[0], 1)).astype(np.float32)  # texture: photo-like JPEG sizes
         picture = Image.fromarray(np.clip(np.asarray(picture, np.float32) + grain, 0, 255).astype(np.uint8))
         buf = io.BytesIO()
-        picture.save(buf, "JPEG", quality=90, exif=exif, xmp=STOCK_XMP)
+        picture.save(buf, "JPEG", quality=90, exif=exif, xmp=xmp)
         pictures.append(buf.getvalue())
     paths = []
     for i in range(n):
         data = pictures[i % len(pictures)]
-        iptc = iptc_segment([(120, b"caption %d" % i), (105, b"headline"), *keywords, (116, b"(c) studio"),
-                             (80, b"Jane Doe")])
+        extra = [] if light else [(105, b"headline"), (80, b"Jane Doe")]
+        iptc = iptc_segment([(120, b"caption %d" % i), *keywords, (116, b"(c) studio"), *extra])
         path = root / f"img-{i:06d}.jpg"
         path.write_bytes(data[:2] + iptc + data[2:])
         paths.append(str(path))
@@ -74,12 +74,12 @@ def _files_for(size: tuple[int, int], images: int) -> int:
     return max(16, round(images * math.sqrt(640 * 480 / (size[0] * size[1]))))
 
 
-def _measure(preprocess: Any, size: tuple[int, int], images: int, rounds: int) -> dict[str, Any]:
+def _measure(preprocess: Any, size: tuple[int, int], images: int, rounds: int, light: bool) -> dict[str, Any]:
     from indexer.decode import decode_with
 
     n = _files_for(size, images)
     with tempfile.TemporaryDirectory(prefix="file-meta-bench-") as tmp:
-        paths = _library(Path(tmp), n, size)
+        paths = _library(Path(tmp), n, size, light)
         for p in paths[:3]:  # warm-up: imports, caches
             decode_with(p, preprocess, 10**9, DRAFT_SIDE, True)
         times: dict[bool, list[list[float]]] = {False: [[] for _ in paths], True: [[] for _ in paths]}
@@ -110,6 +110,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=200, help="files at 640x480; fewer at larger sizes")
     parser.add_argument("--size", action="append", help=f"WxH, repeatable (default: {' '.join(DEFAULT_SIZES)})")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--light", action="store_true",
+                        help="the first version's light blocks: 2-entry Exif sub-IFD, 0.7 KB XMP, 3 IPTC datasets")
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="one torch thread as in a worker, but no gc.freeze (shows what the freeze buys)")
     args = parser.parse_args()
@@ -127,10 +129,10 @@ def main() -> int:
         settle_decode_process()  # exactly what each decode worker does after its imports
     sizes = [(int(w), int(h)) for w, h in (s.split("x") for s in args.size or DEFAULT_SIZES)]
     started = time.perf_counter()
-    measured = [_measure(preprocess, size, args.images, args.rounds) for size in sizes]
+    measured = [_measure(preprocess, size, args.images, args.rounds, args.light) for size in sizes]
     result: dict[str, Any] = {
         "benchmark": "file_meta_overhead", "machine": machine(), "rounds": args.rounds, "target": 0.05,
-        "gc_freeze": not args.no_gc_freeze, "sizes": measured,
+        "gc_freeze": not args.no_gc_freeze, "blocks": "light" if args.light else "stock", "sizes": measured,
         "target_met_at": [m["size"] for m in measured if m["target_met"]],
         "seconds": round(time.perf_counter() - started, 1), "load_average_1m_end": round(os.getloadavg()[0], 2),
     }
