@@ -202,7 +202,8 @@ def _dataset(
     blocks = max(1, math.ceil(len(items) / options.decode_rows_per_task))
     decode_kwargs = {"image_root": str(image_root), "preprocess": encoder.preprocess,
                      "max_pixels": settings.max_image_pixels, "pixel_shape": _pixel_shape(encoder),
-                     "timeout_s": settings.decode_timeout_s, "draft_side": jpeg_draft_side(encoder, settings)}
+                     "timeout_s": settings.decode_timeout_s, "draft_side": jpeg_draft_side(encoder, settings),
+                     "read_meta": settings.read_file_metadata, "worker_process": True}
     with warnings.catch_warnings():
         # Ray Data retries a task whose worker died forever by default (a decoder that crashes its process
         # would loop); Ray 2.60 has no named parameter for max_retries, only the deprecated remote args.

@@ -47,30 +47,33 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 
 def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, timeout_s: float,
-               draft_side: int | None = None) -> Any:
+               draft_side: int | None = None, read_meta: bool = True) -> Any:
     """`indexer.decode.decode_with` under a per-file deadline; a timeout is this file's failure, not the task's."""
     from indexer import decode
 
     try:
         with _deadline(timeout_s):
-            return decode.decode_with(path, preprocess, max_pixels, draft_side)
+            return decode.decode_with(path, preprocess, max_pixels, draft_side, read_meta)
     except _DecodeTimeout:
         return decode.DecodeOutcome(reason=f"decode timed out after {timeout_s:g}s", seconds=timeout_s)
 
 
 def decode_batch(
     batch: Batch, image_root: str, preprocess: Callable[[Any], Any], max_pixels: int, pixel_shape: tuple[int, ...],
-    timeout_s: float, draft_side: int | None = None,
+    timeout_s: float, draft_side: int | None = None, read_meta: bool = True, worker_process: bool = False,
 ) -> Batch:
     """Ray task: decode + preprocess each (id, path) row; bad files become rows with `ok` False and a reason.
 
     `pixel_shape` is the preprocess output shape: failed rows get zeros of it, so every block has one schema.
+    `read_meta` False (settings `read_file_metadata: false`): no EXIF/IPTC/XMP is read, `file_meta` stays "{}".
+    `worker_process`: this runs in a Ray worker (the backend says so), which may freeze its objects once;
+    called in-process (tests), it only sets one intra-op thread, as before.
     """
-    import torch
+    from indexer.decode import settle_decode_process
 
-    torch.set_num_threads(1)  # decode tasks are many, one per CPU; intra-op threads would only fight
-    outcomes = [decode_one(os.path.join(image_root, row_path(p)), preprocess, max_pixels, timeout_s, draft_side)
-                for p in batch["path"]]
+    settle_decode_process(freeze=worker_process)
+    outcomes = [decode_one(os.path.join(image_root, row_path(p)), preprocess, max_pixels, timeout_s, draft_side,
+                           read_meta) for p in batch["path"]]
     pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
     for row, outcome in enumerate(outcomes):
         if outcome.ok and outcome.pixels.shape != tuple(pixel_shape):

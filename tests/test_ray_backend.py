@@ -16,6 +16,7 @@ import pytest
 
 from tests.artifact_support import search_store
 from tests.indexer_support import current_ids, draw, rows, settings, tiny_encoder
+from tests.photo_files import XMP, jpeg_with_metadata
 
 WORLD_IMAGES = 60
 BROKEN = "part-000/broken.jpg"
@@ -40,12 +41,12 @@ def world(tmp_path_factory) -> Path:
     return out
 
 
-def _build(images: Path, store: Path, backend: str) -> dict:
+def _build(images: Path, store: Path, backend: str, **overrides: object) -> dict:
     from indexer.pipeline import run_build
     from indexer.ray_backend import RayOptions, ray_encode_stage
 
     stage = ray_encode_stage(RayOptions()) if backend == "ray" else None
-    return run_build(images, store, settings(), tiny_encoder(), encode_stage=stage)
+    return run_build(images, store, settings(**overrides), tiny_encoder(), encode_stage=stage)
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +173,10 @@ def test_decode_task_records_bad_and_hanging_files(monkeypatch, tmp_path):
     draw(tmp_path / "stuck.png", seed=2)
     real = decode.decode_with
 
-    def blocking(path, preprocess, max_pixels, draft_side=None):
+    def blocking(path, preprocess, max_pixels, draft_side=None, read_meta=True):
         if path.endswith("stuck.png"):
             threading.Event().wait(60)  # interrupted by the task's deadline alarm
-        return real(path, preprocess, max_pixels, draft_side)
+        return real(path, preprocess, max_pixels, draft_side, read_meta)
 
     monkeypatch.setattr(decode, "decode_with", blocking)
     encoder = tiny_encoder()
@@ -187,3 +188,35 @@ def test_decode_task_records_bad_and_hanging_files(monkeypatch, tmp_path):
     assert out["reason"][1] == real(str(tmp_path / "broken.jpg"), encoder.preprocess, 89_478_485).reason
     assert out["reason"][2] == "decode timed out after 0.5s"
     assert (out["width"][0], out["height"][0]) == (24, 20)
+
+
+@pytest.mark.parametrize("read_meta", [True, False])
+def test_decode_task_reads_file_metadata_only_when_asked(tmp_path, read_meta):
+    """`read_file_metadata: false` reaches the Ray decode task: no EXIF/IPTC/XMP fields, no problems."""
+    from indexer.ray_stages import decode_batch
+
+    jpeg_with_metadata(tmp_path / "meta.jpg", iptc=[(120, b"IPTC caption")], xmp=XMP)
+    out = decode_batch({"id": np.array([1]), "path": np.array(["meta.jpg"])}, str(tmp_path),
+                       tiny_encoder().preprocess, 89_478_485, (3, 64, 64), timeout_s=30, read_meta=read_meta)
+    assert out["ok"].tolist() == [True]
+    fields = json.loads(out["file_meta"][0])
+    if read_meta:
+        assert fields["caption"] == "A red fox in snow" and fields["camera_make"] == "Canon"
+    else:
+        assert fields == {} and json.loads(out["meta_problems"][0]) == []
+
+
+def test_ray_build_honours_read_file_metadata_false(ray_local, tmp_path):
+    """The setting turns metadata off on the Ray backend as on the local one: the rows carry none of it."""
+    images = tmp_path / "images"
+    jpeg_with_metadata(images / "meta.jpg", orientation=6, iptc=[(120, b"IPTC caption")], xmp=XMP)
+    jpeg_with_metadata(images / "broken_xmp.jpg", xmp=b"<x:xmpmeta><broken", color=(10, 200, 10))
+    reports = {b: _build(images, tmp_path / b, b, read_file_metadata=False) for b in ("ray", "local")}
+    with_meta = _build(images, tmp_path / "local-meta", "local")
+    assert rows(tmp_path / "local-meta")["meta.jpg"]["caption"] == "A red fox in snow"  # the files do carry it
+    assert with_meta["counts"]["metadata_errors"] == 1
+    for backend, report in reports.items():
+        assert report["counts"]["encoded"] == 2 and report["counts"]["metadata_errors"] == 0, backend
+        row = rows(tmp_path / backend)["meta.jpg"]
+        assert (row["file_meta"], row["caption"], row["taken_at"], row["camera_make"]) == (None, None, None, None)
+        assert (row["width"], row["height"]) == (24, 48), backend  # orientation is still applied
