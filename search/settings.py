@@ -55,7 +55,8 @@ class BatchSettings(_Strict):
 
 
 class ThreadSettings(_Strict):
-    """The process's thread budget (search/runtime/threads.py); 0 = the cores this process may use."""
+    """The process's thread budget (search/runtime/threads.py); 0 = the cores this process may use (for ONNX
+    Runtime: all but one, left to the event loop)."""
 
     ort_intra_op: int = Field(0, ge=0)
     ort_inter_op: int = Field(1, ge=1)
