@@ -9,19 +9,8 @@ from fastapi.testclient import TestClient
 from search.http.app import create_app
 from search.query.admission import Admission, MeasuredCost, Overloaded
 from search.settings import TrafficSettings
+from tests.admission_support import FixedCost
 from tests.service_support import runtime_for, settings_for
-
-
-class FixedCost:
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.seen: list[float] = []
-
-    def predicted_cost(self) -> float:
-        return self.seconds
-
-    def observe(self, seconds: float) -> None:
-        self.seen.append(seconds)
 
 
 def test_admits_while_the_predicted_wait_fits_the_deadline():

@@ -15,19 +15,8 @@ from search.http.app import create_app
 from search.http.shedding import EntryGate, EntryShedder, LoopLag, encode_kind
 from search.query.admission import Admission
 from search.settings import AccessSettings, TrafficSettings
+from tests.admission_support import FixedCost
 from tests.service_support import runtime_for, settings_for
-
-
-class FixedCost:
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.seen: list[float] = []
-
-    def predicted_cost(self) -> float:
-        return self.seconds
-
-    def observe(self, seconds: float) -> None:
-        self.seen.append(seconds)
 
 
 class Clock:
