@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 BackgroundCheck = Literal["none", "running", "passed", "failed"]
 
-__all__ = ["ArtifactHolder", "NoIndexError", "ReloadOutcome", "watch_current"]
+__all__ = ["ArtifactHolder", "BackgroundCheck", "NoIndexError", "ReloadOutcome", "watch_current"]
 
 
 class NoIndexError(RuntimeError):

@@ -35,7 +35,6 @@ class RateLimiter:
         except ConfigurationError as exc:  # unknown scheme, or its client library is not installed
             raise ValueError(f"traffic.rate_limit_storage {storage!r}: {exc}") from exc
         self._limiter = MovingWindowRateLimiter(backend)
-        self.storage_errors = 0
         self.on_storage_error = on_storage_error or (lambda: None)  # the service counts it in /metrics
 
     def hit(self, identity: str) -> float | None:
@@ -44,7 +43,6 @@ class RateLimiter:
                 return None
             stats = self._limiter.get_window_stats(self._item, identity)
         except Exception as exc:  # a shared storage down or unreachable: fail open, counted and logged
-            self.storage_errors += 1
             self.on_storage_error()
             log.warning("rate-limit storage failed (%s: %s): request let through", type(exc).__name__, exc)
             return None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from search.artifact.reload import BackgroundCheck
 from search.query.filters import Filters
 
 __all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadResult",
@@ -87,7 +88,7 @@ class Ready(BaseModel):
     version: str | None
     vectors: int | None
     last_reload_error: str | None
-    background_check: Literal["none", "running", "passed", "failed"] = "none"  # full checksums after a start
+    background_check: BackgroundCheck = "none"  # the full checksums run after a start
 
 
 class ReloadResult(BaseModel):
