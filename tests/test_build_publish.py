@@ -88,6 +88,12 @@ def test_unsorted_ids_keep_vectors_in_step(tmp_path: Path, vectors: np.ndarray) 
     assert np.all(np.diff(art.ids) > 0)
     np.testing.assert_allclose(art.vectors_for(ids[:5]), vectors[:5], atol=2e-3)
     assert art.search(vectors[7:8], 1).ids[0, 0] == ids[7]
+    _, rows = art.ann_rows(vectors[7:8], 5)  # the rerank's path: rows, their ids, their vectors (any order)
+    found = art.ids_at(rows[0])
+    np.testing.assert_array_equal(found, art.ann_search(vectors[7:8], 5)[1][0])
+    source = [int(np.flatnonzero(ids == i)[0]) for i in found]  # positions in the published input
+    np.testing.assert_allclose(art.vectors_at(rows[0]), vectors[source], atol=2e-3)
+    np.testing.assert_array_equal(art.vectors_at(rows[0][::-1]), art.vectors_for(found[::-1]))
     art.close()
 
 

@@ -173,9 +173,19 @@ class Artifact:
     def ann_search(self, queries: np.ndarray, k: int,
                    params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """ANN stage only: (scores, ids), id -1 where fewer than k results. `params` default: the tuned ones."""
-        params = self.search_params if params is None else params
-        scores, rows = ann.ann_search(self.index, queries, k, params)
+        scores, rows = self.ann_rows(queries, k, params)
         return scores, self._rows_to_ids(rows)
+
+    def ann_rows(self, queries: np.ndarray, k: int,
+                 params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """ANN stage by row position (-1 where fewer than k): a caller that gathers the candidates' vectors next
+        (the rerank) then needs no id -> row lookup (`ids_at` gives their ids)."""
+        params = self.search_params if params is None else params
+        return ann.ann_search(self.index, queries, k, params)
+
+    def ids_at(self, rows: np.ndarray) -> np.ndarray:
+        """Image ids at row positions (all >= 0)."""
+        return np.asarray(self.ids[np.asarray(rows, dtype=np.int64)], dtype=np.int64)
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the float16 vectors: the ground truth. (scores, ids)."""
@@ -206,7 +216,17 @@ class Artifact:
 
     def vectors_for(self, ids: Iterable[int]) -> np.ndarray:
         """float32 copies of the stored vectors of these image ids (in the given order)."""
-        return np.asarray(self.vectors[self.rows_for(ids)], dtype=np.float32)
+        return self.vectors_at(self.rows_for(ids))
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copies of the stored vectors at row positions (in the given order). Rows are read in
+        ascending order so a memory-mapped file is read forwards (200 rerank rows of a 1M store: 0.46 -> 0.33 ms,
+        benchmarks/README.md)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[rows[order]]
+        return out
 
     def _rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)

@@ -131,27 +131,36 @@ class Searcher:
         params = dict(self.rank.ann_params) or None
         while True:
             with timer.stage("ann"):
-                _, ids = artifact.ann_search(vector[None, :], max(fetch, 1), params)
-            ids = ids[0][ids[0] >= 0]
-            if spec.exclude_id is not None:
-                ids = ids[ids != spec.exclude_id]
-            hidden = self.hidden(artifact)
-            if hidden:
-                ids = ids[~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))]
+                _, rows = artifact.ann_rows(vector[None, :], max(fetch, 1), params)
+            rows = rows[0][rows[0] >= 0]
+            ids = artifact.ids_at(rows)
+            keep = self._visible(artifact, ids, spec.exclude_id)
+            if keep is not None:
+                ids, rows = ids[keep], rows[keep]
             metas: list[dict[str, Any]] = [{}] * len(ids)
             if self._needs_metadata(spec):
                 with timer.stage("filter"):
                     metas = artifact.metadata(ids.tolist())
-                    keep = [i for i, m in enumerate(metas) if spec.filters.matches(m)]
-                    ids, metas = ids[keep], [metas[i] for i in keep]
+                    matched = [i for i, m in enumerate(metas) if spec.filters.matches(m)]
+                    ids, rows, metas = ids[matched], rows[matched], [metas[i] for i in matched]
             with timer.stage("rerank"):
-                ranked = rerank(vector, ids, artifact.vectors_for(ids), metas, self.weights,
+                ranked = rerank(vector, ids, artifact.vectors_at(rows), metas, self.weights,
                                 limit=need if spec.diversity > 0 else len(ids),
                                 dedup_threshold=self.rank.dedup_threshold if spec.dedup else None,
                                 diversity=spec.diversity, min_score=spec.min_score)
             if len(ranked) >= need or fetch >= n:
                 return ranked
             fetch = min(n, fetch * 4)
+
+    def _visible(self, artifact: Artifact, ids: np.ndarray, exclude_id: int | None) -> np.ndarray | None:
+        """Mask of candidates that may be shown (not the query image, not taken down); None: all of them."""
+        hidden = self.hidden(artifact)
+        if exclude_id is None and not hidden:
+            return None
+        keep = ids != exclude_id if exclude_id is not None else np.ones(len(ids), dtype=bool)
+        if hidden:
+            keep &= ~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))
+        return keep
 
     def hidden(self, artifact: Artifact) -> frozenset[int]:
         """Taken-down ids (search/artifact/takedown.py): never returned, whatever the index holds."""
@@ -178,8 +187,7 @@ class Searcher:
                     mask = np.array([spec.filters.matches(m) for m in metas], dtype=bool)
                     ids, sims = (ids[mask], sims[mask]) if len(ids) else (ids, sims)
             if len(ids) >= need or fetch >= n:
-                return [Ranked(int(i), float(s), float(s))
-                        for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
+                return [Ranked(i, s, s) for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
             fetch = min(n, fetch * 4)
 
     @staticmethod

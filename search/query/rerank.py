@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,8 +25,10 @@ class RerankWeights:
     freshness_half_life_days: float = 365.0
 
 
-@dataclass(frozen=True)
-class Ranked:
+class Ranked(NamedTuple):
+    """One ranked hit (a named tuple: a rerank builds hundreds per query, ~0.3 us each vs ~1.2 us for a frozen
+    dataclass)."""
+
     id: int
     score: float       # final score (similarity + business boost)
     similarity: float  # exact cosine
@@ -103,7 +105,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.asarray(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
 
 
-def rerank(query: np.ndarray, ids: Sequence[int], vectors: np.ndarray, metas: Sequence[dict[str, Any]],
+def rerank(query: np.ndarray, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, metas: Sequence[dict[str, Any]],
            weights: RerankWeights, *, limit: int, dedup_threshold: float | None = None,
            diversity: float = 0.0, min_score: float | None = None) -> list[Ranked]:
     """Candidates (already filtered) -> at most `limit` ranked hits, best first."""
@@ -118,4 +120,6 @@ def rerank(query: np.ndarray, ids: Sequence[int], vectors: np.ndarray, metas: Se
         order = collapse_duplicates(order, vectors, dedup_threshold)
     if diversity > 0.0 and order.size:
         order = mmr_order(order, scores, vectors, diversity, limit)
-    return [Ranked(int(ids[i]), float(scores[i]), float(sims[i])) for i in order[:limit].tolist()]
+    top = order[:limit]  # one conversion to Python numbers per array: indexing numpy scalars costs ~1 us each
+    return [Ranked(i, s, m) for i, s, m in zip(np.asarray(ids)[top].tolist(), scores[top].tolist(),
+                                                sims[top].tolist(), strict=True)]

@@ -8,10 +8,13 @@ is idle. When that member is busy, the batch waits for it, unless the oldest req
 pool's latency budget while another member is idle: then it overflows there (the CPU helping the GPU).
 
 No timer: a lone request on an idle device is dispatched immediately; under load the batching window is the
-time the current batch takes (it adapts to load by itself). Each member runs one batch at a time on its own
-thread; results go back to the event loop in one call per batch. A member that raises, or runs longer than
-`timeout_s`, is taken out (metric + log line) and its batch is retried once elsewhere; with no member left the
-pool is not ready and waiting requests fail with `PoolUnavailable`.
+time the current batch takes (it adapts to load by itself). Dispatch runs on the thread that changed the state
+(the event loop's `submit`, or a member that just finished), so a request reaches its member in one hand-off
+and a member that frees up takes the next batch without waking anyone; a watchdog thread only wakes for
+timeouts. Each member runs one batch at a time on its own thread; results go back to the event loop in one call
+per batch, before the member's bookkeeping. A member that raises, or runs longer than `timeout_s`, is taken out
+(metric + log line) and its batch is retried once elsewhere; with no member left the pool is not ready and
+waiting requests fail with `PoolUnavailable`.
 """
 
 from __future__ import annotations
@@ -122,8 +125,8 @@ class SessionPool:
         for m in members:
             self.metrics.up.labels(member=m.name).set(1)
             threading.Thread(target=self._work, args=(m,), name=f"encode-{m.name}", daemon=True).start()
-        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="encode-dispatch", daemon=True)
-        self._dispatcher.start()
+        self._watchdog = threading.Thread(target=self._watch, name="encode-watchdog", daemon=True)
+        self._watchdog.start()
 
     @property
     def ready(self) -> bool:
@@ -136,9 +139,10 @@ class SessionPool:
         with self._cond:
             if not self.ready:
                 raise PoolUnavailable("no encode session is left in the pool")
-            self._pending.append(_Request(row, length, loop, future, time.perf_counter()))
+            now = time.perf_counter()
+            self._pending.append(_Request(row, length, loop, future, now))
+            self._dispatch_ready(now)
             self.metrics.pending.set(len(self._pending))
-            self._cond.notify_all()
         return await future
 
     def close(self) -> None:
@@ -149,35 +153,35 @@ class SessionPool:
         for m in self.members:
             m.inbox.put(None)
 
-    # -- dispatcher thread -------------------------------------------------------------------------------
-    def _dispatch_loop(self) -> None:
-        while True:
-            with self._cond:
-                member, batch = self._next_dispatch()
-                if member is None or batch is None:
-                    return
-            member.inbox.put(batch)
-
-    def _next_dispatch(self) -> tuple[Member | None, _Batch | None]:
-        """Under the lock: wait until a batch can go somewhere; mark the member busy and return both."""
-        while not self._closed:
-            now = time.perf_counter()
-            self._take_out_hung(now)
-            if not any(m.healthy for m in self.members):
-                self._fail_pending(PoolUnavailable("no encode session is left in the pool"))
-            if not self._pending:
-                self._cond.wait(self._next_deadline(now))
-                continue
+    # -- dispatch (under the lock, on whichever thread changed the state) ---------------------------------
+    def _dispatch_ready(self, now: float) -> None:
+        """Send every batch that can go now to its member's inbox; wake the watchdog to time the new batches."""
+        if not any(m.healthy for m in self.members):
+            self._fail_pending(PoolUnavailable("no encode session is left in the pool"))
+            return
+        sent = False
+        while self._pending:
             member, reason = self._place(now)
             if member is None:
-                self._cond.wait(self._next_deadline(now))
-                continue
+                break
             batch = self._take(member, reason)
             member.running, member.started = batch, now
             member.predicted = member.cost.predict(len(batch.requests), batch.length)
             self._account(member, batch, now)
-            return member, batch
-        return None, None
+            member.inbox.put(batch)
+            sent = True
+        if sent:
+            self._cond.notify_all()
+
+    def _watch(self) -> None:
+        """The watchdog: sleeps until the earliest running batch would time out, takes hung members out and
+        re-dispatches their batches."""
+        with self._cond:
+            while not self._closed:
+                now = time.perf_counter()
+                self._take_out_hung(now)
+                self._dispatch_ready(now)
+                self._cond.wait(self._next_deadline(now))
 
     def _place(self, now: float) -> tuple[Member | None, str]:
         """Where the head of the queue goes now (None: wait for a member to free up).
@@ -288,20 +292,22 @@ class SessionPool:
                         member.running = None
                         self._take_out(member, "error", repr(exc))
                         self._retry_or_fail(batch, exc)
+                        self._dispatch_ready(time.perf_counter())
                     else:  # it had already timed out: the batch was retried elsewhere
                         log.warning("encode session %s failed after its timeout: %r", member.name, exc)
-                    self._cond.notify_all()
                 continue
-            seconds = time.perf_counter() - start
+            end = time.perf_counter()
             with self._cond:
                 if member.running is not batch:  # timed out meanwhile: already retried elsewhere
                     continue
+                _deliver(batch, np.asarray(out, dtype=np.float32))  # results first, bookkeeping after
                 member.running = None
-                member.cost.observe(len(batch.requests), batch.length, seconds)
+                member.cost.observe(len(batch.requests), batch.length, end - start)
+                self._dispatch_ready(end)  # the next batch, possibly to this thread's own inbox
+                self.metrics.pending.set(len(self._pending))
+            if member.running is None:
                 self.metrics.in_flight.labels(member=member.name).set(0)
-                self._cond.notify_all()
-            self.metrics.encode_seconds.labels(member=member.name).observe(seconds)
-            _deliver(batch, np.asarray(out, dtype=np.float32))
+            self.metrics.encode_seconds.labels(member=member.name).observe(end - start)
 
 
 def stack_rows(inputs: list[Any], length: int) -> np.ndarray:
