@@ -141,16 +141,70 @@ def bare_components(store: Path, precision: str, runs: int, params: dict[str, in
             start = time.perf_counter()
             artifact.search(v[None], 40, params)  # the service fetches max(rerank_candidates, 4 x k), reranks
             ann.append(time.perf_counter() - start)
+        paced = []  # one request's sequence without HTTP or service: encode, then ann + rerank of its vector
+        for t in toks:
+            start = time.perf_counter()
+            v = text.encode_token_ids(t)
+            paced.append(time.perf_counter() - start)
+            artifact.search(v, 40, params)
         probe = vectors[:20]  # recall@10 of ann + rerank at these params against exact search (text queries)
         found = artifact.search(probe, 10, params).ids
         truth = artifact.exact_search(probe, 10)[1]
         recall = statistics.mean(len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True))
+    pool_minus_bare = pool_overhead(text, qs)
     return {"recall_at_10_vs_exact": round(recall, 3),
             "bare_encode_one_query_p50_ms": round(statistics.median(one) * 1000, 3),
             "bare_encode_one_query_mean_ms": round(statistics.mean(one) * 1000, 3),
+            "bare_encode_paced_mean_ms": round(statistics.mean(paced) * 1000, 3),
+            "batcher_pool_minus_bare_encode_ms": pool_minus_bare,
             "bare_encode_batch16_per_query_ms": round(statistics.median(sixteen) * 1000, 3),
             "bare_ann_rerank_p50_ms": round(statistics.median(ann) * 1000, 3),
             "bare_ann_rerank_mean_ms": round(statistics.mean(ann) * 1000, 3)}
+
+
+def pool_overhead(text: Any, qs: list[str]) -> dict[str, float]:
+    """The service's encode path without HTTP (MicroBatcher + SessionPool, from an event loop) against the bare
+    session call on the same query, interleaved pair by pair so machine drift cancels: p50/mean of the gap."""
+    import asyncio
+
+    from search.runtime.batcher import MicroBatcher
+
+    async def pairs() -> list[float]:
+        batcher = MicroBatcher(text)
+        gaps = []
+        try:
+            for q in qs[:5]:
+                await batcher.encode(q)
+            for q in qs:
+                start = time.perf_counter()
+                text.encode_token_ids(text.tokenize([q]))
+                bare = time.perf_counter() - start
+                start = time.perf_counter()
+                await batcher.encode(q)
+                gaps.append(time.perf_counter() - start - bare)
+        finally:
+            batcher.close()
+        return gaps
+
+    gaps = asyncio.run(pairs())
+    return {"p50": round(statistics.median(gaps) * 1000, 3), "mean": round(statistics.mean(gaps) * 1000, 3)}
+
+
+def pool_rows(url: str) -> tuple[float, float, float]:
+    """(batches, rows, encode seconds) summed over the pool's members, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    batches = rows = seconds = 0.0
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "photostock_pool_batch_size_count":
+                batches += sample.value
+            elif sample.name == "photostock_pool_batch_size_sum":
+                rows += sample.value
+            elif sample.name == "photostock_pool_encode_seconds_sum":
+                seconds += sample.value
+    return batches, rows, seconds
 
 
 def overlap(url: str, n: int) -> float:
@@ -245,10 +299,15 @@ def main() -> None:
         with running_server(settings, tmp / "service.json") as server:
             wrk(server.url, script, 2, 4, "miss", "full", 0)  # warm-up
             for seed, (name, mode, phase, connections) in enumerate(scenarios, start=1):
-                before = stage_sums(server.url)
+                before, rows_before = stage_sums(server.url), pool_rows(server.url)
                 stats = wrk(server.url, script, args.duration, connections, mode, phase, seed * 1000)
+                batches, rows, seconds = (b - a for a, b in zip(rows_before, pool_rows(server.url), strict=True))
                 stats.update(batching=batching, pool=pool, phase=phase, connections=connections,
                              stage_means_ms=stage_means_ms(before, stage_sums(server.url)),
+                             # what the encode threads did: rows per batch, and busy time per row (against the
+                             # bare session's per-row cost it shows how much CPU the other stages took from it)
+                             encode_rows_per_batch=round(rows / batches, 2) if batches else None,
+                             encode_ms_per_row=round(seconds / rows * 1000, 3) if rows else None,
                              load_average=round(os.getloadavg()[0], 2))
                 runs[name] = stats
             if batching and not pool:
@@ -260,6 +319,9 @@ def main() -> None:
     c1 = runs["miss_full_c1"]["stage_means_ms"]
     result["ratios"] = {
         "in_service_encode_minus_bare_ms": round(c1.get("encode", 0) - bare["bare_encode_one_query_mean_ms"], 3),
+        # the same against bare encodes paced like requests (each followed by its ann + rerank): an encode after
+        # other work runs on colder caches than back-to-back ones
+        "in_service_encode_minus_paced_bare_ms": round(c1.get("encode", 0) - bare["bare_encode_paced_mean_ms"], 3),
         "in_service_ann_rerank_over_bare": round((c1.get("ann", 0) + c1.get("rerank", 0))
                                                  / bare["bare_ann_rerank_mean_ms"], 2),
         "batched_over_unbatched_qps_c16": round(runs["miss_full_c16"]["qps"]

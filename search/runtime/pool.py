@@ -1,8 +1,8 @@
-"""A pool of encode sessions on one or more devices, fed by one dispatcher that also forms the micro-batches.
+"""A pool of encode sessions on one or more devices, fed by one dispatch rule that also forms the micro-batches.
 
 Why one component: a batch should form as late as possible (everything that arrived while the devices were
-busy rides along), and where it goes depends on the same clock. The dispatcher thread waits for requests;
-when one is pending it asks every healthy member "when would you finish this batch?" (time left on its running
+busy rides along), and where it goes depends on the same clock. Whenever a request arrives or a member frees
+up, the dispatch asks every healthy member "when would you finish this batch?" (time left on its running
 batch + measured cost of this one, `CostModel`). It sends the batch at once when the member that finishes first
 is idle. When that member is busy, the batch waits for it, unless the oldest request would then exceed the
 pool's latency budget while another member is idle: then it overflows there (the CPU helping the GPU).
