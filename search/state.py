@@ -190,7 +190,11 @@ class ServiceState:
 
     def has_tokens(self, text: str) -> bool:
         """False when the query tokenizes to nothing (answered 422); True while no encoder is loaded yet
-        (the search itself then answers 503)."""
+        (the search itself then answers 503). A query whose vector is cached had tokens: a cache hit skips the
+        tokenizer (~0.1-0.2 ms of the event loop per request)."""
+        for embedder in (self.embedder, self.fast_embedder):
+            if embedder is not None and embedder.cache.get(embedder.key(text)) is not None:
+                return True
         loaded = self.encoder.loaded
         return True if loaded is None else loaded.has_tokens(text)
 

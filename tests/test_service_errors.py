@@ -192,6 +192,23 @@ def test_query_that_tokenizes_to_nothing_is_422(client, query):
     assert r.status_code == 422 and "tokenizes to nothing" in r.json()["error"]
 
 
+def test_a_cached_query_skips_the_token_check(client, monkeypatch):
+    assert client.get("/search", params={"q": "a red circle on grass"}).status_code == 200
+    loaded = client.app.state.service.encoder.loaded
+    checked: list[str] = []
+    real = loaded.has_tokens
+
+    def recording(text: str) -> bool:
+        checked.append(text)
+        return real(text)
+
+    monkeypatch.setattr(loaded, "has_tokens", recording)
+    assert client.get("/search", params={"q": "a  red circle on grass"}).status_code == 200  # same normalised key
+    assert checked == []
+    assert client.get("/search", params={"q": "a blue square"}).status_code == 200  # a miss still checks
+    assert checked == ["a blue square"]
+
+
 def test_admin_reload_token(world):
     settings = settings_for(world, reload=ReloadSettings(watch=False, admin_token="s3cret"))
     with TestClient(create_app(settings, encoder=runtime_for(world)), client=("203.0.113.9", 1)) as c:
