@@ -1,6 +1,7 @@
 """Serving core in the production shape: a ViT-B-32 (random init) service over the 1M-vector store of
 `serving_store.py`, driven by wrk with distinct mixed-length queries (3-20 tokens), at 1 and 16 connections,
-batching on/off, pool on/off (two CPU sessions), phase fast/full, plus cache hits. Beside each in-service stage
+batching on/off, pool on/off (two CPU sessions), phase fast/full, plus cache hits (with and without the result-page
+cache). Beside each in-service stage
 (mean of the service's own photostock_stage_seconds over the run) the bare component measured in the same run:
 the bare ONNX session encode of the same kind of queries, and the bare artifact ann + exact rerank. Also the
 fast-phase top-10 overlap with the full top-10, and (--profile) a py-spy profile of the server under load.
@@ -241,11 +242,13 @@ def profile(pid: int, url: str, script: Path, seconds: int, work: Path) -> dict[
             "by_thread": [[t, round(c / max(total, 1), 3)] for t, c in threads.most_common(10)]}
 
 
-def scenario_settings(base: dict[str, Any], batching: bool, pool: bool) -> Any:
+def scenario_settings(base: dict[str, Any], batching: bool, pool: bool, pages: bool = True) -> Any:
     from search.settings import Settings
 
     data = json.loads(json.dumps(base))
     data["batching"] = {"window_ms": 3.0 if batching else 0.0, "max_batch": 32}
+    if not pages:  # the result-page cache off: a repeated query runs ANN + rerank on its cached vector
+        data["cache"] = {"results_max_mb": 0}
     if pool:  # two CPU sessions with one intra-op thread each, instead of one session with two
         member = {"device": "cpu", "precision": data["runtime"]["text_precision"], "threads": 1}
         data["pool"] = {"members": [member] * 2}
@@ -285,17 +288,18 @@ def main() -> None:
                               "ann_params": ann_params or "the manifest's tuned params",
                               "load_average_at_start": os.getloadavg()}
     result["bare"] = bare_components(store, args.text_precision, args.bare_runs, ann_params or None)
-    plan = {  # server config -> [(name, mode, phase, connections)]
-        (True, False): [("miss_full_c1", "miss", "full", 1), ("miss_full_c16", "miss", "full", 16),
-                        ("miss_fast_c1", "miss", "fast", 1), ("miss_fast_c16", "miss", "fast", 16),
-                        ("hit_c1", "hit", "full", 1)],
-        (False, False): [("miss_full_c16_no_batching", "miss", "full", 16),
-                         ("miss_full_c1_no_batching", "miss", "full", 1)],
-        (True, True): [("miss_full_c16_pool2cpu", "miss", "full", 16)],
+    plan = {  # server config (batching, pool, page cache) -> [(name, mode, phase, connections)]
+        (True, False, True): [("miss_full_c1", "miss", "full", 1), ("miss_full_c16", "miss", "full", 16),
+                              ("miss_fast_c1", "miss", "fast", 1), ("miss_fast_c16", "miss", "fast", 16),
+                              ("hit_c1", "hit", "full", 1)],
+        (True, False, False): [("hit_c1_no_page_cache", "hit", "full", 1)],
+        (False, False, True): [("miss_full_c16_no_batching", "miss", "full", 16),
+                               ("miss_full_c1_no_batching", "miss", "full", 1)],
+        (True, True, True): [("miss_full_c16_pool2cpu", "miss", "full", 16)],
     }
     runs: dict[str, Any] = {}
-    for (batching, pool), scenarios in plan.items():
-        settings = scenario_settings(base, batching, pool)
+    for (batching, pool, pages), scenarios in plan.items():
+        settings = scenario_settings(base, batching, pool, pages)
         with running_server(settings, tmp / "service.json") as server:
             wrk(server.url, script, 2, 4, "miss", "full", 0)  # warm-up
             for seed, (name, mode, phase, connections) in enumerate(scenarios, start=1):
@@ -310,7 +314,7 @@ def main() -> None:
                              encode_ms_per_row=round(seconds / rows * 1000, 3) if rows else None,
                              load_average=round(os.getloadavg()[0], 2))
                 runs[name] = stats
-            if batching and not pool:
+            if batching and not pool and pages:
                 result["fast_top10_overlap_with_full"] = overlap(server.url, args.overlap_queries)
                 if args.profile:
                     result["profile"] = profile(server.proc.pid, server.url, script, args.duration, tmp)

@@ -23,6 +23,8 @@ class ServiceMetrics:
                                 buckets=_LATENCY_BUCKETS, registry=r)
         self.cache = Counter("photostock_query_cache_total", "Query-embedding cache lookups", ["result"],
                              registry=r)
+        self.page_cache = Counter("photostock_page_cache_total", "Result-page cache lookups", ["result"],
+                                  registry=r)
         self.batch_size = Histogram("photostock_encode_batch_size", "Texts per micro-batch encode",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.index_version = Gauge("photostock_index_info", "Served index version (value 1)", ["version"],

@@ -46,6 +46,7 @@ class CacheSettings(_Strict):
     maxsize: int = Field(10000, ge=1)
     ttl_s: float = Field(3600.0, gt=0)
     warmup_file: Path | None = None  # one frequent query per line, encoded at start
+    results_max_mb: float = Field(64.0, ge=0)  # exact result-page cache (search/query/result_cache.py); 0 = off
 
 
 class BatchSettings(_Strict):

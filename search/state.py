@@ -32,6 +32,7 @@ from search.artifact.version import Artifact, current_path
 from search.metrics import ServiceMetrics
 from search.query.log import QueryLog
 from search.query.pipeline import QueryEmbedder, Searcher
+from search.query.result_cache import ResultCache
 from search.query.text_cache import QueryEmbeddingCache
 from search.runtime.batcher import MicroBatcher
 from search.runtime.pool import SessionPool
@@ -275,7 +276,10 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
         settings=settings, encoder=service_encoder, holder=holder, embedder=embedder,
         fast_embedder=build_fast_embedder(service_encoder, settings, metrics, embedder),
         image_pool=build_image_pool(service_encoder, settings, metrics),
-        searcher=Searcher(holder, settings.rank, takedowns), batcher=batcher,
+        searcher=Searcher(holder, settings.rank, takedowns,
+                          ResultCache.for_rank(settings.cache.results_max_mb, settings.rank.freshness_weight),
+                          lambda hit: metrics.page_cache.labels(result="hit" if hit else "miss").inc()),
+        batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache, takedowns),
         metrics=metrics, takedowns=takedowns,
         query_log=QueryLog(settings.query_log) if settings.query_log is not None else None,

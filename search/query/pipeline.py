@@ -1,4 +1,5 @@
-"""The query path without HTTP: text -> (cache | micro-batched encode) -> ANN over-fetch -> filters -> rerank.
+"""The query path without HTTP: text -> (cache | micro-batched encode) -> (page cache | ANN over-fetch -> filters
+-> rerank).
 
 Each stage is timed. ANN search and rerank run in a worker thread (FAISS releases the GIL) under a lease on
 the artifact, so a reload in the middle of a request never changes the version that request reads.
@@ -7,6 +8,7 @@ the artifact, so a reload in the middle of a request never changes the version t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from search.metrics import ServiceMetrics
 from search.query.admission import Admission
 from search.query.filters import Filters
 from search.query.rerank import Ranked, RerankWeights, rerank
+from search.query.result_cache import ResultCache, page_key
 from search.query.text_cache import QueryEmbeddingCache, normalize_query
 from search.query.timing import StageTimer
 from search.runtime.batcher import MicroBatcher
@@ -100,15 +103,28 @@ class QueryEmbedder:
 class Searcher:
     """Vector -> ranked, filtered, paginated hits from the current artifact."""
 
-    def __init__(self, holder: ArtifactHolder, rank: RankSettings, takedowns: TakedownList | None = None):
+    def __init__(self, holder: ArtifactHolder, rank: RankSettings, takedowns: TakedownList | None = None,
+                 pages: ResultCache | None = None, on_page_lookup: Callable[[bool], None] | None = None):
         self.holder = holder
         self.rank = rank
         self.takedowns = takedowns
         self.weights = RerankWeights(rank.popularity_weight, rank.freshness_weight, rank.freshness_half_life_days)
+        self.pages = pages  # exact result-page cache (None: every search runs ANN + rerank)
+        self.on_page_lookup = on_page_lookup or (lambda hit: None)
 
     async def search(self, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> SearchOutcome:
         with self.holder.lease() as artifact:
+            key = None
+            if self.pages is not None:
+                with timer.stage("page_cache"):
+                    key = page_key(artifact.version, self.hidden(artifact), spec, vector)
+                    cached = self.pages.get(key)
+                self.on_page_lookup(cached is not None)
+                if cached is not None:
+                    return SearchOutcome(hits=cached[0], total=cached[1], version=artifact.version, timer=timer)
             hits, total = await asyncio.to_thread(self._page, artifact, vector, spec, timer)  # one thread hop
+            if key is not None and self.pages is not None:
+                self.pages.put(key, hits, total)
             return SearchOutcome(hits=hits, total=total, version=artifact.version, timer=timer)
 
     def _page(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
