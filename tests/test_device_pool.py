@@ -35,9 +35,10 @@ class Gated:
     """A real encoder that waits at a gate before each batch: a primary that is "busy" until the test says."""
 
     def __init__(self, inner: ImageEncoder):
-        self.inner, self.gate = inner, threading.Event()
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.entered.set()  # a batch is running (held at the gate)
         if not self.gate.wait(timeout=120):
             raise TimeoutError("the test never opened the gate")
         return self.inner.encode_pixels(pixels)
@@ -221,6 +222,7 @@ def test_closing_cancels_queued_batches_and_finishes_the_running_one(onnx_cache:
     data = batches(3)
     pool = DevicePool(("primary", primary), [("cpu-overflow-1", Gated(onnx(onnx_cache)))], depth=3)
     futures = [pool.submit(p) for p in data]  # all on the primary: the first runs (held), two wait
+    assert primary.entered.wait(timeout=60)
     closer = threading.Thread(target=pool.close)
     closer.start()
     wait(futures[1:], timeout=60)  # close() cancels the waiting batches, then waits for the running one
