@@ -177,7 +177,7 @@ class DevicePool:
     def _owns(self, member: _Member, job: _Job) -> bool:
         if job.owner is member:
             return True
-        log.warning("image encoder %s returned a batch after it was taken out (%s): result ignored",
+        log.warning("image encoder %s finished a batch after it was taken out (%s): its result is ignored",
                     member.name, member.stats.out)
         return False
 

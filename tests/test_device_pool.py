@@ -278,7 +278,7 @@ def test_a_member_that_hangs_is_taken_out_its_batches_move_and_its_late_result_i
     assert stats["cpu-overflow-1"].batches == 3 and stats["cpu-overflow-1"].out is None
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "hung-gpu taken out" in errors[0] and "timeout 0.3 s" in errors[0]
-    assert any("hung-gpu returned a batch after it was taken out" in r.getMessage() and "ignored" in r.getMessage()
+    assert any("hung-gpu finished a batch after it was taken out" in r.getMessage() and "ignored" in r.getMessage()
                for r in caplog.records)
 
 
@@ -316,8 +316,10 @@ def test_close_returns_with_a_hung_member(onnx_cache: Path, hung: Callable[[], H
     pool.close()  # returns although the primary's thread is still blocked
     assert member_thread("hung-late").is_alive()
 
-    pool = DevicePool(("hung-c", hung()), [("hung-d", hung())], depth=1, timeout_s=0.3)
+    devices = [hung(), hung()]
+    pool = DevicePool(("hung-c", devices[0]), [("hung-d", devices[1])], depth=1, timeout_s=0.3)
     owed = [pool.submit(data[1]), pool.submit(data[2])]  # both members hold a batch and hang
+    assert all(d.entered.wait(timeout=60) for d in devices)  # running, not just queued (close cancels those)
     closer = threading.Thread(target=pool.close)
     closer.start()
     closer.join(timeout=60)
