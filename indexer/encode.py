@@ -115,7 +115,8 @@ def device_pool_for(encoder: ClipEncoder, settings: IndexerSettings) -> DevicePo
     overflow = [(f"cpu-overflow-{i}", onnx_image_encoder(encoder, onnx_cache_dir(settings), threads,
                                                          settings.onnx_micro_batch, settings.image_precision))
                 for i in range(1, count + 1)]
-    return DevicePool((f"{device}:{backend}", primary), overflow, settings.overflow_queue_depth)
+    return DevicePool((f"{device}:{backend}", primary), overflow, settings.overflow_queue_depth,
+                      settings.encode_batch_timeout_s)
 
 
 def _prepare(encoder: ClipEncoder, settings: IndexerSettings, timer: StageTimer, make_pool: PoolFactory

@@ -40,6 +40,10 @@ class IndexerSettings(BaseModel):
     overflow_workers: int | None = Field(None, ge=0)
     overflow_queue_depth: int = Field(2, ge=1)  # batches the primary holds (running + waiting) before overflow
     overflow_threads: int = Field(0, ge=0)  # intra-op threads per overflow session; 0: CPUs left by the workers
+    # a pipelined pool (overflow on) takes out a member whose batch runs longer than this, or 10x its mean batch
+    # time when longer, and retries the batch elsewhere; 300 s never trips a first CUDA batch (context, cudnn
+    # autotune: seconds to ~1 min) nor a 64-image CPU batch of a large model, and bounds a hang's stall
+    encode_batch_timeout_s: float = Field(300.0, gt=0)
     workers: int = Field(2, ge=1)
     jpeg_draft: bool = True  # decode JPEGs at a reduced DCT scale that still covers the encoder's input size
     decode_timeout_s: float = Field(60.0, gt=0)

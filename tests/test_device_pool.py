@@ -4,7 +4,7 @@ taken out and its batch retried once elsewhere; a build with overflow on indexes
 
 The encoders are the real tiny CLIP (ONNX Runtime and torch on the CPU). The primary is "slowed" in two ways:
 held at a gate the test opens (the dispatch tests: deterministic, no timing) or sleeping per batch (the build
-test's load; never used to synchronise anything)."""
+test's load; never used to synchronise anything). A hung device blocks on an event the test releases at its end."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.device_pool import DevicePool, PoolExhausted, overflow_threads, overflow_workers
+from indexer.device_pool import (
+    TIMEOUT_BATCHES,
+    DevicePool,
+    EncodeTimeout,
+    PoolExhausted,
+    overflow_threads,
+    overflow_workers,
+)
 from indexer.encode import device_pool_for, encode_pending
 from indexer.models.towers import TorchImageEncoder, onnx_image_encoder
 from indexer.settings import IndexerSettings
@@ -35,9 +43,10 @@ class Gated:
     """A real encoder that waits at a gate before each batch: a primary that is "busy" until the test says."""
 
     def __init__(self, inner: ImageEncoder):
-        self.inner, self.gate = inner, threading.Event()
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.entered.set()  # a batch is running (held at the gate)
         if not self.gate.wait(timeout=120):
             raise TimeoutError("the test never opened the gate")
         return self.inner.encode_pixels(pixels)
@@ -67,6 +76,20 @@ class Broken:
         return self.inner.encode_pixels(pixels)
 
 
+class Hung:
+    """A real encoder whose device hangs: each call blocks until the test releases it, then returns wrong vectors
+    (zeros) on purpose, so a late result that got through to a caller would show."""
+
+    def __init__(self, inner: ImageEncoder):
+        self.inner, self.release, self.entered = inner, threading.Event(), threading.Event()
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        if not self.release.wait(timeout=120):
+            raise TimeoutError("the test never released the hung device")
+        return np.zeros_like(self.inner.encode_pixels(pixels))
+
+
 @pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx")
@@ -75,6 +98,25 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx(cache: Path) -> ImageEncoder:
     """A fresh ONNX Runtime CPU session of the tiny CLIP's image tower (one per member, as in the indexer)."""
     return onnx_image_encoder(tiny_encoder(), cache, threads=1)
+
+
+@pytest.fixture
+def hung(onnx_cache: Path) -> Iterator[Callable[[], Hung]]:
+    """Makes hung devices and releases them all when the test ends (their threads then exit)."""
+    made: list[Hung] = []
+
+    def make() -> Hung:
+        made.append(Hung(onnx(onnx_cache)))
+        return made[-1]
+
+    yield make
+    for device in made:
+        device.release.set()
+
+
+def member_thread(name: str) -> threading.Thread:
+    """The pool's thread for member `name` (names are unique per test)."""
+    return next(t for t in threading.enumerate() if t.name == f"encode-{name}")
 
 
 def batches(n: int, size: int = 3) -> list[np.ndarray]:
@@ -215,12 +257,98 @@ def test_a_batch_that_fails_everywhere_is_retried_once_then_raises(onnx_cache: P
     assert stats["primary"].failures == stats["cpu-overflow-1"].failures == 1
 
 
+def test_a_member_that_hangs_is_taken_out_its_batches_move_and_its_late_result_is_ignored(
+        onnx_cache: Path, hung: Callable[[], Hung], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="indexer.device_pool")
+    gpu = hung()
+    data = batches(3)
+    with DevicePool(("hung-gpu", gpu), [("cpu-overflow-1", onnx(onnx_cache))], depth=3, timeout_s=0.3) as pool:
+        futures = [pool.submit(p) for p in data]  # the primary takes all three (depth 3): the first hangs
+        got = [f.result(timeout=60) for f in futures]
+        assert_same(got, reference(data))  # the hung batch was retried, the two queued behind it moved
+        thread = member_thread("hung-gpu")
+        assert thread.is_alive()  # abandoned, still blocked in the encoder
+        gpu.release.set()  # the device comes back: its (wrong) result must not reach anyone
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert_same([f.result() for f in futures], reference(data))
+        stats = pool.stats()
+    assert (stats["hung-gpu"].batches, stats["hung-gpu"].failures) == (0, 1)
+    assert (stats["hung-gpu"].out or "").startswith("EncodeTimeout: a batch of 3 images still running after")
+    assert stats["cpu-overflow-1"].batches == 3 and stats["cpu-overflow-1"].out is None
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "hung-gpu taken out" in errors[0] and "timeout 0.3 s" in errors[0]
+    assert any("hung-gpu finished a batch after it was taken out" in r.getMessage() and "ignored" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_when_every_member_hangs_callers_get_pool_exhausted(hung: Callable[[], Hung]) -> None:
+    data = batches(3)
+    raised: dict[str, BaseException] = {}
+    with DevicePool(("hung-a", hung()), [("hung-b", hung())], depth=1, timeout_s=0.3) as pool:
+        first, second = pool.submit(data[0]), pool.submit(data[1])  # one on each member; both hang
+
+        def third() -> None:  # no member has room: it waits, and must end with PoolExhausted, not hang
+            try:
+                pool.submit(data[2])
+            except PoolExhausted as exc:
+                raised["error"] = exc
+
+        waiter = threading.Thread(target=third)
+        waiter.start()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive()
+        assert "taken out" in str(raised["error"])
+        for owed in (first, second):
+            with pytest.raises(PoolExhausted, match="no image encoder left"):
+                owed.result(timeout=60)
+        with pytest.raises(PoolExhausted):
+            pool.submit(data[2])
+        stats = pool.stats()
+    assert all(s.failures == 1 and (s.out or "").startswith("EncodeTimeout") for s in stats.values())
+
+
+def test_close_returns_with_a_hung_member(onnx_cache: Path, hung: Callable[[], Hung]) -> None:
+    """Closing never waits on a thread stuck in an encoder: not once the member is out, nor while it hangs."""
+    data = batches(3)
+    pool = DevicePool(("hung-late", hung()), [("cpu-overflow-1", onnx(onnx_cache))], depth=1, timeout_s=0.3)
+    assert_same([pool.submit(data[0]).result(timeout=60)], reference(data[:1]))  # retried on the overflow
+    pool.close()  # returns although the primary's thread is still blocked
+    assert member_thread("hung-late").is_alive()
+
+    devices = [hung(), hung()]
+    pool = DevicePool(("hung-c", devices[0]), [("hung-d", devices[1])], depth=1, timeout_s=0.3)
+    owed = [pool.submit(data[1]), pool.submit(data[2])]  # both members hold a batch and hang
+    assert all(d.entered.wait(timeout=60) for d in devices)  # running, not just queued (close cancels those)
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    closer.join(timeout=60)
+    assert not closer.is_alive()  # close() waited for the running batches only until their timeout
+    # nobody is left waiting: each batch timed out under close(), or (taken out just before) moved and cancelled
+    assert all(f.cancelled() or isinstance(f.exception(timeout=0), EncodeTimeout | PoolExhausted) for f in owed)
+    assert all(s.out is not None for s in pool.stats().values())
+
+
+def test_a_slow_member_within_its_timeout_stays_and_its_limit_follows_its_batch_time(onnx_cache: Path) -> None:
+    data = batches(4)
+    with DevicePool(("slow", Slowed(onnx(onnx_cache), 0.3)), [("cpu-overflow-1", onnx(onnx_cache))], depth=8,
+                    timeout_s=1.5) as pool:
+        got = [f.result(timeout=60) for f in [pool.submit(p) for p in data]]
+        stats, report = pool.stats(), pool.report()
+    assert_same(got, reference(data))
+    assert (stats["slow"].batches, stats["slow"].failures, stats["slow"].out) == (4, 0, None)
+    mean = stats["slow"].encode_s / 4
+    assert report["slow"]["timeout_s"] == round(max(1.5, TIMEOUT_BATCHES * mean), 3) >= TIMEOUT_BATCHES * 0.3
+    assert report["cpu-overflow-1"]["timeout_s"] == 1.5  # no batch measured yet: the setting
+
+
 def test_closing_cancels_queued_batches_and_finishes_the_running_one(onnx_cache: Path) -> None:
     """The error path of a build: the pool closes with work queued; nothing hangs, nothing runs after."""
     primary = Gated(onnx(onnx_cache))
     data = batches(3)
     pool = DevicePool(("primary", primary), [("cpu-overflow-1", Gated(onnx(onnx_cache)))], depth=3)
     futures = [pool.submit(p) for p in data]  # all on the primary: the first runs (held), two wait
+    assert primary.entered.wait(timeout=60)
     closer = threading.Thread(target=pool.close)
     closer.start()
     wait(futures[1:], timeout=60)  # close() cancels the waiting batches, then waits for the running one
@@ -247,6 +375,7 @@ def test_without_overflow_the_pool_encodes_inline_as_before(onnx_cache: Path) ->
         assert not pool.pipelined
         futures = [pool.submit(p) for p in data]
         assert all(f.done() for f in futures)
+        assert pool.report()["cpu:onnx"]["timeout_s"] is None  # inline: no timeout (nowhere to retry)
         assert_same([f.result() for f in futures], reference(data))
     assert threads == [threading.main_thread()] * 2
     with DevicePool(("cpu:onnx", Broken(onnx(onnx_cache)))) as pool, pytest.raises(RuntimeError, match="lost"):
@@ -264,12 +393,16 @@ def test_overflow_defaults_leave_cpu_only_runs_unchanged() -> None:
     assert not pool.pipelined and pool.members == 1
     with pytest.raises(ValueError, match="overflow_queue_depth"):
         IndexerSettings(overflow_queue_depth=0)
+    with pytest.raises(ValueError, match="encode_batch_timeout_s"):
+        IndexerSettings(encode_batch_timeout_s=0)
 
 
 def test_pool_from_settings_builds_cpu_overflow_sessions(onnx_cache: Path) -> None:
-    with device_pool_for(tiny_encoder(), settings(overflow_workers=2, onnx_cache_dir=str(onnx_cache))) as pool:
+    with device_pool_for(tiny_encoder(), settings(overflow_workers=2, onnx_cache_dir=str(onnx_cache),
+                                                  encode_batch_timeout_s=7)) as pool:
         assert pool.pipelined and pool.members == 3
         assert set(pool.report()) == {"cpu:onnx", "cpu-overflow-1", "cpu-overflow-2"}
+        assert {d["timeout_s"] for d in pool.report().values()} == {7.0}
 
 
 # -- the indexer with overflow on ------------------------------------------------------------------------------
