@@ -199,11 +199,11 @@ def pool_rows(url: str) -> tuple[float, float, float]:
     batches = rows = seconds = 0.0
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
         for sample in family.samples:
-            if sample.name == "photostock_pool_batch_size_count":
+            if sample.name.endswith("_pool_batch_size_count"):  # the full and (fp32 service) fast pools
                 batches += sample.value
-            elif sample.name == "photostock_pool_batch_size_sum":
+            elif sample.name.endswith("_pool_batch_size_sum"):
                 rows += sample.value
-            elif sample.name == "photostock_pool_encode_seconds_sum":
+            elif sample.name.endswith("_pool_encode_seconds_sum"):
                 seconds += sample.value
     return batches, rows, seconds
 
