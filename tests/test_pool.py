@@ -68,7 +68,7 @@ def _count(metrics: PoolMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def test_overflow_to_a_slower_member_holds_p99_where_one_member_does_not(text):
+def test_overflow_to_a_slower_member_cuts_the_tail_where_one_member_misses_the_budget(text):
     queries = _queries(96)
     budget = 0.05
     # Added delays dominate the real encode (~1 ms), so CPU contention from neighbours moves both configs alike.
