@@ -170,3 +170,35 @@ def test_no_member_left_fails_requests_and_readyz(world):
         assert 'photostock_pool_member_up{member="text-cpu-fp32"} 0.0' in metrics
     with pytest.raises(PoolUnavailable):
         asyncio.run(app.state.service.batcher.encode("x"))
+
+
+def test_close_waits_for_the_running_batch_then_stops_its_threads(text):
+    started, release = threading.Event(), threading.Event()
+
+    def held(tokens: np.ndarray) -> np.ndarray:
+        started.set()
+        release.wait(10)
+        return text.encode_token_ids(tokens)
+
+    pool = SessionPool([_member("held", held)], latency_budget_s=1.0, timeout_s=10)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    tokens = text.tokenize(["a red star on sand"])
+    answer = asyncio.run_coroutine_threadsafe(pool.submit(tokens[0], int(text.lengths(tokens)[0])), loop)
+    try:
+        assert started.wait(10)
+        closer = threading.Thread(target=pool.close)
+        closer.start()
+        closer.join(0.2)
+        assert closer.is_alive()  # the batch is still running: close() waits for it
+        release.set()
+        closer.join(10)
+        assert not closer.is_alive()
+        np.testing.assert_allclose(answer.result(10), text.encode(["a red star on sand"])[0], atol=1e-5, rtol=0)
+        assert not [t for t in threading.enumerate() if t.name == "encode-held"]  # its thread has ended
+    finally:
+        release.set()
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()

@@ -122,9 +122,12 @@ class SessionPool:
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._threads: list[threading.Thread] = []
         for m in members:
             self.metrics.up.labels(member=m.name).set(1)
-            threading.Thread(target=self._work, args=(m,), name=f"encode-{m.name}", daemon=True).start()
+            self._threads.append(threading.Thread(target=self._work, args=(m,), name=f"encode-{m.name}",
+                                                  daemon=True))
+            self._threads[-1].start()
         self._watchdog = threading.Thread(target=self._watch, name="encode-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -146,12 +149,20 @@ class SessionPool:
         return await future
 
     def close(self) -> None:
+        """Fail what waits, stop the threads and wait (at most `timeout_s` in all) for a batch still running:
+        an interpreter that exits while a daemon thread is inside a native encoder can abort. A member taken out
+        may be stuck in its encoder for good and is not waited for."""
         with self._cond:
             self._closed = True
             self._fail_pending(PoolUnavailable("the encode pool is closed"))
             self._cond.notify_all()
         for m in self.members:
             m.inbox.put(None)
+        deadline = time.perf_counter() + self.timeout_s
+        for m, thread in zip(self.members, self._threads, strict=True):
+            if m.healthy and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.perf_counter()))
+        self._watchdog.join(max(0.0, deadline - time.perf_counter()))
 
     # -- dispatch (under the lock, on whichever thread changed the state) ---------------------------------
     def _dispatch_ready(self, now: float) -> None:
