@@ -64,6 +64,12 @@ class _Slot:
         self.leases = 0
         self.retired = False
 
+    def retire(self) -> bool:
+        """Under the holder's lock: no new lease will take it; True when none holds it (the caller closes it
+        after the lock, else the last lease does)."""
+        self.retired = True
+        return self.leases == 0
+
 
 class ArtifactHolder:
     """Holds the current artifact; `lease()` pins it for one request."""
@@ -186,8 +192,7 @@ class ArtifactHolder:
             if slot is None or slot.artifact is not artifact:
                 return  # a newer version already replaced it
             self._slot = None
-            slot.retired = True
-            release = slot.leases == 0
+            release = slot.retire()
         if release:
             artifact.close()
         self.last_error = reason
@@ -218,19 +223,16 @@ class ArtifactHolder:
         with self._lock:
             old, self._slot = self._slot, _Slot(artifact)
             self.loaded_path = path
-            if old is not None:
-                old.retired = True
-                release = old.leases == 0
+            release = old is not None and old.retire()
         if old is not None and release:
             old.artifact.close()
 
     def close(self) -> None:
         with self._lock:
             slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.retired = True
-            if slot.leases == 0:
-                slot.artifact.close()
+            release = slot is not None and slot.retire()
+        if slot is not None and release:
+            slot.artifact.close()
 
 
 def _fingerprint(store: Path, target: Path) -> tuple[tuple[str, int, int], ...]:
