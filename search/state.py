@@ -193,11 +193,14 @@ class ServiceState:
         """False when the query tokenizes to nothing (answered 422); True while no encoder is loaded yet
         (the search itself then answers 503). A query whose vector is cached had tokens: a cache hit skips the
         tokenizer (~0.1-0.2 ms of the event loop per request)."""
-        for embedder in (self.embedder, self.fast_embedder):
-            if embedder is not None and embedder.cache.get(embedder.key(text)) is not None:
-                return True
+        if self.embedder.cached(text) or (self.fast_embedder is not None and self.fast_embedder.cached(text)):
+            return True
         loaded = self.encoder.loaded
         return True if loaded is None else loaded.has_tokens(text)
+
+    def embedder_for(self, phase: str) -> QueryEmbedder:
+        """`phase=fast` has its own embedder when the full answer runs another tower; else the full one."""
+        return self.fast_embedder if phase == "fast" and self.fast_embedder is not None else self.embedder
 
     def encode_image(self, image: Any) -> np.ndarray:
         """An uploaded image -> its unit vector; 400 when the preprocess cannot read it."""

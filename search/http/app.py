@@ -143,8 +143,7 @@ class _ServiceFront:
         if service is None or len(query) > service.settings.limits.max_query_chars:
             return False
         cleaned = clean_query(query)
-        embedder = service.fast_embedder if phase == "fast" and service.fast_embedder else service.embedder
-        return bool(cleaned) and embedder.cache.get(embedder.key(cleaned)) is not None
+        return bool(cleaned) and service.embedder_for(phase).cached(cleaned)
 
     def count_shed(self, kind: EncodeKind, reason: str) -> None:
         service = self._service()

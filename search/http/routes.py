@@ -94,8 +94,7 @@ async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> Sea
         raise NoIndexError(state.holder.last_error or "no index version is loaded")
     timer = StageTimer()
     with timer.stage("total"):
-        embedder = state.fast_embedder if spec.phase == "fast" and state.fast_embedder else state.embedder
-        vector, hit = await embedder.embed(query, timer)
+        vector, hit = await state.embedder_for(spec.phase).embed(query, timer)
         outcome = await state.searcher.search(vector, spec, timer)
     outcome.cache_hit = hit
     return outcome

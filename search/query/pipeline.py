@@ -67,6 +67,10 @@ class QueryEmbedder:
     def key(self, text: str) -> tuple[str, str]:
         return (self.encoder_key, normalize_query(text))
 
+    def cached(self, text: str) -> bool:
+        """The query's vector is in the cache (a lookup only: no stats, no compute)."""
+        return self.cache.get(self.key(text)) is not None
+
     async def embed(self, text: str, timer: StageTimer) -> tuple[np.ndarray, bool]:
         with timer.stage("normalize"):
             key = self.key(text)
