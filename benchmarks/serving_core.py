@@ -75,20 +75,26 @@ def wrk(url: str, script: Path, duration: int, connections: int, mode: str, phas
     return stats
 
 
-def stage_sums(url: str) -> dict[str, tuple[float, float]]:
+def scrape(url: str) -> list[Any]:
+    """Every sample the service's /metrics shows now (one request for all the figures taken at a point)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def stage_sums(samples: list[Any]) -> dict[str, tuple[float, float]]:
+    """(seconds, count) per stage of photostock_stage_seconds."""
     out: dict[str, tuple[float, float]] = {}
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
-        if family.name == "photostock_stage_seconds":
-            for s in family.samples:
-                stage = s.labels.get("stage", "")
-                total, count = out.get(stage, (0.0, 0.0))
-                if s.name.endswith("_sum"):
-                    out[stage] = (s.value, count)
-                elif s.name.endswith("_count"):
-                    out[stage] = (total, s.value)
+    for s in samples:
+        if s.name.startswith("photostock_stage_seconds"):
+            stage = s.labels.get("stage", "")
+            total, count = out.get(stage, (0.0, 0.0))
+            if s.name.endswith("_sum"):
+                out[stage] = (s.value, count)
+            elif s.name.endswith("_count"):
+                out[stage] = (total, s.value)
     return out
 
 
@@ -191,20 +197,16 @@ def pool_overhead(text: Any, qs: list[str]) -> dict[str, float]:
     return {"p50": round(statistics.median(gaps) * 1000, 3), "mean": round(statistics.mean(gaps) * 1000, 3)}
 
 
-def pool_rows(url: str) -> tuple[float, float, float]:
-    """(batches, rows, encode seconds) summed over the pool's members, from /metrics."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
+def pool_rows(samples: list[Any]) -> tuple[float, float, float]:
+    """(batches, rows, encode seconds) summed over the pools' members (the full and an fp32 service's fast pool)."""
     batches = rows = seconds = 0.0
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
-        for sample in family.samples:
-            if sample.name.endswith("_pool_batch_size_count"):  # the full and (fp32 service) fast pools
-                batches += sample.value
-            elif sample.name.endswith("_pool_batch_size_sum"):
-                rows += sample.value
-            elif sample.name.endswith("_pool_encode_seconds_sum"):
-                seconds += sample.value
+    for sample in samples:
+        if sample.name.endswith("_pool_batch_size_count"):
+            batches += sample.value
+        elif sample.name.endswith("_pool_batch_size_sum"):
+            rows += sample.value
+        elif sample.name.endswith("_pool_encode_seconds_sum"):
+            seconds += sample.value
     return batches, rows, seconds
 
 
@@ -303,11 +305,12 @@ def main() -> None:
         with running_server(settings, tmp / "service.json") as server:
             wrk(server.url, script, 2, 4, "miss", "full", 0)  # warm-up
             for seed, (name, mode, phase, connections) in enumerate(scenarios, start=1):
-                before, rows_before = stage_sums(server.url), pool_rows(server.url)
+                before = scrape(server.url)
                 stats = wrk(server.url, script, args.duration, connections, mode, phase, seed * 1000)
-                batches, rows, seconds = (b - a for a, b in zip(rows_before, pool_rows(server.url), strict=True))
+                after = scrape(server.url)
+                batches, rows, seconds = (b - a for a, b in zip(pool_rows(before), pool_rows(after), strict=True))
                 stats.update(batching=batching, pool=pool, phase=phase, connections=connections,
-                             stage_means_ms=stage_means_ms(before, stage_sums(server.url)),
+                             stage_means_ms=stage_means_ms(stage_sums(before), stage_sums(after)),
                              # what the encode threads did: rows per batch, and busy time per row (against the
                              # bare session's per-row cost it shows how much CPU the other stages took from it)
                              encode_rows_per_batch=round(rows / batches, 2) if batches else None,

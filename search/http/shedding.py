@@ -110,7 +110,7 @@ class EntryGate:
             return None
         lag = self.lag.current() if self.lag is not None else 0.0
         if not admission.fits(queued, extra_wait_s=lag, predicted_cost=cost):
-            wait = lag + (queued + 1) * cost
+            wait = lag + admission.predicted_wait(cost, queued)
             return self._count(kind, Shed("predicted_wait", f"encoder queue is full (predicted wait "
                                           f"{wait * 1000:.0f} ms > deadline {admission.deadline_s * 1000:.0f} ms)",
                                           wait))
