@@ -45,6 +45,6 @@ def ray_module() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> WorldStore:
-    """The service tests' synthetic-world store (built once per session, shared read-only; a module may
-    define its own `world`)."""
+    """The service tests' synthetic-world store (built once per session, shared read-only; the one meaning
+    of `world` in this suite: a module that needs another world names its fixture otherwise)."""
     return world_store(tmp_path_factory.getbasetemp() / "service-world")

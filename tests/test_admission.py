@@ -50,7 +50,10 @@ def test_measured_cost_learns_from_completions():
 
 
 def test_service_sheds_misses_but_keeps_serving_cache_hits(world):
-    settings = settings_for(world, traffic=TrafficSettings(deadline_ms=50, initial_cost_ms=20))
+    """The pipeline's own admission (QueryEmbedder.embed -> Admission.admit), so the entry shedder, which
+    answers the same way before routing, is off: nothing else can refuse these requests."""
+    settings = settings_for(world, traffic=TrafficSettings(deadline_ms=50, initial_cost_ms=20,
+                                                           entry_shedding=False))
     with TestClient(create_app(settings, encoder=runtime_for(world)),
                     raise_server_exceptions=False) as c:
         warm = world.queries[0]["query"]
@@ -59,8 +62,10 @@ def test_service_sheds_misses_but_keeps_serving_cache_hits(world):
         # the encoder is busy: 3 queued. The cost learnt from one miss is >= 16 ms (starts at 20 ms, weight 0.2),
         # so the next miss predicts >= 4 x 16 = 64 ms > 50 ms, however fast this machine encoded the first one
         held = [admission.admit(0.001) for _ in range(3)]
+        rejected = admission.rejected
         shed = c.get("/search", params={"q": "a query nobody asked before"})
         assert shed.status_code == 503 and int(shed.headers["retry-after"]) >= 1
+        assert admission.rejected == rejected + 1  # refused by the pipeline's admit(), not by a layer above
         assert "queue" in shed.json()["error"]
         hit = c.get("/search", params={"q": warm})
         assert hit.status_code == 200 and hit.json()["cache"] == "hit"  # hits bypass admission

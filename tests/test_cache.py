@@ -10,6 +10,14 @@ import pytest
 from search.query.text_cache import QueryEmbeddingCache, normalize_query
 
 
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Yield to the event loop until `condition()` holds; a TimeoutError (a failed test) after `timeout_s`
+    rather than a spin that never ends when the cache stops counting."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0)
+
+
 class FakeTimer:
     def __init__(self) -> None:
         self.now = 0.0
@@ -83,9 +91,10 @@ def test_single_flight_concurrent_misses_compute_once():
             return _vec(7.0)
 
         tasks = [asyncio.create_task(cache.get_or_compute("same", compute)) for _ in range(20)]
-        while len(calls) == 0 or cache.stats.misses < 20:
-            await asyncio.sleep(0)  # yield to the event loop until every task is waiting (no wall-clock sleep)
-        release.set()
+        try:
+            await until(lambda: len(calls) > 0 and cache.stats.misses >= 20)  # every task waits on the flight
+        finally:
+            release.set()  # on a timeout too: the tasks finish, so the failure is reported instead of a hang
         return await asyncio.gather(*tasks)
 
     results = asyncio.run(run())
@@ -107,9 +116,10 @@ def test_failed_computation_reaches_every_waiter_and_is_not_cached():
             raise RuntimeError("encoder failed")
 
         tasks = [asyncio.create_task(cache.get_or_compute("k", boom)) for _ in range(3)]
-        while cache.stats.misses < 3:
-            await asyncio.sleep(0)
-        release.set()
+        try:
+            await until(lambda: cache.stats.misses >= 3)
+        finally:
+            release.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(run())

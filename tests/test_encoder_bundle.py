@@ -19,12 +19,7 @@ from search.artifact.encoder import file_sha256
 from search.artifact.version import open_current
 from search.http.app import create_app
 from tests.indexer_support import make_tree, run
-from tests.service_support import copy_store, encoder_for, publish, settings_for, world_store
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+from tests.service_support import copy_store, encoder_for, publish, settings_for
 
 
 def _model_files(store: Path) -> dict[str, tuple[int, int]]:

@@ -50,10 +50,12 @@ def test_choice_over_sizes_and_budgets(n: int, d: int, budget: dict, kind: str) 
 @pytest.mark.parametrize("n", [100_000, 1_000_000])
 @pytest.mark.parametrize("d", [64, 128, 256, 512, 768])
 def test_pq_sub_vectors_have_at_least_four_dims(n: int, d: int) -> None:
-    choice = choose_index(n, d, IndexConfig())
-    if choice.kind == "ivfpq":
-        m = int(choice.factory.rsplit("PQ", 1)[1])
-        assert choice.estimates["reduced_dim"] / m >= 4, choice.factory
+    # no room for a graph, so every case is an IVF-PQ choice (with the default budget 100k x 64 picks HNSW and
+    # such a case would check nothing)
+    choice = choose_index(n, d, config(small_index_bytes=0))
+    assert choice.kind == "ivfpq", choice.factory
+    m = int(choice.factory.rsplit("PQ", 1)[1])
+    assert choice.estimates["reduced_dim"] / m >= 4, choice.factory
 
 
 def test_default_budget_lands_on_a_compact_opq_index_at_one_million() -> None:

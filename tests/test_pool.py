@@ -68,12 +68,16 @@ def _count(metrics: PoolMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def test_overflow_to_a_slower_member_cuts_the_tail_where_one_member_misses_the_budget(text):
+def test_overflow_sends_batches_to_a_slower_member_when_the_primary_cannot_hold_the_budget(text):
+    """Dispatch behaviour only: which member ran how many batches, and that every answer is right. What the
+    overflow does to the tail and to queueing is a speed figure: benchmarks/pool_overflow.py measures it
+    against a single-member baseline in the same run."""
     queries = _queries(96)
     budget = 0.05
-    # Added delays dominate the real encode (~1 ms), so CPU contention from neighbours moves both configs alike.
-    fast = slowed(text.encode_token_ids, 0.020)  # the "GPU": real session, 20 ms a batch
-    slow = slowed(text.encode_token_ids, 0.060)  # the "CPU": the same session, 3x slower
+    # The "GPU" costs 20 ms a batch, the "CPU" 60 ms (calibrated, so the costs the pool predicts are these):
+    # 48 batches of 2 cannot all wait < 50 ms on one member, so the policy must overflow some.
+    fast = slowed(text.encode_token_ids, 0.020)
+    slow = slowed(text.encode_token_ids, 0.060)
     results = {}
     for config, members in {"single": [_member("gpu", fast)],
                             "pool": [_member("gpu", fast), _member("cpu", slow)]}.items():
@@ -81,30 +85,24 @@ def test_overflow_to_a_slower_member_cuts_the_tail_where_one_member_misses_the_b
         pool = SessionPool(_calibrated(members, text), latency_budget_s=budget, timeout_s=30, metrics=metrics,
                            batch_budget_s=10.0)
         try:
-            vectors, seconds = asyncio.run(_submit_all(pool, text, queries))
+            vectors, _ = asyncio.run(_submit_all(pool, text, queries))
         finally:
             pool.close()
-        results[config] = (vectors, seconds, metrics)
+        results[config] = (vectors, metrics)
     expected = np.stack([text.encode([q])[0] for q in queries])
-    for vectors, _, _ in results.values():
+    for vectors, _ in results.values():
         np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
-    single_p95 = float(np.percentile(results["single"][1], 95))
-    pool_p95 = float(np.percentile(results["pool"][1], 95))
-    metrics = results["pool"][2]
+    metrics = results["pool"][1]
     to_cpu = sum(_count(metrics, "photostock_pool_dispatch_total", member="cpu", reason=r)
                  for r in ("best", "overflow"))
     to_gpu = sum(_count(metrics, "photostock_pool_dispatch_total", member="gpu", reason=r)
                  for r in ("best", "overflow"))
-    single_waits = results["single"][2].registry.get_sample_value(
-        "photostock_pool_queue_wait_seconds_sum", {"member": "gpu"})
-    pool_waits = sum(metrics.registry.get_sample_value("photostock_pool_queue_wait_seconds_sum", {"member": m})
-                     for m in ("gpu", "cpu"))
-    print(f"p95 single {single_p95 * 1e3:.0f} ms, pool {pool_p95 * 1e3:.0f} ms; queue wait single "
-          f"{single_waits:.2f} s, pool {pool_waits:.2f} s; batches gpu {to_gpu}, cpu {to_cpu}")
-    assert to_cpu >= 3 and to_gpu > to_cpu  # the primary keeps most work; the slower member takes overflow
-    assert single_p95 > budget  # one member cannot hold the budget under this burst
-    assert pool_waits < single_waits  # time spent queued, summed over every request, drops
-    assert pool_p95 < single_p95  # and so does the tail, in the same run under the same load
+    overflowed = _count(metrics, "photostock_pool_dispatch_total", member="cpu", reason="overflow")
+    single = results["single"][1]
+    alone = sum(_count(single, "photostock_pool_dispatch_total", member="gpu", reason=r) for r in ("best", "overflow"))
+    assert overflowed >= 3 and to_cpu >= 3 and to_gpu > to_cpu  # the primary keeps most work; overflow goes
+    assert _count(single, "photostock_pool_dispatch_total", member="cpu", reason="overflow") == 0
+    assert to_gpu < alone  # the batches the slower member ran are batches the primary no longer had to
 
 
 def test_a_member_that_raises_is_taken_out_and_its_batch_retried_elsewhere(text, caplog):

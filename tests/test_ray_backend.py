@@ -31,7 +31,7 @@ def ray_local(ray_module):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def world_folder(tmp_path_factory) -> Path:
     """A 60-image world plus one broken file among the candidates; returns the world folder."""
     from indexer.lab.world import write_world
 
@@ -50,12 +50,12 @@ def _build(images: Path, store: Path, backend: str, **overrides: object) -> dict
 
 
 @pytest.fixture(scope="module")
-def stores(ray_local, world, tmp_path_factory) -> dict[str, Path]:
+def stores(ray_local, world_folder, tmp_path_factory) -> dict[str, Path]:
     """The same folder indexed once by each backend."""
     base = tmp_path_factory.mktemp("stores")
     built = {}
     for backend in ("local", "ray"):
-        report = _build(world / "gallery", base / backend, backend)
+        report = _build(world_folder / "gallery", base / backend, backend)
         assert report["published"], report
         built[backend] = base / backend
     return built
@@ -91,8 +91,8 @@ def test_embeddings_equal_within_float16(stores):
     np.testing.assert_allclose(b, a, rtol=0, atol=2e-3)  # a couple of float16 ulps at |x| < 1
 
 
-def test_same_retrieval_for_held_out_captions(stores, world):
-    queries = [json.loads(line) for line in (world / "queries.jsonl").read_text().splitlines()]
+def test_same_retrieval_for_held_out_captions(stores, world_folder):
+    queries = [json.loads(line) for line in (world_folder / "queries.jsonl").read_text().splitlines()]
     held_out = [q["query"] for q in queries if q["unseen"]]
     assert held_out, "the world should contain held-out (unseen) compositions"
     for text in held_out:
@@ -105,12 +105,12 @@ def test_same_retrieval_for_held_out_captions(stores, world):
                {h["path"] for h in want if h["similarity"] > clear}, text
 
 
-def test_incremental_rules_match(stores, world, tmp_path):
+def test_incremental_rules_match(stores, world_folder, tmp_path):
     """Unchanged folder: nothing re-encoded, nothing republished; one new file: the same new id on both."""
-    unchanged = _build(world / "gallery", stores["ray"], "ray")
+    unchanged = _build(world_folder / "gallery", stores["ray"], "ray")
     assert unchanged["counts"]["encoded"] == 0 and not unchanged["published"]
     images = tmp_path / "images"
-    shutil.copytree(world / "gallery", images)
+    shutil.copytree(world_folder / "gallery", images)
     draw(images / "part-000" / "zz-new.png", seed=99, size=(40, 30))
     reports = {}
     for backend in ("local", "ray"):
@@ -122,7 +122,7 @@ def test_incremental_rules_match(stores, world, tmp_path):
     assert new_rows["ray"]["id"] == new_rows["local"]["id"] and new_rows["ray"]["status"] == "indexed"
 
 
-def test_missing_ray_gives_install_hint(monkeypatch, world, tmp_path, capsys):
+def test_missing_ray_gives_install_hint(monkeypatch, world_folder, tmp_path, capsys):
     """Simulated absence of Ray: a clear error naming the extra, from the library and from the CLI."""
     from indexer.cli import build_parser
     from indexer.run.ray_backend import RayUnavailableError, import_ray
@@ -130,7 +130,8 @@ def test_missing_ray_gives_install_hint(monkeypatch, world, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(RayUnavailableError, match=r"\[distributed\]"):
         import_ray()
-    args = build_parser().parse_args(["build", "--images", str(world / "gallery"), "--store", str(tmp_path / "s"),
+    args = build_parser().parse_args(["build", "--images", str(world_folder / "gallery"),
+                                      "--store", str(tmp_path / "s"),
                                       "--pretrained", "random", "--backend", "ray"])
     assert args._module.main(args) == 2
     err = capsys.readouterr().err

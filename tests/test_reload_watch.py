@@ -8,16 +8,10 @@ import asyncio
 import shutil
 
 import numpy as np
-import pytest
 
 from indexer.index.publish import flip_current
 from search.artifact.reload import ArtifactHolder, watch_current
-from tests.service_support import copy_store, encoder_for, publish, world_store
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
+from tests.service_support import copy_store, encoder_for, publish
 
 
 def _republish(world, store) -> str:

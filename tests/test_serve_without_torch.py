@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import ROOT, world_store
+from tests.service_support import ROOT
 
 PROBE = Path(__file__).resolve().parent / "serve_probe.py"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
 
 
 def _probe(python: str, world, env: dict[str, str], cwd: Path) -> dict:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from search.artifact.version import open_current
 from search.http.app import create_app
-from tests.service_support import encoder_for, runtime_for, settings_for
+from tests.service_support import copy_store, encoder_for, publish, runtime_for, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,45 @@ def test_post_search_tags_min_score_dedup_diversity(client, world):
     cutoff = base[4]["score"]
     cut = client.post("/search", json={"query": _caption(world), "k": 10, "min_score": cutoff}).json()["hits"]
     assert [h["id"] for h in cut] == [h["id"] for h in base if h["score"] >= cutoff]
-    diverse = client.post("/search", json={"query": _caption(world), "k": 10, "dedup": True,
-                                           "diversity": 0.9}).json()
-    assert len(diverse["hits"]) == 10
+
+
+@pytest.fixture(scope="module")
+def near_copies(world, tmp_path_factory):
+    """A private copy of the world store whose best image for query 0 has three near-copies (cosine ~0.997
+    to it, above the 0.98 dedup threshold): the three images least like the query get its vector plus a
+    little seeded noise. Returns (a client on that store, the best id, the copies' ids)."""
+    store = copy_store(world, tmp_path_factory.mktemp("near-copies") / "store")
+    encoder = encoder_for(world.checkpoint)
+    vectors = np.load(world.store / "vectors.npy").astype(np.float32)
+    ids = sorted(world.ids_by_path.values())
+    order = np.argsort(-(vectors @ encoder.encode_texts([_caption(world)])[0]))
+    best, copies = int(order[0]), [int(row) for row in order[-3:]]
+    rng = np.random.default_rng(0)
+    for row in copies:
+        v = vectors[best] + 0.01 * rng.standard_normal(vectors.shape[1])
+        vectors[row] = v / np.linalg.norm(v)
+    publish(store, world.image_root, encoder, store / "metadata.sqlite", ids, vectors, onnx_cache=world.onnx_cache)
+    app = create_app(settings_for(world, store=store), encoder=runtime_for(world))
+    with TestClient(app, client=("127.0.0.1", 5000)) as near:
+        yield near, ids[best], {ids[row] for row in copies}
+
+
+def test_dedup_collapses_near_copies_and_diversity_reorders(near_copies, world):
+    """The request's `dedup` and `diversity` reach the rerank: without them the image and its near-copies
+    crowd the top of the page; dedup keeps the first of them and the ranking of the rest; MMR (diversity 0.9)
+    keeps the first and pushes the others off the page."""
+    client, best, copies = near_copies
+    group = copies | {best}
+    search = lambda **extra: [h["id"] for h in client.post(  # noqa: E731
+        "/search", json={"query": _caption(world), "k": 10, **extra}).json()["hits"]]
+    plain, longer = search(), search(k=20)
+    assert group <= set(plain), "the near-copies should rank with their original"
+    first = next(i for i in plain if i in group)
+    deduped = search(dedup=True)
+    assert group & set(deduped) == {first} and len(deduped) == 10
+    assert deduped == [i for i in longer if i in set(deduped)]  # the survivors keep their order
+    diverse = search(diversity=0.9)
+    assert diverse[0] == plain[0] and group & set(diverse) <= {first} and len(diverse) == 10
 
 
 def test_similar_uses_stored_embedding_and_excludes_itself(client, world):

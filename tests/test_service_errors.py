@@ -119,12 +119,23 @@ def test_admin_reload_refused_from_elsewhere(client):
     assert r.status_code == 403 and "localhost" in r.json()["error"]
 
 
+def _errors_422(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('photostock_errors_total{kind="422"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_server_keeps_serving_after_bad_input(client, world):
+    """Its own bad requests first (alone or after any other test): each is counted, and the next good query
+    is answered."""
+    before = _errors_422(client)
+    for path, params in BAD_GETS[:3]:
+        assert client.get(path, params=params).status_code == 422
     r = client.get("/search", params={"q": world.queries[0]["query"]})
     assert r.status_code == 200 and r.json()["hits"]
-    metrics = client.get("/metrics").text
-    assert 'photostock_errors_total{kind="422"}' in metrics
-    assert 'status="500"' not in metrics
+    assert _errors_422(client) == before + 3
+    assert 'status="500"' not in client.get("/metrics").text
 
 
 def test_no_index_is_503(world, tmp_path):

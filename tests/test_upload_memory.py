@@ -4,18 +4,11 @@ decode_concurrency x one decode, not sixteen, and hand the memory back afterward
 
 from __future__ import annotations
 
-import pytest
-
 from search.settings import LimitSettings
-from tests.service_support import running_server, settings_for, world_store
+from tests.service_support import running_server, settings_for
 from tests.upload_support import big_jpeg, png_bomb, upload_burst
 
 DECODE_MB = 3000 * 3000 * 7 / 2**20  # RGBA decode + its RGB conversion
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return world_store(tmp_path_factory.getbasetemp() / "service-world")
 
 
 def test_sixteen_concurrent_bomb_uploads_stay_bounded(world, tmp_path):

@@ -5,6 +5,7 @@ chromium fails instead of skipping."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -173,8 +174,10 @@ def test_error_and_loading_states(page, server):
     page.press("#q", "Enter")
     expect(page.locator("#status")).to_have_class("loading")
     expect(page.locator("#grid")).to_have_attribute("aria-busy", "true")
-    page.wait_for_function("() => true")  # let the route handler run
-    assert held
+    deadline = time.monotonic() + 30
+    while not held:  # the route handler runs while Playwright dispatches events: poll it, with a deadline
+        assert time.monotonic() < deadline, "the full answer never reached the route"
+        page.wait_for_timeout(20)
     held[0].continue_()
     expect(page.locator("#status")).to_contain_text("results shown")
     expect(page.locator("#grid")).to_have_attribute("aria-busy", "false")
