@@ -21,6 +21,7 @@ from search.http.schemas import (
     ErrorResponse,
     Hit,
     Ready,
+    ReloadRequest,
     ReloadResult,
     SearchRequest,
     SearchResponse,
@@ -51,8 +52,8 @@ def _canonical_id(value: object) -> object:
     return value
 
 
-ImageId = Annotated[int, BeforeValidator(_canonical_id),
-                    Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1), canonical decimal")]
+ImageId = Annotated[int, Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1), canonical decimal"),
+                    BeforeValidator(_canonical_id)]
 SearchGuard = [Depends(require_search_access)]
 PHASE_DOC = ("fast: the fast text tower (int8 when available) and the ANN order alone, for a first grid; "
              "full (default): exact rerank, business signals, dedup and MMR")
@@ -225,7 +226,7 @@ async def metrics(request: Request) -> Response:
 @router.post("/admin/reload", response_model=ReloadResult, summary="Load the version `current` points to",
              dependencies=[Depends(require_admin)],
              responses={s: {"model": ErrorResponse} for s in (403, 409, 415)})
-async def admin_reload(request: Request) -> ReloadResult:
+async def admin_reload(request: Request, body: ReloadRequest) -> ReloadResult:
     """Admin: a JSON request (`{}`) with the admin token, or from localhost when the service is bound there."""
     state = _state(request)
     outcome = await asyncio.to_thread(state.holder.reload, True)
