@@ -5,9 +5,11 @@ and counted while the body streams (chunked too), so no route ever buffers past 
   `limits.max_body_bytes` for every other body (JSON: 1 MiB by default). A declared length over the cap is
   answered 413 at once; an undeclared (chunked) or understated body raises 413 from `receive` at the first
   chunk past the cap, and the route's error handler answers it as JSON.
-- A response that starts before the request body was read to its end (413, a shed upload, a refused admin
-  call, ...) carries `Connection: close`: uvicorn then closes the socket instead of reading and discarding the
-  rest (a 200 MB chunked body was drained in full after its 413).
+- A 413 or 408, and any response that starts before a body of undeclared length (chunked) was read to its
+  end, carries `Connection: close`: uvicorn then closes the socket instead of reading and discarding the rest
+  (a 200 MB chunked body was drained in full after its 413). An unread body whose declared length is within
+  the cap (say an upload shed with 503) is still drained by uvicorn, so that client can read its answer:
+  never more than the cap is read either way.
 - A body whose next piece does not arrive within `server.body_timeout_s` is answered 408 (slow senders).
 
 Why not Starlette's RequestBodyLimitMiddleware: one cap per app or per route fixed at import (ours comes from
@@ -91,7 +93,8 @@ class BodyGuard:
             return message
 
         async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and not finished:
+            if message["type"] == "http.response.start" and (
+                    message["status"] in (408, 413) or (not finished and declared is None)):
                 message = {**message, "headers": [*message.get("headers", []), *close]}
             await send(message)
 
