@@ -2,7 +2,8 @@
 searches timed beside them, the half-sent ones timed until the server closes them; then JSON bodies far over
 the body cap, with the server's peak RSS (the kernel's VmHWM, reset through /proc/PID/clear_refs).
 
-1. Baseline: `--searches` text searches (every query new: encoder misses) on one keep-alive connection.
+1. Baseline: `--searches` text searches (every query new: encoder misses) on one keep-alive connection,
+   after as many warm-up searches.
 2. `--connections` sockets each send half a request (request line, one header, no end) and stop.
 3. The same number of new searches while they are held: latency against the baseline of this run.
 4. Every half-sent socket is watched until the server closes it (EOF or reset), bounded by
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import select
+import selectors
 import socket
 import statistics
 import sys
@@ -69,20 +70,25 @@ def _half_sent(port: int, count: int) -> list[tuple[socket.socket, float]]:
 
 
 def _until_closed(held: list[tuple[socket.socket, float]], limit_s: float) -> list[float | None]:
-    """Seconds from each socket's open to the server's close of it (None: still open at the bound)."""
+    """Seconds from each socket's open to the server's close of it (None: still open at the bound). epoll,
+    not select(): thousands of descriptors."""
     closed: dict[socket.socket, float] = {}
     opened = dict(held)
+    watch = selectors.DefaultSelector()
+    for sock in opened:
+        watch.register(sock, selectors.EVENT_READ)
     end = time.monotonic() + limit_s
     while len(closed) < len(held) and time.monotonic() < end:
-        waiting = [s for s in opened if s not in closed]
-        readable, _, _ = select.select(waiting, [], [], 1.0)
-        for sock in readable:
+        for key, _ in watch.select(timeout=1.0):
+            sock = key.fileobj
             try:
-                data = sock.recv(4096)
+                data = sock.recv(4096)  # type: ignore[union-attr]
             except (ConnectionResetError, BlockingIOError):
                 data = b""
             if not data:
-                closed[sock] = time.monotonic() - opened[sock]
+                closed[sock] = time.monotonic() - opened[sock]  # type: ignore[index]
+                watch.unregister(sock)
+    watch.close()
     for sock in opened:
         sock.close()
     return [closed.get(sock) for sock, _ in held]
@@ -139,6 +145,7 @@ def main() -> None:
                     "target_closed_within_s": TARGET_CLOSE_S}
     with running_server(settings, base / "service.json") as server:
         proc = psutil.Process(server.proc.pid)
+        _searches(server.url, [f"warm up {i}" for i in range(args.searches)])  # sessions, caches, allocator
         result["baseline_searches"] = _searches(server.url, [f"red circle {i}" for i in range(args.searches)])
         result["fds_idle"] = proc.num_fds()
         held = _half_sent(server.port, args.connections)

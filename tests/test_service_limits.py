@@ -24,7 +24,7 @@ from search.http.bodies import UPLOAD_FRAMING
 from search.http.multipart import read_file_part
 from search.query.log import read_query_log
 from search.runtime.uploads import UploadRejected, release_memory
-from search.settings import LimitSettings, ServerSettings
+from search.settings import LimitSettings, ServerSettings, TrafficSettings
 from tests.service_support import running_server, runtime_for, settings_for
 
 
@@ -246,7 +246,8 @@ def test_half_sent_and_stalled_requests_are_closed(world, tmp_path):
 def test_decode_gate_bounds_concurrent_decodes(world):
     """Twelve concurrent uploads of 2000x2000 PNGs: all answered, never more than `decode_concurrency` decoded
     at once, and an image over the pixel budget is refused from its header with 413."""
-    settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=5_000_000))
+    settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=5_000_000),
+                            traffic=TrafficSettings(deadline_ms=600_000, entry_shedding=False))  # all admitted
     app = create_app(settings, encoder=runtime_for(world))
     image = _png(2000, 2000)
 
