@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import machine  # noqa: E402
 
-from search.settings import LimitSettings  # noqa: E402
+from search.settings import LimitSettings, TrafficSettings  # noqa: E402
 from tests.service_support import running_server, settings_for, world_store  # noqa: E402
 from tests.upload_support import big_jpeg, png_bomb, upload_burst  # noqa: E402
 
@@ -30,7 +30,10 @@ TARGET_MB = 1536
 
 
 def _run(world: object, base: Path, name: str, limits: LimitSettings, payloads: list[tuple[str, bytes]]) -> dict:
-    settings = settings_for(world, limits=limits)  # type: ignore[arg-type]
+    # every upload admitted: this measures decode memory with all of them waiting (shedding, which answers most
+    # of them 503 at once under this burst, is benchmarks/upload_shedding.py's)
+    settings = settings_for(world, limits=limits,  # type: ignore[arg-type]
+                            traffic=TrafficSettings(deadline_ms=600_000, entry_shedding=False))
     with running_server(settings, base / f"{name}.json") as server:
         burst = upload_burst(server.url, server.proc.pid, payloads)
     return {"decode_concurrency": limits.decode_concurrency, "trim_after_pixels": limits.trim_after_pixels,

@@ -36,16 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(hash_key(key))
         return 0
-    import uvicorn
-
     from search.http.app import create_app
     from search.http.logs import configure_logging
+    from search.http.server import serve
     from search.settings import load_settings
 
     settings = load_settings(args.config, store=args.store)
     settings = settings.model_copy(update={"access": settings.access.model_copy(update={"bind_host": args.host})})
     configure_logging(args.log_level, args.log_format or settings.logging.format)
-    # proxy headers: only the app's own ProxyHeadersMiddleware, configured by access.trusted_proxies
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
-                proxy_headers=False, server_header=False)
+    serve(create_app(settings), args.host, args.port, settings.server, args.log_level)
     return 0

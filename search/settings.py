@@ -86,6 +86,7 @@ class LimitSettings(_Strict):
     default_k: int = Field(20, ge=1)
     max_offset: int = Field(1000, ge=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1)  # every other request body (JSON); search/http/bodies.py
     max_upload_pixels: int = Field(40_000_000, ge=1)  # refused from the header, before any pixel is decoded
     decode_concurrency: int = Field(2, ge=1)  # uploads decoded at once: peak RSS ~ this x the largest decode
     trim_after_pixels: int = Field(4_000_000, ge=0)  # malloc_trim after a decode this big (0: never)
@@ -118,6 +119,19 @@ class AccessSettings(_Strict):
     api_keys_env: str | None = None  # name of an env var holding comma-separated sha256 hex digests
     trusted_proxies: list[str] = Field(default_factory=list)  # peers whose X-Forwarded-For is believed
     cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API
+    # Host header names served (search/http/hosts.py); "*.example.com" matches subdomains, "*" any host.
+    # None: only loopback names (localhost, 127.0.0.1, [::1]) when bound to loopback, any host otherwise.
+    allowed_hosts: list[str] | None = None
+
+
+class ServerSettings(_Strict):
+    """Slow and idle clients (search/http/server.py): uvicorn's options plus a header timeout it lacks."""
+
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must be complete this soon after it starts
+    body_timeout_s: float = Field(30.0, gt=0)  # longest wait for the next piece of a request body (408 after)
+    keep_alive_timeout_s: float = Field(5.0, gt=0)  # idle keep-alive connection closed after this
+    max_connections: int = Field(1000, ge=1)  # open connections + requests in progress; beyond: 503 at once
+    backlog: int = Field(2048, ge=1)  # connections the kernel queues before uvicorn accepts them
 
 
 class TrafficSettings(_Strict):
@@ -158,6 +172,7 @@ class Settings(_Strict):
     images: ImageSettings = ImageSettings()
     access: AccessSettings = AccessSettings()
     traffic: TrafficSettings = TrafficSettings()
+    server: ServerSettings = ServerSettings()
     logging: LogSettings = LogSettings()
     query_log: Path | None = None  # JSONL file, one line per answered search (off when unset)
 

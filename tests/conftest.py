@@ -44,6 +44,16 @@ def ray_module() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def schemathesis_module() -> ModuleType:
+    """The `schemathesis` module (the `test` extra pins it)."""
+    require_optional("schemathesis", importlib.util.find_spec("schemathesis") is not None,
+                     "the test extra is not installed (pip install -e '.[test]')")
+    import schemathesis
+
+    return schemathesis
+
+
+@pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> WorldStore:
     """The service tests' synthetic-world store (built once per session, shared read-only; the one meaning
     of `world` in this suite: a module that needs another world names its fixture otherwise)."""

@@ -26,11 +26,14 @@ import numpy as np
 from indexer.models import registry
 from indexer.models.clip import ClipEncoder, load_encoder
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
-from search.settings import ReloadSettings, RuntimeSettings, Settings
+from search.settings import AccessSettings, ReloadSettings, RuntimeSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GALLERY = 96
 IMAGE_SIZE = (64, 48)  # landscape, so the orientation filter has something to say
+# Host names the service allows in tests: the loopback default plus the in-process clients' own names
+# (Starlette's TestClient sends `Host: testserver`, httpx's ASGITransport the base URL's host).
+TEST_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver", "test"]
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,11 @@ def runtime_for(world: WorldStore) -> RuntimeEncoder:
 def settings_for(world: WorldStore, store: Path | None = None, **sections: object) -> Settings:
     """No model settings: the service takes its encoder from the store. fp32 text tower: these tests compare
     the service with exact search over open_clip's own query vectors (int8: test_service_api)."""
+    access = sections.pop("access", AccessSettings())
+    if "allowed_hosts" not in access.model_fields_set:  # type: ignore[attr-defined]
+        access = access.model_copy(update={"allowed_hosts": TEST_HOSTS})  # type: ignore[attr-defined]
     base = Settings(store=store or world.store, reload=ReloadSettings(watch=False),
-                    runtime=RuntimeSettings(text_precision="fp32"))
+                    runtime=RuntimeSettings(text_precision="fp32"), access=access)
     return base.model_copy(update=sections)
 
 

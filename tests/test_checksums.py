@@ -173,7 +173,7 @@ def test_service_reports_its_background_check_in_readyz(world, tmp_path) -> None
     store = copy_store(world, tmp_path / "store")
     settings = settings_for(world, store=store)
     assert settings.reload.verify_checksums and settings.reload.start_checks == "sampled"
-    with TestClient(create_app(settings), client=("127.0.0.1", 5000)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost", client=("127.0.0.1", 5000)) as client:
         holder = client.app.state.service.holder  # type: ignore[attr-defined]
         assert holder.wait_checked(60)
         ready = client.get("/readyz").json()

@@ -82,7 +82,8 @@ def _break(store: Path, how: str) -> None:
 ])
 def test_broken_encoder_files_refuse_the_version_while_the_old_keeps_serving(world, tmp_path, how, reason):
     store = copy_store(world, tmp_path / "store")
-    with TestClient(create_app(settings_for(world, store=store)), client=("127.0.0.1", 5000)) as client:
+    with TestClient(create_app(settings_for(world, store=store)), base_url="http://localhost",
+                    client=("127.0.0.1", 5000)) as client:
         served = client.get("/readyz").json()["version"]
         ids = sorted(world.ids_by_path.values())
         publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite", ids,
@@ -112,7 +113,7 @@ def test_a_version_without_encoder_files_is_refused_by_the_service(tmp_path):
 
     store = tmp_path / "store"
     publish_vectors(store, clustered(50, 16))
-    with TestClient(create_app(settings_for_store(store))) as client:
+    with TestClient(create_app(settings_for_store(store)), base_url="http://localhost") as client:
         assert "carries no encoder files" in client.get("/readyz").json()["last_reload_error"]
 
 

@@ -15,7 +15,7 @@ from tests.service_support import runtime_for, settings_for
 
 def _client(world, host: str = "127.0.0.1", **sections: object) -> TestClient:
     app = create_app(settings_for(world, **sections), encoder=runtime_for(world))
-    return TestClient(app, client=(host, 5000), raise_server_exceptions=False)
+    return TestClient(app, base_url="http://localhost", client=(host, 5000), raise_server_exceptions=False)
 
 
 def test_api_keys_from_a_file_of_digests(world, tmp_path):
@@ -61,7 +61,7 @@ def test_admin_refuses_cross_origin_and_non_json_even_from_localhost(world):
                         {"Sec-Fetch-Site": "same-site"}, {"Origin": "null"}):
             r = c.post("/admin/reload", json={}, headers=headers)
             assert r.status_code == 403 and "cross-origin" in r.json()["error"], headers
-        assert c.post("/admin/reload", json={}, headers={"Origin": "http://testserver",
+        assert c.post("/admin/reload", json={}, headers={"Origin": "http://localhost",
                                                         "Sec-Fetch-Site": "same-origin"}).status_code == 200
         for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
             r = c.post("/admin/reload", content=b"{}", headers={"Content-Type": content_type})
@@ -158,3 +158,36 @@ def test_a_failing_rate_limit_storage_lets_requests_through_and_is_counted(world
         statuses = [c.get("/search", params={"q": "cat"}).status_code for _ in range(3)]
         assert statuses == [200, 200, 200]
         assert 'photostock_errors_total{kind="rate_limit_storage"} 3.0' in c.get("/metrics").text
+
+
+def test_bound_to_loopback_only_loopback_host_names_are_served(world):
+    with _client(world, access=AccessSettings(allowed_hosts=None)) as c:  # the default: by the bind address
+        for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):
+            assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example:8000", "evil.example", "127.0.0.1.evil.example", "", "localhost.evil.example"):
+            r = c.get("/search", params={"q": "cat"}, headers={"Host": host})
+            assert r.status_code == 400 and "Host" in r.json()["error"], host
+            assert r.headers["connection"] == "close"
+        # DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 sends its own Host and a matching Origin
+        rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+        assert c.post("/admin/reload", json={}, headers=rebound).status_code == 400
+        assert c.post("/admin/takedown", json={"ids": [10], "reason": "x"}, headers=rebound).status_code == 400
+    with _client(world, access=AccessSettings(allowed_hosts=None, bind_host="0.0.0.0")) as c:
+        assert c.get("/healthz", headers={"Host": "photos.example"}).status_code == 200  # any host off loopback
+
+
+def test_admin_refuses_a_foreign_host_whatever_the_origin(world):
+    with _client(world, access=AccessSettings(allowed_hosts=["*"])) as c:  # every host served, even so:
+        rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000", "Sec-Fetch-Site": "same-origin"}
+        r = c.post("/admin/reload", json={}, headers=rebound)
+        assert r.status_code == 403 and "loopback Host" in r.json()["error"]
+        assert c.get("/healthz", headers=rebound).status_code == 200
+        assert c.post("/admin/reload", json={}, headers={"Host": "127.0.0.1:8000"}).status_code == 200
+
+
+def test_configured_allowed_hosts(world):
+    hosts = ["photos.example", "*.cdn.example"]
+    with _client(world, access=AccessSettings(bind_host="0.0.0.0", allowed_hosts=hosts)) as c:
+        for host, status in (("photos.example", 200), ("PHOTOS.example:443", 200), ("a.cdn.example", 200),
+                             ("cdn.example", 400), ("evil.example", 400), ("localhost", 400)):
+            assert c.get("/healthz", headers={"Host": host}).status_code == status, host

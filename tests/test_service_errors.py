@@ -163,7 +163,8 @@ def _other_encoder(tmp_path):
 
 def test_version_with_another_encoder_is_refused_while_the_old_keeps_serving(world, tmp_path):
     store = copy_store(world, tmp_path / "store")
-    with TestClient(create_app(settings_for(world, store=store)), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(settings_for(world, store=store)), base_url="http://localhost",
+                    client=("127.0.0.1", 5000)) as c:
         served = c.get("/readyz").json()["version"]
         other = _other_encoder(tmp_path)
         ids = sorted(world.ids_by_path.values())

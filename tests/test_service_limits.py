@@ -1,23 +1,30 @@
 """Service area, bounded resources and operability: id range (422, never 500), 405 with Allow, queries that
-clean to nothing, request ids, the streamed upload cap under chunked encoding (nothing read or spooled past
-the cap), the decode gate, and the query log carrying the request id."""
+clean to nothing, request ids, the body cap over real uvicorn under chunked encoding (413, the connection
+closed, nothing read or spooled past the cap), header/body/idle timeouts, the decode gate, and the query log
+carrying the request id."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import select
+import socket
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from search.http.app import create_app
+from search.http.bodies import UPLOAD_FRAMING
 from search.http.multipart import read_file_part
 from search.query.log import read_query_log
 from search.runtime.uploads import UploadRejected, release_memory
-from search.settings import LimitSettings
+from search.settings import LimitSettings, ServerSettings, TrafficSettings
 from tests.service_support import running_server, runtime_for, settings_for
 
 
@@ -121,38 +128,126 @@ def test_streamed_reader_stops_at_the_cap_without_reading_the_rest():
     assert asyncio.run(read_file_part(small_type, small_stream(), max_bytes=50_000)) == b"\x02" * 10_000
 
 
-def test_chunked_upload_over_the_cap_is_413_with_no_temp_file(world, tmp_path, monkeypatch):
-    """Real uvicorn, Transfer-Encoding: chunked (no Content-Length): 413, and nothing big lands in TMPDIR."""
+def _kernel_buffer_bound() -> int:
+    """Bytes a client can hand to loopback TCP that the server process never read: its socket's largest
+    receive buffer (tcp_rmem max) plus the client's own send buffer (set to 64 kB below) and some slack."""
+    rmem_max = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])
+    return rmem_max + 64 * 1024 + 1024 * 1024
+
+
+@dataclass
+class Refusal:
+    response: bytes  # what the server answered (status line, headers, body)
+    sent: int  # body bytes the kernel accepted from us before the server closed the connection
+    closed: bool  # the server closed the connection (EOF or reset) before the whole body was sent
+
+
+def _send_until_refused(port: int, path: str, content_type: str, body_bytes: int, chunked: bool = True,
+                        declared: int | None = None, prefix: bytes = b"", deadline_s: float = 120.0) -> Refusal:
+    """Send a request of `body_bytes` body (`prefix`, then filler) over a raw socket (chunked, or with
+    Content-Length `declared`), reading whenever the server answers; stop at the server's close or when
+    everything is sent."""
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Type: {content_type}"]
+    head.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {declared or body_bytes}")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=deadline_s)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    sock.setblocking(False)
+    piece = b"\x03" * 65536
+    pending, sent, response, closed = b"", 0, b"", False
+    end = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < end:
+            if not pending and sent < body_bytes:
+                data = prefix if sent == 0 and prefix else piece[: body_bytes - sent]
+                pending = (b"%x\r\n" % len(data) + data + b"\r\n") if chunked else data
+                sent += len(data)
+            elif not pending and chunked and sent == body_bytes:
+                pending, sent = b"0\r\n\r\n", sent + 1
+            readable, writable, _ = select.select([sock], [sock] if pending else [], [], 1.0)
+            if readable:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    closed = True
+                    break
+                if not data:
+                    closed = True
+                    break
+                response += data
+            elif writable:
+                try:
+                    pending = pending[sock.send(pending):]
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+    finally:
+        sock.close()
+    return Refusal(response, sent, closed)
+
+
+@pytest.mark.parametrize("path,cap_field,body_mb", [("/search/image", "upload", 200), ("/search", "json", 200)])
+def test_a_body_over_the_cap_is_413_and_the_connection_closed_not_drained(world, tmp_path, monkeypatch, path,
+                                                                           cap_field, body_mb):
+    """Real uvicorn, Transfer-Encoding: chunked (no Content-Length): the 413 arrives, the server closes the
+    connection instead of reading the rest, and nothing big lands in TMPDIR. The bytes the kernel took from us
+    before the close bound what the server read: the cap plus socket buffers, far below the body."""
     spool = tmp_path / "server-tmp"
     spool.mkdir()
     monkeypatch.setenv("TMPDIR", str(spool))
-    settings = settings_for(world, limits=LimitSettings(max_upload_bytes=200_000))
-    content_type, chunks = _multipart(b"\x03" * 5_000_000)
-    sent = 0
-
-    def body() -> object:
-        nonlocal sent
-        for chunk in chunks:
-            sent += len(chunk)
-            yield chunk
-
+    settings = settings_for(world, limits=LimitSettings(max_upload_bytes=200_000, max_body_bytes=100_000))
+    cap = 200_000 + UPLOAD_FRAMING if cap_field == "upload" else 100_000
+    content_type, parts = _multipart(b"") if cap_field == "upload" else ("application/json", [b'{"query": "'])
+    prefix = parts[0].split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if cap_field == "upload" else parts[0]
     with running_server(settings, tmp_path / "service.json") as server:
+        refusal = _send_until_refused(server.port, path, content_type, body_mb * 2**20, prefix=prefix)
+        head = refusal.response.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 413"), refusal.response[:300]
+        assert b"connection: close" in head
+        assert json.loads(refusal.response.split(b"\r\n\r\n", 1)[1])["error"] == f"request body exceeds {cap} bytes"
+        assert refusal.closed, "the server kept the connection open after its 413"
+        assert refusal.sent <= cap + _kernel_buffer_bound(), refusal.sent  # 200 MB were drained before this fix
+        declared = _send_until_refused(server.port, path, content_type, 0, chunked=False, declared=10**9)
+        assert declared.response.lower().startswith(b"http/1.1 413") and declared.closed  # refused unread
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            try:
-                r = http.post("/search/image", content=body(), headers={"content-type": content_type})
-                assert r.status_code == 413 and "exceeds" in r.json()["error"]
-            except httpx.RemoteProtocolError:
-                pass  # the server may close the connection after answering 413 mid-upload
             ok = http.post("/search/image", files={"file": ("x.png", _png(64, 48), "image/png")})
             assert ok.status_code == 200
         spooled = [p for p in spool.rglob("*") if p.is_file() and p.stat().st_size > 200_000]
-        assert spooled == []  # Starlette's form parser would have spooled ~5 MB here
+        assert spooled == []  # Starlette's form parser would have spooled the upload here
+
+
+def test_half_sent_and_stalled_requests_are_closed(world, tmp_path):
+    """Real uvicorn with short timeouts: a connection that never completes its headers is closed (no header
+    timeout before: held forever), a body that stalls is answered 408 and closed, an idle keep-alive
+    connection is closed; a search on a fresh connection still answers meanwhile."""
+    settings = settings_for(world, server=ServerSettings(header_timeout_s=0.5, body_timeout_s=0.5,
+                                                         keep_alive_timeout_s=0.5))
+    with running_server(settings, tmp_path / "service.json") as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        half = socket.create_connection(("127.0.0.1", server.port))
+        half.sendall(b"GET /search?q=cat HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        stalled.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{\"query\"")
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert http.get("/search", params={"q": "cat"}).status_code == 200
+        for sock in (silent, half, stalled):
+            sock.settimeout(60)  # a bound on the test, not a threshold: the server closes after 0.5 s
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            sock.close()
+            if sock is stalled:
+                assert received.startswith(b"HTTP/1.1 408") and b"connection: close" in received.lower()
+            else:
+                assert received == b""
 
 
 def test_decode_gate_bounds_concurrent_decodes(world):
     """Twelve concurrent uploads of 2000x2000 PNGs: all answered, never more than `decode_concurrency` decoded
     at once, and an image over the pixel budget is refused from its header with 413."""
-    settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=5_000_000))
+    settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=5_000_000),
+                            traffic=TrafficSettings(deadline_ms=600_000, entry_shedding=False))  # all admitted
     app = create_app(settings, encoder=runtime_for(world))
     image = _png(2000, 2000)
 

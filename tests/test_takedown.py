@@ -30,7 +30,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     # no model settings: the service runs the encoder the published version carries
     settings = Settings(store=store, reload=ReloadSettings(watch=True, poll_s=0.2, takedown_check_s=0.1))
     app = create_app(settings)
-    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 5000)) as client:
         yield images, store, client, app
 
 
@@ -84,7 +84,8 @@ def test_admin_takedown_endpoint_and_its_auth(served) -> None:
     assert client.get(f"/images/{image_id}").status_code == 404  # this replica: immediately
     assert client.post("/admin/takedown", json={"ids": [999999], "reason": "x"}).status_code == 404
     assert client.post("/admin/takedown", json={"ids": [image_id]}).status_code == 422
-    remote = TestClient(app, client=("10.1.2.3", 5000))  # no `with`: shares the running app's state
+    # no `with`: shares the running app's state
+    remote = TestClient(app, base_url="http://localhost", client=("10.1.2.3", 5000))
     assert remote.post("/admin/takedown", json={"ids": [image_id], "reason": "x"}).status_code == 403
     r = client.post("/admin/takedown", json={"ids": [image_id], "reason": "cleared", "restore": True})
     assert r.status_code == 200 and r.json()["active"] == 0

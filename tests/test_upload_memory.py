@@ -4,7 +4,7 @@ decode_concurrency x one decode, not sixteen, and hand the memory back afterward
 
 from __future__ import annotations
 
-from search.settings import LimitSettings
+from search.settings import LimitSettings, TrafficSettings
 from tests.service_support import running_server, settings_for
 from tests.upload_support import big_jpeg, png_bomb, upload_burst
 
@@ -12,7 +12,10 @@ DECODE_MB = 3000 * 3000 * 7 / 2**20  # RGBA decode + its RGB conversion
 
 
 def test_sixteen_concurrent_bomb_uploads_stay_bounded(world, tmp_path):
-    settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=10_000_000))
+    # every upload admitted (no shedding: this measures the decode gate's memory bound with all sixteen
+    # waiting; uploads shed past the deadline are tests/test_upload_shedding.py's)
+    settings = settings_for(world, limits=LimitSettings(decode_concurrency=2, max_upload_pixels=10_000_000),
+                            traffic=TrafficSettings(deadline_ms=600_000, entry_shedding=False))
     payloads = [("bomb.png", png_bomb(3000))] * 14 + [("big.jpg", big_jpeg(3000))] * 2
     with running_server(settings, tmp_path / "service.json") as server:
         burst = upload_burst(server.url, server.proc.pid, payloads)

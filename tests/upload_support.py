@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -48,6 +49,7 @@ class UploadBurst:
     after_mb: float
     statuses: dict[int, int]
     seconds: float
+    answers: list[tuple[int, float]] = field(default_factory=list)  # (status, seconds to answer) per upload
 
     @property
     def peak_above_idle_mb(self) -> float:
@@ -58,27 +60,28 @@ class UploadBurst:
         return self.after_mb - self.idle_mb
 
 
-async def _burst(url: str, payloads: list[tuple[str, bytes]]) -> list[int]:
+async def _burst(url: str, payloads: list[tuple[str, bytes]]) -> list[tuple[int, float]]:
     limits = httpx.Limits(max_connections=len(payloads), max_keepalive_connections=len(payloads))
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        calls = [http.post("/search/image", files={"file": (name, data, "application/octet-stream")})
-                 for name, data in payloads]
-        return [r.status_code for r in await asyncio.gather(*calls)]
+        async def one(name: str, data: bytes) -> tuple[int, float]:
+            start = time.perf_counter()
+            r = await http.post("/search/image", files={"file": (name, data, "application/octet-stream")})
+            return r.status_code, time.perf_counter() - start
+
+        return list(await asyncio.gather(*(one(name, data) for name, data in payloads)))
 
 
 def upload_burst(url: str, pid: int, payloads: list[tuple[str, bytes]]) -> UploadBurst:
     """All `payloads` uploaded at once; the server's RSS before, at its peak, and right after."""
-    import time
-
     asyncio.run(_burst(url, payloads[:2]))  # warm: sessions, arenas and threads exist before the baseline
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     idle = psutil.Process(pid).memory_info().rss / 2**20
     start = time.perf_counter()
-    statuses = asyncio.run(_burst(url, payloads))
+    answers = asyncio.run(_burst(url, payloads))
     seconds = time.perf_counter() - start
     peak = _status_kb(pid, "VmHWM") / 1024
     after = psutil.Process(pid).memory_info().rss / 2**20
     counts: dict[int, int] = {}
-    for status in statuses:
+    for status, _ in answers:
         counts[status] = counts.get(status, 0) + 1
-    return UploadBurst(round(idle, 1), round(peak, 1), round(after, 1), counts, round(seconds, 2))
+    return UploadBurst(round(idle, 1), round(peak, 1), round(after, 1), counts, round(seconds, 2), answers)

@@ -14,10 +14,9 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
@@ -26,9 +25,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from search.artifact.reload import NoIndexError, watch_current
 from search.http.auth import load_api_keys
-from search.http.openapi import document_limits
+from search.http.bodies import BodyGuard, body_cap
+from search.http.errors import error_body
+from search.http.hosts import HostCheck, allowed_hosts
+from search.http.openapi import document_limits, document_security
 from search.http.ratelimit import RateLimiter
-from search.http.request_id import RequestIdMiddleware, current_request_id
+from search.http.request_id import RequestIdMiddleware
 from search.http.routes import STATIC_DIR, router
 from search.http.security import AccessControl
 from search.http.shedding import EncodeKind, EntryGate, EntryShedder, LoopLag
@@ -80,6 +82,8 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
     _install_handlers(app)
     _install_guards(app, settings)
     document_limits(app, settings.limits)
+    document_security(app, api_keys=app.state.access.api_keys.enabled,
+                      admin_token=settings.reload.admin_token is not None)
     return app
 
 
@@ -90,7 +94,8 @@ def _admission(settings: Settings) -> Admission:
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:
     """Access control, upload limits and the middleware stack (outermost first: trusted proxy headers decide
-    the client address, then the request id, CORS, entry shedding of encode-bound requests, request metrics)."""
+    the client address, then the request id, the Host check, CORS, the body cap, entry shedding of
+    encode-bound requests, request metrics)."""
     access = settings.access
     rate = settings.traffic.rate_limit
     app.state.access = AccessControl(settings, load_api_keys(access.api_keys_file, access.api_keys_env),
@@ -103,10 +108,16 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
         front = _ServiceFront(app)
         app.add_middleware(EntryShedder, gate=EntryGate(settings.traffic.max_in_flight, app.state.loop_lag),
                            target=front, on_shed=front.count_shed)
+    limits = settings.limits
+    app.add_middleware(BodyGuard, cap=lambda method, path: body_cap(method, path, limits.max_upload_bytes,
+                                                                    limits.max_body_bytes),
+                       timeout_s=settings.server.body_timeout_s, on_refuse=_status_counter(app))
     if access.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=access.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After", "Server-Timing"], max_age=600)
+    app.add_middleware(HostCheck, allowed=allowed_hosts(access.allowed_hosts, access.bind_host),
+                       on_refuse=_status_counter(app))
     app.add_middleware(RequestIdMiddleware)
     if access.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=access.trusted_proxies)
@@ -118,6 +129,13 @@ def _error_counter(app: FastAPI, kind: str) -> Callable[[], None]:
         service: ServiceState | None = getattr(app.state, "service", None)
         if service is not None:
             service.metrics.errors.labels(kind=kind).inc()
+    return count
+
+
+def _status_counter(app: FastAPI) -> Callable[[int], None]:
+    """`photostock_errors_total{kind=status}` += 1 for an answer a middleware gave."""
+    def count(status: int) -> None:
+        _error_counter(app, str(status))()
     return count
 
 
@@ -162,12 +180,12 @@ async def _warm_up(state: ServiceState) -> None:
 
 
 def _error(request: Request, status: int, error: str, detail: object = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+           headers: dict[str, str] | None = None) -> Response:
+    """Every handled error: the JSON body of search/http/errors.py (bad values described, echoes bounded)."""
     service = getattr(request.app.state, "service", None)
     if service is not None:
         service.metrics.errors.labels(kind=str(status)).inc()
-    return JSONResponse({"error": error, "detail": jsonable_encoder(detail), "request_id": current_request_id()},
-                        status_code=status, headers=headers)
+    return Response(error_body(error, detail), status_code=status, headers=headers, media_type="application/json")
 
 
 def _allowed_methods(request: Request) -> str:
@@ -181,34 +199,34 @@ def _allowed_methods(request: Request) -> str:
 
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return _error(request, 422, "invalid request", exc.errors())
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         headers = dict(exc.headers or {})  # keeps Retry-After, WWW-Authenticate
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
         return _error(request, exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(NoIndexError)
-    async def no_index(request: Request, exc: NoIndexError) -> JSONResponse:
+    async def no_index(request: Request, exc: NoIndexError) -> Response:
         return _error(request, 503, "no index is loaded", str(exc))
 
     @app.exception_handler(Overloaded)
-    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+    async def overloaded(request: Request, exc: Overloaded) -> Response:
         return _error(request, 503, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after_s + 0.5)))})
 
     @app.exception_handler(PoolUnavailable)
-    async def no_encoder(request: Request, exc: PoolUnavailable) -> JSONResponse:
+    async def no_encoder(request: Request, exc: PoolUnavailable) -> Response:
         return _error(request, 503, "no encode session is available", str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(UploadRejected)
-    async def bad_upload(request: Request, exc: UploadRejected) -> JSONResponse:
+    async def bad_upload(request: Request, exc: UploadRejected) -> Response:
         return _error(request, exc.status, str(exc))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(request, 500, "internal error", type(exc).__name__)
 

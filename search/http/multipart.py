@@ -2,8 +2,8 @@
 
 Starlette's `request.form()` spools every file part to a temporary file before the handler sees it, so a
 chunked upload (no Content-Length) was written to disk in full before its size could be refused. Here the
-body is fed chunk by chunk into python-multipart's push parser and the read stops at the first chunk past
-the cap: 413, nothing more is read, nothing touches the disk.
+body is fed chunk by chunk into python-multipart's push parser and the read stops at the first chunk that
+takes the file part past its cap: 413, nothing more is read, nothing touches the disk.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from search.runtime.uploads import UploadRejected
 __all__ = ["read_file_part", "NotMultipart"]
 
 _MAX_PARTS = 4
-_SLACK = 64 * 1024  # headers and boundaries on top of the file bytes
 
 
 class NotMultipart(ValueError):
@@ -74,19 +73,16 @@ class _FilePart:
 
 async def read_file_part(content_type: str | None, stream: AsyncIterator[bytes], max_bytes: int,
                          field: str = "file") -> bytes:
-    """The bytes of part `field`; 413 once the body passes max_bytes (+ slack for multipart framing)."""
+    """The bytes of part `field`; 413 once that part passes max_bytes (the whole body's cap is
+    search/http/bodies.py's, enforced on the stream this reads)."""
     kind, options = parse_options_header(content_type or "")
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise NotMultipart("expected a multipart/form-data body with a 'file' part")
     part = _FilePart(field, max_bytes)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
-    total, limit = 0, max_bytes + _SLACK
     try:
         async for chunk in stream:
-            total += len(chunk)
-            if total > limit:
-                raise UploadRejected(413, f"upload exceeds {max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from search.settings import LimitSettings
 
-__all__ = ["document_limits"]
+__all__ = ["document_limits", "document_security"]
 
 _SEARCH_PATHS = ("/search", "/search/image", "/search/similar/{image_id}")
 
@@ -54,6 +54,42 @@ def document_limits(app: FastAPI, limits: LimitSettings) -> None:
             file_schema["maxLength"] = limits.max_upload_bytes
             file_schema["description"] = (f"an image of at most {limits.max_upload_bytes} bytes and "
                                           f"{limits.max_upload_pixels} pixels")
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_SEARCH_SCHEMES = {"ApiKey", "Bearer"}  # search/http/security.py's scheme names
+_ADMIN_SCHEMES = {"AdminToken", "Bearer"}
+
+
+def document_security(app: FastAPI, api_keys: bool, admin_token: bool) -> None:
+    """Wrap `app.openapi` so security is advertised only as configured: API-key schemes on the search
+    operations only when keys are on, the admin token on /admin only when one is set (off: none at all)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        used: set[str] = set()
+        for path, operations in schema.get("paths", {}).items():
+            enabled = (_ADMIN_SCHEMES if admin_token else set()) if path.startswith("/admin") else (
+                _SEARCH_SCHEMES if api_keys else set())
+            for operation in operations.values():
+                kept = [r for r in operation.get("security", []) if set(r) <= enabled]
+                if kept:
+                    operation["security"] = kept
+                    used |= {name for r in kept for name in r}
+                else:
+                    operation.pop("security", None)
+        components = schema.get("components", {})
+        schemes = {k: v for k, v in components.get("securitySchemes", {}).items() if k in used}
+        if schemes:
+            components["securitySchemes"] = schemes
+        else:
+            components.pop("securitySchemes", None)
         app.openapi_schema = schema
         return schema
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
 
 from search.artifact.images import ImageNotFound
 from search.artifact.reload import NoIndexError
 from search.artifact.takedown import UnknownImageError, apply_takedowns, resolve_refs
+from search.http.jsonbody import StrictJsonRoute
 from search.http.request_id import current_request_id
 from search.http.schemas import (
     ErrorResponse,
     Hit,
     Ready,
+    ReloadRequest,
     ReloadResult,
     SearchRequest,
     SearchResponse,
@@ -25,7 +29,7 @@ from search.http.schemas import (
     TakedownResult,
 )
 from search.http.security import require_admin, require_search_access
-from search.http.uploads import UploadGuard, uploaded_pixels
+from search.http.uploads import UploadGuard
 from search.query.clean import clean_query
 from search.query.pipeline import SearchOutcome, SearchSpec
 from search.query.timing import StageTimer
@@ -35,10 +39,21 @@ __all__ = ["router", "ImageId"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 503)}
 _GUARDED: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 429)}
-router = APIRouter(responses=_ERRORS)
+router = APIRouter(responses=_ERRORS, route_class=StrictJsonRoute)
 STATIC_DIR = FilePath(__file__).resolve().parent / "static"
+_CANONICAL = re.compile(r"0|[1-9][0-9]{0,30}", re.ASCII)
 ID_MAX = 2**63 - 1  # ids are SQLite INTEGERs: anything outside is a 422, never an overflow deep inside
-ImageId = Annotated[int, Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1)")]
+
+
+def _canonical_id(value: object) -> object:
+    """Only the canonical decimal form names an id: " 1", "+1", "1.0", "01" would all mean 1 to int()."""
+    if isinstance(value, str) and not _CANONICAL.fullmatch(value):
+        raise ValueError("an id is written in canonical decimal: digits only, no sign, spaces or leading zeros")
+    return value
+
+
+ImageId = Annotated[int, Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1), canonical decimal"),
+                    BeforeValidator(_canonical_id)]
 SearchGuard = [Depends(require_search_access)]
 PHASE_DOC = ("fast: the fast text tower (int8 when available) and the ANN order alone, for a first grid; "
              "full (default): exact rerank, business signals, dedup and MMR")
@@ -140,11 +155,8 @@ async def search_image(request: Request, response: Response,
     timer = StageTimer()
     with timer.stage("total"):
         guard: UploadGuard = request.app.state.uploads
-        encoder = state.encoder.current
-        with timer.stage("upload"):
-            pixels = await uploaded_pixels(request, guard, state.settings.limits, encoder.preprocess)
-        with timer.stage("encode"):
-            vector = await guard.encode(state.encode_upload, pixels)
+        vector = await guard.embed(request, state.settings.limits, state.encoder.current.preprocess,
+                                   state.encode_upload, timer)
         outcome = await state.searcher.search(vector, spec, timer)
     return _respond(response, outcome, spec, None, state, kind="image")
 
@@ -214,7 +226,7 @@ async def metrics(request: Request) -> Response:
 @router.post("/admin/reload", response_model=ReloadResult, summary="Load the version `current` points to",
              dependencies=[Depends(require_admin)],
              responses={s: {"model": ErrorResponse} for s in (403, 409, 415)})
-async def admin_reload(request: Request) -> ReloadResult:
+async def admin_reload(request: Request, body: ReloadRequest) -> ReloadResult:
     """Admin: a JSON request (`{}`) with the admin token, or from localhost when the service is bound there."""
     state = _state(request)
     outcome = await asyncio.to_thread(state.holder.reload, True)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from search.artifact.reload import BackgroundCheck
 from search.query.filters import Filters
 
-__all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadResult",
-           "TakedownRequest", "TakedownResult"]
+__all__ = ["FilterModel", "SearchRequest", "Hit", "SearchResponse", "ErrorResponse", "Ready", "ReloadRequest",
+           "ReloadResult", "TakedownRequest", "TakedownResult"]
 
 
 class FilterModel(BaseModel):
@@ -89,6 +89,12 @@ class Ready(BaseModel):
     vectors: int | None
     last_reload_error: str | None
     background_check: BackgroundCheck = "none"  # the full checksums run after a start
+
+
+class ReloadRequest(BaseModel):
+    """POST /admin/reload takes an empty JSON object (`{}`): a JSON body is what keeps plain forms out."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ReloadResult(BaseModel):

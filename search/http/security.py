@@ -4,7 +4,8 @@ endpoints, and `require_admin` on every /admin endpoint (one check, reused by al
 The admin rule: never a cross-origin request (Origin / Sec-Fetch-Site), never a body a plain HTML form or a
 `no-cors` fetch can send (Content-Type must be application/json), and then either the configured admin
 token, or - only when no token is configured and the service is bound to loopback - a loopback client that
-did not come through a proxy.
+did not come through a proxy and names a loopback Host (a rebound DNS name sends its own Host, whatever the
+Origin says; search/http/hosts.py refuses hosts outside `access.allowed_hosts` for every route).
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from search.http.auth import ApiKeys, is_loopback
+from search.http.hosts import is_loopback_name
 from search.http.ratelimit import RateLimiter
 from search.settings import Settings
 
 __all__ = ["AccessControl", "require_search_access", "require_admin", "client_host"]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (when keys are on)")
-_bearer = HTTPBearer(auto_error=False, description="API key or admin token as a Bearer token")
-_admin_header = APIKeyHeader(name="X-Admin-Token", auto_error=False, description="admin token")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+                               description="API key (when keys are on)")
+_bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="API key or admin token as a Bearer token")
+_admin_header = APIKeyHeader(name="X-Admin-Token", auto_error=False, scheme_name="AdminToken",
+                             description="admin token")
 _SAME_SITE = {"same-origin", "none"}
 
 
@@ -105,3 +109,6 @@ async def require_admin(
     proxied = "x-forwarded-for" in request.headers or "forwarded" in request.headers
     if proxied or not is_loopback(client_host(request)):
         raise HTTPException(403, "admin endpoints are only allowed from localhost without an admin token")
+    if not is_loopback_name(request.headers.get("host", "")):
+        raise HTTPException(403, "admin endpoints without an admin token need a loopback Host (localhost, "
+                                 "127.0.0.1, [::1])")

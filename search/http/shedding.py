@@ -19,7 +19,6 @@ pipeline (search/query/admission.py), which refuses it with the same 503.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from search.http.request_id import current_request_id
+from search.http.errors import send_error
 from search.query.admission import Admission
 
 __all__ = ["EncodeKind", "EntryGate", "EntryShedder", "LoopLag", "Shed", "ShedTarget", "encode_kind"]
@@ -167,10 +166,5 @@ class EntryShedder:
 
 
 async def _refuse(shed: Shed, send: Send) -> None:
-    body = json.dumps({"error": shed.message, "detail": {"reason": shed.reason},
-                       "request_id": current_request_id()}).encode()
     retry_after = max(1, math.ceil(shed.retry_after_s))
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(retry_after).encode()), (b"cache-control", b"no-store")]})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, 503, shed.message, {"reason": shed.reason}, [(b"retry-after", str(retry_after).encode())])

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["UploadRejected", "read_limited", "decode_image", "preprocess_upload", "DecodeGate", "release_memory"]
+__all__ = ["UploadRejected", "read_limited", "decode_image", "preprocess_upload", "DecodeGate", "DecodeBusy",
+           "release_memory"]
 
 _CHUNK = 64 * 1024
 
@@ -51,7 +52,8 @@ async def read_limited(upload: _AsyncReadable, max_bytes: int) -> bytes:
 
 
 def decode_image(data: bytes, max_pixels: int, draft_side: int | None = None) -> Any:
-    """Bytes -> RGB PIL image; 413 over `max_pixels` (checked from the header), 400 for anything undecodable.
+    """Bytes -> RGB PIL image; 413 over `max_pixels` (checked from the header; PIL's own bomb guard, which
+    fires first for images over ~179 MP, is the same refusal), 400 for anything undecodable.
 
     With `draft_side`, a JPEG decodes at the smallest DCT scale keeping both sides >= draft_side.
     """
@@ -70,7 +72,9 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = None) ->
             return image.convert("RGB")
     except UploadRejected:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UploadRejected(413, f"image exceeds the {max_pixels}-pixel limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
         raise UploadRejected(400, f"not a decodable image ({type(exc).__name__})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UploadRejected(400, f"image data is corrupt ({type(exc).__name__}: {exc})") from exc
@@ -111,8 +115,13 @@ def release_memory() -> bool:
     return True
 
 
+class DecodeBusy(RuntimeError):
+    """No decode slot came free within the wait allowed (the caller answers 503)."""
+
+
 class DecodeGate:
-    """At most `limit` decodes at once; the rest wait their turn (peak RSS ~ limit x the largest decode)."""
+    """At most `limit` decodes at once; the rest wait their turn (peak RSS ~ limit x the largest decode), or at
+    most `start_within` seconds for it."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -120,11 +129,16 @@ class DecodeGate:
         self.active = 0
         self.peak = 0
 
-    async def run(self, fn: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
-        async with self._semaphore:
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-            try:
-                return await asyncio.to_thread(fn, *args)
-            finally:
-                self.active -= 1
+    async def run(self, fn: Callable[..., np.ndarray], *args: Any, start_within: float | None = None) -> np.ndarray:
+        try:
+            await asyncio.wait_for(self._semaphore.acquire(), start_within)
+        except TimeoutError:
+            raise DecodeBusy(f"no decode slot came free within {start_within * 1000:.0f} ms "  # type: ignore[operator]
+                             f"({self.limit} decodes running)") from None
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self.active -= 1
+            self._semaphore.release()
