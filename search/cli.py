@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "bind_socket"]
 
@@ -119,6 +121,24 @@ def _serve(args: argparse.Namespace) -> int:
         config = uvicorn.Config(create_app(settings), host=args.host, port=sock.getsockname()[1],
                                 log_level=args.log_level, log_config=None, proxy_headers=False,
                                 server_header=False)
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         server.run(sockets=[sock])
     return 0 if server.started else 3  # 3: start-up failed, as uvicorn.run exits
+
+
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server on a socket bound beforehand. uvicorn logs "Uvicorn running on ..." only for sockets
+        it binds itself; this logs the same line once the app has started (operators and tests wait for it)."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and sockets:
+                host, port = sockets[0].getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+                                                        shown, port)
+
+    return Server
