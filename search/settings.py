@@ -158,6 +158,17 @@ class ImageSettings(_Strict):
     thumbnail_cache: int = Field(512, ge=0)
 
 
+class GuidanceSettings(_Strict):
+    """What the service tells a user about its answers (search/http/guidance.py): example queries taken from the
+    store (GET /examples) and when a text search's best match is weak."""
+
+    examples: int = Field(4, ge=0, le=20)  # example queries offered (0: none)
+    example_max_chars: int = Field(80, ge=1)  # longer captions are not offered as examples
+    # cosine floor per encoder model: a text search none of whose hits reaches it is `weak`. Calibrated by
+    # indexer/lab/score_floor.py (figures: docs/service.md); a model not listed gets no floor (weak: null)
+    score_floors: dict[str, float] = Field(default_factory=lambda: {"photostock-tiny": 0.77})
+
+
 class Settings(_Strict):
     store: Path | None = None
     encoder: EncoderSettings = EncoderSettings()
@@ -174,6 +185,7 @@ class Settings(_Strict):
     traffic: TrafficSettings = TrafficSettings()
     server: ServerSettings = ServerSettings()
     logging: LogSettings = LogSettings()
+    guidance: GuidanceSettings = GuidanceSettings()
     query_log: Path | None = None  # JSONL file, one line per answered search (off when unset)
 
 

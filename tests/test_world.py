@@ -163,3 +163,25 @@ def test_chance_level_matches_simulation():
 
 def test_recall_against_exact():
     assert metrics.recall_against_exact([[1, 2, 9]], [[1, 2, 3]], 3) == pytest.approx(2 / 3)
+
+
+def test_world_rerun_writes_nothing_and_a_rebuild_publishes_nothing(tmp_path: Path):
+    """A demo rerun (`world` then `build` again, nothing changed) must leave every file and its mtime alone, so
+    the incremental build finds nothing to do and publishes no new version."""
+    from tests.indexer_support import run
+
+    out, store = tmp_path / "world", tmp_path / "store"
+    first = world.write_world(out, seed=4, gallery=12, size=(32, 32))
+    assert first["files_written"] == 12 + 3  # images, metadata.jsonl, queries.jsonl, world.json
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    published = run(out / world.GALLERY_DIR, store)
+    assert published["published"]
+    again = world.write_world(out, seed=4, gallery=12, size=(32, 32))
+    assert again["files_written"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    rebuilt = run(out / world.GALLERY_DIR, store)
+    assert not rebuilt["published"] and rebuilt.get("version") in (None, published["version"])
+    assert (store / "current").resolve().name == published["version"]
+    (out / world.GALLERY_DIR / "part-000" / "img-000003.png").unlink(missing_ok=True)
+    (out / world.GALLERY_DIR / "part-000" / "img-000003.jpg").unlink(missing_ok=True)
+    assert world.write_world(out, seed=4, gallery=12, size=(32, 32))["files_written"] == 1  # restores only that

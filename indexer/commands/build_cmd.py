@@ -104,7 +104,10 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {k: getattr(args, k)
                  for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend",
                            "overflow_workers")}
+    from search.artifact.ann import FaissMissing, require_faiss
+
     try:
+        require_faiss()  # the index build and publish need it: one line now, not a traceback after encoding
         if args.max_new_failures is not None and args.max_new_failures < 0:
             raise SettingsError("--max-new-failures must be 0 or more")
         settings = load_settings(args.config, overrides)
@@ -116,7 +119,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     except EncoderFingerprintError as exc:
         _forget_fingerprint(args.store)
         raise CannotRun(str(exc)) from exc
-    except (SettingsError, WeightsUnavailableError, StoreBusyError, StoreReadOnlyError, StoreError,
+    except (FaissMissing, SettingsError, WeightsUnavailableError, StoreBusyError, StoreReadOnlyError, StoreError,
             NotADirectoryError, FileNotFoundError, RayUnavailableError, RayBackendError) as exc:
         raise CannotRun(str(exc)) from exc
     except (PermissionError, sqlite3.OperationalError) as exc:

@@ -275,13 +275,37 @@ def relative_path(item: WorldItem) -> str:
     return f"part-{item.index // FOLDER_SIZE:03d}/img-{item.index:06d}.{item.fmt}"
 
 
-def save_item(item: WorldItem, root: Path) -> None:
-    target = root / relative_path(item)
+def write_if_changed(target: Path, data: bytes) -> bool:
+    """Write `data` to `target` only when the file's bytes differ (atomically); True when it wrote.
+
+    Why: a rerun of `world` with the same arguments must leave every file (and its mtime) as it was, so an
+    incremental index build sees no change and publishes no new version.
+    """
+    try:
+        if target.stat().st_size == len(data) and target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
     target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return True
+
+
+def encoded(item: WorldItem) -> bytes:
+    """The item's file contents (JPEG quality 90 or PNG): deterministic for a given Pillow build."""
+    buf = io.BytesIO()
     if item.fmt == "jpg":
-        item.image.save(target, format="JPEG", quality=90)
+        item.image.save(buf, format="JPEG", quality=90)
     else:
-        item.image.save(target, format="PNG")
+        item.image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_item(item: WorldItem, root: Path) -> bool:
+    """Write the item's file under `root` unless an identical one is there; True when it wrote."""
+    return write_if_changed(root / relative_path(item), encoded(item))
 
 
 def metadata_record(item: WorldItem) -> dict[str, Any]:
@@ -305,6 +329,8 @@ def query_records(items: list[WorldItem]) -> list[dict[str, Any]]:
 def write_world(out: Path, seed: int = 0, gallery: int = 600, size: tuple[int, int] = (128, 128)) -> dict[str, Any]:
     """Write OUT/gallery/ (images + metadata.jsonl), OUT/queries.jsonl and OUT/world.json; returns a summary.
 
+    Files whose bytes are already right are left alone (their mtimes too): `files_written` counts the others.
+
     The queries file lives outside the image folder so the indexer never mistakes it for gallery data.
     """
     import json
@@ -313,20 +339,21 @@ def write_world(out: Path, seed: int = 0, gallery: int = 600, size: tuple[int, i
     root = out / GALLERY_DIR
     root.mkdir(parents=True, exist_ok=True)
     items: list[WorldItem] = []
-    with open(root / "metadata.jsonl", "w", encoding="utf-8") as meta:
-        for item in iter_gallery(seed, gallery, size):
-            save_item(item, root)
-            meta.write(json.dumps(metadata_record(item)) + "\n")
-            items.append(item)
+    written = 0
+    for item in iter_gallery(seed, gallery, size):
+        written += save_item(item, root)
+        items.append(item)
+    metadata = "".join(json.dumps(metadata_record(item)) + "\n" for item in items)
+    written += write_if_changed(root / "metadata.jsonl", metadata.encode("utf-8"))
     queries = query_records(items)
-    with open(out / QUERIES_FILE, "w", encoding="utf-8") as fh:
-        for record in queries:
-            fh.write(json.dumps(record) + "\n")
+    written += write_if_changed(out / QUERIES_FILE,
+                                "".join(json.dumps(record) + "\n" for record in queries).encode("utf-8"))
     summary = {
         "world_version": WORLD_VERSION, "seed": seed, "gallery": gallery, "size": list(size),
         "gallery_dir": str(root), "queries_file": str(out / QUERIES_FILE), "queries": len(queries),
         "unseen_queries": sum(q["unseen"] for q in queries),
         "unseen_images": sum(i.composition.unseen for i in items),
     }
-    (out / WORLD_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    written += write_if_changed(out / WORLD_FILE, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    summary["files_written"] = written  # 0 on a rerun with the same arguments: nothing for an index to pick up
     return summary

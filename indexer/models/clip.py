@@ -109,9 +109,10 @@ def load_encoder(model: str, pretrained: str | None = None, device: str = "auto"
     spec = registry.resolve(model, pretrained)
     torch_device = resolve_device(device)
     checkpoint = resolve_checkpoint(spec.model_name, spec.pretrained)
-    net, _, preprocess = open_clip.create_model_and_transforms(spec.model_name, pretrained=None, device="cpu")
-    if checkpoint is not None:
-        open_clip.load_checkpoint(net, str(checkpoint))
+    # a checkpoint file goes through open_clip's own loading (strict, weights only); passing None and loading
+    # afterwards would make create_model log "No pretrained weights loaded ... initialized randomly"
+    net, _, preprocess = open_clip.create_model_and_transforms(
+        spec.model_name, pretrained=str(checkpoint) if checkpoint is not None else None, device="cpu")
     net = net.to(torch_device).float().eval()
     tokenizer = spec.tokenizer() if spec.tokenizer else open_clip.get_tokenizer(spec.model_name)
     projection = net.text_projection

@@ -14,12 +14,34 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FAISS_MISSING",
+    "FaissMissing",
+    "require_faiss",
     "search_parameters",
     "ann_search",
     "exact_search",
     "rerank",
     "recall_at_k",
 ]
+
+FAISS_MISSING = ("FAISS is not installed: install the service with one FAISS build, "
+                 "pip install 'photostock-search[serve,cpu]' (faiss-cpu) or '[serve,gpu]' (faiss-gpu-cu12)")
+
+
+class FaissMissing(RuntimeError):
+    """The `faiss` module is absent: the `[cpu]` or `[gpu]` extra was left out of the install."""
+
+
+def require_faiss() -> None:
+    """Raise FaissMissing (one line naming the extras) when no FAISS build is installed; the CLIs call this
+    before starting, so a serve-only install without `[cpu]`/`[gpu]` stops with that line, not a traceback."""
+    try:
+        import faiss  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "faiss":
+            raise
+        raise FaissMissing(FAISS_MISSING) from None
+
 
 _EXACT_BLOCK_ROWS = 65536
 

@@ -239,6 +239,11 @@ class Artifact:
                 self._connections.append(conn)
         return conn
 
+    def metadata_conn(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the snapshot, for reads `metadata` does not cover (whole-column
+        passes such as search.query.examples)."""
+        return self._conn()
+
     def metadata(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """Snapshot rows as stored (dicts) in the order of `ids`; KeyError for unknown ids."""
         wanted = [int(i) for i in ids]

@@ -26,7 +26,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from search.artifact.reload import NoIndexError, watch_current
 from search.http.auth import load_api_keys
 from search.http.bodies import BodyGuard, body_cap
+from search.http.docs import install_docs
 from search.http.errors import error_body
+from search.http.guidance import router as guidance_router
 from search.http.hosts import HostCheck, allowed_hosts
 from search.http.openapi import document_limits, document_security
 from search.http.ratelimit import RateLimiter
@@ -76,9 +78,12 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
                     await task
             state.close()
 
-    app = FastAPI(title="PhotoStock semantic image search", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="PhotoStock semantic image search", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # /docs and /redoc: search.http.docs, from local assets
     app.include_router(router)
+    app.include_router(guidance_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_docs(app)
     _install_handlers(app)
     _install_guards(app, settings)
     document_limits(app, settings.limits)

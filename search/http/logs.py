@@ -30,3 +30,6 @@ def configure_logging(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # faiss's loader logs at INFO each optional build it probes (AVX512, AVX2) with the ImportError of the ones
+    # this wheel lacks, which reads like a traceback at every start; its warnings and errors still show
+    logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, root.level))

@@ -15,6 +15,7 @@ from pydantic import BeforeValidator
 from search.artifact.images import ImageNotFound
 from search.artifact.reload import NoIndexError
 from search.artifact.takedown import UnknownImageError, apply_takedowns, resolve_refs
+from search.http.guidance import is_weak, score_floor
 from search.http.jsonbody import StrictJsonRoute
 from search.http.request_id import current_request_id
 from search.http.schemas import (
@@ -98,10 +99,12 @@ def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query
     response.headers["Server-Timing"] = outcome.timer.server_timing()
     cache: Literal["hit", "miss"] | None = None if outcome.cache_hit is None else (
         "hit" if outcome.cache_hit else "miss")
+    floor = score_floor(state) if kind == "text" else None  # calibrated on text-to-image similarities only
     return SearchResponse(query=query, hits=[Hit(**h) for h in outcome.hits], total=outcome.total, k=spec.k,
                           offset=spec.offset, version=outcome.version, cache=cache,
                           timings_ms=outcome.timer.milliseconds(),
-                          phase="fast" if spec.phase == "fast" else "full")
+                          phase="fast" if spec.phase == "fast" else "full",
+                          weak=is_weak(outcome.hits, floor), score_floor=floor)
 
 
 async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> SearchOutcome:

@@ -75,6 +75,9 @@ class SearchResponse(BaseModel):
     cache: Literal["hit", "miss"] | None = None
     timings_ms: dict[str, float]
     phase: Literal["fast", "full"] = Field("full", description="fast: fast tower + ANN order only (phase=fast)")
+    weak: bool | None = Field(None, description="text search: true when no hit on this page reaches score_floor "
+                                                "(the index may hold nothing like the query); null: no floor")
+    score_floor: float | None = Field(None, description="the encoder's calibrated weak-match floor (GET /examples)")
 
 
 class ErrorResponse(BaseModel):

@@ -11,6 +11,8 @@ request's headers are complete; when it fires the connection is closed. Slow bod
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from typing import Any
 
 import uvicorn
@@ -60,10 +62,28 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
     return HeaderTimeoutProtocol
 
 
-def serve(app: Any, host: str, port: int, server: ServerSettings, log_level: str) -> None:
-    """Run `app` under uvicorn until stopped, with the `server:` settings applied."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None,
-                proxy_headers=False,  # only the app's own ProxyHeadersMiddleware (access.trusted_proxies)
-                server_header=False, http=header_timeout_protocol(server.header_timeout_s),
-                timeout_keep_alive=server.keep_alive_timeout_s,  # type: ignore[arg-type]
-                limit_concurrency=server.max_connections, backlog=server.backlog)
+def serve(app: Any, sock: socket.socket, server: ServerSettings, log_level: str) -> bool:
+    """Run `app` under uvicorn on `sock` (bound beforehand by the CLI, so a busy port fails before start-up) until
+    stopped, with the `server:` settings applied. False when the app's start-up failed."""
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
+                            proxy_headers=False,  # only the app's own ProxyHeadersMiddleware (access.trusted_proxies)
+                            server_header=False, http=header_timeout_protocol(server.header_timeout_s),
+                            timeout_keep_alive=server.keep_alive_timeout_s,  # type: ignore[arg-type]
+                            limit_concurrency=server.max_connections, backlog=server.backlog)
+    instance = _AnnouncingServer(config)
+    instance.run(sockets=[sock])
+    return bool(instance.started)
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server on a socket bound beforehand. uvicorn logs "Uvicorn running on ..." only for sockets it
+    binds itself; this logs the same line once the app has started (operators and tests wait for it)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+                                                    shown, port)

@@ -1,6 +1,7 @@
 // Search page. The URL holds the search (?q=&orientation=&licence=&after=&before= or ?similar=ID), so a search
 // is shareable and back/forward replay it (history.pushState + popstate). Text search, "more like this" on
-// any hit, search by a dropped or pasted image; filters; loading, empty and error states; keyboard use.
+// any hit, search by a dropped or pasted image; filters; loading, empty and error states; keyboard use;
+// example queries from the store (GET /examples) and a notice when a text search's best match is weak.
 // All result rendering goes through renderResults(hits).
 "use strict";
 const PAGE = 24;
@@ -13,6 +14,8 @@ const statusLine = $("status");
 const context = $("context");
 const empty = $("empty");
 const dropZone = $("drop-zone");
+const examples = $("examples");
+const weakNote = $("weak");
 const FILTERS = ["orientation", "licence", "after", "before"];
 let current = { mode: "none", offset: 0, total: 0, loading: false, seq: 0 };
 
@@ -151,13 +154,14 @@ async function load(offset) {
     const body = await response.json().catch(() => null);
     if (seq !== current.seq) return;  // a newer search started meanwhile
     if (!response.ok || body === null) {
-      if (offset === 0) { renderResults([]); empty.hidden = true; }
+      if (offset === 0) { renderResults([]); empty.hidden = true; weakNote.hidden = true; }
       showStatus(errorText(response.status, body), "error");
       more.hidden = true;
       return;
     }
     current.fullShown = true;
     renderResults(body.hits, offset > 0);
+    if (offset === 0) showWeak(body);
     grid.dataset.phase = "full";
     current.offset = offset + body.hits.length;
     current.total = body.total;
@@ -192,6 +196,7 @@ function run(search, push) {
                               search.mode === "image" ? location.pathname + "?by=image" : urlFor(search));
   current = { search, offset: 0, total: 0, loading: false, seq: current.seq + 1 };
   more.hidden = true;
+  weakNote.hidden = true;
   context.hidden = search.mode === "text";
   context.textContent = describe(search);
   if (search.mode === "text") showFastGrid(search, current.seq);
@@ -204,6 +209,7 @@ function reset() {
   empty.hidden = true;
   more.hidden = true;
   context.hidden = true;
+  weakNote.hidden = true;
   showStatus("");
 }
 
@@ -276,6 +282,41 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+// --- what the index holds: example queries and the weak-match notice ------------------------------------
+// The examples are captions the store's images share (GET /examples); a text answer says `weak` when no hit
+// reaches the encoder's calibrated similarity floor: the index may hold nothing like the query.
+async function loadExamples() {
+  try {
+    const response = await fetch("/examples");
+    if (!response.ok) return;  // the page works without them
+    const body = await response.json();
+    const buttons = body.examples.map((text) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "example";
+      button.textContent = text;
+      return button;
+    });
+    $("example-list").replaceChildren(...buttons);
+    examples.hidden = buttons.length === 0;
+  } catch (err) { /* see above */ }
+}
+examples.addEventListener("click", (event) => {
+  const button = event.target.closest("button.example");
+  if (!button) return;
+  input.value = button.textContent;
+  run(formToSearch(), true);
+});
+
+function showWeak(body) {
+  weakNote.hidden = body.weak !== true;
+  if (weakNote.hidden) return;
+  const best = Math.max(...body.hits.map((hit) => hit.similarity));
+  weakNote.textContent = `Weak match: the best image scores ${best.toFixed(2)}, below ${body.score_floor.toFixed(2)}, ` +
+    `the level this model reaches for what it knows. The index may hold nothing like “${body.query}”; ` +
+    "try other words or one of the examples.";
+}
+
 // --- search by image: drag-and-drop or paste -----------------------------------------------------------
 function searchByImage(file) {
   if (!file || !file.type.startsWith("image/")) { showStatus("That is not an image file.", "error"); return; }
@@ -298,4 +339,5 @@ new IntersectionObserver((entries) => {
   if (entries.some((e) => e.isIntersecting) && !more.hidden && !current.loading) load(current.offset);
 }).observe(more);
 
+loadExamples();
 restore();
