@@ -163,3 +163,15 @@ def test_mmr_picks_exactly_limit_and_stops_when_candidates_run_out():
     order = np.argsort(-scores, kind="stable")
     assert len(mmr_order(order, scores, VECS, 0.5, limit=3)) == 3
     assert sorted(mmr_order(order, scores, VECS, 0.5, limit=10).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_duplicate_checks_on_float16_rows_compute_in_float32():
+    """Stored rows are float16, whose step near 1.0 (~0.0005) is coarser than a dedup threshold: cosine 0.99914
+    in float32 would round to 0.99951 if computed in float16, and collapse a pair that differs."""
+    rows = np.array([[0.021148681640625, -0.1556396484375, -0.416259765625, -0.136962890625, 0.00433349609375,
+                      -0.146728515625, 0.68896484375, 0.5361328125],
+                     [-0.0076141357421875, -0.1734619140625, -0.41259765625, -0.1395263671875,
+                      0.006519317626953125, -0.1424560546875, 0.70166015625, 0.51708984375]], np.float16)
+    assert collapse_duplicates(np.array([0, 1]), rows, threshold=0.9993).tolist() == [0, 1]
+    assert collapse_duplicates(np.array([0, 1]), rows, threshold=0.999).tolist() == [0]
+    assert mmr_order(np.array([0, 1]), np.array([1.0, 0.9993], np.float32), rows, 0.5, limit=2).tolist() == [0, 1]
