@@ -49,6 +49,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                                      "-k", "not test_start and not test_service"),
     "search/artifact/manifest.py": ("tests/test_manifest.py",),
     "search/artifact/specs.py": ("tests/test_manifest.py",),
+    "search/artifact/encoder.py": ("tests/test_encoder_identity.py",),
     "indexer/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
     "indexer/shards.py": ("tests/test_publish_steps.py",),
     "indexer/publish.py": ("tests/test_publish_steps.py",),
