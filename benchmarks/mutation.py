@@ -50,6 +50,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/artifact/manifest.py": ("tests/test_manifest.py",),
     "search/artifact/specs.py": ("tests/test_manifest.py",),
     "search/artifact/encoder.py": ("tests/test_encoder_identity.py",),
+    "search/artifact/takedown.py": ("tests/test_takedown_list.py",),
     "indexer/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
     "indexer/shards.py": ("tests/test_publish_steps.py",),
     "indexer/publish.py": ("tests/test_publish_steps.py",),
@@ -58,6 +59,9 @@ MODULES: dict[str, tuple[str, ...]] = {
 # Modules mutated in part: only these functions (the rest of the module is covered by slow end-to-end tests).
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     "indexer/pipeline.py": ("plan_changes", "_needs_hash", "_hash_all", "_decide", "_carried"),
+    "search/artifact/takedown.py": ("read_takedowns", "apply_takedowns", "_write_atomic", "TakedownList.__init__",
+                                    "TakedownList.hidden", "TakedownList.invalidate", "TakedownList._refresh",
+                                    "TakedownList._version_copy"),  # resolve_refs: tests/test_takedown.py
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "query": tuple(m for m in MODULES if m.startswith("search/query/")),
@@ -122,6 +126,12 @@ def _configure(repo: Path, module: str, tests: tuple[str, ...]) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def _mangled(function: str) -> str:
+    """mutmut's name for a function (`x_name`) or a method (`xǁClassǁname`)."""
+    cls, _, name = function.rpartition(".")
+    return f"xǁ{cls}ǁ{name}" if cls else f"x_{name}"
+
+
 def _function_of(name: str) -> str:
     mangled = name.rpartition(".")[2].partition("__mutmut_")[0]
     if "ǁ" in mangled:  # methods: xǁClassǁmethod
@@ -161,7 +171,7 @@ def run_module(module: str, tests: tuple[str, ...], max_children: int, per_funct
         repo = _copy_tree(scratch)
         _configure(repo, module, tests)
         dotted = module.removesuffix(".py").replace("/", ".")
-        names = [f"x_{f}" for f in FUNCTIONS[module]] if module in FUNCTIONS else ["*"]
+        names = [_mangled(f) for f in FUNCTIONS[module]] if module in FUNCTIONS else ["*"]
         numbers = [str(i) for i in range(1, per_function + 1)] if per_function else ["*"]
         patterns = [f"{dotted}.{n}__mutmut_{i}" for n in names for i in numbers]
         if patterns == [f"{dotted}.*__mutmut_*"]:
