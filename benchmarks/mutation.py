@@ -41,7 +41,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/query/rerank.py": ("tests/test_rerank.py",),
     "search/query/filters.py": ("tests/test_filters.py", "tests/test_rerank.py"),
     "search/query/result_cache.py": ("tests/test_page_cache.py",),
-    "search/query/text_cache.py": ("tests/test_cache.py",),
+    "search/query/text_cache.py": ("tests/test_query_cache_rules.py", "tests/test_cache.py"),
     "search/query/clean.py": ("tests/test_filters.py",),
     "search/query/timing.py": ("tests/test_filters.py",),
     "search/query/admission.py": ("tests/test_admission_rules.py",),

@@ -100,6 +100,9 @@ def test_stage_timer_adds_up_and_formats():
     assert timer.milliseconds() == {"ann": 375.0, "rerank": 1.5, "encode": 123.456}
     assert timer.server_timing() == "ann;dur=375.000, rerank;dur=1.500, encode;dur=123.456"
     assert StageTimer().server_timing() == ""
+    fine = StageTimer()
+    fine.add("tokenize", 0.00012344)
+    assert fine.milliseconds() == {"tokenize": 0.123} and fine.server_timing() == "tokenize;dur=0.123"
 
 
 def test_stage_timer_stage_adds_to_what_was_there_even_on_error():
