@@ -56,6 +56,9 @@ def test_the_written_manifest_is_sorted_indented_json(tmp_path: Path):
     text = write_manifest(tmp_path, _manifest()).read_text()
     data = json.loads(text)
     assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
+    assert sorted(data) == ["counts", "created_at", "encoder", "encoder_files", "files", "image_root", "index",
+                            "schema_version", "timings", "version"]
+    assert data["encoder"] == ENCODER.to_dict()
     assert data["encoder"]["model"] == "tiny" and data["files"]["index.faiss"]["sample_sha256"] is None
 
 
@@ -89,7 +92,7 @@ def test_a_file_entry_without_a_sample_digest_reads_as_none():
     (lambda d: d.update(counts={"vectors": None}), "malformed: TypeError"),
     (lambda d: d["files"].pop("ids.npy"), "lists no checksum for ids.npy"),
     (lambda d: d["files"].clear(), "lists no checksum for " + ", ".join(ARTIFACT_FILES)),
-    (lambda d: d.update(counts={"images": 3}), "counts lack 'vectors'"),
+    (lambda d: d.update(counts={"images": 3}), "^manifest counts lack 'vectors'$"),
     (lambda d: d["encoder_files"].pop("dir"), "malformed: KeyError: 'dir'"),
 ])
 def test_a_malformed_manifest_is_refused_naming_what_is_wrong(mutate, message):
@@ -100,7 +103,7 @@ def test_a_malformed_manifest_is_refused_naming_what_is_wrong(mutate, message):
 
 
 def test_a_manifest_that_is_not_an_object_or_not_json_or_absent_is_refused(tmp_path: Path):
-    with pytest.raises(ArtifactError, match="not a JSON object"):
+    with pytest.raises(ArtifactError, match="^manifest is not a JSON object$"):
         Manifest.from_dict([])  # type: ignore[arg-type]
     with pytest.raises(ArtifactError, match="does not exist"):
         read_manifest(tmp_path)
