@@ -191,7 +191,7 @@ def test_preprocess_spec_round_trip_and_square_shorthand():
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"resize_mode": "crop"}, "resize mode 'crop' is not supported"),
-    ({"size": [64, 80]}, "'shortest' is supported for square input sizes only"),
+    ({"size": [64, 80]}, "^resize mode 'shortest' is supported for square input sizes only$"),
     ({"interpolation": "nearest"}, "interpolation 'nearest' is not supported"),
 ])
 def test_preprocess_specs_this_runtime_cannot_reproduce_are_refused(changes, message):
