@@ -296,3 +296,55 @@ def test_debris_and_deleted_shards_are_removed(tmp_path: Path):
     assert shards.remove_debris(tmp_path, {"00000001", "00000002"}) == ["00000001.f16.npy.tmp", "00000003.ids.npy"]
     shards.delete_shards(tmp_path, ["00000001", "00000009"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000002.f16.npy", "00000002.ids.npy"]
+
+
+# -- a whole publish (a 3-vector Flat index: about half a second) -------------------------------------------
+def _config(**changes: object) -> IndexConfig:
+    return IndexConfig.from_dict({"factory": "Flat", "recall_queries": 10, "latency_queries": 5,
+                                  "rerank_candidates": [5], "keep_versions": 1, **changes})
+
+
+def test_publish_writes_a_complete_read_only_version_then_flips_current_and_prunes(tmp_path: Path):
+    from search.artifact.checksums import file_entry
+
+    store, db = tmp_path / "store", _db(tmp_path / "live.sqlite")
+    store.mkdir()
+    (store / "takedowns.json").write_text(json.dumps({"schema": 1, "generation": 1, "active": {}, "history": []}))
+    (store / "encoders" / "stale").mkdir(parents=True)
+    vectors = _unit(3)
+    first = publish_version(store, np.array([3, 1, 2]), vectors, db, ENCODER, tmp_path, _config(),
+                            {"indexed": 3, "failed": "0"}, {"encode_s": 0.5})
+    assert first.path == store / "versions" / first.name and current_version(store) == first.name
+    assert list_versions(store) == [first.name] and first.pruned == ()
+    assert not (store / "encoders" / "stale").exists()  # no version lists it
+    manifest = first.manifest
+    assert (manifest.version, manifest.schema_version, manifest.encoder) == (first.name, SCHEMA_VERSION, ENCODER)
+    assert manifest.image_root == str(tmp_path.resolve()) and manifest.encoder_files is None
+    assert manifest.counts == {"indexed": 3, "failed": 0, "vectors": 3}
+    assert manifest.timings["encode_s"] == 0.5 and manifest.timings["publish_s"] > 0
+    assert {"index_build_s", "index_tune_s"} <= set(manifest.timings)
+    assert datetime.fromisoformat(manifest.created_at).utcoffset() == timedelta(0)
+    index = manifest.index
+    assert (index.factory, index.metric, index.recall_at_10, index.recall_queries) == ("Flat", "ip", 1.0, 3)
+    assert index.selection["target_met"] is True and index.selection["kind"] == "flat" and index.tuning
+    assert index.bytes_per_vector > 0 and "p50" in index.latency_ms
+    for name in ARTIFACT_FILES:
+        assert manifest.files[name] == file_entry(first.path / name)
+    assert np.load(first.path / "ids.npy").tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(np.load(first.path / "vectors.f16.npy"), vectors[[1, 2, 0]].astype(np.float16))
+    assert json.loads((first.path / "takedowns.json").read_text())["generation"] == 1
+    assert all(not p.stat().st_mode & 0o222 for p in first.path.iterdir())
+    second = publish_version(store, np.array([1, 2]), vectors[:2], db, ENCODER, tmp_path, _config(), {}, {})
+    assert second.pruned == (first.name,) and list_versions(store) == [second.name]
+    assert current_version(store) == second.name and second.manifest.counts == {"vectors": 2}
+    assert sorted(p.name for p in (store / "versions").iterdir()) == [second.name]
+
+
+def test_a_failed_publish_leaves_current_and_the_versions_folder_as_they_were(tmp_path: Path):
+    store, db = tmp_path / "store", _db(tmp_path / "live.sqlite")
+    good = publish_version(store, np.array([1, 2]), _unit(2), db, ENCODER, tmp_path, _config(), {}, {})
+    with pytest.raises(RuntimeError):
+        publish_version(store, np.array([1, 2]), _unit(2), db, ENCODER, tmp_path, _config(factory="NoSuchIndex"),
+                        {}, {})
+    assert current_version(store) == good.name
+    assert sorted(p.name for p in (store / "versions").iterdir()) == [good.name]
