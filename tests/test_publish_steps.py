@@ -78,10 +78,12 @@ def _version(store: Path, name: str, encoder_dir: str | None = None) -> Path:
     (np.array([1.0, 2.0]), _unit(2), "ids must be a 1-D integer array, got float64"),
     (np.array([1, 2]), _unit(3), r"vectors \(3, 4\) must be \(len\(ids\)=2, dim\)"),
     (np.array([1, 2]), _unit(2)[:, 0], "must be"),
-    (np.array([], np.int64), np.zeros((0, 4), np.float32), "nothing to publish"),
+    (np.array([], np.int64), np.zeros((0, 4), np.float32), "^nothing to publish: no vectors$"),
     (np.array([1, 2]), np.ones((2, 3), np.float32) / np.sqrt(3), "dimension 3, encoder synthetic has 4"),
     (np.array([3, 1, 3, 2, 1]), _unit(5), r"duplicate ids: \[1, 3\]"),
-    (np.array([1, 2]), np.array([[1, 0, 0, 0], [np.nan, 0, 0, 0]], np.float32), "NaN or infinity"),
+    (np.array([1, 1, 2]), _unit(3), r"duplicate ids: \[1\]"),  # already in order
+    (np.arange(24) // 2, _unit(24), r"^duplicate ids: \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"),  # the first ten
+    (np.array([1, 2]), np.array([[1, 0, 0, 0], [np.nan, 0, 0, 0]], np.float32), "^vectors contain NaN or infinity$"),
     (np.array([1, 2]), np.array([[1, 0, 0, 0], [np.inf, 0, 0, 0]], np.float32), "NaN or infinity"),
     (np.array([5, 7]), np.array([[1, 0, 0, 0], [0.5, 0, 0, 0]], np.float32), "id 7 has norm 0.5000"),
     (np.array([7, 5]), np.array([[1, 0, 0, 0], [1.5, 0, 0, 0]], np.float32), "id 5 has norm 1.5000"),
@@ -111,13 +113,17 @@ def test_inputs_come_back_sorted_by_id_as_int64_float16():
     assert one.tolist() == [9] and kept.dtype == np.float16
     ordered, same = publish._validate_inputs(np.array([1, 2, 3, 4]), vectors, ENCODER, Path(__file__))
     np.testing.assert_array_equal(same, vectors.astype(np.float16))
+    for given, expected in (([1, 3, 2], [0, 2, 1]), ([2, 1], [1, 0])):
+        got_ids, got = publish._validate_inputs(np.array(given), vectors[:len(given)], ENCODER, Path(__file__))
+        assert got_ids.tolist() == sorted(given)
+        np.testing.assert_array_equal(got, vectors[expected].astype(np.float16))
 
 
 def test_norms_are_checked_past_the_first_block(tmp_path: Path):
     vectors = np.zeros((65536 + 2, 4), np.float32)
     vectors[:, 0] = 1.0
-    vectors[65537, 0] = 0.5
-    with pytest.raises(ValueError, match="id 65538 has norm 0.5000"):
+    vectors[65536, 0] = 0.5  # the first row of the second block
+    with pytest.raises(ValueError, match="id 65537 has norm 0.5000"):
         publish._validate_inputs(np.arange(1, 65536 + 3), vectors, ENCODER, Path(__file__))
 
 
@@ -130,7 +136,20 @@ def test_version_names_sort_by_utc_time_and_are_unique():
     assert same_instant[:24] == name[:24] and same_instant != name
     later = new_version_name(at + timedelta(microseconds=1))
     assert sorted([later, name]) == [name, later]
-    assert new_version_name()[:4] == str(datetime.now(UTC).year) or new_version_name()[:4].isdigit()
+
+
+def test_version_names_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+        assert new_version_name(at).startswith("20260304T050607.000000Z-")
+        assert new_version_name(at.astimezone()).startswith("20260304T050607.000000Z-")  # given in local time
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_list_versions_oldest_first_without_temporaries_or_files(tmp_path: Path):
@@ -174,7 +193,7 @@ def test_prune_keeps_the_newest_and_the_current_one(tmp_path: Path):
     assert prune_versions(store, keep=1) == ["v4"]
     assert prune_versions(store, keep=1) == []
     assert list_versions(store) == ["v1", "v5"]
-    with pytest.raises(ValueError, match="keep must be at least 1"):
+    with pytest.raises(ValueError, match="^keep must be at least 1$"):
         prune_versions(store, keep=0)
 
 
