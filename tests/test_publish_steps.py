@@ -290,10 +290,13 @@ def test_arrays_are_written_as_npy_in_blocks(tmp_path: Path):
 def test_shard_round_trip_and_gather_in_id_order(tmp_path: Path):
     assert shards.shard_name(7) == "00000007"
     vectors = _unit(5)
-    shards.write_shard(tmp_path, "a", np.array([50, 10, 30]), vectors[:3].astype(np.float64))
+    tmp_path = tmp_path / "store" / "shards"  # created on the first write, parents too
+    shards.write_shard(tmp_path, "a", np.array([50, 10, 30], np.int32), vectors[:3].astype(np.float64))
     shards.write_shard(tmp_path, "b", np.array([20, 40]), vectors[3:])
     assert shards.open_ids(tmp_path, "a").dtype == np.int64
     assert shards.open_vectors(tmp_path, "b").dtype == np.float16
+    assert isinstance(shards.open_ids(tmp_path, "a"), np.memmap)  # shards are memory-mapped, never read whole
+    assert isinstance(shards.open_vectors(tmp_path, "a"), np.memmap)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.f16.npy", "a.ids.npy", "b.f16.npy", "b.ids.npy"]
     refs = [(50, "a", 0), (20, "b", 0), (10, "a", 1), (40, "b", 1), (30, "a", 2)]
     ids, gathered = shards.gather(tmp_path, refs, dim=4)
