@@ -141,3 +141,35 @@ def test_a_clock_that_steps_back_counts_no_negative_busy_time():
     clock.now = 4.0
     ticket.release()
     assert cost.predicted_cost() == 0.0
+
+
+def test_the_default_window_averages_the_last_64_releases():
+    clock = Clock()
+    cost = MeasuredCost(9.0, weight=1.0)
+    admission = Admission(deadline_s=1000.0, max_queue=100, cost=cost, clock=clock)
+    for busy in [100.0] + [1.0] * 64:
+        ticket = admission.admit()
+        clock.now += busy
+        ticket.release()
+    assert cost.predicted_cost() == 1.0  # the 100 s release has left the window
+
+
+def test_a_window_of_six_samples_from_its_first_release():
+    clock = Clock()
+    cost = MeasuredCost(9.0, weight=1.0)
+    admission = Admission(deadline_s=1000.0, max_queue=100, cost=cost, window=6, clock=clock)  # 6 // 4 = 1
+    first, _ = admission.admit(), admission.admit()
+    clock.now = 2.0
+    first.release()
+    assert cost.predicted_cost() == 2.0
+
+
+def test_admit_uses_the_cost_it_is_given_for_the_decision_and_the_message():
+    admission = Admission(deadline_s=1.5, max_queue=100, cost=MeasuredCost(1.0), clock=Clock())
+    admission.admit()
+    with pytest.raises(Overloaded, match=r"^encoder queue is full \(predicted wait 2000 ms > deadline 1500 ms\)$"):
+        admission.admit()
+    assert admission.admit(predicted_cost=0.0).cost == 0.0  # free: fits behind one
+    with pytest.raises(Overloaded, match="predicted wait 15000 ms") as refused:
+        admission.admit(predicted_cost=5.0)  # two queued: (2 + 1) x 5 s
+    assert refused.value.retry_after_s == 15.0
