@@ -178,6 +178,9 @@ def run_module(module: str, tests: tuple[str, ...], max_children: int, per_funct
         if patterns == [f"{dotted}.*__mutmut_*"]:
             patterns = []
         env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "MUTANT_UNDER_TEST"}}
+        # mutmut forks each mutant's test run from a process that has already run the tests once: an OpenMP
+        # thread pool (FAISS) started before a fork deadlocks the child, which would read as a timeout
+        env["OMP_NUM_THREADS"] = "1"
         log = scratch / "mutmut.log"
         with log.open("w") as f:
             done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
