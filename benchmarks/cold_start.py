@@ -78,10 +78,12 @@ def write_metadata(db: Path, n: int, image_root: Path) -> None:
     conn.close()
 
 
-def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, onnx_cache: Path) -> tuple[str, float]:
+def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, onnx_cache: Path,
+            clustered: bool = False) -> tuple[str, float]:
     """N seeded random unit vectors under `model`'s random-init encoder, published with the project's own publish
     (index built, nprobe tuned) and the encoder files; returns the version name and the publish seconds.
-    serving_store.py builds its store with this too."""
+    serving_store.py builds its store with this too. `clustered`: the vectors lie around 1,000 random centres
+    (`clustered_vectors`), as photo embeddings do; isotropic ones are a worst case for an IVF index."""
     import numpy as np
 
     from indexer.index.index_select import IndexConfig
@@ -91,11 +93,7 @@ def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, on
 
     encoder = load_encoder(model, pretrained=str(ckpt), device="cpu")
     identity = encoder.identity
-    rng = np.random.default_rng(0)
-    vectors = np.empty((n, identity.dim), np.float16)
-    for begin in range(0, n, 100_000):  # float16 in chunks: 1M x 512 float32 at once is 2 GB
-        chunk = rng.standard_normal((min(100_000, n - begin), identity.dim), dtype=np.float32)
-        vectors[begin:begin + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    vectors = clustered_vectors(n, identity.dim) if clustered else isotropic_vectors(n, identity.dim)
     store.mkdir(parents=True, exist_ok=True)
     write_metadata(store / "metadata.sqlite", n, store / "images")
     config = IndexConfig.load(ROOT / "configs" / "index.yaml")
@@ -107,6 +105,35 @@ def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, on
                                 identity, store / "images", config, {"indexed": n, "failed": 0, "deleted": 0}, {},
                                 encoder_files=files)
     return published.name, time.perf_counter() - start
+
+
+def isotropic_vectors(n: int, dim: int, seed: int = 0) -> Any:
+    """N unit vectors drawn uniformly on the sphere (float16)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((n, dim), np.float16)
+    for begin in range(0, n, 100_000):  # float16 in chunks: 1M x 512 float32 at once is 2 GB
+        chunk = rng.standard_normal((min(100_000, n - begin), dim), dtype=np.float32)
+        vectors[begin:begin + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return vectors
+
+
+def clustered_vectors(n: int, dim: int, seed: int = 0, centres: int = 1000, spread: float = 0.8) -> Any:
+    """N unit vectors around `centres` random unit centres (cosine to the centre ~0.78 at spread 0.8): the
+    shape of a photo collection's embeddings, where an IVF index needs few probes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centre = rng.standard_normal((centres, dim), dtype=np.float32)
+    centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    vectors = np.empty((n, dim), np.float16)
+    for begin in range(0, n, 100_000):
+        rows = min(100_000, n - begin)
+        chunk = centre[rng.integers(0, centres, rows)] \
+            + spread / np.sqrt(dim) * rng.standard_normal((rows, dim), dtype=np.float32)
+        vectors[begin:begin + rows] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return vectors
 
 
 def _rss_mb(pid: int) -> float:

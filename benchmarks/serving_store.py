@@ -4,6 +4,7 @@ with its encoder files (ONNX towers, tokenizer, preprocess), so the service take
 The random-init checkpoint is kept for bare measurements. Reused when already published.
 
     .venv/bin/python benchmarks/serving_store.py [--n 1000000] [--factory OPQ64_256,IVF4096,PQ64]
+        [--vectors clustered|isotropic]
 Prints {"store": ..., "checkpoint": ..., "model": ...} as JSON.
 """
 
@@ -20,14 +21,16 @@ from cold_start import publish  # noqa: E402
 from common import OUT, machine, random_checkpoint  # noqa: E402
 
 
-def build(n: int, factory: str, model: str, work: Path) -> dict[str, object]:
+def build(n: int, factory: str, model: str, work: Path, vectors: str = "isotropic") -> dict[str, object]:
+    """`vectors`: "isotropic" (uniform on the sphere: a worst case) or "clustered" (around 1,000 centres)."""
     ckpt = random_checkpoint(model, work / f"{model}-random.pt")
-    store = work / f"store-{model}-{n}-{factory.replace(',', '_')}"
+    suffix = "" if vectors == "isotropic" else f"-{vectors}"
+    store = work / f"store-{model}-{n}-{factory.replace(',', '_')}{suffix}"
     result: dict[str, object] = {"store": str(store), "checkpoint": str(ckpt), "model": model, "vectors": n,
-                                 "factory": factory}
+                                 "factory": factory, "distribution": vectors}
     if (store / "current").exists() and (store / "encoders").is_dir():  # one published before the encoder move
         return result                                                   # carries no encoder: rebuilt
-    _, publish_s = publish(store, n, factory, model, ckpt, work / "onnx-cache")
+    _, publish_s = publish(store, n, factory, model, ckpt, work / "onnx-cache", clustered=vectors == "clustered")
     result["publish_s"] = round(publish_s, 1)
     return result
 
@@ -47,9 +50,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--factory", default="OPQ64_256,IVF4096,PQ64")
     parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--vectors", choices=("clustered", "isotropic"), default="clustered")
     parser.add_argument("--work", type=Path, default=OUT / "serving")
     args = parser.parse_args()
-    out = build(args.n, args.factory, args.model, args.work)
+    out = build(args.n, args.factory, args.model, args.work, args.vectors)
     out["machine"] = machine()
     print(json.dumps(out, indent=2))
 

@@ -27,6 +27,9 @@ class ServiceMetrics:
                                   registry=r)
         self.batch_size = Histogram("photostock_encode_batch_size", "Texts per micro-batch encode",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.search_batch_size = Histogram("photostock_search_batch_size",
+                                           "Searches per search-lane batch (one ANN/rerank/metadata pass)",
+                                           buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.index_version = Gauge("photostock_index_info", "Served index version (value 1)", ["version"],
                                    registry=r)
         self.index_vectors = Gauge("photostock_index_vectors", "Vectors in the served index", registry=r)

@@ -223,6 +223,7 @@ class ServiceState:
         if self.image_pool is not None:
             self.image_pool.close()
         self.batcher.close()
+        self.searcher.close()
         if self.fast_embedder is not None and self.fast_embedder.batcher is not self.batcher:
             self.fast_embedder.batcher.close()
         self.holder.close()
@@ -281,7 +282,8 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
         image_pool=build_image_pool(service_encoder, settings, metrics),
         searcher=Searcher(holder, settings.rank, takedowns,
                           ResultCache.for_rank(settings.cache.results_max_mb, settings.rank.freshness_weight),
-                          lambda hit: metrics.page_cache.labels(result="hit" if hit else "miss").inc()),
+                          lambda hit: metrics.page_cache.labels(result="hit" if hit else "miss").inc(),
+                          max_batch=2 * settings.batching.max_batch, on_batch=metrics.search_batch_size.observe),
         batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache, takedowns),
         metrics=metrics, takedowns=takedowns,

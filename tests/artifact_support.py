@@ -70,6 +70,9 @@ def search_store(store: Path, encoder: ClipEncoder, text: str, k: int = 10) -> l
             raise ArtifactError(outcome.error or f"no version loaded from {store}")
         searcher = Searcher(holder, RankSettings())
         vector = encoder.encode_texts([text])[0]
-        return asyncio.run(searcher.search(vector, SearchSpec(k=k), StageTimer())).hits
+        try:
+            return asyncio.run(searcher.search(vector, SearchSpec(k=k), StageTimer())).hits
+        finally:
+            searcher.close()
     finally:
         holder.close()

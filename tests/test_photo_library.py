@@ -151,8 +151,8 @@ def test_sidecar_bad_line_missing_sidecar_and_explicit_null(tmp_path: Path) -> N
 
 
 def test_date_filters_use_taken_at_where_known() -> None:
+    from search.query.batch import hit_dict as _hit
     from search.query.filters import Filters
-    from search.query.pipeline import _hit
     from search.query.rerank import Ranked
 
     shot = {"created_at": "2026-01-01T00:00:00+00:00", "taken_at": "2019-05-01T10:00:00+02:00"}

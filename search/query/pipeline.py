@@ -1,13 +1,14 @@
-"""The query path without HTTP: text -> (cache | micro-batched encode) -> (page cache | ANN over-fetch -> filters
--> rerank).
+"""The query path without HTTP: text -> (cache | micro-batched encode) -> (page cache | search lane -> one
+`search_batch` for the batch: ANN over-fetch -> filters -> exact rerank -> ranking -> metadata).
 
-Each stage is timed. ANN search and rerank run in a worker thread (FAISS releases the GIL) under a lease on
-the artifact, so a reload in the middle of a request never changes the version that request reads.
+Each stage is timed. The batch runs on the search lane's thread (FAISS releases the GIL) under each request's
+lease on the artifact, so a reload in the middle of a request never changes the version that request reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,29 +20,16 @@ from search.artifact.takedown import TakedownList
 from search.artifact.version import Artifact
 from search.metrics import ServiceMetrics
 from search.query.admission import Admission
-from search.query.filters import Filters
-from search.query.rerank import Ranked, RerankWeights, rerank
+from search.query.batch import Page, RankPolicy, search_batch
+from search.query.lane import SearchLane
 from search.query.result_cache import ResultCache, page_key
+from search.query.spec import SearchSpec
 from search.query.text_cache import QueryEmbeddingCache, normalize_query
 from search.query.timing import StageTimer
 from search.runtime.batcher import MicroBatcher
 from search.settings import RankSettings
 
 __all__ = ["SearchSpec", "SearchOutcome", "QueryEmbedder", "Searcher"]
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    """What to return for one query vector."""
-
-    k: int
-    offset: int = 0
-    filters: Filters = Filters()
-    min_score: float | None = None
-    dedup: bool = False
-    diversity: float = 0.0
-    exclude_id: int | None = None  # similar-image search leaves out the image itself
-    phase: str = "full"  # "fast": ANN order and scores only (no exact rerank, signals, dedup or MMR)
 
 
 @dataclass
@@ -104,134 +92,81 @@ class QueryEmbedder:
         return len(fresh)
 
 
+@dataclass
+class _Search:
+    """One search waiting for the lane: everything its batch needs, read on the event loop."""
+
+    artifact: Artifact
+    hidden: frozenset[int]
+    vector: np.ndarray
+    spec: SearchSpec
+    timer: StageTimer
+    queued: float
+
+
 class Searcher:
-    """Vector -> ranked, filtered, paginated hits from the current artifact."""
+    """Vector -> ranked, filtered, paginated hits from the current artifact. Page-cache misses go through one
+    search lane (search/query/lane.py): concurrent searches run as one `search_batch`."""
 
     def __init__(self, holder: ArtifactHolder, rank: RankSettings, takedowns: TakedownList | None = None,
-                 pages: ResultCache | None = None, on_page_lookup: Callable[[bool], None] | None = None):
+                 pages: ResultCache | None = None, on_page_lookup: Callable[[bool], None] | None = None,
+                 max_batch: int = 64, on_batch: Callable[[int], None] | None = None):
         self.holder = holder
         self.rank = rank
+        self.policy = RankPolicy.from_settings(rank)
         self.takedowns = takedowns
-        self.weights = RerankWeights(rank.popularity_weight, rank.freshness_weight, rank.freshness_half_life_days)
         self.pages = pages  # exact result-page cache (None: every search runs ANN + rerank)
         self.on_page_lookup = on_page_lookup or (lambda hit: None)
+        self.lane: SearchLane[_Search, Page] = SearchLane(self._run, max_batch=max_batch, on_batch=on_batch)
 
     async def search(self, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> SearchOutcome:
         with self.holder.lease() as artifact:
             key = None
+            hidden = self.hidden(artifact)
             if self.pages is not None:
                 with timer.stage("page_cache"):
-                    key = page_key(artifact.version, self.hidden(artifact), spec, vector)
+                    key = page_key(artifact.version, hidden, spec, vector)
                     cached = self.pages.get(key)
                 self.on_page_lookup(cached is not None)
                 if cached is not None:
                     return SearchOutcome(hits=cached[0], total=cached[1], version=artifact.version, timer=timer)
-            hits, total = await asyncio.to_thread(self._page, artifact, vector, spec, timer)  # one thread hop
+            page = await self.lane.submit(_Search(artifact, hidden, vector, spec, timer, time.perf_counter()))
             if key is not None and self.pages is not None:
-                self.pages.put(key, hits, total)
-            return SearchOutcome(hits=hits, total=total, version=artifact.version, timer=timer)
+                self.pages.put(key, page.hits, page.total)
+            return SearchOutcome(hits=page.hits, total=page.total, version=artifact.version, timer=timer)
 
-    def _page(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
-              timer: StageTimer) -> tuple[list[dict[str, Any]], int]:
-        ranked = self._rank(artifact, vector, spec, timer)
-        with timer.stage("metadata"):
-            hits = self._hits(artifact, ranked[spec.offset: spec.offset + spec.k])
-        return hits, len(ranked)
+    def search_now(self, artifact: Artifact, vectors: np.ndarray, specs: list[SearchSpec],
+                   timer: StageTimer | None = None) -> list[Page]:
+        """The batch on the calling thread (no lane, no page cache): what the lane runs for each artifact."""
+        return search_batch(artifact, vectors, specs, self.policy, hidden=self.hidden(artifact), timer=timer)
 
-    def _needs_metadata(self, spec: SearchSpec) -> bool:
-        return spec.filters.active or self.weights.popularity != 0.0 or self.weights.freshness != 0.0
-
-    def _rank(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> list[Ranked]:
-        """Over-fetch ANN candidates, growing the fetch until filters/dedup leave offset+k hits (or all fetched)."""
-        if spec.phase == "fast":
-            return self._rank_fast(artifact, vector, spec, timer)
-        need = spec.offset + spec.k
-        n = len(artifact.ids)
-        fetch = min(n, max(artifact.rerank_candidates, need * self.rank.overfetch))
-        params = dict(self.rank.ann_params) or None
-        while True:
-            with timer.stage("ann"):
-                _, rows = artifact.ann_rows(vector[None, :], max(fetch, 1), params)
-            rows = rows[0][rows[0] >= 0]
-            ids = artifact.ids_at(rows)
-            keep = self._visible(artifact, ids, spec.exclude_id)
-            if keep is not None:
-                ids, rows = ids[keep], rows[keep]
-            metas: list[dict[str, Any]] = [{}] * len(ids)
-            if self._needs_metadata(spec):
-                with timer.stage("filter"):
-                    metas = artifact.metadata(ids.tolist())
-                    matched = [i for i, m in enumerate(metas) if spec.filters.matches(m)]
-                    ids, rows, metas = ids[matched], rows[matched], [metas[i] for i in matched]
-            with timer.stage("rerank"):
-                ranked = rerank(vector, ids, artifact.vectors_at(rows), metas, self.weights,
-                                limit=need if spec.diversity > 0 else len(ids),
-                                dedup_threshold=self.rank.dedup_threshold if spec.dedup else None,
-                                diversity=spec.diversity, min_score=spec.min_score)
-            if len(ranked) >= need or fetch >= n:
-                return ranked
-            fetch = min(n, fetch * 4)
-
-    def _visible(self, artifact: Artifact, ids: np.ndarray, exclude_id: int | None) -> np.ndarray | None:
-        """Mask of candidates that may be shown (not the query image, not taken down); None: all of them."""
-        hidden = self.hidden(artifact)
-        if exclude_id is None and not hidden:
-            return None
-        keep = ids != exclude_id if exclude_id is not None else np.ones(len(ids), dtype=bool)
-        if hidden:
-            keep &= ~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))
-        return keep
+    def _run(self, batch: list[_Search]) -> list[Page | BaseException]:
+        """On the lane's thread: one `search_batch` per (artifact, takedown set) in the batch (one, except
+        across a reload or a takedown), each request's timer given its batch's stage times."""
+        start = time.perf_counter()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault((id(item.artifact), id(item.hidden)), []).append(i)
+        out: list[Page | BaseException] = [RuntimeError("not searched")] * len(batch)
+        for members in groups.values():
+            first = batch[members[0]]
+            timer = StageTimer()
+            try:
+                pages = search_batch(first.artifact, np.stack([batch[i].vector for i in members]),
+                                     [batch[i].spec for i in members], self.policy, hidden=first.hidden,
+                                     timer=timer)
+            except Exception as exc:  # noqa: BLE001 - answered to this group's requests, the lane goes on
+                pages = [exc] * len(members)  # type: ignore[list-item]
+            for i, page in zip(members, pages, strict=True):
+                out[i] = page
+                batch[i].timer.add("search_wait", start - batch[i].queued)
+                for stage, seconds in timer.seconds.items():
+                    batch[i].timer.add(stage, seconds)
+        return out
 
     def hidden(self, artifact: Artifact) -> frozenset[int]:
         """Taken-down ids (search/artifact/takedown.py): never returned, whatever the index holds."""
         return self.takedowns.hidden(artifact.path) if self.takedowns is not None else frozenset()
 
-    def _rank_fast(self, artifact: Artifact, vector: np.ndarray, spec: SearchSpec,
-                   timer: StageTimer) -> list[Ranked]:
-        """The fast phase: ANN order and ANN scores alone (filters still apply: the full answer must not show
-        fewer matches than the fast one promised)."""
-        need = spec.offset + spec.k
-        n = len(artifact.ids)
-        fetch = min(n, (need + 1) * (self.rank.overfetch if spec.filters.active else 1))  # +1: exclude_id
-        params = dict(self.rank.ann_params) or None
-        while True:
-            with timer.stage("ann"):
-                scores, ids = artifact.ann_search(vector[None, :], max(fetch, 1), params)
-            keep = (ids[0] >= 0) & (ids[0] != (spec.exclude_id if spec.exclude_id is not None else -1))
-            if spec.min_score is not None:
-                keep &= scores[0] >= spec.min_score
-            ids, sims = ids[0][keep], scores[0][keep]
-            if spec.filters.active:
-                with timer.stage("filter"):
-                    metas = artifact.metadata(ids.tolist())
-                    mask = np.array([spec.filters.matches(m) for m in metas], dtype=bool)
-                    ids, sims = (ids[mask], sims[mask]) if len(ids) else (ids, sims)
-            if len(ids) >= need or fetch >= n:
-                return [Ranked(i, s, s) for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
-            fetch = min(n, fetch * 4)
-
-    @staticmethod
-    def _hits(artifact: Artifact, page: list[Ranked]) -> list[dict[str, Any]]:
-        metas = artifact.metadata([r.id for r in page])
-        return [_hit(r, m) for r, m in zip(page, metas, strict=True)]
-
-
-def _hit(ranked: Ranked, meta: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    tags = meta.get("tags")
-    try:
-        tags = json.loads(tags) if isinstance(tags, str) else (tags or [])
-    except json.JSONDecodeError:
-        tags = []
-    return {
-        "id": ranked.id, "score": ranked.score, "similarity": ranked.similarity,
-        "path": meta.get("path"), "url": f"/images/{ranked.id}", "thumbnail_url": f"/images/{ranked.id}?thumb=1",
-        "width": meta.get("width"), "height": meta.get("height"), "caption": meta.get("caption"),
-        "tags": tags if isinstance(tags, list) else [], "licence": meta.get("licence"),
-        "created_at": meta.get("created_at"), "popularity": meta.get("popularity"),
-        **{name: meta.get(name) for name in FILE_FIELDS},
-    }
-
-
-FILE_FIELDS = ("taken_at", "creator", "camera_make", "camera_model")  # from EXIF/IPTC/XMP or the sidecar
+    def close(self) -> None:
+        self.lane.close()

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = ["RerankWeights", "Ranked", "exact_cosine", "business_boost", "collapse_duplicates", "mmr_order",
-           "rerank"]
+           "rank_candidates", "rerank"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,18 @@ def rerank(query: np.ndarray, ids: Sequence[int] | np.ndarray, vectors: np.ndarr
     """Candidates (already filtered) -> at most `limit` ranked hits, best first."""
     if len(ids) == 0:
         return []
-    sims = exact_cosine(query, vectors)
+    return rank_candidates(ids, exact_cosine(query, vectors), vectors, metas, weights, limit=limit,
+                           dedup_threshold=dedup_threshold, diversity=diversity, min_score=min_score)
+
+
+def rank_candidates(ids: Sequence[int] | np.ndarray, sims: np.ndarray, vectors: np.ndarray,
+                    metas: Sequence[dict[str, Any]], weights: RerankWeights, *, limit: int,
+                    dedup_threshold: float | None = None, diversity: float = 0.0,
+                    min_score: float | None = None) -> list[Ranked]:
+    """`rerank` on similarities already computed (by a shard, search/query/shard.py): business boost, stable sort,
+    score cutoff, near-duplicate collapse and MMR over `vectors` (the candidates' float32 rows)."""
+    if len(ids) == 0:
+        return []
     scores = sims + business_boost(metas, weights)
     order = np.argsort(-scores, kind="stable")
     if min_score is not None:

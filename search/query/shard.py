@@ -1,0 +1,116 @@
+"""The per-shard part of a search batch: ANN (one FAISS call per fetch size), visibility (takedowns, the query
+image), metadata filters and the exact float16 rescoring, for every query of the batch at once.
+
+What a shard answers for each query is everything the cross-shard merge (search/query/merge.py) needs: candidate
+ids, their exact cosine (or, in the fast phase, ANN) scores, their float32 rows (dedup and MMR compare hits with
+each other, possibly across shards) and, when ranking reads them, their metadata rows. Today the service has
+one shard (the artifact it serves); a sharded fleet calls this per shard and merges at the ingress.
+
+Batched work, exactly equal to the same queries one by one: queries with the same fetch size share one FAISS
+call (a larger k changes an HNSW search, so sizes are never over-fetched to the batch's maximum); the
+candidates' rows of all queries are gathered in one fancy index and each query's scores are the same float32
+product `exact_cosine` computes alone; the metadata of all candidates that need it is one SQLite read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from search.artifact.version import Artifact
+from search.query.filters import Filters
+from search.query.rerank import exact_cosine
+from search.query.timing import StageTimer
+
+__all__ = ["ShardQuery", "ShardHits", "shard_search"]
+
+
+@dataclass(frozen=True)
+class ShardQuery:
+    """What one query asks of one shard."""
+
+    fetch: int  # ANN candidates to fetch from this shard
+    filters: Filters = Filters()
+    exclude_id: int | None = None
+    exact: bool = True  # False (fast phase): ANN scores, no rows read
+    min_ann_score: float | None = None  # fast phase: the cutoff on the ANN score
+    metadata: bool = False  # return the candidates' metadata rows (business signals read them)
+
+
+@dataclass
+class ShardHits:
+    """One query's visible, filtered candidates from one shard, in ANN order."""
+
+    ids: np.ndarray  # int64 (m,)
+    similarity: np.ndarray  # float32 (m,): exact cosine on the stored float16 rows, or the ANN score (fast)
+    vectors: np.ndarray | None  # float32 (m, D) rows for dedup/MMR; None in the fast phase
+    metas: list[dict[str, Any]] | None  # snapshot rows when filters or ranking needed them, else None
+    exhausted: bool  # the fetch covered the whole shard: asking for more finds nothing new
+
+
+def shard_search(artifact: Artifact, vectors: np.ndarray, queries: Sequence[ShardQuery], *,
+                 hidden: frozenset[int] = frozenset(), params: Mapping[str, Any] | None = None,
+                 timer: StageTimer | None = None) -> list[ShardHits]:
+    """`vectors` (nq, D) float32 query vectors, one `ShardQuery` each -> one `ShardHits` each."""
+    timer = timer if timer is not None else StageTimer()
+    q = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(queries), -1)
+    n = len(artifact.ids)
+    rows: list[np.ndarray] = [np.empty(0, np.int64)] * len(queries)
+    ann: list[np.ndarray] = [np.empty(0, np.float32)] * len(queries)
+    with timer.stage("ann"):
+        by_fetch: dict[int, list[int]] = {}
+        for i, ask in enumerate(queries):
+            by_fetch.setdefault(max(1, min(n, ask.fetch)), []).append(i)
+        for fetch, members in by_fetch.items():
+            scores, found = artifact.ann_rows(q[members], fetch, params)
+            for j, i in enumerate(members):
+                keep = found[j] >= 0
+                rows[i], ann[i] = found[j][keep], scores[j][keep]
+        ids = _split(artifact.ids_at(np.concatenate(rows)), rows)
+    masks = [_visible(ids[i], ask, ann[i], hidden) for i, ask in enumerate(queries)]
+    rows, ann, ids = ([a[m] for a, m in zip(arrays, masks, strict=True)] for arrays in (rows, ann, ids))
+    metas: list[list[dict[str, Any]] | None] = [None] * len(queries)
+    reads = [i for i, ask in enumerate(queries) if ask.filters.active or (ask.metadata and ask.exact)]
+    if reads:
+        with timer.stage("filter"):
+            wanted = np.unique(np.concatenate([ids[i] for i in reads]))
+            by_id = dict(zip(wanted.tolist(), artifact.metadata(wanted.tolist()), strict=True))
+            for i in reads:
+                rows_meta = [by_id[x] for x in ids[i].tolist()]
+                if queries[i].filters.active:
+                    keep = np.fromiter((queries[i].filters.matches(m) for m in rows_meta), bool, len(rows_meta))
+                    rows_meta = [m for m, k in zip(rows_meta, keep.tolist(), strict=True) if k]
+                    rows[i], ann[i], ids[i] = rows[i][keep], ann[i][keep], ids[i][keep]
+                metas[i] = rows_meta if queries[i].metadata else None
+    out: list[ShardHits] = []
+    with timer.stage("rerank"):
+        exact = [i for i, ask in enumerate(queries) if ask.exact]
+        gathered = _split(artifact.vectors_at(np.concatenate([rows[i] for i in exact])) if exact
+                          else np.empty((0, artifact.dim), np.float32), [rows[i] for i in exact])
+        block = dict(zip(exact, gathered, strict=True))
+        for i, ask in enumerate(queries):
+            rows_i = block.get(i)
+            sims = exact_cosine(q[i], rows_i) if rows_i is not None else ann[i]
+            out.append(ShardHits(ids[i], np.asarray(sims, np.float32), rows_i, metas[i], ask.fetch >= n))
+    return out
+
+
+def _visible(ids: np.ndarray, ask: ShardQuery, ann: np.ndarray, hidden: frozenset[int]) -> np.ndarray:
+    """Candidates that may be shown: not taken down, not the query image, above the fast phase's ANN cutoff."""
+    keep = np.ones(len(ids), dtype=bool)
+    if ask.exclude_id is not None:
+        keep &= ids != ask.exclude_id
+    if hidden:
+        keep &= ~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))
+    if not ask.exact and ask.min_ann_score is not None:
+        keep &= ann >= ask.min_ann_score
+    return keep
+
+
+def _split(values: np.ndarray, like: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """`values` cut into consecutive pieces as long as the arrays of `like`."""
+    bounds = np.cumsum([len(a) for a in like])[:-1]
+    return list(np.split(values, bounds)) if len(like) else []
