@@ -144,7 +144,7 @@ def check_model_folder(path: Path, label: str, model: str) -> ModelFolder:
         raise WeightsUnavailableError(f"{model}: {path} is not a folder")
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
-        raise WeightsUnavailableError(f"{model}: missing {CONFIG_FILE} in {path}")
+        raise WeightsUnavailableError(f"{model}: missing {CONFIG_FILE}")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         model_cfg = config["model_cfg"]
@@ -157,9 +157,9 @@ def check_model_folder(path: Path, label: str, model: str) -> ModelFolder:
     weights = _find_checkpoint_in_dir(path)
     if weights is None:
         raise WeightsUnavailableError(f"{model}: missing weights file open_clip_pytorch_model.bin (or "
-                                      f"open_clip_model.safetensors) in {path}")
+                                      "open_clip_model.safetensors)")
     if text_cfg.get("hf_tokenizer_name") and not (path / "tokenizer.json").is_file():
-        raise WeightsUnavailableError(f"{model}: missing tokenizer.json in {path} (the runtime runs the model's "
-                                      "tokenizer from it)")
+        raise WeightsUnavailableError(f"{model}: missing tokenizer.json (the model's HF tokenizer, which the "
+                                      "runtime runs)")
     tokenizer_files = tuple(path / n for n in TOKENIZER_FILES if (path / n).is_file())
     return ModelFolder(label, path, config, Path(weights), tokenizer_files)
