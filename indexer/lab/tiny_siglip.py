@@ -32,21 +32,22 @@ def training_captions() -> list[str]:
 
 
 def tiny_siglip_config(vocab_size: int, clean: str = "canonicalize", width: int = 32, layers: int = 2,
-                       image_size: int = 64) -> dict[str, Any]:
-    """open_clip_config.json: ViT-B-16-SigLIP's text settings, toy sizes, SigLIP's preprocess."""
+                       image_size: int = 64, heads: int = 2, mlp_ratio: float = 2.0, vision_width: int | None = None,
+                       vision_layers: int | None = None) -> dict[str, Any]:
+    """open_clip_config.json: ViT-B-16-SigLIP's text settings, toy sizes by default, SigLIP's preprocess."""
     return {
         "model_cfg": {
             "embed_dim": width,
             "init_logit_bias": -10,
             "custom_text": True,
-            "vision_cfg": {"image_size": image_size, "patch_size": 16, "width": width, "layers": layers,
-                           "head_width": 16, "mlp_ratio": 2.0},
+            "vision_cfg": {"image_size": image_size, "patch_size": 16, "width": vision_width or width,
+                           "layers": vision_layers or layers, "head_width": 16, "mlp_ratio": 2.0},
             "text_cfg": {
                 "context_length": CONTEXT_LENGTH, "vocab_size": vocab_size,
                 # any non-empty name selects open_clip's HFTokenizer; local-dir: reads the files here
                 "hf_tokenizer_name": "photostock/tiny-siglip",
                 "tokenizer_kwargs": {"clean": clean},
-                "width": width, "heads": 2, "layers": layers, "mlp_ratio": 2.0,
+                "width": width, "heads": heads, "layers": layers, "mlp_ratio": mlp_ratio,
                 "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6},
             },
         },
@@ -72,8 +73,14 @@ def _train_tokenizer(captions: list[str], vocab_size: int) -> Any:
 
 
 def write_tiny_siglip(out: Path, seed: int = 0, clean: str = "canonicalize", vocab_size: int = 200,
-                      safetensors: bool = False) -> Path:
-    """Write the model folder (config, random-init weights, tokenizer files) to `out`; returns `out`."""
+                      safetensors: bool = False, width: int = 32, layers: int = 2, heads: int = 2,
+                      text_vocab_size: int | None = None, vision_width: int | None = None,
+                      vision_layers: int | None = None) -> Path:
+    """Write the model folder (config, random-init weights, tokenizer files) to `out`; returns `out`.
+
+    The defaults are the test model; `width=768, layers=12, heads=12, text_vocab_size=32000` gives a text tower
+    of ViT-B-16-SigLIP's shape (benchmarks/text_families.py --large; the embedding table is sized by
+    `text_vocab_size`, the trained vocabulary stays small)."""
     import open_clip
     import torch
     from transformers import PreTrainedTokenizerFast
@@ -84,7 +91,10 @@ def write_tiny_siglip(out: Path, seed: int = 0, clean: str = "canonicalize", voc
     hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=CONTEXT_LENGTH)
     hf.save_pretrained(str(out))
-    config = tiny_siglip_config(tok.get_vocab_size(), clean)
+    vocab = max(tok.get_vocab_size(), text_vocab_size or 0)
+    config = tiny_siglip_config(vocab, clean, width=width, layers=layers, heads=heads,
+                                mlp_ratio=4.0 if width >= 256 else 2.0, vision_width=vision_width,
+                                vision_layers=vision_layers)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     torch.manual_seed(seed)
     model = open_clip.create_model(f"local-dir:{out}", device="cpu")  # no weights yet: random init
