@@ -308,3 +308,13 @@ def test_build_with_a_folder_missing_a_file_exits_2_with_one_line(folder: Path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0] == f"error: local-dir:{broken}: missing tokenizer.json (the model's HF " \
         "tokenizer, which the runtime runs)"
+
+
+def test_the_torch_reference_backend_serves_the_family_too(encoder, runtime) -> None:
+    from indexer.models.towers import TorchTextEncoder
+
+    torch_text = TorchTextEncoder(encoder)
+    assert not torch_text.trim and torch_text.tokenize(["x"]).shape == (1, 64)
+    np.testing.assert_allclose(torch_text.encode(CORPUS), runtime["fp32"].text.encode(CORPUS), atol=1e-5, rtol=0)
+    for text in CORPUS:
+        assert torch_text._tokenizer.encode(text) == runtime["fp32"].text.tokenizer.encode(text), text
