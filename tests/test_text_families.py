@@ -318,3 +318,13 @@ def test_the_torch_reference_backend_serves_the_family_too(encoder, runtime) -> 
     np.testing.assert_allclose(torch_text.encode(CORPUS), runtime["fp32"].text.encode(CORPUS), atol=1e-5, rtol=0)
     for text in CORPUS:
         assert torch_text._tokenizer.encode(text) == runtime["fp32"].text.tokenizer.encode(text), text
+
+
+def test_an_unknown_tokenizer_kind_is_refused_and_a_kindless_spec_is_clips(bundle: EncoderBundle) -> None:
+    from search.artifact.specs import TokenizerSpec, tokenizer_spec_from_dict
+
+    assert tokenizer_spec_from_dict(bundle.tokenizer.to_dict()) == bundle.tokenizer
+    with pytest.raises(ValueError, match="not supported"):
+        tokenizer_spec_from_dict({**bundle.tokenizer.to_dict(), "kind": "sentencepiece"})
+    clip = {"context_length": 77, "sot_id": 1, "eot_id": 2, "clean": "lower", "pattern": "x", "special_tokens": {}}
+    assert isinstance(tokenizer_spec_from_dict(clip), TokenizerSpec)  # stores published before the kind existed
