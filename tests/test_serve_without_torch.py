@@ -55,7 +55,8 @@ def test_fresh_virtualenv_with_only_the_serve_extra_runs_a_real_query(world, tmp
                             env=env, check=True).stdout
     installed = {p["name"].lower() for p in json.loads(listed)}
     assert {"onnxruntime", "faiss-cpu", "fastapi", "tokenizers"} <= installed
-    assert not installed & {"torch", "torchvision", "open-clip-torch", "open_clip_torch"}
+    assert not installed & {"torch", "torchvision", "open-clip-torch", "open_clip_torch", "transformers",
+                            "sentencepiece"}
     shared = _probe(sys.executable, world, {**os.environ, "PYTHONPATH": str(ROOT)}, tmp_path)
     fresh = _probe(python, world, env, tmp_path)
     assert fresh["python"].startswith(str(env_dir))

@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, required=True, help="root of the image folder tree")
     parser.add_argument("--store", type=Path, required=True, help="store directory (created if absent)")
     parser.add_argument("--config", type=Path, help="indexer YAML (default configs/indexer.yaml)")
-    parser.add_argument("--model", help="tiny | an open_clip model name, e.g. ViT-B-32")
+    parser.add_argument("--model", help="tiny | an open_clip model name, e.g. ViT-B-32 | local-dir:DIR (open_clip's "
+                                        "folder layout) | hf-hub:org/repo")
     parser.add_argument("--pretrained", help="open_clip tag, checkpoint path, or 'random'")
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per encode/commit batch")
@@ -99,7 +100,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     from indexer.run.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
     from indexer.settings import SettingsError, load_settings
     from indexer.storage.store import StoreError
-    from search.artifact.encoder import WeightsUnavailableError
+    from search.artifact.encoder import EncoderNotServableError, WeightsUnavailableError
 
     overrides = {k: getattr(args, k)
                  for k in ("model", "pretrained", "device", "batch_size", "workers", "image_backend",
@@ -119,8 +120,9 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     except EncoderFingerprintError as exc:
         _forget_fingerprint(args.store)
         raise CannotRun(str(exc)) from exc
-    except (FaissMissing, SettingsError, WeightsUnavailableError, StoreBusyError, StoreReadOnlyError, StoreError,
-            NotADirectoryError, FileNotFoundError, RayUnavailableError, RayBackendError) as exc:
+    except (FaissMissing, SettingsError, WeightsUnavailableError, EncoderNotServableError, StoreBusyError,
+            StoreReadOnlyError, StoreError, NotADirectoryError, FileNotFoundError, RayUnavailableError,
+            RayBackendError) as exc:
         raise CannotRun(str(exc)) from exc
     except (PermissionError, sqlite3.OperationalError) as exc:
         raise CannotRun(f"store {args.store} cannot be written: {exc}") from exc
@@ -143,6 +145,12 @@ def _load_encoder(model: str, pretrained: str | None, device: str) -> ClipEncode
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("--device cuda was requested but no CUDA device is available (use auto or cpu)")
+    if registry.is_model_folder(model):
+        from indexer.models.export import check_servable
+
+        encoder = load_encoder(model, pretrained, device)
+        check_servable(encoder)  # refused now, before anything is encoded, rather than at publish
+        return encoder
     if model not in registry.TINY_ALIASES:
         registry.register_project_models()
         if model not in open_clip.list_models():
@@ -203,6 +211,8 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
     from indexer.models import registry
     from search.artifact.encoder import file_sha256, is_checkpoint_path
 
+    if registry.is_model_folder(model):  # the folder's files are digested when the model loads
+        return None
     parts: dict[str, Any] = {"model": model, "pretrained": pretrained, "open_clip": version("open_clip_torch"),
                              "torch": version("torch")}
     checkpoint: Path | None = None

@@ -1,7 +1,8 @@
 """The torch/open_clip CLIP encoder of the offline side: loading, encoding, and the identity it publishes.
 
-Real models come through open_clip (model name + pretrained tag, or a local checkpoint file); the project's
-own tiny CLIP is registered as an open_clip model config and loaded by the same factory. The service never
+Real models come through open_clip (model name + pretrained tag, or a local checkpoint file, or a model folder:
+`local-dir:DIR` / `hf-hub:org/repo`); the project's own tiny CLIP is registered as an open_clip model config
+and loaded by the same factory. The service never
 imports this module: it runs the ONNX towers exported from it (`indexer.models.export`).
 """
 
@@ -97,15 +98,19 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def load_encoder(model: str, pretrained: str | None = None, device: str = "auto") -> ClipEncoder:
-    """The one factory: `model` is an open_clip model name or a project alias (`tiny`).
+    """The one factory: `model` is an open_clip model name, a project alias (`tiny`) or a model folder
+    (`local-dir:DIR`, `hf-hub:org/repo`: config, weights and tokenizer from the folder; no `pretrained`).
 
     `pretrained` is an open_clip pretrained tag (downloaded through open_clip's own code) or a path to a local
     checkpoint file. Raises `WeightsUnavailableError` with a clear way out when weights cannot be had.
     """
     import open_clip
-    import torch
 
     registry.register_project_models()
+    if registry.is_model_folder(model):
+        if pretrained is not None:
+            raise WeightsUnavailableError(f"--pretrained does not apply to {model}: the folder holds the weights")
+        return _load_folder(registry.model_folder(model), resolve_device(device))
     spec = registry.resolve(model, pretrained)
     torch_device = resolve_device(device)
     checkpoint = resolve_checkpoint(spec.model_name, spec.pretrained)
@@ -115,16 +120,46 @@ def load_encoder(model: str, pretrained: str | None = None, device: str = "auto"
         spec.model_name, pretrained=str(checkpoint) if checkpoint is not None else None, device="cpu")
     net = net.to(torch_device).float().eval()
     tokenizer = spec.tokenizer() if spec.tokenizer else open_clip.get_tokenizer(spec.model_name)
-    projection = net.text_projection
     identity = EncoderIdentity(
         model=spec.model_name,
         weights=weights_label(spec.pretrained),
         checksum=file_sha256(checkpoint) if checkpoint is not None else "random-init",
-        dim=int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[1]),
+        dim=_text_dim(net),
         context_length=int(tokenizer.context_length),
         preprocess=_preprocess_identity(net),
     )
     return ClipEncoder(net, preprocess, tokenizer, identity, torch_device)
+
+
+def _load_folder(folder: registry.ModelFolder, torch_device: Any) -> ClipEncoder:
+    """A model folder through open_clip's own `local-dir:` path; the identity digests config, weights and
+    tokenizer files together (registry.ModelFolder.checksum)."""
+    import open_clip
+
+    name = folder.open_clip_name
+    net, _, preprocess = open_clip.create_model_and_transforms(name, device="cpu")
+    net = net.to(torch_device).float().eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    identity = EncoderIdentity(
+        model=folder.label,
+        weights=folder.weights.name,
+        checksum=folder.checksum(),
+        dim=_text_dim(net),
+        context_length=int(tokenizer.context_length),
+        preprocess=_preprocess_identity(net),
+    )
+    return ClipEncoder(net, preprocess, tokenizer, identity, torch_device)
+
+
+def _text_dim(net: Any) -> int:
+    """The embedding width: CLIP's text projection, or the custom text tower's (SigLIP: `net.text`)."""
+    import torch
+
+    text = getattr(net, "text", None)
+    projection = net.text_projection if text is None else text.text_projection
+    if projection is None:
+        return int(text.width if text is not None else net.transformer.width)
+    return int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[1])
 
 
 def resolve_checkpoint(model_name: str, pretrained: str | None) -> Path | None:

@@ -19,7 +19,7 @@ import shutil
 import stat
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,13 @@ from search.artifact.bundle import (
     TextSpec,
 )
 from search.artifact.checksums import file_entry
+from search.artifact.encoder import EncoderNotServableError
 from search.artifact.manifest import EncoderFiles, FileEntry
-from search.artifact.specs import PreprocessSpec, TokenizerSpec
+from search.artifact.specs import AnyTokenizerSpec, HFTokenizerSpec, PreprocessSpec, TokenizerSpec
 
 __all__ = [
     "bundle_key",
+    "check_servable",
     "default_cache_dir",
     "export_bundle",
     "export_image_tower",
@@ -49,6 +51,7 @@ __all__ = [
     "export_tower",
     "preprocess_spec",
     "quantize_int8",
+    "text_parts",
     "text_spec",
     "tokenizer_spec",
     "trim_is_exact",
@@ -112,17 +115,71 @@ def export_tower(encoder: Any, cache_dir: Path, name: str, tower: Callable[[Any]
     return target
 
 
-# -- text tower ---------------------------------------------------------------------------------------------
-def trim_is_exact(model: Any) -> bool:
-    """True when dropping trailing padding cannot change the pooled feature (causal mask + EOT pooling)."""
-    mask = getattr(model, "attn_mask", None)
-    pool = getattr(model, "text_pool_type", None)
-    if mask is None or pool not in {"argmax", "eos"}:
-        return False
+# -- text tower ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextParts:
+    """The pieces of an open_clip text tower the export runs, whichever model class holds them: CLIP keeps them
+    on the model itself (`text_pool_type`, `text_eos_id`), CustomTextCLIP (SigLIP, SigLIP2) on `model.text`."""
+
+    source: Any  # the module holding token_embedding, positional_embedding, transformer, ln_final, text_projection
+    pool_type: str
+    eos_id: int | None
+    attn_mask: Any  # the causal mask, or None for a bidirectional tower
+
+
+POOL_TYPES = ("argmax", "eos", "last", "first")
+
+
+def text_parts(model: Any) -> TextParts:
+    """The tower's parts, or EncoderNotServableError naming what this runtime cannot reproduce exactly."""
+    import torch
+    from open_clip.transformer import ResidualAttentionBlock, TextTransformer
+
+    text = getattr(model, "text", None)
+    if text is None and hasattr(model, "token_embedding"):  # open_clip.CLIP: the tower's parts on the model
+        parts = TextParts(model, str(getattr(model, "text_pool_type", "argmax")), getattr(model, "text_eos_id", None),
+                          getattr(model, "attn_mask", None))
+    elif isinstance(text, TextTransformer):
+        if text.cls_emb is not None:
+            raise EncoderNotServableError("text tower with a class token (CoCa-style) cannot be served by this "
+                                          "runtime")
+        if text.use_pad_mask:
+            raise EncoderNotServableError("text tower with a padding attention mask cannot be served by this "
+                                          "runtime yet (attention-mask inputs)")
+        eos = text.eos_id if text.pool_type == "eos" else None
+        parts = TextParts(text, str(text.pool_type), None if eos is None else int(eos), text.attn_mask)
+    else:
+        name = type(text).__name__ if text is not None else type(model).__name__
+        raise EncoderNotServableError(
+            f"text tower {name} (HF text towers such as xlm-roberta or nllb: attention-mask inputs and their own "
+            "poolers) cannot be served exactly by this runtime yet")
+    if parts.pool_type not in POOL_TYPES:
+        raise EncoderNotServableError(f"text pooling {parts.pool_type!r} cannot be served (known: {POOL_TYPES})")
+    for block in parts.source.transformer.resblocks:
+        if type(block) is not ResidualAttentionBlock or not isinstance(block.attn, torch.nn.MultiheadAttention):
+            raise EncoderNotServableError(f"text block {type(block).__name__} with {type(block.attn).__name__} "
+                                          "attention cannot be exported exactly by this runtime")
+    if parts.attn_mask is not None and not _is_causal(parts.attn_mask):
+        raise EncoderNotServableError("text tower with an attention mask other than causal cannot be served")
+    return parts
+
+
+def _is_causal(mask: Any) -> bool:
     import torch
 
     upper = torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)
     return bool(torch.isinf(mask[upper]).all() and (mask[upper] < 0).all() and (mask[~upper] == 0).all())
+
+
+def trim_is_exact(model: Any) -> bool:
+    """True when dropping trailing padding cannot change the pooled feature (causal mask + EOT pooling)."""
+    text = getattr(model, "text", None)
+    source = model if text is None else text
+    mask = getattr(source, "attn_mask", None)
+    pool = getattr(model, "text_pool_type", None) or getattr(source, "pool_type", None)
+    if mask is None or pool not in {"argmax", "eos"}:
+        return False
+    return _is_causal(mask)
 
 
 def _block_forward(block: Any, x: Any, mask: Any) -> Any:
@@ -135,7 +192,9 @@ def _block_forward(block: Any, x: Any, mask: Any) -> Any:
     q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     shape = (x.shape[0], x.shape[1], heads, -1)
     q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5) + mask
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores + mask
     out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(attn.out_proj(out))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
@@ -145,27 +204,30 @@ def text_tower_module(model: Any, explicit_attention: bool = False) -> Any:
     """A standalone module computing normalised text features for tokens of any length <= context.
 
     `explicit_attention` writes attention out by hand (for ONNX export: nn.MultiheadAttention's traced graph
-    bakes in the example's batch and sequence sizes).
+    bakes in the example's batch and sequence sizes). A bidirectional tower (no mask) is only exact at the
+    full context: its export fixes the sequence axis there (`export_text_tower`).
     """
     import torch
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
 
+    parts = text_parts(model)
+
     class TrimmedTextTower(torch.nn.Module):
-        def __init__(self, clip: Any):
+        def __init__(self, src: Any):
             super().__init__()
-            self.token_embedding = clip.token_embedding
-            self.positional_embedding = clip.positional_embedding
-            self.transformer = clip.transformer
-            self.ln_final = clip.ln_final
-            self.text_projection = clip.text_projection
-            self.pool_type = clip.text_pool_type
-            self.eos_id = getattr(clip, "text_eos_id", None)
-            self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+            self.token_embedding = src.token_embedding
+            self.positional_embedding = src.positional_embedding
+            self.transformer = src.transformer
+            self.ln_final = src.ln_final
+            self.text_projection = src.text_projection
+            self.pool_type = parts.pool_type
+            self.eos_id = parts.eos_id
+            self.register_buffer("attn_mask", parts.attn_mask, persistent=False)
 
         def forward(self, text: torch.Tensor) -> torch.Tensor:
             length = text.shape[1]
-            mask = self.attn_mask[:length, :length]  # type: ignore[index]
+            mask = None if self.attn_mask is None else self.attn_mask[:length, :length]  # type: ignore[index]
             x = self.token_embedding(text) + self.positional_embedding[:length]
             if explicit_attention:
                 for block in self.transformer.resblocks:
@@ -180,24 +242,31 @@ def text_tower_module(model: Any, explicit_attention: bool = False) -> Any:
                 x = x @ self.text_projection
             return F.normalize(x, dim=-1)
 
-    return TrimmedTextTower(model).eval()
+    return TrimmedTextTower(parts.source).eval()
 
 
 def export_text_tower(encoder: Any, cache_dir: Path) -> Path:
-    """Export (once) the text tower to `cache_dir/<export key>/text.onnx` (dynamic batch and sequence axes)."""
+    """Export (once) the text tower to `cache_dir/<export key>/text.onnx`: dynamic batch axis, and a dynamic
+    sequence axis where trimming is exact (CLIP); a tower fed the full context (SigLIP) takes only that."""
     import torch
 
-    sample = torch.as_tensor(np.asarray(encoder.tokenize(["a photo of a cat", "x"]))[:, :8].astype(np.int64))
+    tokens = np.asarray(encoder.tokenize(["a photo of a cat", "x", "a photo of a dog on the grass"]))
+    trim = trim_is_exact(encoder.model)
+    sample = torch.as_tensor((tokens[:2, :8] if trim else tokens).astype(np.int64))
+    axes: dict[str, dict[int, str]] = {"tokens": {0: "batch", 1: "seq"} if trim else {0: "batch"},
+                                       "features": {0: "batch"}}
     return export_tower(encoder, cache_dir, "text", lambda model: text_tower_module(model, explicit_attention=True),
-                        (sample,), ["tokens"], ["features"],
-                        {"tokens": {0: "batch", 1: "seq"}, "features": {0: "batch"}})
+                        (sample,), ["tokens"], ["features"], axes)
 
 
 def text_spec(encoder: Any) -> TextSpec:
     model = encoder.model
-    eos = getattr(model, "text_eos_id", None)
-    return TextSpec(trim=trim_is_exact(model), pool_type=str(getattr(model, "text_pool_type", "argmax")),
-                    eos_id=None if eos is None else int(eos))
+    parts = text_parts(model)
+    if getattr(model, "text", None) is None:  # CLIP: exactly what format 1 has always written
+        eos = getattr(model, "text_eos_id", None)
+        return TextSpec(trim=trim_is_exact(model), pool_type=str(getattr(model, "text_pool_type", "argmax")),
+                        eos_id=None if eos is None else int(eos))
+    return TextSpec(trim=trim_is_exact(model), pool_type=parts.pool_type, eos_id=parts.eos_id)
 
 
 # -- image tower --------------------------------------------------------------------------------------------
@@ -245,34 +314,82 @@ def preprocess_spec(encoder: Any) -> PreprocessSpec:
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------------
-def tokenizer_spec(tokenizer: Any) -> TokenizerSpec:
-    """Settings of an open_clip SimpleTokenizer (other tokenizer kinds are refused with a clear reason)."""
-    from open_clip.tokenizer import SimpleTokenizer
+def tokenizer_spec(tokenizer: Any) -> AnyTokenizerSpec:
+    """Settings of the encoder's open_clip tokenizer (SimpleTokenizer or HFTokenizer); other kinds are refused
+    with the reason."""
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
+    if isinstance(tokenizer, HFTokenizer):
+        return _hf_tokenizer_spec(tokenizer)
     if not isinstance(tokenizer, SimpleTokenizer):
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} cannot be exported for the runtime "
-                         "(open_clip SimpleTokenizer only)")
+        raise EncoderNotServableError(
+            f"tokenizer {type(tokenizer).__name__} cannot be exported for the runtime (open_clip SimpleTokenizer "
+            "or HFTokenizer with a tokenizer.json; for SigLIP pass the model folder: --model local-dir:DIR)")
     if tokenizer.reduction_fn is not None:
-        raise ValueError("tokenizers with a reduction mask cannot be exported for the runtime")
+        raise EncoderNotServableError("tokenizers with a reduction mask cannot be exported for the runtime")
     clean = {"_clean_lower": "lower", "_clean_whitespace": "whitespace",
              "_clean_canonicalize": "canonicalize"}.get(getattr(tokenizer.clean_fn, "__name__", ""))
     if clean is None:
-        raise ValueError(f"unknown tokenizer clean function {tokenizer.clean_fn!r}")
+        raise EncoderNotServableError(f"unknown tokenizer clean function {tokenizer.clean_fn!r}")
     specials = {tokenizer.decoder[i]: int(i) for i in tokenizer.all_special_ids}
     return TokenizerSpec(context_length=int(tokenizer.context_length), sot_id=int(tokenizer.sot_token_id),
                          eot_id=int(tokenizer.eot_token_id), clean=clean, pattern=tokenizer.pat.pattern,
                          special_tokens=specials)
 
 
+def _hf_tokenizer_spec(tokenizer: Any) -> HFTokenizerSpec:
+    """open_clip's HFTokenizer in its standard mode over a fast (`tokenizers`) backend."""
+    if tokenizer.tokenizer_mode:
+        raise EncoderNotServableError(f"HFTokenizer mode {tokenizer.tokenizer_mode!r} cannot be served by this "
+                                      "runtime (standard mode only)")
+    if hasattr(tokenizer, "set_lang_fn"):
+        raise EncoderNotServableError("a tokenizer with a source language (NLLB) needs the query language, which "
+                                      "this runtime does not take yet")
+    hf = tokenizer.tokenizer
+    if getattr(hf, "backend_tokenizer", None) is None:
+        raise EncoderNotServableError(f"tokenizer {type(hf).__name__} has no tokenizer.json (fast) form the "
+                                      "runtime can run")
+    clean = {"_clean_lower": "lower", "_clean_whitespace": "whitespace",
+             "_clean_canonicalize": "canonicalize"}.get(getattr(tokenizer.clean_fn, "__name__", ""))
+    if clean is None:
+        raise EncoderNotServableError(f"unknown tokenizer clean function {tokenizer.clean_fn!r}")
+    if hf.pad_token_id is None:
+        raise EncoderNotServableError("HF tokenizer without a pad token cannot pad to the context")
+    sep = getattr(hf, "sep_token_id", None)
+    return HFTokenizerSpec(context_length=int(tokenizer.context_length), clean=clean, pad_id=int(hf.pad_token_id),
+                           pad_token=str(hf.pad_token), padding_side=str(hf.padding_side),
+                           truncation_side=str(hf.truncation_side), strip_sep_token=bool(tokenizer.strip_sep_token),
+                           sep_id=None if sep is None else int(sep))
+
+
 def write_tokenizer(tokenizer: Any, path: Path) -> None:
-    """open_clip's vocabulary and merges as a `tokenizers` byte-level BPE (JSON), for search.runtime.tokenizer."""
+    """The tokenizer as a `tokenizers` JSON for search.runtime.tokenizer: open_clip's vocabulary and merges as a
+    byte-level BPE, or an HF tokenizer's own backend (its padding and truncation left to the spec)."""
+    from open_clip.tokenizer import HFTokenizer
     from tokenizers import Tokenizer, models, pre_tokenizers
 
+    if isinstance(tokenizer, HFTokenizer):
+        backend = Tokenizer.from_str(tokenizer.tokenizer.backend_tokenizer.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(path))
+        return
     merges = [pair for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1])]
     bpe = models.BPE(vocab=dict(tokenizer.encoder), merges=merges, end_of_word_suffix="</w>")
     hf = Tokenizer(bpe)
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     hf.save(str(path))
+
+
+def check_servable(encoder: Any) -> None:
+    """EncoderNotServableError when the runtime cannot serve `encoder` exactly (text tower, tokenizer or
+    preprocess): checked when the model loads, so a build refuses before it encodes anything."""
+    text_parts(encoder.model)
+    tokenizer_spec(encoder.tokenizer)
+    try:
+        preprocess_spec(encoder)
+    except ValueError as exc:
+        raise EncoderNotServableError(str(exc)) from exc
 
 
 # -- int8 ---------------------------------------------------------------------------------------------------
@@ -337,6 +454,7 @@ def export_bundle(encoder: Any, store: Path, cache_dir: Path | None = None, int8
     found = _existing(store, rel)
     if found is not None:
         return found
+    check_servable(encoder)  # the reason, before any file is written
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = store / rel
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"

@@ -1,18 +1,22 @@
 """Project model registry (offline side): open_clip JSON configs in this folder, registered lazily, plus aliases.
 
 `tiny` is the project's own small CLIP (config `photostock-tiny.json`), trained on the synthetic world by
-`python -m indexer train`. Any other name is passed to open_clip unchanged (e.g. `ViT-B-32`).
+`python -m indexer train`. `local-dir:DIR` and `hf-hub:org/repo` are model folders in open_clip's own layout
+(config, weights, tokenizer files: what downloading a model repository gives), checked here so a missing file
+is one line naming it. Any other name is passed to open_clip unchanged (e.g. `ViT-B-32`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.artifact.encoder import WeightsUnavailableError
+from search.artifact.encoder import WeightsUnavailableError, file_sha256
 
 MODELS_DIR = Path(__file__).resolve().parent
 TINY_MODEL_NAME = "photostock-tiny"
@@ -74,3 +78,88 @@ def resolve(model: str, pretrained: str | None) -> ModelSpec:
             pretrained = str(path)
         return ModelSpec(TINY_MODEL_NAME, pretrained, tiny_tokenizer)
     return ModelSpec(model, pretrained)
+
+
+LOCAL_DIR_PREFIX = "local-dir:"
+HF_HUB_PREFIX = "hf-hub:"
+CONFIG_FILE = "open_clip_config.json"
+# Files an HF tokenizer folder may hold; each present one is part of the encoder's identity.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+HUB_PATTERNS = [CONFIG_FILE, "open_clip_*.bin", "open_clip_*.safetensors", *TOKENIZER_FILES]
+
+
+def is_model_folder(model: str) -> bool:
+    """`local-dir:` or `hf-hub:`: the model is a folder of files, not a name in open_clip's registry."""
+    return model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX))
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A checked model folder: open_clip's config, the weights file open_clip will load, the tokenizer files."""
+
+    label: str  # what the identity records: `local-dir:<folder name>` or `hf-hub:org/repo`
+    path: Path
+    config: dict[str, Any]
+    weights: Path
+    tokenizer_files: tuple[Path, ...]
+
+    @property
+    def open_clip_name(self) -> str:
+        return f"{LOCAL_DIR_PREFIX}{self.path}"
+
+    def checksum(self) -> str:
+        """One digest over the config, weights and tokenizer files: a change to any is another encoder."""
+        digest = hashlib.sha256()
+        for file in (self.path / CONFIG_FILE, self.weights, *self.tokenizer_files):
+            digest.update(f"{file.name}:{file_sha256(file)}\n".encode())
+        return digest.hexdigest()
+
+
+def model_folder(model: str) -> ModelFolder:
+    """Resolve and check `local-dir:DIR` or `hf-hub:org/repo` (fetched through huggingface_hub's cache)."""
+    if model.startswith(LOCAL_DIR_PREFIX):
+        path = Path(model[len(LOCAL_DIR_PREFIX):]).expanduser()
+        return check_model_folder(path.resolve(), f"{LOCAL_DIR_PREFIX}{path.resolve().name}", model)
+    repo = model[len(HF_HUB_PREFIX):]
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise WeightsUnavailableError(f"{model}: expected hf-hub:org/repo")
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # network, hub and auth failures all mean the same thing to the user
+        raise WeightsUnavailableError(
+            f"Could not fetch {model} ({type(exc).__name__}: {exc}). No model hub is reachable from this "
+            "machine: download the model repository elsewhere and pass its folder instead, e.g. "
+            f"--model local-dir:/path/to/{repo.split('/')[-1]}"
+        ) from exc
+    return check_model_folder(path, model, model)
+
+
+def check_model_folder(path: Path, label: str, model: str) -> ModelFolder:
+    """WeightsUnavailableError naming the first file the folder lacks (open_clip would otherwise fall back to
+    random weights or a default tokenizer without a word)."""
+    if not path.is_dir():
+        raise WeightsUnavailableError(f"{model}: {path} is not a folder")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise WeightsUnavailableError(f"{model}: missing {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        model_cfg = config["model_cfg"]
+        text_cfg = dict(model_cfg.get("text_cfg", {}))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsUnavailableError(f"{model}: {CONFIG_FILE} in {path} is not an open_clip config "
+                                      f"({type(exc).__name__}: {exc})") from exc
+    from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip itself will load
+
+    weights = _find_checkpoint_in_dir(path)
+    if weights is None:
+        raise WeightsUnavailableError(f"{model}: missing weights file open_clip_pytorch_model.bin (or "
+                                      "open_clip_model.safetensors)")
+    if text_cfg.get("hf_tokenizer_name") and not (path / "tokenizer.json").is_file():
+        raise WeightsUnavailableError(f"{model}: missing tokenizer.json (the model's HF tokenizer, which the "
+                                      "runtime runs)")
+    tokenizer_files = tuple(path / n for n in TOKENIZER_FILES if (path / n).is_file())
+    return ModelFolder(label, path, config, Path(weights), tokenizer_files)

@@ -39,7 +39,12 @@ class _NumpyTokenizer:
         return np.asarray(self.encoder.tokenize(texts).numpy(), dtype=np.int64)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.encoder.tokenizer.encode(text))
+        """Token ids without special tokens (open_clip's HFTokenizer has no `encode`: clean, then its HF tokenizer)."""
+        tokenizer = self.encoder.tokenizer
+        hf = getattr(tokenizer, "tokenizer", None)
+        if hf is not None and hasattr(tokenizer, "clean_fn"):
+            return list(hf(tokenizer.clean_fn(text), add_special_tokens=False)["input_ids"])
+        return list(tokenizer.encode(text))
 
 
 class TorchTextEncoder(TrimmingTextEncoder):

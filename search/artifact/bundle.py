@@ -1,7 +1,8 @@
 """The encoder files a version carries, and their verification before the version may open.
 
 Layout (docs/contracts.md): `STORE/encoders/<key>/` holds `text.onnx`, `text.int8.onnx` (optional), `image.onnx`,
-`tokenizer.json` (the `tokenizers` byte-level BPE over open_clip's vocabulary and merges) and `encoder.json`
+`tokenizer.json` (a `tokenizers` JSON: CLIP's byte-level BPE over open_clip's vocabulary and merges, or
+the model's own HF tokenizer) and `encoder.json`
 (identity, tokenizer settings, preprocess spec, text-tower facts, and the other files' checksums). The folder
 is named by the encoder (content-addressed), so every version built with one encoder shares it; each
 manifest lists the folder and every file's size and sha256.
@@ -22,7 +23,7 @@ from typing import Any
 from search.artifact.checksums import CheckLevel, check_file
 from search.artifact.encoder import EncoderIdentity, encoder_mismatch
 from search.artifact.manifest import ArtifactError, EncoderFiles, FileEntry, Manifest
-from search.artifact.specs import PreprocessSpec, TokenizerSpec
+from search.artifact.specs import AnyTokenizerSpec, PreprocessSpec, tokenizer_spec_from_dict
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -51,8 +52,9 @@ REQUIRED_FILES = (SPEC_FILE, TOKENIZER_FILE, TEXT_FILE, IMAGE_FILE)
 class TextSpec:
     """Facts about the exported text tower the runtime needs to feed it."""
 
-    trim: bool  # causal mask + end-of-text pooling: padding after the end token may be cut off exactly
-    pool_type: str  # 'argmax' (highest id is the end token) or 'eos'
+    trim: bool  # causal mask + end-of-text pooling: padding after the end token may be cut off exactly;
+    # false: the tower is fed every row padded to the full context (SigLIP: the padding is part of the model)
+    pool_type: str  # 'argmax' (highest id is the end token), 'eos', 'last' or 'first'
     eos_id: int | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,7 +72,7 @@ class EncoderBundle:
 
     directory: Path
     identity: EncoderIdentity
-    tokenizer: TokenizerSpec
+    tokenizer: AnyTokenizerSpec
     preprocess: PreprocessSpec
     text: TextSpec
     files: dict[str, FileEntry]
@@ -84,7 +86,7 @@ class EncoderBundle:
         if fmt != BUNDLE_FORMAT:
             raise ValueError(f"encoder spec format {fmt!r} is not supported (this reader knows {BUNDLE_FORMAT})")
         return cls(directory=directory, identity=EncoderIdentity.from_dict(spec["identity"]),
-                   tokenizer=TokenizerSpec.from_dict(spec["tokenizer"]),
+                   tokenizer=tokenizer_spec_from_dict(spec["tokenizer"]),
                    preprocess=PreprocessSpec.from_dict(spec["preprocess"]),
                    text=TextSpec.from_dict(spec["text"]), files=files)
 

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "EncoderIdentity",
+    "EncoderNotServableError",
     "IdentityShape",
     "WeightsUnavailableError",
     "encoder_mismatch",
@@ -31,6 +32,11 @@ RANDOM_INIT = "random-init"
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be fetched (no model hub reachable) or the checkpoint file is missing."""
+
+
+class EncoderNotServableError(ValueError):
+    """The runtime cannot serve this encoder exactly (a text-tower family, tokenizer or preprocess it does not
+    run): refused at publish with the reason, never served approximately."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["INTERPOLATIONS", "PreprocessSpec", "SUPPORTED_RESIZE_MODES", "TokenizerSpec"]
+__all__ = [
+    "AnyTokenizerSpec",
+    "HFTokenizerSpec",
+    "INTERPOLATIONS",
+    "PreprocessSpec",
+    "SUPPORTED_RESIZE_MODES",
+    "TokenizerSpec",
+    "tokenizer_spec_from_dict",
+]
 
 SUPPORTED_RESIZE_MODES = ("shortest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -74,3 +82,65 @@ class TokenizerSpec:
         return cls(context_length=int(data["context_length"]), sot_id=int(data["sot_id"]),
                    eot_id=int(data["eot_id"]), clean=str(data["clean"]), pattern=str(data["pattern"]),
                    special_tokens={str(k): int(v) for k, v in data["special_tokens"].items()}, kind=kind)
+
+
+CLEAN_RULES = ("lower", "whitespace", "canonicalize")
+SIDES = ("right", "left")
+
+
+@dataclass(frozen=True)
+class HFTokenizerSpec:
+    """open_clip's HFTokenizer (standard mode) as data: clean the text with one of open_clip's rules, run the
+    `tokenizers` JSON (its normalizer, pre-tokenizer, model and post-processor add the special tokens), truncate
+    to the context keeping the special tokens, pad every row to the full context ('max_length'), and set the
+    separator id to 0 when `strip_sep_token` (open_clip zeroes it)."""
+
+    context_length: int
+    clean: str
+    pad_id: int
+    pad_token: str
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    strip_sep_token: bool = False
+    sep_id: int | None = None
+    kind: str = "open_clip.HFTokenizer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "context_length": self.context_length, "clean": self.clean,
+                "padding": "max_length", "truncation": "longest_first", "pad_id": self.pad_id,
+                "pad_token": self.pad_token, "padding_side": self.padding_side,
+                "truncation_side": self.truncation_side, "strip_sep_token": self.strip_sep_token,
+                "sep_id": self.sep_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HFTokenizerSpec:
+        if data.get("padding", "max_length") != "max_length" or data.get("truncation") != "longest_first":
+            raise ValueError("HF tokenizer spec: only padding 'max_length' with 'longest_first' truncation is run")
+        sep = data.get("sep_id")
+        spec = cls(context_length=int(data["context_length"]), clean=str(data["clean"]), pad_id=int(data["pad_id"]),
+                   pad_token=str(data["pad_token"]), padding_side=str(data.get("padding_side", "right")),
+                   truncation_side=str(data.get("truncation_side", "right")),
+                   strip_sep_token=bool(data.get("strip_sep_token", False)), sep_id=None if sep is None else int(sep))
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        if self.clean not in CLEAN_RULES:
+            raise ValueError(f"HF tokenizer spec: unknown clean rule {self.clean!r} (use {CLEAN_RULES})")
+        if self.padding_side not in SIDES or self.truncation_side not in SIDES:
+            raise ValueError("HF tokenizer spec: padding/truncation side must be 'right' or 'left'")
+        if self.strip_sep_token and self.sep_id is None:
+            raise ValueError("HF tokenizer spec: strip_sep_token needs sep_id")
+        if self.context_length < 1:
+            raise ValueError("HF tokenizer spec: context_length must be positive")
+
+
+AnyTokenizerSpec = TokenizerSpec | HFTokenizerSpec
+
+
+def tokenizer_spec_from_dict(data: dict[str, Any]) -> AnyTokenizerSpec:
+    """The spec for encoder.json's "tokenizer" by its kind (absent: open_clip's SimpleTokenizer, format 1)."""
+    kind = str(data.get("kind", "open_clip.SimpleTokenizer"))
+    if kind == "open_clip.HFTokenizer":
+        return HFTokenizerSpec.from_dict(data)
+    return TokenizerSpec.from_dict(data)

@@ -2,10 +2,12 @@
 
 Concurrent misses are padded to the batch's longest real token length and encoded together: CLIP's text tower
 is causal and pools at the end-of-text token, so padding after EOT cannot change a row's feature (the results
-equal one-by-one encodes to float rounding). There is no fixed window: a lone request on an idle session is
-encoded at once; requests arriving while a batch runs form the next batch (the window adapts to load). The
-batch-size cap comes from the session's measured cost (`batch_cost_budget_s`). Dispatch, devices and faults
-live in `search.runtime.pool.SessionPool`; without a pool given, the batcher runs one member: the encoder.
+equal one-by-one encodes to float rounding). A tower where that is not exact (`trim` false: SigLIP) gets every
+row at the full context, as its tokenizer pads it, and each request is priced at the full context. There is no
+fixed window: a lone request on an idle session is encoded at once; requests arriving while a batch runs form
+the next batch (the window adapts to load). The batch-size cap comes from the session's measured cost
+(`batch_cost_budget_s`). Dispatch, devices and faults live in `search.runtime.pool.SessionPool`; without a
+pool given, the batcher runs one member: the encoder.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ def text_collate(encoder: TextEncoder, trim: bool | None = None) -> Collate:
     return collate
 
 
-def estimated_length(text: str, context_length: int) -> int:
-    """Tokens a text will take, from its words (+ start/end): prices a batch before it is tokenised."""
+def estimated_length(text: str, context_length: int, trim: bool = True) -> int:
+    """Tokens a text will take, from its words (+ start/end): prices a batch before it is tokenised. A tower
+    fed the full context (`trim` false) always takes the whole context."""
+    if not trim:
+        return context_length
     return min(context_length, len(text.split()) + 2)
 
 
@@ -76,7 +81,8 @@ class MicroBatcher:
         return self.pool.ready
 
     async def encode(self, text: str) -> np.ndarray:
-        return await self.pool.submit(text, estimated_length(text, self.encoder.context_length))
+        trim = bool(getattr(self.encoder, "trim", True))
+        return await self.pool.submit(text, estimated_length(text, self.encoder.context_length, trim))
 
     def close(self) -> None:
         self.pool.close()

@@ -3,7 +3,8 @@
 Text: CLIP's text transformer is causal and pools at the end-of-text token, so positions after it can never
 influence the pooled feature; the exported tower takes any sequence length, and a batch is cut to its longest
 real token length (exact, and much cheaper than the full context). A tower without that property (the
-bundle's `text.trim` is false) is fed the full context.
+bundle's `text.trim` is false: SigLIP's bidirectional tower pooled at the last position, where the padding is
+part of the model) is fed every row padded to the full context, and its graph takes nothing else.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from search.artifact.bundle import IMAGE_FILE, TEXT_FILE, TEXT_INT8_FILE, TOKENI
 from search.artifact.encoder import EncoderIdentity, IdentityShape
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.sessions import DEFAULT_PROVIDERS, ort_session
-from search.runtime.tokenizer import ClipTokenizer
+from search.runtime.tokenizer import load_tokenizer
 
 __all__ = [
     "ImageEncoder",
@@ -79,6 +80,9 @@ class TrimmingTextEncoder:
     eos_id: int | None
 
     def lengths(self, tokens: np.ndarray) -> np.ndarray:
+        """The length each row must be fed at: its real length when trimming is exact, else the whole row."""
+        if not self.trim:
+            return np.full(tokens.shape[0], tokens.shape[1], dtype=np.int64)
         return token_lengths(tokens, self.pool_type, self.eos_id)
 
     def trimmed(self, tokens: np.ndarray) -> np.ndarray:
@@ -149,7 +153,7 @@ class RuntimeEncoder(IdentityShape):
         self.options = options
         self.precision: Precision = options.text_precision  # what the text session really runs
         self.preprocess = ImagePreprocess(bundle.preprocess)
-        self.text = OnnxTextEncoder(ClipTokenizer.load(bundle.tokenizer, bundle.path(TOKENIZER_FILE)),
+        self.text = OnnxTextEncoder(load_tokenizer(bundle.tokenizer, bundle.path(TOKENIZER_FILE)),
                                     self._session(self._text_file()), bundle.identity.dim, bundle.text.trim,
                                     bundle.text.pool_type, bundle.text.eos_id)
         self._image: OnnxImageEncoder | None = None
