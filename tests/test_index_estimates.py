@@ -1,13 +1,13 @@
 """Indexer area: the index choice's figures and words, pinned. The estimates and the reason are written into
 every manifest (`selection`) and decide which index a store gets, so a change to the cost model must show up
-here as a deliberate edit. The figures below are the formulas of indexer/index_select.py at the default
+here as a deliberate edit. The figures below are the formulas of indexer/index/index_select.py at the default
 machine figures (2-core development machine)."""
 
 from __future__ import annotations
 
 import pytest
 
-from indexer.index_select import CostModel, IndexBudget, IndexConfig, choose_index, ivf_nlist
+from indexer.index.index_select import CostModel, IndexBudget, IndexConfig, choose_index, ivf_nlist
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -60,7 +60,7 @@ def test_opq_ivfpq_at_one_million_with_its_figures_and_rejections():
 
 
 def test_ivfpq_figures_without_opq_and_with_gpu_training():
-    from indexer.index_select import _ivfpq
+    from indexer.index.index_select import _ivfpq
 
     config = IndexConfig()
     assert _ivfpq(1_000_000, 512, 64, False, 4096, 262144, 200, config) == pytest.approx(

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import publish, shards
-from indexer.index_select import IndexConfig
-from indexer.publish import (
+from indexer.index import publish, shards
+from indexer.index.index_select import IndexConfig
+from indexer.index.publish import (
     flip_current,
     list_versions,
     new_version_name,
