@@ -80,7 +80,7 @@ def test_port_comes_from_the_environment(busy_port: int, tmp_path: Path):
 
 
 def _status_store(tmp_path: Path) -> Path:
-    from indexer.store import DB_NAME, MetadataStore, connect
+    from indexer.storage.store import DB_NAME, MetadataStore, connect
 
     db = MetadataStore(connect(tmp_path / DB_NAME))
     db.migrate()
