@@ -43,8 +43,10 @@ def test_search_page_shows_the_right_thumbnails(world, chromium: Path, tmp_path)
             # the thumbnail has loaded
             expect(first.locator("img")).to_have_js_property("complete", True, timeout=60_000)
             assert first.locator("img").evaluate("img => img.naturalWidth") > 0
-            # more results (button, or scrolling it into view): the next page continues the ranking
-            page.click("#more")
+            # more results: the next page continues the ranking. The click is dispatched where the button is:
+            # a real click scrolls it into view, where the page's own auto-load may append the next page (and
+            # hide the button) between Playwright's scroll and its click, which then waits for a hidden button
+            page.locator("#more").dispatch_event("click")
             page.wait_for_function("document.querySelectorAll('#grid li.hit').length >= 48")
             assert [hits.nth(i).get_attribute("data-id") for i in range(48)] == expected[:48]
         finally:

@@ -79,7 +79,7 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
             state.close()
 
     app = FastAPI(title="PhotoStock semantic image search", version="0.1.0", lifespan=lifespan, docs_url=None,
-                  redoc_url=None)  # /docs and /redoc: search.http.docs, from local assets
+                  redoc_url=None)  # /docs: search.http.docs, from local assets (/redoc stays off)
     app.include_router(router)
     app.include_router(guidance_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
