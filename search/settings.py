@@ -119,7 +119,7 @@ class AccessSettings(_Strict):
     api_keys_env: str | None = None  # name of an env var holding comma-separated sha256 hex digests
     trusted_proxies: list[str] = Field(default_factory=list)  # peers whose X-Forwarded-For is believed
     cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API
-    # Host header names served (search/http/hosts.py); "*.example.com" matches subdomains, "*" any host.
+    # Host header names served, without port (search/http/hosts.py); "*.example.com": subdomains, "*": any.
     # None: only loopback names (localhost, 127.0.0.1, [::1]) when bound to loopback, any host otherwise.
     allowed_hosts: list[str] | None = None
 

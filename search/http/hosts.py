@@ -53,7 +53,7 @@ def is_loopback_name(header: str) -> bool:
 
 
 class HostCheck:
-    """Pure ASGI middleware: 400 JSON for a Host header outside the allow-list (or none, on HTTP/1.1)."""
+    """Pure ASGI middleware: 400 JSON (+ close) for a Host header outside the allow-list, or none at all."""
 
     def __init__(self, app: ASGIApp, allowed: Sequence[str], on_refuse: Callable[[int], None] | None = None):
         self.app = app
