@@ -152,13 +152,13 @@ def _load_folder(folder: registry.ModelFolder, torch_device: Any) -> ClipEncoder
 
 
 def _text_dim(net: Any) -> int:
-    """The embedding width: CLIP's text projection, or the custom text tower's (SigLIP: `net.text`)."""
+    """The embedding width: CLIP's text projection, or the custom text tower's (SigLIP, HF towers: `net.text`)."""
     import torch
 
     text = getattr(net, "text", None)
-    projection = net.text_projection if text is None else text.text_projection
-    if projection is None:
-        return int(text.width if text is not None else net.transformer.width)
+    projection = net.text_projection if text is None else getattr(text, "text_projection", None)
+    if projection is None:  # no projection, or an HF text tower (its own `proj`): the tower says its width
+        return int(getattr(text, "output_dim", None) or (text.width if text is not None else net.transformer.width))
     return int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[1])
 
 

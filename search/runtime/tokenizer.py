@@ -149,7 +149,9 @@ class HFTextTokenizer:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.context_length), dtype=np.int64)
-        encodings = self._padded.encode_batch([self._clean(t) for t in texts])
+        # one text at a time: `encode_batch` fans out over a rayon pool of every core, outside the service's
+        # thread budget (search.runtime.threads), for texts that take microseconds each
+        encodings = [self._padded.encode(self._clean(t)) for t in texts]
         out = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), self.context_length)
         if self.spec.strip_sep_token and self.spec.sep_id is not None:
             out[out == self.spec.sep_id] = 0  # open_clip zeroes the separator (not the pad id)
