@@ -96,6 +96,31 @@ def exact_baseline(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
             "recall_at_10_raw": 1.0, "recall_at_10": 1.0, "latency_ms": {k: round(v, 4) for k, v in latency.items()}}
 
 
+def cost_model(vectors: np.ndarray, baseline: dict[str, Any]) -> dict[str, float]:
+    """The figures `index_select.CostModel` defaults are taken from, measured here: `scan_gflops` from the
+    single-thread exact baseline (2·n·d flops per query at its p50), `gemm_gflops` from a numpy/BLAS GEMM on
+    all cores (k-means-shaped: 65,536 x d by d x 4,096), `hnsw_add_us` from adding up to 20,000 vectors to
+    HNSW32 on all cores (per vector per dimension)."""
+    import faiss
+
+    n, d = vectors.shape
+    scan = 2.0 * n * d / (baseline["latency_ms"]["ann_p50"] / 1000) / 1e9
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((65536, d)).astype(np.float32)
+    b = rng.standard_normal((d, 4096)).astype(np.float32)
+    a @ b  # warm the BLAS threads
+    start = time.perf_counter()
+    a @ b
+    gemm = 2.0 * a.shape[0] * d * b.shape[1] / (time.perf_counter() - start) / 1e9
+    sample = np.asarray(vectors[: min(n, 20000)], dtype=np.float32)
+    index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    start = time.perf_counter()
+    index.add(sample)
+    hnsw = (time.perf_counter() - start) / (len(sample) * d) * 1e6
+    return {"scan_gflops": round(scan, 2), "gemm_gflops": round(gemm, 1), "hnsw_add_us": round(hnsw, 3),
+            "hnsw_add_vectors": len(sample)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
@@ -136,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": exact_baseline(vectors, queries[:args.baseline_queries]),
         "indexes": results,
     }
+    report["cost_model"] = cost_model(vectors, report["baseline"])
     print(json.dumps(report, indent=2))
     return 0
 

@@ -97,6 +97,16 @@ def _settle(url: str) -> None:
         http.post("/search/image", files={"file": ("warm.png", png.getvalue(), "image/png")}).raise_for_status()
 
 
+def _probe(url: str, seconds: float, probe_connections: int) -> dict[str, Any]:
+    """The sustainable miss rate: closed-loop misses at `probe_connections`, answered per second. Run on a
+    server without shedding only (a shedding server would refuse part of the probe and skew the rate)."""
+    probe = _generator({"url": url, "mode": "probe", "seconds": min(seconds, 5.0), "connections": probe_connections})
+    miss = probe["streams"]["miss"]
+    return {"connections": probe_connections, **_stream_summary(miss),
+            "p50_ms": _pct(miss["statuses"].get("200", []), 50),
+            "sustainable_miss_rate_per_s": round(len(miss["statuses"].get("200", [])) / miss["elapsed_s"], 1)}
+
+
 def _measure(url: str, seconds: float, factor: float, hit_rate: float, sustainable: float | None,
              probe_connections: int, spread: int) -> dict[str, Any]:
     """Calibrates the sustainable miss rate when `sustainable` is None (on a server without shedding, so no
@@ -104,12 +114,8 @@ def _measure(url: str, seconds: float, factor: float, hit_rate: float, sustainab
     _settle(url)
     result: dict[str, Any] = {}
     if sustainable is None:
-        probe = _generator({"url": url, "mode": "probe", "seconds": min(seconds, 5.0),
-                            "connections": probe_connections})
-        miss = probe["streams"]["miss"]
-        sustainable = len(miss["statuses"].get("200", [])) / miss["elapsed_s"]
-        result["probe"] = {"connections": probe_connections, **_stream_summary(miss),
-                           "p50_ms": _pct(miss["statuses"].get("200", []), 50)}
+        result["probe"] = _probe(url, seconds, probe_connections)
+        sustainable = result["probe"]["sustainable_miss_rate_per_s"]
     offered = sustainable * factor
     load = _generator({"url": url, "mode": "open", "seconds": seconds, "missRate": offered, "hitRate": hit_rate,
                        "hitQuery": HIT_QUERY, "floorRate": 20, "spread": spread, "timeoutS": 30})
@@ -187,7 +193,9 @@ def main() -> None:
                         help="closed-loop clients of the sustainable-rate probe")
     parser.add_argument("--spread", type=int, default=25,
                         help="autocannon instances per stream, started 1000/spread ms apart (smaller sub-bursts)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the run without load shedding")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the load without shedding (the sustainable rate is still probed on a "
+                             "non-shedding server)")
     parser.add_argument("--model", default="tiny", help="tiny, or an open_clip model such as ViT-B-32")
     parser.add_argument("--ort-threads", type=int, default=0,
                         help="threads.ort_intra_op (0: the service default; 1 leaves a core to the event loop)")
@@ -206,9 +214,15 @@ def main() -> None:
     # then the same offered rate with shedding
     runs = [("no_shedding", TrafficSettings(deadline_ms=600_000, max_queue=100_000, entry_shedding=False)),
             ("shedding", TrafficSettings(deadline_ms=args.deadline_ms))]
-    if args.no_baseline:
-        runs = runs[1:]
     sustainable: float | None = None
+    if args.no_baseline:  # no baseline load, but the rate is still probed on a server that does not shed
+        settings = model_settings.model_copy(update={"traffic": runs[0][1],
+                                                     "batching": BatchSettings(window_ms=3, max_batch=32)})
+        with running_server(settings, base / "probe.json") as server:
+            _settle(server.url)
+            result["probe_without_shedding"] = _probe(server.url, args.seconds, args.probe_connections)
+        sustainable = result["probe_without_shedding"]["sustainable_miss_rate_per_s"]
+        runs = runs[1:]
     for name, traffic in runs:
         settings = model_settings.model_copy(update={"traffic": traffic,
                                                      "batching": BatchSettings(window_ms=3, max_batch=32)})

@@ -2,7 +2,9 @@
 query every 1/rate s, whatever the pool is doing) at a rate above the primary's capacity and below the pool's,
 on a CPU-only machine: the primary is the real tiny CLIP text session slowed to a known cost per batch (the
 "GPU"), the overflow member the same session slowed 3x (the "CPU"). Each run: p50/p99 from submit to vector,
-and where the batches went. Same arrivals for both configurations.
+and where the batches went. Same arrivals for both configurations. Each configuration's capacity is measured
+too, not derived from the arguments: a closed burst of --capacity-queries queries submitted at once, answered
+queries per second of wall time (the real session's encode cost and the pool's dispatch included).
 
     .venv/bin/python benchmarks/pool_overflow.py [--seconds 6] [--rate 230] [--budget-ms 50]
 Prints one JSON object.
@@ -60,10 +62,32 @@ async def drive(pool: SessionPool, text: Any, rate: float, seconds: float) -> li
     return latencies
 
 
-def run_config(text: Any, members: list[Member], args: argparse.Namespace) -> dict[str, Any]:
+def measure_capacity(text: Any, members: list[Member], queries: int) -> float:
+    """Queries per second a configuration answers when it never idles: `queries` submitted at once."""
+    rng = np.random.default_rng(11)
+    pool = SessionPool(members, latency_budget_s=0.0, timeout_s=30, metrics=PoolMetrics(), batch_budget_s=10.0)
+
+    async def burst() -> float:
+        batch = [text.tokenize([" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12))))]) for _ in range(queries)]
+        start = time.perf_counter()
+        await asyncio.gather(*(pool.submit(t[0], int(text.lengths(t)[0])) for t in batch))
+        return time.perf_counter() - start
+
+    try:
+        return round(queries / asyncio.run(burst()), 1)
+    finally:
+        pool.close()
+
+
+def _calibrated(members: list[Member], text: Any) -> list[Member]:
     tokens = text.tokenize(["a large orange square on sand"])
     for m in members:
         m.cost.calibrate(m.run, tokens[:, : int(text.lengths(tokens)[0])])
+    return members
+
+
+def run_config(text: Any, members: list[Member], args: argparse.Namespace) -> dict[str, Any]:
+    _calibrated(members, text)
     metrics = PoolMetrics()
     overflow_after = (args.overflow_after_ms if args.overflow_after_ms is not None else args.budget_ms) / 1000
     pool = SessionPool(members, latency_budget_s=overflow_after, timeout_s=30, metrics=metrics,
@@ -100,6 +124,7 @@ def main() -> None:
     parser.add_argument("--primary-ms", type=float, default=10.0, help="primary's added cost per batch")
     parser.add_argument("--slowdown", type=float, default=3.0, help="overflow member's cost / primary's")
     parser.add_argument("--max-batch", type=int, default=2)
+    parser.add_argument("--capacity-queries", type=int, default=400, help="burst size for the capacity measurement")
     args = parser.parse_args()
 
     import torch
@@ -118,12 +143,19 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "pool_overflow", "machine": machine(), "rate_qps": args.rate, "budget_ms": args.budget_ms,
         "overflow_after_ms": args.overflow_after_ms if args.overflow_after_ms is not None else args.budget_ms,
-        "primary_capacity_qps": round(args.max_batch / primary_s, 1),
-        "pool_capacity_qps": round(args.max_batch / primary_s + args.max_batch / (primary_s * args.slowdown), 1),
         "single": run_config(text, [member("primary", primary_s)], args),
         "pool": run_config(text, [member("primary", primary_s), member("overflow", primary_s * args.slowdown)],
                            args),
     }
+    # measured (closed burst, after the open-loop runs so the calibration above is the one they used)
+    result["primary_capacity_qps"] = measure_capacity(text, _calibrated([member("primary", primary_s)], text),
+                                                      args.capacity_queries)
+    result["pool_capacity_qps"] = measure_capacity(
+        text, _calibrated([member("primary", primary_s), member("overflow", primary_s * args.slowdown)], text),
+        args.capacity_queries)
+    result["nominal_capacity_qps"] = {  # what the added delays alone would allow (the real encode not counted)
+        "primary": round(args.max_batch / primary_s, 1),
+        "pool": round(args.max_batch / primary_s + args.max_batch / (primary_s * args.slowdown), 1)}
     print(json.dumps(result, indent=2))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from search.artifact.version import ArtifactError
 from search.query.pipeline import Searcher, SearchSpec
 from search.query.timing import StageTimer
 from search.settings import RankSettings
+from tests.metadata_support import MetaRow, write_metadata
 
 
 def clustered(n: int, d: int, clusters: int = 20, spread: float = 0.35, seed: int = 0) -> np.ndarray:
@@ -33,15 +33,9 @@ def identity(dim: int) -> EncoderIdentity:
 
 
 def make_metadata(path: Path, ids: np.ndarray) -> Path:
-    """A live-style metadata DB in WAL mode (as the indexer keeps it), one `images` row per id."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT UNIQUE, status TEXT, tags TEXT)")
-    conn.executemany("INSERT INTO images VALUES (?, ?, 'indexed', '[]')",
-                     [(int(i), f"img/{int(i):06d}.jpg") for i in ids])
-    conn.commit()
-    conn.close()
-    return path
+    """A live metadata DB (the indexer's schema and writers, WAL as the indexer keeps it), one indexed row
+    per id."""
+    return write_metadata(path, [MetaRow(int(i), f"img/{int(i):06d}.jpg", fields={"tags": []}) for i in ids])
 
 
 def small_config(**overrides) -> IndexConfig:

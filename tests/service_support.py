@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from indexer.models import registry
 from indexer.models.clip import ClipEncoder, load_encoder
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.settings import AccessSettings, ReloadSettings, RuntimeSettings, Settings
+from tests.metadata_support import MetaRow, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 GALLERY = 96
@@ -74,26 +74,15 @@ def encoder_for(checkpoint: Path) -> ClipEncoder:
 
 
 def _write_metadata(db: Path, image_root: Path, records: list[dict]) -> list[int]:
-    conn = sqlite3.connect(db)
-    conn.executescript(
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        "CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT UNIQUE, content_hash TEXT, size INTEGER,"
-        " mtime_ns INTEGER, width INTEGER, height INTEGER, status TEXT, reason TEXT, caption TEXT, tags TEXT,"
-        " licence TEXT, popularity REAL, created_at TEXT, updated_at TEXT);"
-    )
-    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("image_root", str(image_root))])
-    ids = []
-    for i, rec in enumerate(records):
-        image_id = 10 + 3 * i  # ids are not row numbers: catches id/row mix-ups
-        created = f"2024-{1 + i % 12:02d}-15T00:00:00+00:00"
-        conn.execute(
-            "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (image_id, rec["path"], f"h{i}", 0, 0, IMAGE_SIZE[0], IMAGE_SIZE[1], "indexed", None,
-             rec["caption"], json.dumps(rec["tags"]), rec["licence"], rec["popularity"], created, created),
-        )
-        ids.append(image_id)
-    conn.commit()
-    conn.close()
+    """The world's records as indexed rows (the indexer's schema and writers); ids are not row numbers."""
+    ids = [10 + 3 * i for i in range(len(records))]  # catches id/row mix-ups
+    write_metadata(db, [
+        MetaRow(image_id, rec["path"], IMAGE_SIZE[0], IMAGE_SIZE[1],
+                {"caption": rec["caption"], "tags": rec["tags"], "licence": rec["licence"],
+                 "popularity": rec["popularity"]},
+                created_at=f"2024-{1 + i % 12:02d}-15T00:00:00+00:00")
+        for i, (image_id, rec) in enumerate(zip(ids, records, strict=True))
+    ], meta={"image_root": str(image_root)})
     return ids
 
 

@@ -269,7 +269,7 @@ def test_build_from_a_folder_publishes_a_store_the_service_answers_from(encoder,
     with open_current(store) as artifact:
         assert artifact.manifest.encoder == encoder.identity
         _, want = artifact.exact_search(encoder.encode_texts([query]), 6)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         response = client.get("/search", params={"q": query, "k": 6})
         assert response.status_code == 200, response.text
         assert [hit["id"] for hit in response.json()["hits"]] == want[0].tolist()
