@@ -162,6 +162,7 @@ def test_no_member_left_fails_requests_and_readyz(world):
             raise RuntimeError("session lost")
 
         member.run = broken
+        member.solo = broken if member.solo is not None else None  # its lone-query session is lost too
         r = client.get("/search", params={"q": "a red star never asked before"})
         assert r.status_code == 503 and r.json()["error"] == "no encode session is available"
         ready = client.get("/readyz")
