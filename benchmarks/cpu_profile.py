@@ -1,6 +1,8 @@
 """Where a running service's CPU goes, per thread: py-spy (`record --threads --native`, on-CPU samples only) for
 the Python-visible threads (the event loop, the encode members, the search lane, executor threads) and
-/proc/PID/task for every thread's user and system CPU, native pools (ONNX Runtime, OpenMP) included.
+/proc/PID/task for every thread's user and system CPU, native pools (ONNX Runtime, OpenMP) included. The /proc
+figures are the CPU; py-spy's say where the sampled stacks were (it counts a thread blocked in a native wait as
+active: those samples are reported as "waiting in libc").
 
     from cpu_profile import profile_process
     summary = profile_process(pid, seconds, work_dir, load=lambda: run_wrk(...))
@@ -28,7 +30,14 @@ CATEGORIES = (("gc", ("gc_collect", "collect_with_callback", "_PyGC", "gc_collec
               ("prometheus", ("prometheus",)), ("asyncio/selectors", ("asyncio", "selectors", "epoll")))
 
 
+WAITS = ("epoll", "pthread_cond", "sem_wait", "sem_timedwait", "futex", "libc.so")
+
+
 def _category(frames: list[str]) -> str:
+    """Where a sample went; a leaf in libc (epoll, condition variables, semaphores: py-spy --native counts a
+    thread blocked there as active) is a wait, whatever called it."""
+    if frames and any(w in frames[-1] for w in WAITS):
+        return "waiting in libc (epoll/futex/cond)"
     for frame in reversed(frames):
         low = frame.lower()
         for name, needles in CATEGORIES:
@@ -82,7 +91,7 @@ def profile_process(pid: int, seconds: int, work: Path, load: Callable[[], Any])
         leaves[name][frames[-1].split(" (")[0]] += n
     threads = []
     for name, n in samples.most_common(12):
-        threads.append({"thread": name, "on_cpu_share_of_a_core": round(n / (RATE * seconds), 3),
+        threads.append({"thread": name, "sampled_share_of_a_core": round(n / (RATE * seconds), 3),
                         "where": {k: round(v / n, 3) for k, v in where[name].most_common(8)},
                         "top_leaves": [[f, round(c / n, 3)] for f, c in leaves[name].most_common(6)]})
     cpu: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])

@@ -298,7 +298,8 @@ def main() -> None:
     script.write_text(LUA)
     # no model settings: the service takes its encoder from the store
     base: dict[str, Any] = {"store": str(store), "runtime": {"text_precision": args.text_precision},
-                            "reload": {"watch": False}}
+                            # no background sha256 of the 1M store's files while measuring (it takes a core)
+                            "reload": {"watch": False, "verify_checksums": False}}
     ann_params = {"nprobe": args.nprobe} if args.nprobe else {}
     if ann_params:
         base["rank"] = {"ann_params": ann_params}
