@@ -6,7 +6,10 @@ cache). Beside each in-service stage
 the bare ONNX session encode of the same kind of queries, and the bare artifact ann + exact rerank. Also the
 fast-phase top-10 overlap with the full top-10, and (--profile) a py-spy profile of the server under load.
 
-    .venv/bin/python benchmarks/serving_core.py [--n 1000000] [--duration 10] [--profile]
+    .venv/bin/python benchmarks/serving_core.py [--n 1000000] [--vectors clustered|isotropic] [--duration 10]
+        [--profile]
+`targets` prints each target of the serving-core issue beside its baseline from the same run; `--profile`
+records where the event loop's and each thread's CPU goes under 16-connection misses (benchmarks/cpu_profile.py).
 Prints one JSON object (also written to benchmarks/out/serving_core.json).
 """
 
@@ -21,12 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine  # noqa: E402
+from cpu_profile import profile_process  # noqa: E402
 from serving_store import build, text_encoder  # noqa: E402
 
 from tests.service_support import running_server  # noqa: E402
@@ -197,6 +200,39 @@ def pool_overhead(text: Any, qs: list[str]) -> dict[str, float]:
     return {"p50": round(statistics.median(gaps) * 1000, 3), "mean": round(statistics.mean(gaps) * 1000, 3)}
 
 
+def search_batches(samples: list[Any]) -> tuple[float, float]:
+    """(batches, searches) through the search lane (one ANN/rerank/metadata pass per batch)."""
+    batches = rows = 0.0
+    for sample in samples:
+        if sample.name == "photostock_search_batch_size_count":
+            batches += sample.value
+        elif sample.name == "photostock_search_batch_size_sum":
+            rows += sample.value
+    return batches, rows
+
+
+def targets(bare: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """Each target of the issue beside the baseline it is measured against (same run, same machine)."""
+    c1, c16, off = runs["miss_full_c1"], runs["miss_full_c16"], runs["miss_full_c16_no_batching"]
+    bound = bare["bare_encode_one_query_p50_ms"] + bare["bare_ann_rerank_p50_ms"] + 1.5
+    rows_s = 1000 / bare["bare_encode_batch16_per_query_ms"]
+    gain = bare["bare_encode_one_query_mean_ms"] / bare["bare_encode_batch16_per_query_ms"]
+    ratio = c16["qps"] / off["qps"]
+    return {
+        "miss_p50_c1_ms": {"value": c1["p50_ms"], "bound": round(bound, 3), "met": c1["p50_ms"] <= bound,
+                           "baseline": "bare one-query encode p50 + bare ANN+rerank p50 + 1.5 ms"},
+        "c16_qps": {"value": c16["qps"], "bound": round(0.5 * rows_s, 1), "p99_ms": c16["p99_ms"],
+                    "errors": c16["errors"] + c16["non2xx"],
+                    "met": c16["qps"] >= 0.5 * rows_s and c16["p99_ms"] <= 100 and c16["errors"] + c16["non2xx"] == 0,
+                    "baseline": "0.5 x the bare session's rows/s at batch 16; p99 <= 100 ms; 0 errors"},
+        "batched_over_unbatched_qps": {"value": round(ratio, 3), "bound": round(0.8 * gain, 3),
+                                       "met": ratio >= 0.8 * gain,
+                                       "baseline": "0.8 x the bare session's own batch-16 gain"},
+        "hit_p50_ms": {"value": runs["hit_c1"]["p50_ms"], "bound": 1.0, "met": runs["hit_c1"]["p50_ms"] <= 1.0},
+        "results_equal_unbatched": "tests/test_search_batch.py",
+    }
+
+
 def pool_rows(samples: list[Any]) -> tuple[float, float, float]:
     """(batches, rows, encode seconds) summed over the pools' members (the full and an fp32 service's fast pool)."""
     batches = rows = seconds = 0.0
@@ -222,28 +258,6 @@ def overlap(url: str, n: int) -> float:
     return round(statistics.mean(shares), 3)
 
 
-def profile(pid: int, url: str, script: Path, seconds: int, work: Path) -> dict[str, Any]:
-    """py-spy (raw collapsed stacks) of the server under 16-connection miss load; the top frames by samples."""
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    raw = work / "pyspy.txt"
-    spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
-                            "--output", str(raw), "--nonblocking", "--threads", "--idle"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wrk(url, script, seconds, 16, "miss", "full", 5)
-    spy.wait(timeout=seconds + 60)
-    leaves: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines() if raw.is_file() else []:
-        stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        total += int(count)
-        threads[frames[0].split(" ")[0] if frames else "?"] += int(count)
-        leaves[frames[-1]] += int(count)
-    return {"samples": total, "top_leaf_frames": [[f, round(c / max(total, 1), 3)] for f, c in leaves.most_common(15)],
-            "by_thread": [[t, round(c / max(total, 1), 3)] for t, c in threads.most_common(10)]}
-
-
 def scenario_settings(base: dict[str, Any], batching: bool, pool: bool, pages: bool = True) -> Any:
     from search.settings import Settings
 
@@ -267,21 +281,25 @@ def main() -> None:
     parser.add_argument("--overlap-queries", type=int, default=50)
     parser.add_argument("--text-precision", choices=("int8", "fp32"), default="int8",
                         help="runtime.text_precision of the service (and of the bare encode)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the batching-on service under load")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-thread CPU of the batching-on service under 16-connection misses (py-spy + /proc)")
+    parser.add_argument("--vectors", choices=("clustered", "isotropic"), default="clustered",
+                        help="the store's vectors (serving_store.py); isotropic ones are an IVF worst case")
     parser.add_argument("--nprobe", type=int, default=0,
                         help="rank.ann_params nprobe for service and bare ANN (0: the manifest's tuned value)")
     parser.add_argument("--work", type=Path, default=OUT / "serving")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
-    made = build(args.n, args.factory, args.model, args.work)
+    made = build(args.n, args.factory, args.model, args.work, args.vectors)
     store = Path(str(made["store"]))
     tmp = Path(tempfile.mkdtemp(prefix="serving-core-"))
     script = tmp / "queries.lua"
     script.write_text(LUA)
     # no model settings: the service takes its encoder from the store
     base: dict[str, Any] = {"store": str(store), "runtime": {"text_precision": args.text_precision},
-                            "reload": {"watch": False}}
+                            # no background sha256 of the 1M store's files while measuring (it takes a core)
+                            "reload": {"watch": False, "verify_checksums": False}}
     ann_params = {"nprobe": args.nprobe} if args.nprobe else {}
     if ann_params:
         base["rank"] = {"ann_params": ann_params}
@@ -309,18 +327,23 @@ def main() -> None:
                 stats = wrk(server.url, script, args.duration, connections, mode, phase, seed * 1000)
                 after = scrape(server.url)
                 batches, rows, seconds = (b - a for a, b in zip(pool_rows(before), pool_rows(after), strict=True))
+                lane_batches, lane_rows = (b - a for a, b in zip(search_batches(before), search_batches(after),
+                                                                 strict=True))
                 stats.update(batching=batching, pool=pool, phase=phase, connections=connections,
                              stage_means_ms=stage_means_ms(stage_sums(before), stage_sums(after)),
                              # what the encode threads did: rows per batch, and busy time per row (against the
                              # bare session's per-row cost it shows how much CPU the other stages took from it)
                              encode_rows_per_batch=round(rows / batches, 2) if batches else None,
                              encode_ms_per_row=round(seconds / rows * 1000, 3) if rows else None,
+                             searches_per_search_batch=round(lane_rows / lane_batches, 2) if lane_batches else None,
                              load_average=round(os.getloadavg()[0], 2))
                 runs[name] = stats
             if batching and not pool and pages:
                 result["fast_top10_overlap_with_full"] = overlap(server.url, args.overlap_queries)
-                if args.profile:
-                    result["profile"] = profile(server.proc.pid, server.url, script, args.duration, tmp)
+                if args.profile:  # where the loop's and each thread's CPU goes under 16-connection misses
+                    result["profile_c16_miss"] = profile_process(
+                        server.proc.pid, args.duration, tmp,
+                        lambda: wrk(server.url, script, args.duration, 16, "miss", "full", 5))
     result["runs"] = runs
     bare = result["bare"]
     c1 = runs["miss_full_c1"]["stage_means_ms"]
@@ -341,6 +364,7 @@ def main() -> None:
         # QPS ceiling of the encoder alone at 16 rows per batch (both cores): no service can pass it
         "bare_encode_ceiling_qps": round(1000 / bare["bare_encode_batch16_per_query_ms"], 1),
     }
+    result["targets"] = targets(bare, runs)
     text = json.dumps(result, indent=2)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving_core.json").write_text(text)

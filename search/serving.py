@@ -5,6 +5,7 @@ Kept out of state.py so the service state only calls two functions.
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -18,7 +19,8 @@ from search.runtime.pool import Member, PoolMetrics, SessionPool
 from search.runtime.threads import ThreadBudget, configure_process, resolve_budget
 from search.settings import PoolMemberSettings, Settings
 
-__all__ = ["build_fast_embedder", "build_image_pool", "build_text_batcher", "configure_threads"]
+__all__ = ["build_fast_embedder", "build_image_pool", "build_text_batcher", "configure_threads",
+           "freeze_startup_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,21 @@ def build_text_batcher(text: Any, settings: Settings, metrics: ServiceMetrics) -
         log.warning("pool.members need an encoder at start and no index version has opened yet: serving with "
                     "the text session alone until the next start")
         configs = []
-    members = build_members(text, configs, max_batch, calibrate_in_background=True)
+    members = build_members(text, configs, max_batch, calibrate_in_background=True,
+                            solo_threads=solo_threads(settings))
     pool = SessionPool(members, latency_budget_s=pool_cfg.latency_budget_ms / 1000.0,
                        timeout_s=pool_cfg.member_timeout_s, metrics=PoolMetrics(metrics.registry),
                        on_batch=metrics.batch_size.observe, batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
     return MicroBatcher(text, batching.window_ms / 1000.0, batching.max_batch, pool=pool)
+
+
+def solo_threads(settings: Settings) -> int:
+    """Intra-op threads of the lone-query session (1: none): `threads.solo_intra_op`, 0 = every core this process
+    may use, and none when that is no more than the load-time sessions already have."""
+    budget = resolve_budget(settings.threads.ort_intra_op)
+    cores = resolve_budget(ort_intra_op=0, faiss_omp=0).faiss_omp
+    solo = settings.threads.solo_intra_op or cores
+    return solo if solo > budget.ort_intra_op else 1
 
 
 def build_fast_embedder(text: Any, settings: Settings, metrics: ServiceMetrics,
@@ -79,3 +91,13 @@ def build_image_pool(encoder: Any, settings: Settings, metrics: ServiceMetrics) 
                        timeout_s=settings.pool.member_timeout_s,
                        metrics=PoolMetrics(metrics.registry, prefix="photostock_image_pool"),
                        batch_budget_s=settings.batching.batch_cost_budget_ms / 1000.0)
+
+
+def freeze_startup_heap() -> int:
+    """Move everything start-up loaded (libraries, settings, the encoder's Python side, FastAPI's routes and
+    models) out of the cyclic garbage collector's reach: a full collection on the event loop then walks only
+    what requests created since (a profile of 16-connection misses had 12.5% of the loop's samples in the
+    collector). Returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -63,7 +63,9 @@ class ThreadSettings(_Strict):
     ort_inter_op: int = Field(1, ge=1)
     ort_spinning: bool = False  # spinning intra-op threads slow the FAISS search that follows an encode
     faiss_omp: int = Field(0, ge=0)
-    loop_workers: int = Field(0, ge=0)  # the event loop's default executor (ANN/rerank, uploads)
+    loop_workers: int = Field(0, ge=0)  # the event loop's default executor (uploads, admin; searches: the search lane)
+    solo_intra_op: int = Field(1, ge=0)  # a lone query on an idle pool: a session with this many threads (0: all
+    # cores; 1: no solo session, the default until a quiet machine measures it: benchmarks/README.md, issue 20)
 
 
 class PoolMemberSettings(_Strict):

@@ -160,6 +160,7 @@ def test_no_member_left_fails_requests_and_readyz(world):
             raise RuntimeError("session lost")
 
         member.run = broken
+        member.solo = broken if member.solo is not None else None  # its lone-query session is lost too
         r = client.get("/search", params={"q": "a red star never asked before"})
         assert r.status_code == 503 and r.json()["error"] == "no encode session is available"
         ready = client.get("/readyz")
@@ -200,3 +201,31 @@ def test_close_waits_for_the_running_batch_then_stops_its_threads(text):
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
         loop.close()
+
+
+def test_a_lone_request_on_an_idle_pool_runs_on_the_solo_session() -> None:
+    """The load-time thread budget never slows a query that is alone: an idle pool's lone request runs on the
+    member's solo session; requests that queue behind others run on the load-time session."""
+    calls: list[tuple[str, int]] = []
+
+    def session(kind: str):
+        def run(tokens: np.ndarray) -> np.ndarray:
+            calls.append((kind, len(tokens)))
+            return np.ones((len(tokens), 4), np.float32)
+        return run
+
+    member = _member("m", session("load"), cap=8)
+    member.solo = session("solo")
+    pool = SessionPool([member], latency_budget_s=1.0)
+
+    async def go() -> None:
+        await pool.submit(np.zeros(4, np.int64), 4)
+        await asyncio.gather(*(pool.submit(np.zeros(4, np.int64), 4) for _ in range(6)))
+
+    try:
+        asyncio.run(go())
+    finally:
+        pool.close()
+    assert calls[0] == ("solo", 1) and calls[1] == ("solo", 1)  # alone, then the head of a burst on an idle pool
+    assert ("load", 5) in calls or any(kind == "load" for kind, _ in calls[2:])
+    assert all(n == 1 for kind, n in calls if kind == "solo")

@@ -3,6 +3,9 @@ anything that could change the page (version, takedowns, the request, the vector
 
 from __future__ import annotations
 
+import gc
+import json
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -49,7 +52,7 @@ def test_every_part_of_the_key_matters() -> None:
 
 
 def test_bounded_by_bytes_least_recently_used_first() -> None:
-    one_page = len(_key()[-1]) + 256 + 2560 * 10  # bytes the cache counts for a 10-hit page
+    one_page = len(_key()[-1]) + 256 + len(json.dumps(_hits(10), separators=(",", ":")))  # a 10-hit page
     cache = ResultCache(3 * one_page)
     for seed in range(3):
         cache.put(_key(seed=seed), _hits(10), 10)
@@ -60,6 +63,16 @@ def test_bounded_by_bytes_least_recently_used_first() -> None:
     assert cache.get(_key(seed=0)) is not None and cache.get(_key(seed=3)) is not None
     cache.put(_key(seed=9), _hits(100), 100)  # bigger than the whole cache: not kept, nothing evicted
     assert cache.get(_key(seed=9)) is None and len(cache) == 3
+
+
+def test_cached_pages_leave_nothing_for_the_garbage_collector_to_walk() -> None:
+    cache = ResultCache(1 << 24)
+    gc.collect()
+    before = len(gc.get_objects())
+    for seed in range(200):
+        cache.put(_key(seed=seed), _hits(20), 20)
+    gc.collect()
+    assert (len(gc.get_objects()) - before) / 200 <= 4  # the key's spec and filters, not one object per hit
 
 
 @pytest.mark.parametrize("max_mb, freshness, enabled", [(64, 0.0, True), (0, 0.0, False), (64, 0.1, False)])

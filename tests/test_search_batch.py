@@ -138,3 +138,21 @@ def test_concurrent_searches_share_one_lane_batch_and_answer_as_alone(world, tmp
     assert sizes[0] == len(SPECS) and sizes[1:] == [1] * len(SPECS)  # one batch, then lone searches
     _same(together, one_by_one)
     assert all(taken not in {h["id"] for h in page.hits} for page in together)
+
+
+def test_the_service_freezes_its_start_up_heap(world) -> None:
+    """The cyclic collector never walks what start-up loaded (search/serving.py: freeze_startup_heap)."""
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from search.http.app import create_app
+    from tests.service_support import runtime_for, settings_for
+
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(settings_for(world), encoder=runtime_for(world))) as client:
+            assert client.get("/search", params={"q": "a red circle", "k": 3}).status_code == 200
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

@@ -43,6 +43,7 @@ from search.runtime.pool import PoolUnavailable
 from search.runtime.threads import use_loop_workers
 from search.runtime.towers import RuntimeEncoder
 from search.runtime.uploads import DecodeGate, UploadRejected
+from search.serving import freeze_startup_heap
 from search.settings import Settings
 from search.state import ServiceState, build_state
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> Fas
         state.metrics.loop_lag.set_function(lag.current)
         use_loop_workers(asyncio.get_running_loop())
         await _warm_up(state)
+        log.info("start-up heap frozen: %d objects outside the cyclic collector", freeze_startup_heap())
         tasks = [asyncio.create_task(lag.run())]
         if settings.reload.watch:
             tasks.append(asyncio.create_task(watch_current(state.holder, settings.reload.poll_s)))

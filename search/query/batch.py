@@ -86,8 +86,11 @@ def search_batch(artifact: Artifact, vectors: np.ndarray, specs: Sequence[Search
         parts = shard_search(artifact, q[active], asks, hidden=hidden, params=policy.ann_params, timer=timer)
         again = []
         for i, part in zip(active, parts, strict=True):
-            with timer.stage("rerank"):
+            if specs[i].phase == "fast":  # ANN order as it is: no rerank stage
                 ranked[i] = merge_ranked([part], specs[i], policy.weights, policy.dedup_threshold)
+            else:
+                with timer.stage("rerank"):
+                    ranked[i] = merge_ranked([part], specs[i], policy.weights, policy.dedup_threshold)
             if not satisfied(ranked[i], [part], specs[i]):
                 fetch[i] = min(n, fetch[i] * 4)
                 again.append(i)

@@ -161,7 +161,8 @@ class Searcher:
                 out[i] = page
                 batch[i].timer.add("search_wait", start - batch[i].queued)
                 for stage, seconds in timer.seconds.items():
-                    batch[i].timer.add(stage, seconds)
+                    if stage != "rerank" or batch[i].spec.phase != "fast":  # the fast phase reranks nothing
+                        batch[i].timer.add(stage, seconds)
         return out
 
     def hidden(self, artifact: Artifact) -> frozenset[int]:

@@ -6,11 +6,15 @@ never hit again), the vector's bytes are the key (never a rounded or hashed stan
 settings are fixed for its life. The one input that is not in the key is the clock: freshness blending decays
 with time, so a service that blends freshness does not cache pages (`ResultCache.for_rank`).
 
-Bounded by bytes (vector + an estimate per hit) with LRU eviction (cachetools). Used from the event loop only.
+Bounded by bytes (the key's vector + the page as JSON) with LRU eviction (cachetools). A page is kept as one
+JSON bytes object, not as dicts: thousands of cached pages would otherwise be tens of thousands of objects the
+cyclic garbage collector walks on every full collection, on the event loop; `get` parses a fresh copy, which
+callers may edit. Used from the event loop only.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
@@ -19,13 +23,13 @@ from cachetools import LRUCache
 
 __all__ = ["ResultCache", "page_key"]
 
-_HIT_BYTES = 2560  # one hit dict with a photo's metadata (caption, tags, EXIF fields): ~2.5 KB by sys.getsizeof
+_ENTRY_BYTES = 256  # the key's other parts and the entry's own bookkeeping
 
 
 class _Page(NamedTuple):
-    hits: tuple[dict[str, Any], ...]
+    hits: bytes  # the page's hits as JSON (floats round-trip exactly)
     total: int
-    nbytes: int  # what the entry holds: the key's vector bytes + an estimate per hit
+    nbytes: int  # what the entry holds: the key's vector bytes + the JSON + _ENTRY_BYTES
 
 
 def page_key(version: str, hidden: frozenset[int], spec: Hashable, vector: np.ndarray) -> tuple[Hashable, ...]:
@@ -52,13 +56,15 @@ class ResultCache:
         page = self._pages.get(key)
         if page is None:
             return None
-        return [dict(hit) for hit in page.hits], page.total
+        hits: list[dict[str, Any]] = json.loads(page.hits)
+        return hits, page.total
 
     def put(self, key: tuple[Hashable, ...], hits: list[dict[str, Any]], total: int) -> None:
         vector = key[-1]
-        nbytes = (len(vector) if isinstance(vector, bytes) else 0) + 256 + _HIT_BYTES * len(hits)
+        blob = json.dumps(hits, separators=(",", ":")).encode()
+        nbytes = (len(vector) if isinstance(vector, bytes) else 0) + len(blob) + _ENTRY_BYTES
         if nbytes <= self.max_bytes:  # a page bigger than the whole cache is not kept
-            self._pages[key] = _Page(tuple(dict(hit) for hit in hits), total, nbytes)
+            self._pages[key] = _Page(blob, total, nbytes)
 
     def __len__(self) -> int:
         return len(self._pages)

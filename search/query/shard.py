@@ -15,6 +15,7 @@ product `exact_cosine` computes alone; the metadata of all candidates that need 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +86,13 @@ def shard_search(artifact: Artifact, vectors: np.ndarray, queries: Sequence[Shar
                     rows_meta = [m for m, k in zip(rows_meta, keep.tolist(), strict=True) if k]
                     rows[i], ann[i], ids[i] = rows[i][keep], ann[i][keep], ids[i][keep]
                 metas[i] = rows_meta if queries[i].metadata else None
+    exact = [i for i, ask in enumerate(queries) if ask.exact]
+    block: dict[int, np.ndarray] = {}
     out: list[ShardHits] = []
-    with timer.stage("rerank"):
-        exact = [i for i, ask in enumerate(queries) if ask.exact]
-        gathered = _split(artifact.vectors_at(np.concatenate([rows[i] for i in exact])) if exact
-                          else np.empty((0, artifact.dim), np.float32), [rows[i] for i in exact])
-        block = dict(zip(exact, gathered, strict=True))
+    with timer.stage("rerank") if exact else nullcontext():  # the fast phase reranks nothing
+        if exact:  # one gather of every exact query's candidate rows
+            gathered = artifact.vectors_at(np.concatenate([rows[i] for i in exact]))
+            block = dict(zip(exact, _split(gathered, [rows[i] for i in exact]), strict=True))
         for i, ask in enumerate(queries):
             rows_i = block.get(i)
             sims = exact_cosine(q[i], rows_i) if rows_i is not None else ann[i]

@@ -55,11 +55,13 @@ def onnx_member_fn(path: Path, device: str, threads: int = 0) -> EncodeFn:
 
 
 def build_members(text: Any, configs: list[PoolMemberSettings], max_batch: int,
-                  calibrate_in_background: bool = False) -> list[Member]:
+                  calibrate_in_background: bool = False, solo_threads: int = 1) -> list[Member]:
     """One member per config entry (first = primary), each with its cost measured on a 12-token query.
-    No entries: the text encoder's own session is the only member. `calibrate_in_background`: members start
-    on the default cost model and are measured in a thread (the service's cold start does not wait; the
-    first batches' EWMA corrects the defaults meanwhile)."""
+    No entries: the text encoder's own session is the only member; `solo_threads` > 1 gives it a second session
+    with that many intra-op threads, which runs a lone request while nothing else is running or waiting (the
+    load-time budget leaves a core to the event loop, which a lone query does not need).
+    `calibrate_in_background`: members start on the default cost model and are measured in a thread (the
+    service's cold start does not wait; the first batches' EWMA corrects the defaults meanwhile)."""
     fns: list[tuple[str, str, EncodeFn]] = []
     if not configs:
         loaded = getattr(text, "loaded", None)
@@ -79,6 +81,8 @@ def build_members(text: Any, configs: list[PoolMemberSettings], max_batch: int,
         tokens = text.tokenize(["a large orange square on a sand background at dusk"])
         sample = tokens[:, : int(text.lengths(tokens)[0])]
     members = [Member(name, device, fn, CostModel(), max_batch=max_batch) for name, device, fn in fns]
+    if not configs and solo_threads > 1 and getattr(text, "loaded", None) is not None:
+        members[0].solo = onnx_member_fn(TOWER_PATHS[text.loaded.precision](text), "cpu", solo_threads)
     if sample is not None:
         if calibrate_in_background:
             threading.Thread(target=_calibrate, args=(members, sample), name="pool-calibration", daemon=True).start()

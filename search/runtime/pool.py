@@ -62,6 +62,7 @@ class _Batch:
     requests: list[_Request]
     length: int
     reason: str
+    solo: bool = False  # one request and nothing else running or waiting: the member's solo session may run it
 
 
 @dataclass(eq=False)
@@ -78,6 +79,7 @@ class Member:
     started: float = 0.0
     predicted: float = 0.0
     inbox: queue.SimpleQueue[_Batch | None] = field(default_factory=queue.SimpleQueue)
+    solo: EncodeFn | None = None  # a session with more threads, for a lone request when the pool is idle
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.started + self.predicted - now) if self.running is not None else 0.0
@@ -176,6 +178,8 @@ class SessionPool:
             if member is None:
                 break
             batch = self._take(member, reason)
+            batch.solo = (member.solo is not None and len(batch.requests) == 1 and not self._pending
+                          and all(m.running is None for m in self.members))
             member.running, member.started = batch, now
             member.predicted = member.cost.predict(len(batch.requests), batch.length)
             self._account(member, batch, now)
@@ -294,7 +298,8 @@ class SessionPool:
                 return
             start = time.perf_counter()
             try:
-                out = member.run(self.collate([r.row for r in batch.requests], batch.length))
+                run = member.solo if batch.solo and member.solo is not None else member.run
+                out = run(self.collate([r.row for r in batch.requests], batch.length))
                 if len(out) != len(batch.requests):
                     raise RuntimeError(f"{member.name} returned {len(out)} rows for {len(batch.requests)}")
             except Exception as exc:  # the member is out; its batch is retried once elsewhere
@@ -313,7 +318,8 @@ class SessionPool:
                     continue
                 _deliver(batch, np.asarray(out, dtype=np.float32))  # results first, bookkeeping after
                 member.running = None
-                member.cost.observe(len(batch.requests), batch.length, end - start)
+                if not batch.solo:  # the cost model prices the load-time session
+                    member.cost.observe(len(batch.requests), batch.length, end - start)
                 self._dispatch_ready(end)  # the next batch, possibly to this thread's own inbox
                 self.metrics.pending.set(len(self._pending))
             if member.running is None:

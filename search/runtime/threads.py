@@ -86,7 +86,8 @@ def process_budget() -> ThreadBudget | None:
 
 
 def use_loop_workers(loop: Any) -> None:
-    """The event loop's default executor (asyncio.to_thread: ANN/rerank, uploads) sized by the budget."""
+    """The event loop's default executor (asyncio.to_thread: uploads, admin; searches run on the search lane,
+    search/query/lane.py) sized by the budget."""
     from concurrent.futures import ThreadPoolExecutor
 
     budget = process_budget()
