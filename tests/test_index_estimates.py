@@ -162,8 +162,8 @@ def test_ram_allowance_is_the_larger_of_per_vector_and_small_index():
     assert budget.ram_allowance(50) == 1000.0 and budget.ram_allowance(101) == 1010.0
 
 
-@pytest.mark.parametrize(("n", "expected"), [(0, 16), (1, 16), (16_000, 256), (40 * 512, 512), (39 * 512, 512), (39 * 512 - 1, 256),
-                                             (10**12, 65536)])
+@pytest.mark.parametrize(("n", "expected"), [(0, 16), (1, 16), (16_000, 256), (40 * 512, 512), (39 * 512, 512),
+                                             (39 * 512 - 1, 256), (10**12, 65536)])
 def test_ivf_nlist_bounds(n, expected):
     assert ivf_nlist(n) == expected
 
