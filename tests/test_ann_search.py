@@ -62,6 +62,8 @@ def test_ann_search_uses_the_call_parameters_and_checks_its_input(vectors):
     every_list, labels = ann_search(ivf, vectors[:20].astype(np.float64), 10, {"nprobe": 16})
     exact, rows = exact_search(vectors, vectors[:20], 10)
     np.testing.assert_array_equal(labels, rows)  # all lists probed: exact
+    np.testing.assert_allclose(every_list, exact, rtol=0, atol=1e-5)
+    assert ann_search(ivf, vectors[:1], 1)[1].shape == (1, 1)
     assert recall_at_k(ann_search(ivf, vectors[:20], 10, {"nprobe": 1})[1], rows, 10) < 1.0
     assert ivf.nprobe == 1  # never set on the shared index
     scores, single = ann_search(ivf, vectors[0], 3, {"nprobe": 16})
@@ -79,7 +81,7 @@ def test_ann_search_uses_the_call_parameters_and_checks_its_input(vectors):
 def test_exact_search_is_the_same_whatever_the_block_size(vectors, block_rows):
     queries = _unit(5, seed=1)
     truth = queries @ vectors.T
-    scores, rows = exact_search(vectors.astype(np.float16), queries, 10, block_rows=block_rows)
+    scores, rows = exact_search(vectors.astype(np.float16), queries.astype(np.float64), 10, block_rows=block_rows)
     stored = (queries @ vectors.astype(np.float16).astype(np.float32).T)
     assert scores.dtype == np.float32 and rows.dtype == np.int64
     np.testing.assert_array_equal(rows, np.argsort(-stored, axis=1, kind="stable")[:, :10])
