@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.build import forced_choice, index_bytes, make_queries, measure_latency, measure_recall, train_and_add
-from indexer.index_select import IndexConfig, choose_index, ivf_nlist
+from indexer.index.build import forced_choice, index_bytes, make_queries, measure_latency, measure_recall, train_and_add
+from indexer.index.index_select import IndexConfig, choose_index, ivf_nlist
 from search.artifact import ann
 
 

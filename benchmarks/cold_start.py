@@ -5,7 +5,7 @@ any service on this stack). A process that only imports the service's libraries 
 fastapi, uvicorn, faiss) is timed too, beside one that also imports torch and open_clip (what serving needed
 before the artifact carried its ONNX encoder).
 
-The artifact is published with indexer.publish from seeded random unit vectors and an IVF-Flat index, with
+The artifact is published with indexer.index.publish from seeded random unit vectors and an IVF-Flat index, with
 the encoder's ONNX towers exported into the store (ViT-B-32 random init by default: what a real store's towers
 cost to load). Cold start = spawning `python -m search serve --store STORE` (no model settings) until uvicorn
 reports startup complete (the artifact is verified, the text session and the index loaded), then /readyz and
@@ -84,10 +84,10 @@ def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, on
     serving_store.py builds its store with this too."""
     import numpy as np
 
-    from indexer.index_select import IndexConfig
+    from indexer.index.index_select import IndexConfig
+    from indexer.index.publish import publish_version
     from indexer.models.clip import load_encoder
     from indexer.models.export import export_bundle
-    from indexer.publish import publish_version
 
     encoder = load_encoder(model, pretrained=str(ckpt), device="cpu")
     identity = encoder.identity
@@ -209,7 +209,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--factory", default="auto",
-                        help="index factory; auto (default): indexer.index_select's pick under configs/index.yaml")
+                        help="index factory; auto (default): the index_select pick under configs/index.yaml")
     parser.add_argument("--rebuild", action="store_true", help="publish again even if the store has a version")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default="ViT-B-32", help="tiny | an open_clip model (random init)")

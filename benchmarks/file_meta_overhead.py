@@ -4,11 +4,11 @@ Per size, writes JPEGs (synthetic-world pictures scaled to the size, with grain 
 photos) carrying the blocks a stock photo carries: a camera's EXIF
 (~25 Exif sub-IFD entries with a MakerNote, date taken, orientation), an IPTC APP13 segment (caption, 15
 keywords, copyright, byline) and a Lightroom-shaped XMP packet (~5 KB with its padding). Then times
-`indexer.decode.decode_with` over the same files with `read_meta=False` (baseline) and `read_meta=True`,
+`indexer.ingest.decode.decode_with` over the same files with `read_meta=False` (baseline) and `read_meta=True`,
 back to back per file in alternating order so load changes hit both alike; the median of each file's per-round
 times decides. Target: <= 5%.
 
-The process is set up as a decode worker is (`indexer.decode.settle_decode_process`: one torch thread, the
+The process is set up as a decode worker is (`indexer.ingest.decode.settle_decode_process`: one torch thread, the
 import-time objects frozen out of the garbage collector); `--no-gc-freeze` measures without the freeze.
 Decoding uses JPEG draft mode to the encoder's side (224), as the indexer does, so decode cost grows far
 less than the pixel count; metadata cost does not grow with it at all. Fewer files are used at larger sizes
@@ -75,7 +75,7 @@ def _files_for(size: tuple[int, int], images: int) -> int:
 
 
 def _measure(preprocess: Any, size: tuple[int, int], images: int, rounds: int, light: bool) -> dict[str, Any]:
-    from indexer.decode import decode_with
+    from indexer.ingest.decode import decode_with
 
     n = _files_for(size, images)
     with tempfile.TemporaryDirectory(prefix="file-meta-bench-") as tmp:
@@ -124,7 +124,7 @@ def main() -> int:
     if args.no_gc_freeze:
         torch.set_num_threads(1)
     else:
-        from indexer.decode import settle_decode_process
+        from indexer.ingest.decode import settle_decode_process
 
         settle_decode_process()  # exactly what each decode worker does after its imports
     sizes = [(int(w), int(h)) for w, h in (s.split("x") for s in args.size or DEFAULT_SIZES)]

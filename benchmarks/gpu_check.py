@@ -47,7 +47,7 @@ def indexer_rate(root: Path, store: Path, model: str, ckpt: Path, n: int, overfl
     """The real indexer pipeline (decode workers, encoder, publish) over N JPEG files; `overflow_workers` CPU
     ONNX sessions beside the GPU (0: the GPU alone)."""
     from indexer.models.clip import load_encoder
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
     from indexer.settings import IndexerSettings
 
     dev = device()

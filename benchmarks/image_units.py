@@ -56,7 +56,7 @@ def tower(model: str, n: int) -> dict[str, Any]:
 def decode(n: int, size: tuple[int, int], draft_side: int) -> dict[str, Any]:
     import open_clip
 
-    from indexer.decode import decode_with
+    from indexer.ingest.decode import decode_with
 
     _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
     files = sorted(write_jpegs(OUT / "units" / f"jpegs-{size[0]}x{size[1]}-{n}", n, size).glob("*.jpg"))

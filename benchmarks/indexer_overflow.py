@@ -39,8 +39,8 @@ class SlowedEncoder:
 
 
 def make_pool(delay: float, overflow: int, threads: int, depth: int, encoder: Any, settings: Any) -> Any:
-    from indexer.device_pool import DevicePool
-    from indexer.encode import onnx_cache_dir
+    from indexer.encoding.device_pool import DevicePool
+    from indexer.encoding.encode import onnx_cache_dir
     from indexer.models.towers import onnx_image_encoder
 
     cache = onnx_cache_dir(settings)
@@ -50,8 +50,8 @@ def make_pool(delay: float, overflow: int, threads: int, depth: int, encoder: An
 
 
 def one_build(images: Path, store: Path, encoder: Any, settings: Any, pool: Any) -> dict[str, Any]:
-    from indexer.encode import encode_pending
-    from indexer.pipeline import run_build
+    from indexer.encoding.encode import encode_pending
+    from indexer.run.pipeline import run_build
 
     seconds: list[float] = []
 

@@ -122,7 +122,7 @@ def world_relevance(work: Path, gallery: int, seed: int) -> dict[str, Any]:
     from indexer.lab.evaluation.world_eval import load_queries
     from indexer.models import registry
     from indexer.models.clip import load_encoder
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
     from indexer.settings import IndexerSettings
     from search.artifact.version import open_current
 

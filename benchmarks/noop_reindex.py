@@ -47,7 +47,7 @@ def main() -> int:
 
     from indexer.lab.world import write_world
     from indexer.models.clip import load_encoder
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
     from indexer.settings import load_settings
 
     settings = load_settings(overrides={"pretrained": "random", "device": args.device, "workers": args.workers,

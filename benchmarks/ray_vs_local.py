@@ -41,10 +41,10 @@ def _timed(stage: Callable[..., Any], box: dict[str, float]) -> Callable[..., An
 def _build(images: Path, store: Path, backend: str, batch_size: int, workers: int) -> dict[str, Any]:
     import torch
 
-    from indexer.encode import encode_pending
+    from indexer.encoding.encode import encode_pending
     from indexer.models.clip import load_encoder
-    from indexer.pipeline import run_build
-    from indexer.ray_backend import RayOptions, ray_encode_stage
+    from indexer.run.pipeline import run_build
+    from indexer.run.ray_backend import RayOptions, ray_encode_stage
     from indexer.settings import IndexerSettings
 
     torch.manual_seed(0)
@@ -76,11 +76,11 @@ def _unit_costs(images: Path, batch_size: int, sample: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from indexer.decode import decode_with
-    from indexer.encode import EncodeStats, write_batch
+    from indexer.encoding.encode import EncodeStats, write_batch
+    from indexer.ingest.decode import decode_with
     from indexer.models.clip import load_encoder
     from indexer.progress import StageTimer
-    from indexer.store import Decoded, MetadataStore, RowChange
+    from indexer.storage.store import Decoded, MetadataStore, RowChange
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def _projection(costs: dict[str, float], nodes: int, cpus: int, gpus: int, gpu_e
     x threads at the measured single-thread cost (or the stated GPU cost); write: the driver commits every
     batch serially, so batch_size / (write seconds per batch) is a ceiling no number of nodes lifts.
     """
-    from indexer.ray_backend import plan_resources
+    from indexer.run.ray_backend import plan_resources
 
     plan = plan_resources({"CPU": nodes * cpus, "GPU": nodes * gpus})
     decode_cpus = nodes * cpus - plan.actors * plan.cpus

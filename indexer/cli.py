@@ -11,10 +11,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("indexer.lab.world_cmd", "generate the synthetic captioned image world"),
     "train": ("indexer.lab.train_cmd", "train (or load from cache) the project's tiny CLIP"),
-    "build": ("indexer.build_cmd", "index an image folder into a store and publish a new index version"),
-    "status": ("indexer.status_cmd", "print the store's current version, counts and failures"),
-    "takedown": ("indexer.takedown_cmd", "hide images from every service endpoint now (no reindex)"),
-    "restore": ("indexer.restore_cmd", "undo a takedown"),
+    "build": ("indexer.commands.build_cmd", "index an image folder into a store and publish a new index version"),
+    "status": ("indexer.commands.status_cmd", "print the store's current version, counts and failures"),
+    "takedown": ("indexer.commands.takedown_cmd", "hide images from every service endpoint now (no reindex)"),
+    "restore": ("indexer.commands.restore_cmd", "undo a takedown"),
     "evaluate": ("indexer.lab.evaluate_cmd", "run a relevance evaluation and print a JSON report"),
 }
 

@@ -51,7 +51,7 @@ class IndexerSettings(BaseModel):
     hash_threads: int = Field(4, ge=1)
     sidecar: str = "metadata.jsonl"
     extensions: tuple[str, ...] = Field(DEFAULT_EXTENSIONS, validate_default=True)  # normalised like a loaded value
-    read_file_metadata: bool = True  # EXIF/IPTC/XMP fields, read in the decode worker (indexer/file_meta.py)
+    read_file_metadata: bool = True  # EXIF/IPTC/XMP fields, read in the decode worker (indexer/ingest/file_meta.py)
     index_config: str | None = None  # YAML read by IndexConfig (default configs/index.yaml when present)
     index: dict[str, Any] = Field(default_factory=dict)  # top-level overrides on top of index_config
 
@@ -62,7 +62,7 @@ class IndexerSettings(BaseModel):
 
     def index_options(self) -> dict[str, Any]:
         """The index build settings: the index config file's `index:` mapping, then `index` overrides."""
-        from indexer.index_select import read_index_yaml
+        from indexer.index.index_select import read_index_yaml
 
         path = Path(self.index_config) if self.index_config else DEFAULT_INDEX_CONFIG
         data: dict[str, Any] = {}

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.index_select import IndexConfig
+from indexer.index.index_select import IndexConfig
+from indexer.index.publish import PublishedVersion, publish_version
 from indexer.models.clip import ClipEncoder
-from indexer.publish import PublishedVersion, publish_version
 from search.artifact.encoder import EncoderIdentity
 from search.artifact.reload import ArtifactHolder
 from search.artifact.version import ArtifactError

@@ -59,7 +59,7 @@ def make_tree(root: Path, n: int, start: int = 0) -> list[str]:
 
 
 def run(images: Path, store: Path, **overrides: Any) -> dict[str, Any]:
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
 
     return run_build(images, store, settings(**overrides), tiny_encoder())
 
@@ -81,7 +81,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def status(store: Path) -> dict[str, Any]:
-    from indexer.status_cmd import store_status
+    from indexer.commands.status_cmd import store_status
 
     return json.loads(json.dumps(store_status(store)))
 

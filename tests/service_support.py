@@ -97,9 +97,9 @@ def _write_metadata(db: Path, image_root: Path, records: list[dict]) -> list[int
 def publish(store: Path, image_root: Path, encoder: ClipEncoder, db: Path, ids: list[int],
             vectors: np.ndarray, factory: str | None = None, onnx_cache: Path | None = None) -> str:
     """Publish one version, with its encoder files, by the indexer's own functions; returns the version name."""
-    from indexer.index_select import IndexConfig
+    from indexer.index.index_select import IndexConfig
+    from indexer.index.publish import publish_version
     from indexer.models.export import export_bundle
-    from indexer.publish import publish_version
 
     config = IndexConfig(recall_queries=40, latency_queries=10, use_gpu=False, rerank_candidates=(50,),
                          keep_versions=10, factory=factory)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.publish import publish_version
+from indexer.index.publish import publish_version
 from search.artifact import ann, checksums
 from search.artifact.version import ArtifactError, open_current, open_version
 from tests.artifact_support import clustered, identity, make_metadata, publish, search_store, small_config

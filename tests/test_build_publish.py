@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexer.publish as publish_mod
-from indexer.build import build_index
-from indexer.publish import list_versions, new_version_name, prune_versions, publish_version
+import indexer.index.publish as publish_mod
+from indexer.index.build import build_index
+from indexer.index.publish import list_versions, new_version_name, prune_versions, publish_version
 from search.artifact import ann
 from search.artifact.version import ArtifactError, current_path, open_current
 from tests.artifact_support import clustered, identity, publish, small_config
@@ -186,7 +186,7 @@ def test_gpu_training_path_is_gated_and_wired(vectors: np.ndarray, monkeypatch) 
     """No GPU here: the gate must say CPU; with a stand-in 'GPU' index the IVF training must use it."""
     import faiss
 
-    from indexer import build
+    from indexer.index import build
 
     cfg = small_config(factory="IVF16,Flat", recall_queries=20, latency_queries=5, rerank_candidates=[20])
     plain = build.build_index(vectors.astype(np.float16), cfg)

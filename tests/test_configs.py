@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from indexer.index_select import IndexConfig
+from indexer.index.index_select import IndexConfig
 from indexer.settings import IndexerSettings, SettingsError
 from indexer.settings import load_settings as load_indexer_settings
 from search.settings import Settings

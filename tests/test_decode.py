@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.decode import DecodeError, DecodeOutcome, DecodePool, decode_file, decode_image, to_rgb
+from indexer.ingest.decode import DecodeError, DecodeOutcome, DecodePool, decode_file, decode_image, to_rgb
 from tests.indexer_support import draw, tiny_encoder
 
 BIG = 89_478_485
@@ -124,7 +124,7 @@ def _photo(path: Path, size: tuple[int, int], exif_orientation: int | None = Non
 
 
 def test_jpeg_draft_decodes_smaller_but_reports_the_file_size(tmp_path: Path) -> None:
-    from indexer.decode import decode_with, open_rgb
+    from indexer.ingest.decode import decode_with, open_rgb
 
     path = _photo(tmp_path / "photo.jpg", (640, 480))
     rgb, size = open_rgb(str(path), BIG, draft_side=224)
@@ -139,7 +139,7 @@ def test_jpeg_draft_decodes_smaller_but_reports_the_file_size(tmp_path: Path) ->
 
 
 def test_jpeg_draft_keeps_orientation_and_leaves_other_files_alone(tmp_path: Path) -> None:
-    from indexer.decode import open_rgb
+    from indexer.ingest.decode import open_rgb
 
     rotated = _photo(tmp_path / "rotated.jpg", (640, 480), exif_orientation=6)
     rgb, size = open_rgb(str(rotated), BIG, draft_side=224)

@@ -1,6 +1,7 @@
-"""indexer/device_pool.py and its use by the indexer: CPU overflow workers take batches when the primary's queue
-is full, results come back per batch in submission order and equal a single encoder's, a member that raises is
-taken out and its batch retried once elsewhere; a build with overflow on indexes exactly what one without does.
+"""indexer/encoding/device_pool.py and its use by the indexer: CPU overflow workers take batches when the
+primary's queue is full, results come back per batch in submission order and equal a single encoder's, a member
+that raises is taken out and its batch retried once elsewhere; a build with overflow on indexes exactly what one
+without does.
 
 The encoders are the real tiny CLIP (ONNX Runtime and torch on the CPU). The primary is "slowed" in two ways:
 held at a gate the test opens (the dispatch tests: deterministic, no timing) or sleeping per batch (the build
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.device_pool import (
+from indexer.encoding.device_pool import (
     TIMEOUT_BATCHES,
     DevicePool,
     EncodeTimeout,
@@ -29,10 +30,10 @@ from indexer.device_pool import (
     overflow_threads,
     overflow_workers,
 )
-from indexer.encode import device_pool_for, encode_pending
+from indexer.encoding.encode import device_pool_for, encode_pending
 from indexer.models.towers import TorchImageEncoder, onnx_image_encoder
 from indexer.settings import IndexerSettings
-from indexer.store import MetadataStore
+from indexer.storage.store import MetadataStore
 from search.runtime.towers import ImageEncoder
 from tests.indexer_support import cli, make_tree, rows, settings, tiny_encoder
 
@@ -215,7 +216,7 @@ def test_two_backends_give_the_single_encoder_vectors_in_submission_order(onnx_c
 def test_a_member_that_raises_is_taken_out_and_its_batch_retried(onnx_cache: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     data = batches(5)
-    caplog.set_level(logging.WARNING, logger="indexer.device_pool")
+    caplog.set_level(logging.WARNING, logger="indexer.encoding.device_pool")
     broken = Broken(onnx(onnx_cache), good=1, message="CUDA error: device lost")
     with DevicePool(("cuda:torch", broken), [("cpu-overflow-1", onnx(onnx_cache))], depth=8) as pool:
         got = [f.result(timeout=60) for f in [pool.submit(p) for p in data]]
@@ -259,7 +260,7 @@ def test_a_batch_that_fails_everywhere_is_retried_once_then_raises(onnx_cache: P
 
 def test_a_member_that_hangs_is_taken_out_its_batches_move_and_its_late_result_is_ignored(
         onnx_cache: Path, hung: Callable[[], Hung], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="indexer.device_pool")
+    caplog.set_level(logging.WARNING, logger="indexer.encoding.device_pool")
     gpu = hung()
     data = batches(3)
     with DevicePool(("hung-gpu", gpu), [("cpu-overflow-1", onnx(onnx_cache))], depth=3, timeout_s=0.3) as pool:
@@ -412,7 +413,7 @@ def _slowed_pool(seconds: float, depth: int, cache: Path, encoder: Any, s: Index
 
 
 def _build(images: Path, store: Path, stage: Any = None, **overrides: Any) -> dict[str, Any]:
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
 
     return run_build(images, store, settings(**overrides), tiny_encoder(), encode_stage=stage)
 

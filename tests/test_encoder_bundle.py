@@ -146,10 +146,10 @@ def test_a_no_change_run_republishes_a_version_that_carries_no_encoder(tmp_path)
 def test_encoder_folders_no_version_lists_are_pruned_with_the_versions(world, tmp_path):
     import torch
 
-    from indexer.index_select import IndexConfig
+    from indexer.index.index_select import IndexConfig
+    from indexer.index.publish import publish_version
     from indexer.models.clip import load_encoder
     from indexer.models.export import export_bundle
-    from indexer.publish import publish_version
 
     store = copy_store(world, tmp_path / "store")
     old = {p.name for p in (store / ENCODERS_DIR).iterdir()}

@@ -1,4 +1,4 @@
-"""indexer.file_meta on real blocks: the fast paths (Exif sub-IFD scan, C parser for DTD-free XMP) give what
+"""indexer.ingest.file_meta on real blocks: the fast paths (Exif sub-IFD scan, C parser for DTD-free XMP) give what
 Pillow's full readers and defusedxml give, and anything hostile or odd still takes the defused / Pillow path."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from indexer import file_meta
-from indexer.file_meta import read_file_meta
+from indexer.ingest import file_meta
+from indexer.ingest.file_meta import read_file_meta
 from tests.photo_files import STOCK_XMP, XMP, camera_exif_block, jpeg_with_metadata
 
 ATTRIBUTES_XMP = b"""<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.pipeline import run_build
+from indexer.run.pipeline import run_build
 from tests.indexer_support import (
     cli,
     current_ids,
@@ -212,7 +212,7 @@ def test_cli_build_status_and_unavailable_weights(tree: tuple[Path, Path]) -> No
 
 
 def test_lazy_encoder_is_not_loaded_for_a_noop_run(tree: tuple[Path, Path]) -> None:
-    from indexer.build_cmd import LazyEncoder
+    from indexer.commands.build_cmd import LazyEncoder
 
     images, store = tree
     run(images, store)
@@ -231,7 +231,7 @@ def test_lazy_encoder_is_not_loaded_for_a_noop_run(tree: tuple[Path, Path]) -> N
 
 
 def test_lazy_encoder_refuses_a_different_identity() -> None:
-    from indexer.build_cmd import LazyEncoder
+    from indexer.commands.build_cmd import LazyEncoder
 
     base = tiny_encoder()
     lazy = LazyEncoder(dataclasses.replace(base.identity, checksum="f" * 64), lambda: base)
@@ -243,7 +243,7 @@ def test_lazy_encoder_refuses_a_different_identity() -> None:
 def test_lazy_encoder_pickles_as_the_real_encoder() -> None:
     import pickle
 
-    from indexer.build_cmd import LazyEncoder
+    from indexer.commands.build_cmd import LazyEncoder
 
     base = tiny_encoder()
     clone = pickle.loads(pickle.dumps(LazyEncoder(base.identity, lambda: base)))

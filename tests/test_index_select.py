@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.index_select import IndexBudget, IndexConfig, choose_index, ivf_nlist
+from indexer.index.index_select import IndexBudget, IndexConfig, choose_index, ivf_nlist
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,8 +27,8 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            if node.module == "search":
-                names.update(f"search.{alias.name}" for alias in node.names)
+            if node.module in ("search", "indexer"):
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -52,3 +52,39 @@ def test_module_imports_follow_the_layers(path: Path) -> None:
 def test_every_layer_is_checked() -> None:
     layers = {p.name for p in SEARCH.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert layers == set(ALLOWED)
+
+
+INDEXER = SEARCH.parent / "indexer"
+# stage -> the indexer packages it may import (top-level modules settings, progress and cli are open to all)
+INDEXER_STAGES = {
+    "ingest": {"ingest"},
+    "storage": {"ingest", "storage"},
+    "encoding": {"ingest", "storage", "encoding", "models"},
+    "index": {"storage", "index", "models"},
+    "run": {"ingest", "storage", "encoding", "index", "run", "models"},
+    "commands": {"ingest", "storage", "encoding", "index", "run", "commands", "models"},
+    "models": {"models"},
+    "lab": {"ingest", "storage", "encoding", "index", "run", "commands", "models", "lab"},
+}
+INDEXER_TOP = {"settings", "progress", "cli"}
+INDEXER_MODULES = sorted(INDEXER.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", INDEXER_MODULES, ids=[str(p.relative_to(INDEXER)) for p in INDEXER_MODULES])
+def test_indexer_stages_import_only_earlier_stages(path: Path) -> None:
+    parts = path.relative_to(INDEXER).parts
+    if len(parts) == 1:
+        return  # top-level modules (cli, settings, progress) wire the stages together
+    stage = parts[0]
+    for name in _imports(path):
+        pieces = name.split(".")
+        if pieces[0] != "indexer" or len(pieces) < 2 or pieces[1] in INDEXER_TOP:
+            continue
+        assert pieces[1] in INDEXER_STAGES[stage], f"{path}: stage {stage} imports {name}"
+
+
+def test_every_indexer_stage_is_checked() -> None:
+    stages = {p.name for p in INDEXER.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert stages == set(INDEXER_STAGES)
+    flat = {p.stem for p in INDEXER.glob("*.py")} - {"__init__", "__main__"}
+    assert flat == INDEXER_TOP, f"modules outside a stage package: {sorted(flat - INDEXER_TOP)}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.scan import scan
+from indexer.ingest.scan import scan
 from indexer.settings import DEFAULT_EXTENSIONS
 from tests.indexer_support import ODD_IMAGES, current_ids, rows, run, status
 

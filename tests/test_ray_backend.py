@@ -42,8 +42,8 @@ def world(tmp_path_factory) -> Path:
 
 
 def _build(images: Path, store: Path, backend: str, **overrides: object) -> dict:
-    from indexer.pipeline import run_build
-    from indexer.ray_backend import RayOptions, ray_encode_stage
+    from indexer.run.pipeline import run_build
+    from indexer.run.ray_backend import RayOptions, ray_encode_stage
 
     stage = ray_encode_stage(RayOptions()) if backend == "ray" else None
     return run_build(images, store, settings(**overrides), tiny_encoder(), encode_stage=stage)
@@ -125,7 +125,7 @@ def test_incremental_rules_match(stores, world, tmp_path):
 def test_missing_ray_gives_install_hint(monkeypatch, world, tmp_path, capsys):
     """Simulated absence of Ray: a clear error naming the extra, from the library and from the CLI."""
     from indexer.cli import build_parser
-    from indexer.ray_backend import RayUnavailableError, import_ray
+    from indexer.run.ray_backend import RayUnavailableError, import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(RayUnavailableError, match=r"\[distributed\]"):
@@ -139,7 +139,7 @@ def test_missing_ray_gives_install_hint(monkeypatch, world, tmp_path, capsys):
 
 
 def test_resource_plan():
-    from indexer.ray_backend import plan_resources
+    from indexer.run.ray_backend import plan_resources
 
     gpu = plan_resources({"CPU": 32, "GPU": 4})
     assert (gpu.actors, gpu.gpus, gpu.device) == (4, 1, "cuda")
@@ -152,7 +152,7 @@ def test_resource_plan():
 
 
 def test_ray_address_needs_ray_backend():
-    from indexer.ray_backend import stage_for_backend
+    from indexer.run.ray_backend import stage_for_backend
     from indexer.settings import SettingsError
 
     assert stage_for_backend("local", None) is None
@@ -165,8 +165,8 @@ def test_decode_task_records_bad_and_hanging_files(monkeypatch, tmp_path):
     the deadline become failed rows with reasons, and every row keeps its id and a pixel block of one shape."""
     import threading
 
-    from indexer import decode
-    from indexer.ray_stages import decode_batch
+    from indexer.ingest import decode
+    from indexer.run.ray_stages import decode_batch
 
     draw(tmp_path / "good.png", seed=1)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
@@ -193,7 +193,7 @@ def test_decode_task_records_bad_and_hanging_files(monkeypatch, tmp_path):
 @pytest.mark.parametrize("read_meta", [True, False])
 def test_decode_task_reads_file_metadata_only_when_asked(tmp_path, read_meta):
     """`read_file_metadata: false` reaches the Ray decode task: no EXIF/IPTC/XMP fields, no problems."""
-    from indexer.ray_stages import decode_batch
+    from indexer.run.ray_stages import decode_batch
 
     jpeg_with_metadata(tmp_path / "meta.jpg", iptc=[(120, b"IPTC caption")], xmp=XMP)
     out = decode_batch({"id": np.array([1]), "path": np.array(["meta.jpg"])}, str(tmp_path),

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from indexer.publish import flip_current
+from indexer.index.publish import flip_current
 from search.artifact.reload import ArtifactHolder, watch_current
 from tests.service_support import copy_store, encoder_for, publish, world_store
 

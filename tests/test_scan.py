@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from indexer.scan import scan
+from indexer.ingest.scan import scan
 from indexer.settings import DEFAULT_EXTENSIONS
 from tests.indexer_support import draw
 

@@ -26,7 +26,7 @@ def _hnsw_store(world, base):
 
 def _pipeline_store(world, base):
     """The same images indexed end to end by the indexer pipeline (scan, decode workers, encode, publish)."""
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
     from indexer.settings import load_settings
 
     settings = load_settings(None, {"model": "tiny", "pretrained": str(world.checkpoint), "device": "cpu",

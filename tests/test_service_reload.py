@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from indexer.publish import flip_current
+from indexer.index.publish import flip_current
 from search.artifact.reload import ArtifactHolder
 from search.artifact.version import open_current
 from search.settings import ReloadSettings

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import shards
+from indexer.ingest.sidecar import read_sidecar
 from indexer.settings import SettingsError, load_settings
-from indexer.sidecar import read_sidecar
-from indexer.store import SCHEMA_VERSION, Decoded, MetadataStore, RowChange, StoreError, connect
+from indexer.storage import shards
+from indexer.storage.store import SCHEMA_VERSION, Decoded, MetadataStore, RowChange, StoreError, connect
 
 
 def _store(tmp_path: Path) -> MetadataStore:

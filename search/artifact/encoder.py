@@ -107,7 +107,7 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 class IdentityShape:
     """`dim` and `context_length` read off `identity`: shared by the encoders and by stand-ins that must
-    answer them without loading a model (indexer.build_cmd.LazyEncoder)."""
+    answer them without loading a model (indexer.commands.build_cmd.LazyEncoder)."""
 
     identity: EncoderIdentity
 

@@ -45,7 +45,7 @@ def ensure_world(world_dir: Path, seed: int, gallery: int, size: tuple[int, int]
 def build_store(image_root: Path, store: Path, encoder: ClipEncoder, index: dict[str, Any] | None = None,
                 workers: int = 1, batch_size: int = 64) -> dict[str, Any]:
     """Index `image_root` into `store` with the indexer pipeline (a no-op run when nothing changed)."""
-    from indexer.pipeline import run_build
+    from indexer.run.pipeline import run_build
     from indexer.settings import IndexerSettings
 
     settings = IndexerSettings(model=encoder.identity.model, device=str(encoder.device), workers=workers,

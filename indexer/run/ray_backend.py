@@ -2,10 +2,10 @@
 
 Only the middle of the run changes. Scan, the incremental plan (which inserts the rows, so ids are assigned
 in the live SQLite store before any Ray work starts), the sidecar, the index build and the atomic publish are
-the local backend's own code (`indexer.pipeline.run_build` with `encode_stage=`). Here the pending (id, path)
-list becomes a Ray dataset: decode in CPU tasks (`indexer.ray_stages.decode_batch`) -> `map_batches` with
+the local backend's own code (`indexer.run.pipeline.run_build` with `encode_stage=`). Here the pending (id, path)
+list becomes a Ray dataset: decode in CPU tasks (`indexer.run.ray_stages.decode_batch`) -> `map_batches` with
 encoder actors (one per GPU where the cluster has GPUs, CPU actors otherwise) -> back on the driver, each
-batch goes through `indexer.encode.write_batch` (shard file, then one SQLite transaction), as locally.
+batch goes through `indexer.encoding.encode.write_batch` (shard file, then one SQLite transaction), as locally.
 Batches are committed as they stream in, so a run that dies keeps what it committed and the next run resumes.
 
 Ray is an optional extra and is imported only inside this backend.
@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from indexer import shards
-from indexer.encode import EncodeStats, jpeg_draft_side, write_batch
+from indexer.encoding.encode import EncodeStats, jpeg_draft_side, write_batch
+from indexer.ingest.paths import display
 from indexer.models.clip import ClipEncoder
-from indexer.paths import display
 from indexer.progress import StageTimer, progress_bar
-from indexer.ray_stages import EncoderActor, decode_batch, row_path
+from indexer.run.ray_stages import EncoderActor, decode_batch, row_path
 from indexer.settings import IndexerSettings, SettingsError
-from indexer.store import Decoded, MetadataStore
+from indexer.storage import shards
+from indexer.storage.store import Decoded, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def encode_pending_ray(
     *,
     options: RayOptions,
 ) -> EncodeStats:
-    """Same contract as `indexer.encode.encode_pending`, with decode and encode running on Ray."""
+    """Same contract as `indexer.encoding.encode.encode_pending`, with decode and encode running on Ray."""
     stats = EncodeStats()
     if not pending:
         return stats

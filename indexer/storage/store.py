@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexer.paths import display, from_raw, to_raw
+from indexer.ingest.paths import display, from_raw, to_raw
 
 SCHEMA_VERSION = 2
 DB_NAME = "metadata.sqlite"
@@ -108,7 +108,7 @@ class Decoded:
     id: int
     width: int
     height: int
-    file_meta: dict[str, Any] | None = None  # fields read from the file's EXIF/IPTC/XMP (indexer.file_meta)
+    file_meta: dict[str, Any] | None = None  # fields read from the file's EXIF/IPTC/XMP (indexer.ingest.file_meta)
 
 
 @dataclass(frozen=True)

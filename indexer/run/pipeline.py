@@ -18,15 +18,15 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from indexer import shards
-from indexer.encode import EncodeStats, encode_pending
+from indexer.encoding.encode import EncodeStats, encode_pending
+from indexer.ingest.paths import display
+from indexer.ingest.scan import Candidate, scan
+from indexer.ingest.sidecar import read_sidecar
 from indexer.models.clip import ClipEncoder
-from indexer.paths import display
 from indexer.progress import StageTimer
-from indexer.scan import Candidate, scan
 from indexer.settings import IndexerSettings
-from indexer.sidecar import read_sidecar
-from indexer.store import DB_NAME, ImageRow, MetadataStore, RowChange
+from indexer.storage import shards
+from indexer.storage.store import DB_NAME, ImageRow, MetadataStore, RowChange
 from search.artifact.encoder import file_sha256
 from search.artifact.version import current_version
 
@@ -63,7 +63,7 @@ class PublishRequest:
 
 
 Publisher = Callable[[PublishRequest], str]
-# encode_pending's signature: the Ray backend (indexer.ray_backend) passes its own stage here.
+# encode_pending's signature: the Ray backend (indexer.run.ray_backend) passes its own stage here.
 EncodeStage = Callable[
     [list[tuple[int, str]], Path, ClipEncoder, MetadataStore, Path, IndexerSettings, StageTimer], EncodeStats
 ]
@@ -286,11 +286,11 @@ def _carries_encoder(store: Path) -> bool:
 
 
 def publish_step(req: PublishRequest) -> str:
-    """The final step: gather indexed embeddings (ascending id) and hand them to indexer.publish."""
-    from indexer.encode import onnx_cache_dir
-    from indexer.index_select import IndexConfig
+    """The final step: gather indexed embeddings (ascending id) and hand them to indexer.index.publish."""
+    from indexer.encoding.encode import onnx_cache_dir
+    from indexer.index.index_select import IndexConfig
+    from indexer.index.publish import publish_version
     from indexer.models.export import export_bundle
-    from indexer.publish import publish_version
 
     encoder_files = export_bundle(req.encoder, req.store, onnx_cache_dir(req.settings))
     ids, vectors = shards.gather(req.store / SHARDS_DIR, req.store_db.embedding_refs(), req.encoder.dim)
@@ -305,7 +305,7 @@ def publish_step(req: PublishRequest) -> str:
 def remove_publish_debris(store: Path) -> list[str]:
     """A publish killed mid-way leaves `versions/.tmp-*` (and maybe a `.current.*` link): only a run holding the
     store lock calls this, so nothing else can be writing them."""
-    from indexer.publish import remove_temporaries
+    from indexer.index.publish import remove_temporaries
 
     return remove_temporaries(store)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.build import BuiltIndex, build_index
-from indexer.index_select import IndexConfig
-from indexer.shards import fsync_dir
+from indexer.index.build import BuiltIndex, build_index
+from indexer.index.index_select import IndexConfig
+from indexer.storage.shards import fsync_dir
 from search.artifact.bundle import ENCODERS_DIR
 from search.artifact.checksums import file_entry
 from search.artifact.encoder import EncoderIdentity

@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def store_status(store: Path) -> dict[str, Any]:
     """Current version plus the live database's counts and failures (relative paths)."""
-    from indexer.store import DB_NAME, MetadataStore, connect
+    from indexer.storage.store import DB_NAME, MetadataStore, connect
     from search.artifact.takedown import TAKEDOWN_FILE, read_takedowns
     from search.artifact.version import current_version
 
@@ -44,7 +44,7 @@ def store_status(store: Path) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from indexer.paths import printable
+    from indexer.ingest.paths import printable
 
     try:
         status = store_status(args.store)

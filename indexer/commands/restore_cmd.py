@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from indexer.takedown_cmd import configure, run
+from indexer.commands.takedown_cmd import configure, run
 
 __all__ = ["configure", "main"]
 

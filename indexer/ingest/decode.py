@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from indexer.file_meta import FileMeta, read_file_meta
+from indexer.ingest.file_meta import FileMeta, read_file_meta
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
@@ -43,7 +43,7 @@ class DecodeOutcome:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    file_meta: dict[str, Any] = field(default_factory=dict)  # EXIF/IPTC/XMP fields (indexer.file_meta)
+    file_meta: dict[str, Any] = field(default_factory=dict)  # EXIF/IPTC/XMP fields (indexer.ingest.file_meta)
     meta_problems: list[str] = field(default_factory=list)  # corrupt metadata blocks (image indexed anyway)
 
     @property
@@ -194,7 +194,7 @@ def _modules_of(preprocess: Callable[[Any], Any]) -> list[str]:
     return sorted({type(p).__module__ for p in parts if type(p).__module__ != "builtins"})
 
 
-_SERVER_PRELOAD = ["torch", "PIL.Image", "indexer.decode"]
+_SERVER_PRELOAD = ["torch", "PIL.Image", "indexer.ingest.decode"]
 
 
 def start_decode_server(modules: tuple[str, ...] = ("torchvision.transforms", "open_clip.transform")) -> None:

@@ -12,13 +12,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.paths import display
+from indexer.ingest.paths import display
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One image file: `path` is relative to the root, '/'-separated (the store's key), lossless: a name that is
-    not valid UTF-8 keeps its bytes as surrogateescape characters (indexer.paths)."""
+    not valid UTF-8 keeps its bytes as surrogateescape characters (indexer.ingest.paths)."""
 
     path: str
     abs_path: str

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.index_select import IndexChoice, IndexConfig, choose_index
+from indexer.index.index_select import IndexChoice, IndexConfig, choose_index
 from search.artifact import ann
 
 __all__ = ["BuiltIndex", "build_index", "forced_choice", "index_bytes", "make_queries", "measure_latency",

@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def resolve(store: Path, refs: list[str]) -> list[tuple[int, str | None]]:
     """(id, display path) for each ref, from the live database; LookupError names the unknown ones."""
-    from indexer.store import DB_NAME, MetadataStore, connect
+    from indexer.storage.store import DB_NAME, MetadataStore, connect
 
     db_path = Path(store) / DB_NAME
     if not db_path.is_file():

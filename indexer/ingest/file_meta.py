@@ -1,7 +1,7 @@
 """Metadata photos carry in their own files: EXIF, IPTC (APP13) and XMP (APP1 / TIFF tag 700).
 
 Read in the decode worker from the image Pillow already opened, so no file is read twice. Per field the
-precedence is XMP > IPTC > EXIF (a sidecar line beats all three; see indexer/store.py `effective_values`).
+precedence is XMP > IPTC > EXIF (a sidecar line beats all three; see indexer/storage/store.py `effective_values`).
 Fields: caption (description, else headline), tags (keywords), licence (usage terms, else copyright),
 creator, taken_at (EXIF DateTimeOriginal with OffsetTimeOriginal, ISO 8601), camera_make, camera_model.
 

@@ -4,7 +4,7 @@ Decoding runs ahead in worker processes (a bounded window of scheduled files) wh
 encodes the previous batch, so CPU workers and the CPU/GPU encoder overlap. A file that fails to decode is
 committed as 'failed' in the same batch as its neighbours; it never holds the batch back.
 
-The image encoders form a small device pool (indexer.device_pool): on a GPU machine CPU ONNX sessions take a
+The image encoders form a small device pool (indexer.encoding.device_pool): on a GPU machine CPU ONNX sessions take a
 batch when the GPU already holds `overflow_queue_depth` of them; batches are still committed in order. On a
 CPU-only machine (no overflow workers) the pool encodes inline, exactly as a single encoder did.
 """
@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from indexer import shards
-from indexer.decode import DecodeOutcome, DecodePool, start_decode_server
-from indexer.device_pool import DevicePool, overflow_threads, overflow_workers
+from indexer.encoding.device_pool import DevicePool, overflow_threads, overflow_workers
+from indexer.ingest.decode import DecodeOutcome, DecodePool, start_decode_server
+from indexer.ingest.paths import display
 from indexer.models.clip import ClipEncoder
 from indexer.models.export import default_cache_dir
 from indexer.models.towers import build_image_encoder, onnx_image_encoder
-from indexer.paths import display
 from indexer.progress import StageTimer, progress_bar
 from indexer.settings import IndexerSettings
-from indexer.store import Decoded, MetadataStore
+from indexer.storage import shards
+from indexer.storage.store import Decoded, MetadataStore
 from search.runtime.towers import ImageEncoder
 
 

@@ -1,7 +1,7 @@
 """Index the image folder tree under --images into --store and publish a new index version there.
 
 Prints the run report as JSON on stdout (also saved under STORE/runs/, and to --report; on exit 2 only there).
-Exit codes (the nightly contract, indexer/nightly.py): 0 published or nothing to do; 1 finished with more new
+Exit codes (the nightly contract, indexer/run/nightly.py): 0 published or nothing to do; 1 finished with more new
 failures than --max-new-failures; 2 could not run (bad settings, weights unavailable, missing folder, read-only or busy
 store), with one line on stderr and no traceback. --metrics-file writes a node_exporter textfile.
 """
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from indexer.models.clip import ClipEncoder
 
 
-EXIT_CANNOT_RUN = 2  # == indexer.nightly.EXIT_CANNOT_RUN
+EXIT_CANNOT_RUN = 2  # == indexer.run.nightly.EXIT_CANNOT_RUN
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     import traceback
     from datetime import UTC, datetime
 
-    from indexer import nightly
+    from indexer.run import nightly
 
     started, clock = datetime.now(UTC), time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -95,10 +95,10 @@ class CannotRun(RuntimeError):
 def _build(args: argparse.Namespace) -> dict[str, Any]:
     import sqlite3
 
-    from indexer.pipeline import StoreBusyError, StoreReadOnlyError, run_build
-    from indexer.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
+    from indexer.run.pipeline import StoreBusyError, StoreReadOnlyError, run_build
+    from indexer.run.ray_backend import RayBackendError, RayUnavailableError, stage_for_backend
     from indexer.settings import SettingsError, load_settings
-    from indexer.store import StoreError
+    from indexer.storage.store import StoreError
     from search.artifact.encoder import WeightsUnavailableError
 
     overrides = {k: getattr(args, k)
@@ -219,7 +219,7 @@ def _fingerprint(model: str, pretrained: str | None) -> str | None:
 
 def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
     """A LazyEncoder when the store remembers this fingerprint's identity, else the loaded encoder."""
-    from indexer.store import DB_NAME, MetadataStore, connect
+    from indexer.storage.store import DB_NAME, MetadataStore, connect
     from search.artifact.encoder import EncoderIdentity
 
     def load() -> Any:
@@ -227,7 +227,7 @@ def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
 
     def eager() -> Any:
         if lazy:  # local backend, unknown encoder: everything will be encoded, so start the decode server now
-            from indexer.decode import start_decode_server
+            from indexer.ingest.decode import start_decode_server
 
             start_decode_server()
         return load()
@@ -248,7 +248,7 @@ def _encoder_for(store: Path, settings: Any, lazy: bool = True) -> Any:
 
 def _remember_fingerprint(store: Path, settings: Any, identity: Any) -> None:
     """After a completed run, remember which fingerprint produced the store's encoder identity."""
-    from indexer.store import DB_NAME, MetadataStore
+    from indexer.storage.store import DB_NAME, MetadataStore
 
     fingerprint = _fingerprint(settings.model, settings.pretrained)
     db = MetadataStore.open(Path(store) / DB_NAME)
@@ -260,7 +260,7 @@ def _remember_fingerprint(store: Path, settings: Any, identity: Any) -> None:
 
 
 def _forget_fingerprint(store: Path) -> None:
-    from indexer.store import DB_NAME, MetadataStore
+    from indexer.storage.store import DB_NAME, MetadataStore
 
     db = MetadataStore.open(Path(store) / DB_NAME)
     try:

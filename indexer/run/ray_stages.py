@@ -1,9 +1,9 @@
 """The code that runs inside Ray workers: the decode task and the encoder actor of the Ray backend.
 
-Both call the local backend's own functions (`indexer.decode.decode_with`, `indexer.encode.image_encoder_for`),
-so a file decodes to the same pixels, fails with the same reason and encodes to the same vector on either
-backend. Rows travel as numpy column batches; a failed row keeps its place with zero pixels and its reason,
-so nothing is dropped between the stages.
+Both call the local backend's own functions (`indexer.ingest.decode.decode_with`,
+`indexer.encoding.encode.image_encoder_for`), so a file decodes to the same pixels, fails with the same reason and
+encodes to the same vector on either backend. Rows travel as numpy column batches; a failed row keeps its place
+with zero pixels and its reason, so nothing is dropped between the stages.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 def decode_one(path: str, preprocess: Callable[[Any], Any], max_pixels: int, timeout_s: float,
                draft_side: int | None = None, read_meta: bool = True) -> Any:
-    """`indexer.decode.decode_with` under a per-file deadline; a timeout is this file's failure, not the task's."""
-    from indexer import decode
+    """`indexer.ingest.decode.decode_with` under a per-file deadline; a timeout is this file's failure, not the
+    task's."""
+    from indexer.ingest import decode
 
     try:
         with _deadline(timeout_s):
@@ -69,7 +70,7 @@ def decode_batch(
     `worker_process`: this runs in a Ray worker (the backend says so), which may freeze its objects once;
     called in-process (tests), it only sets one intra-op thread, as before.
     """
-    from indexer.decode import settle_decode_process
+    from indexer.ingest.decode import settle_decode_process
 
     settle_decode_process(freeze=worker_process)
     outcomes = [decode_one(os.path.join(image_root, row_path(p)), preprocess, max_pixels, timeout_s, draft_side,
@@ -110,7 +111,7 @@ class EncoderActor:
     def __init__(self, encoder: Any, device: str, threads: int, settings: Any):
         import torch
 
-        from indexer.encode import image_encoder_for
+        from indexer.encoding.encode import image_encoder_for
 
         torch.set_num_threads(max(1, threads))
         self.encoder = encoder
