@@ -53,14 +53,14 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/artifact/encoder.py": ("tests/test_encoder_identity.py",),
     "search/artifact/takedown.py": ("tests/test_takedown_list.py",),
     "search/artifact/ann.py": ("tests/test_ann_search.py",),
-    "indexer/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
-    "indexer/shards.py": ("tests/test_publish_steps.py",),
-    "indexer/publish.py": ("tests/test_publish_steps.py",),
-    "indexer/pipeline.py": ("tests/test_plan_changes.py",),
+    "indexer/index/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
+    "indexer/storage/shards.py": ("tests/test_publish_steps.py",),
+    "indexer/index/publish.py": ("tests/test_publish_steps.py",),
+    "indexer/run/pipeline.py": ("tests/test_plan_changes.py",),
 }
 # Modules mutated in part: only these functions (the rest of the module is covered by slow end-to-end tests).
 FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "indexer/pipeline.py": ("plan_changes", "_needs_hash", "_hash_all", "_decide", "_carried"),
+    "indexer/run/pipeline.py": ("plan_changes", "_needs_hash", "_hash_all", "_decide", "_carried"),
     "search/artifact/takedown.py": ("read_takedowns", "apply_takedowns", "_write_atomic", "TakedownList.__init__",
                                     "TakedownList.hidden", "TakedownList.invalidate", "TakedownList._refresh",
                                     "TakedownList._version_copy"),  # resolve_refs: tests/test_takedown.py

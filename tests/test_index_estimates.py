@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.index_select import CostModel, IndexBudget, IndexConfig, choose_index, ivf_nlist
+from indexer.index.index_select import CostModel, IndexBudget, IndexConfig, choose_index, ivf_nlist
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -39,7 +39,7 @@ def test_a_budget_met_exactly_is_met():
 
 
 def test_graph_and_quantizer_figures_for_tiny_inputs():
-    from indexer.index_select import _hnsw, _ivfpq
+    from indexer.index.index_select import _hnsw, _ivfpq
 
     assert _hnsw(1, 4, 32, CostModel()) == pytest.approx(
         {"bytes_per_vector": 292.8, "latency_ms": 0.00037925925925925925, "build_s": 1.6797650570256523e-07},
@@ -50,7 +50,7 @@ def test_graph_and_quantizer_figures_for_tiny_inputs():
 
 
 def test_pq_scan_cost_adds_per_code_byte_scanned():
-    from indexer.index_select import _ivfpq
+    from indexer.index.index_select import _ivfpq
 
     def latency(ns_per_byte: float) -> float:
         config = IndexConfig(cost=CostModel(pq_scan_ns_per_byte=ns_per_byte))
@@ -108,7 +108,7 @@ def test_opq_ivfpq_at_one_million_with_its_figures_and_rejections():
 
 
 def test_ivfpq_figures_without_opq_and_with_gpu_training():
-    from indexer.index_select import _ivfpq
+    from indexer.index.index_select import _ivfpq
 
     config = IndexConfig()
     assert _ivfpq(1_000_000, 512, 64, False, 4096, 262144, 200, config) == pytest.approx(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from indexer.pipeline import plan_changes
-from indexer.scan import Candidate
-from indexer.store import ImageRow, RowChange
+from indexer.ingest.scan import Candidate
+from indexer.run.pipeline import plan_changes
+from indexer.storage.store import ImageRow, RowChange
 
 
 def _file(root: Path, name: str, content: bytes, mtime_ns: int = 1_000) -> Candidate:

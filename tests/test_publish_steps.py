@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import publish, shards
-from indexer.index_select import IndexConfig
-from indexer.publish import (
+from indexer.index import publish
+from indexer.index.index_select import IndexConfig
+from indexer.index.publish import (
     flip_current,
     list_versions,
     new_version_name,
@@ -26,6 +26,7 @@ from indexer.publish import (
     remove_temporaries,
     snapshot_metadata,
 )
+from indexer.storage import shards
 from search.artifact.encoder import EncoderIdentity
 from search.artifact.manifest import (
     ARTIFACT_FILES,
@@ -339,7 +340,7 @@ def test_publish_writes_a_complete_read_only_version_then_flips_current_and_prun
     (store / "encoders" / "stale").mkdir(parents=True)
     vectors = _unit(3)
     started = time.perf_counter()
-    with caplog.at_level("INFO", logger="indexer.publish"):
+    with caplog.at_level("INFO", logger=publish.log.name):
         first = publish_version(store, np.array([3, 1, 2]), vectors, db, ENCODER, tmp_path, _config(),
                                 {"indexed": 3, "failed": "0"}, {"encode_s": 0.5})
     elapsed = time.perf_counter() - started
