@@ -52,6 +52,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/artifact/specs.py": ("tests/test_manifest.py",),
     "search/artifact/encoder.py": ("tests/test_encoder_identity.py",),
     "search/artifact/takedown.py": ("tests/test_takedown_list.py",),
+    "search/artifact/ann.py": ("tests/test_ann_search.py",),
     "indexer/index/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
     "indexer/storage/shards.py": ("tests/test_publish_steps.py",),
     "indexer/index/publish.py": ("tests/test_publish_steps.py",),

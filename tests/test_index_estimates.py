@@ -25,6 +25,52 @@ def test_flat_fits_small_corpora_with_its_figures():
                                               "build_s": 0.0}, rel=1e-12)
     assert choice.inputs["n"] == 1000 and choice.inputs["d"] == 512 and choice.inputs["hnsw_m"] == 32
     assert choice.inputs["ram_allowance_bytes"] == 64 * 2**20
+    assert sorted(choice.inputs) == ["budget", "cost", "d", "hnsw_m", "n", "ram_allowance_bytes"]
+    assert choice.inputs["budget"]["latency_ms"] == 2.0 and choice.inputs["cost"]["scan_gflops"] == 5.4
+
+
+def test_a_budget_met_exactly_is_met():
+    n, d = 100, 4
+    latency = 2.0 * n * d / (CostModel().scan_gflops * 1e6)
+    exact = choose_index(n, d, IndexConfig(budget=IndexBudget(bytes_per_vector=0, small_index_bytes=4 * d * n,
+                                                              latency_ms=latency, build_seconds=0.0)))
+    assert exact.factory == "Flat" and exact.within_budget
+    assert choose_index(1, 1).factory == "Flat"  # the smallest input there is
+
+
+def test_graph_and_quantizer_figures_for_tiny_inputs():
+    from indexer.index.index_select import _hnsw, _ivfpq
+
+    assert _hnsw(1, 4, 32, CostModel()) == pytest.approx(
+        {"bytes_per_vector": 292.8, "latency_ms": 0.00037925925925925925, "build_s": 1.6797650570256523e-07},
+        rel=1e-12)
+    assert _ivfpq(1, 512, 64, True, 16, 1, 200, IndexConfig()) == pytest.approx(
+        {"bytes_per_vector": 802888.0, "latency_ms": 0.47786844444444443, "build_s": 0.0010280215272727273,
+         "reduced_dim": 256.0}, rel=1e-12)
+
+
+def test_pq_scan_cost_adds_per_code_byte_scanned():
+    from indexer.index.index_select import _ivfpq
+
+    def latency(ns_per_byte: float) -> float:
+        config = IndexConfig(cost=CostModel(pq_scan_ns_per_byte=ns_per_byte))
+        return _ivfpq(1_000_000, 512, 64, False, 4096, 262144, 200, config)["latency_ms"]
+
+    assert latency(2.0) - latency(1.0) == pytest.approx(16 * 1_000_000 / 4096 * 64 * 1e-6, rel=1e-9)
+
+
+def test_plain_ivfpq_when_opq_training_would_break_the_build_budget():
+    choice = choose_index(1_000_000, 512, IndexConfig(budget=IndexBudget(bytes_per_vector=100),
+                                                      cost=CostModel(opq_train_s_per_mdim=100)))
+    assert choice.factory == "IVF4096,PQ64"
+    assert choice.reason == ("exact and graph indexes exceed the budget; PQ64 is the largest code within "
+                             "100 B/vector; OPQ would exceed the build budget")
+
+
+def test_the_training_sample_is_at_least_65536_points():
+    choice = choose_index(100_000, 512, IndexConfig(budget=IndexBudget(small_index_bytes=0),
+                                                    ivf_train_points_per_list=1))
+    assert choice.kind == "ivfpq" and choice.train_size == 65536
 
 
 @pytest.mark.parametrize(("n", "m", "estimates"), [
@@ -36,7 +82,9 @@ def test_hnsw_when_exact_search_is_too_slow(n, m, estimates):
     assert (choice.factory, choice.kind, choice.within_budget) == (f"HNSW{m}", "hnsw", True)
     assert choice.reason == "exact search too slow; a graph over full vectors fits RAM and build budgets"
     assert choice.search_param == "efSearch" and choice.search_values == (16, 32, 64, 128, 256, 512)
+    assert choice.train_size == 0
     assert choice.estimates == pytest.approx(estimates, rel=1e-12)
+    assert choice.rejected[0]["estimates"]["bytes_per_vector"] == 4.0 * 128
     assert [(r["factory"], r["why"]) for r in choice.rejected] == [
         ("Flat", [f"latency ~{2.0 * n * 128 / 5.4e6:.2f} ms > 0.5 ms"])]
 
@@ -89,6 +137,8 @@ def test_fallback_reasons_name_what_breaks():
     assert (few.factory, few.within_budget) == ("Flat", False)
     assert few.reason == ("no index fits the budget and 5000 vectors are too few to train a quantizer; exact "
                           "search is the fallback")
+    assert (few.search_param, few.search_values, few.train_size, few.estimates) == (None, (), 0, few.rejected[0][
+        "estimates"])
     assert [(r["factory"], r["why"]) for r in few.rejected] == [
         ("Flat", ["latency ~0.95 ms > 0.01 ms"]), ("HNSW32", ["latency ~0.60 ms > 0.01 ms"])]
     slow = _choose(1_000_000, 512, build_seconds=1)
@@ -96,10 +146,15 @@ def test_fallback_reasons_name_what_breaks():
     assert slow.reason == ("nothing meets every budget; OPQ64_256,IVF4096,PQ64 is the best code that fits RAM, "
                            "but build ~174 s > 1 s")
     assert slow.search_values == NPROBES and slow.train_size == 262144 and len(slow.rejected) == 12
+    assert (slow.kind, slow.search_param, slow.inputs["n"]) == ("ivfpq", "nprobe", 1_000_000)
+    assert slow.estimates == slow.rejected[4]["estimates"]
+    both = choose_index(1_000_000, 512, IndexConfig(budget=IndexBudget(build_seconds=1, latency_ms=0.5)))
+    assert both.reason.endswith("fits RAM, but latency ~1.11 ms > 0.5 ms; build ~174 s > 1 s")
     tiny = _choose(2_000_000, 512, bytes_per_vector=4, small_index_bytes=0)
     assert (tiny.factory, tiny.within_budget) == ("OPQ8_32,IVF4096,PQ8", False)
     assert tiny.reason == "nothing fits the RAM budget; OPQ8_32,IVF4096,PQ8 is the smallest index"
     assert tiny.estimates == tiny.rejected[-2]["estimates"] and tiny.search_values == NPROBES
+    assert (tiny.kind, tiny.search_param, tiny.train_size) == ("ivfpq", "nprobe", 262144)
 
 
 def test_ram_allowance_is_the_larger_of_per_vector_and_small_index():
@@ -107,8 +162,8 @@ def test_ram_allowance_is_the_larger_of_per_vector_and_small_index():
     assert budget.ram_allowance(50) == 1000.0 and budget.ram_allowance(101) == 1010.0
 
 
-@pytest.mark.parametrize(("n", "expected"), [(0, 16), (1, 16), (16_000, 256), (40 * 512, 512), (39 * 512 - 1, 256),
-                                             (10**12, 65536)])
+@pytest.mark.parametrize(("n", "expected"), [(0, 16), (1, 16), (16_000, 256), (40 * 512, 512), (39 * 512, 512),
+                                             (39 * 512 - 1, 256), (10**12, 65536)])
 def test_ivf_nlist_bounds(n, expected):
     assert ivf_nlist(n) == expected
 
@@ -127,7 +182,7 @@ def test_config_round_trip_and_refusals(tmp_path):
     assert IndexConfig.from_dict(None) == IndexConfig() == IndexConfig.from_dict({"budget": None, "cost": None})
     with pytest.raises(ValueError, match=r"unknown index config keys: \['a', 'b'\]"):
         IndexConfig.from_dict({"b": 1, "a": 2})
-    with pytest.raises(ValueError, match="keep_versions must be at least 1"):
+    with pytest.raises(ValueError, match=r"^keep_versions must be at least 1 \(the current version is never pruned\)$"):
         IndexConfig.from_dict({"keep_versions": 0})
     for text, message in (("index: [1, 2]", "`index` must be a mapping"), ("- 1", "expected a mapping"),
                           ("a: [", "not valid YAML")):

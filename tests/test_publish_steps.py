@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.index import publish, shards
+from indexer.index import publish
 from indexer.index.index_select import IndexConfig
 from indexer.index.publish import (
     flip_current,
@@ -26,6 +26,7 @@ from indexer.index.publish import (
     remove_temporaries,
     snapshot_metadata,
 )
+from indexer.storage import shards
 from search.artifact.encoder import EncoderIdentity
 from search.artifact.manifest import (
     ARTIFACT_FILES,
@@ -119,11 +120,12 @@ def test_inputs_come_back_sorted_by_id_as_int64_float16():
         np.testing.assert_array_equal(got, vectors[expected].astype(np.float16))
 
 
-def test_norms_are_checked_past_the_first_block(tmp_path: Path):
+@pytest.mark.parametrize("row", [65536, 65537])  # the first and the second row of the second block
+def test_norms_are_checked_past_the_first_block(tmp_path: Path, row: int):
     vectors = np.zeros((65536 + 2, 4), np.float32)
     vectors[:, 0] = 1.0
-    vectors[65536, 0] = 0.5  # the first row of the second block
-    with pytest.raises(ValueError, match="id 65537 has norm 0.5000"):
+    vectors[row, 0] = 0.5
+    with pytest.raises(ValueError, match=f"id {row + 1} has norm 0.5000"):
         publish._validate_inputs(np.arange(1, 65536 + 3), vectors, ENCODER, Path(__file__))
 
 
@@ -326,7 +328,10 @@ def _config(**changes: object) -> IndexConfig:
                                   "rerank_candidates": [5], "keep_versions": 1, **changes})
 
 
-def test_publish_writes_a_complete_read_only_version_then_flips_current_and_prunes(tmp_path: Path):
+def test_publish_writes_a_complete_read_only_version_then_flips_current_and_prunes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    import time
+
     from search.artifact.checksums import file_entry
 
     store, db = tmp_path / "store", _db(tmp_path / "live.sqlite")
@@ -334,8 +339,12 @@ def test_publish_writes_a_complete_read_only_version_then_flips_current_and_prun
     (store / "takedowns.json").write_text(json.dumps({"schema": 1, "generation": 1, "active": {}, "history": []}))
     (store / "encoders" / "stale").mkdir(parents=True)
     vectors = _unit(3)
-    first = publish_version(store, np.array([3, 1, 2]), vectors, db, ENCODER, tmp_path, _config(),
-                            {"indexed": 3, "failed": "0"}, {"encode_s": 0.5})
+    started = time.perf_counter()
+    with caplog.at_level("INFO", logger=publish.log.name):
+        first = publish_version(store, np.array([3, 1, 2]), vectors, db, ENCODER, tmp_path, _config(),
+                                {"indexed": 3, "failed": "0"}, {"encode_s": 0.5})
+    elapsed = time.perf_counter() - started
+    assert caplog.messages == [f"published {first.name} (Flat, recall@10 1.0000) and pruned []"]
     assert first.path == store / "versions" / first.name and current_version(store) == first.name
     assert list_versions(store) == [first.name] and first.pruned == ()
     assert not (store / "encoders" / "stale").exists()  # no version lists it
@@ -343,19 +352,20 @@ def test_publish_writes_a_complete_read_only_version_then_flips_current_and_prun
     assert (manifest.version, manifest.schema_version, manifest.encoder) == (first.name, SCHEMA_VERSION, ENCODER)
     assert manifest.image_root == str(tmp_path.resolve()) and manifest.encoder_files is None
     assert manifest.counts == {"indexed": 3, "failed": 0, "vectors": 3}
-    assert manifest.timings["encode_s"] == 0.5 and manifest.timings["publish_s"] > 0
+    assert manifest.timings["encode_s"] == 0.5 and 0 < manifest.timings["publish_s"] <= elapsed
     assert {"index_build_s", "index_tune_s"} <= set(manifest.timings)
     assert datetime.fromisoformat(manifest.created_at).utcoffset() == timedelta(0)
     index = manifest.index
     assert (index.factory, index.metric, index.recall_at_10, index.recall_queries) == ("Flat", "ip", 1.0, 3)
     assert index.selection["target_met"] is True and index.selection["kind"] == "flat" and index.tuning
     assert index.bytes_per_vector > 0 and "p50" in index.latency_ms
+    assert (index.params, index.rerank_candidates, index.recall_at_10_raw) == ({}, 10, 1.0)
     for name in ARTIFACT_FILES:
         assert manifest.files[name] == file_entry(first.path / name)
     assert np.load(first.path / "ids.npy").tolist() == [1, 2, 3]
     np.testing.assert_array_equal(np.load(first.path / "vectors.f16.npy"), vectors[[1, 2, 0]].astype(np.float16))
     assert json.loads((first.path / "takedowns.json").read_text())["generation"] == 1
-    assert all(not p.stat().st_mode & 0o222 for p in first.path.iterdir())
+    assert {stat.S_IMODE(p.stat().st_mode) for p in first.path.iterdir()} == {0o444}
     second = publish_version(store, np.array([1, 2]), vectors[:2], db, ENCODER, tmp_path, _config(), {}, {})
     assert second.pruned == (first.name,) and list_versions(store) == [second.name]
     assert current_version(store) == second.name and second.manifest.counts == {"vectors": 2}

@@ -77,3 +77,23 @@ def test_a_store_without_a_file_falls_back_to_the_served_versions_copy(tmp_path:
     assert reader.hidden(v2) == frozenset()  # an unreadable copy hides nothing
     apply_takedowns(store, [(6, "f.jpg")], "r")
     assert reader.hidden(v1) == frozenset({6})  # the live file wins once it exists
+
+
+def test_records_carry_a_utc_stamp_to_the_second_and_an_old_file_gets_a_generation(tmp_path: Path):
+    from datetime import datetime, timedelta
+
+    (tmp_path / TAKEDOWN_FILE).write_text('{"active": {}, "history": []}')  # written before generations
+    data = apply_takedowns(tmp_path, [(1, "a.jpg")], "r")
+    assert data["generation"] == 1
+    stamp = data["active"]["1"]["at"]
+    assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0) and "." not in stamp
+    assert data["history"][0]["at"] == stamp
+
+
+def test_a_new_reader_starts_empty_without_error_and_rechecks_twice_a_second(tmp_path: Path):
+    reader = TakedownList(tmp_path)
+    assert reader.check_s == 0.5
+    assert reader.hidden() == frozenset() and reader.last_error is None
+    (tmp_path / TAKEDOWN_FILE).write_text("{broken")
+    first_read_bad = TakedownList(tmp_path, check_s=0.0)
+    assert first_read_bad.hidden() == frozenset() and first_read_bad.last_error is not None
