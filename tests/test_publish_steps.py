@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.index import publish, shards
+from indexer.index import publish
 from indexer.index.index_select import IndexConfig
 from indexer.index.publish import (
     flip_current,
@@ -26,6 +26,7 @@ from indexer.index.publish import (
     remove_temporaries,
     snapshot_metadata,
 )
+from indexer.storage import shards
 from search.artifact.encoder import EncoderIdentity
 from search.artifact.manifest import (
     ARTIFACT_FILES,
