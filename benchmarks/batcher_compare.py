@@ -14,16 +14,14 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, machine  # noqa: E402
+from common import OUT, ROOT, drive, machine  # noqa: E402
 from serving_core import queries  # noqa: E402
 from serving_store import build, text_encoder  # noqa: E402
 
@@ -41,24 +39,6 @@ def previous_batcher(ref: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.MicroBatcher
-
-
-async def drive(batcher: Any, texts: list[str], concurrency: int) -> dict[str, float]:
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-
-    async def one(q: str) -> None:
-        async with sem:
-            start = time.perf_counter()
-            await batcher.encode(q)
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(q) for q in texts))
-    seconds = time.perf_counter() - start
-    latencies.sort()
-    return {"qps": round(len(texts) / seconds, 1), "p50_ms": round(statistics.median(latencies) * 1000, 2),
-            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2)}
 
 
 def main() -> None:

@@ -90,3 +90,24 @@ def latency_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> dict[str
     samples.sort()
     return {"p50_ms": round(statistics.median(samples), 3),
             "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 3)}
+
+
+async def drive(batcher: Any, texts: list[str], concurrency: int) -> dict[str, float]:
+    """Encode `texts` through `batcher.encode` with at most `concurrency` in flight: QPS and latency p50/p99."""
+    import asyncio
+
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(q: str) -> None:
+        async with sem:
+            start = time.perf_counter()
+            await batcher.encode(q)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(q) for q in texts))
+    seconds = time.perf_counter() - start
+    latencies.sort()
+    return {"qps": round(len(texts) / seconds, 1), "p50_ms": round(statistics.median(latencies) * 1000, 3),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 3)}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, latency_ms, machine  # noqa: E402
+from common import OUT, drive, latency_ms, machine  # noqa: E402
 
 QUERY = "a large orange square on a sand background at dusk"
 
@@ -85,24 +85,6 @@ def _runtime(encoder: Any, store: Path, precision: str) -> Any:
     return RuntimeEncoder.load(bundle, RuntimeOptions(text_precision=precision))  # type: ignore[arg-type]
 
 
-async def _drive(batcher: Any, texts: list[str], concurrency: int) -> dict[str, float]:
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-
-    async def one(q: str) -> None:
-        async with sem:
-            start = time.perf_counter()
-            await batcher.encode(q)
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(q) for q in texts))
-    seconds = time.perf_counter() - start
-    latencies.sort()
-    return {"qps": round(len(texts) / seconds, 1), "p50_ms": round(statistics.median(latencies) * 1000, 3),
-            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 3)}
-
-
 def _in_service_one(batcher: Any, runs: int) -> dict[str, float]:
     async def timed() -> list[float]:
         samples = []
@@ -144,10 +126,10 @@ def family(runtime: Any, runs: int, queries: int) -> dict[str, Any]:
         alone = latency_ms(sixteen_alone, rounds)
         together = latency_ms(lambda: session.run(None, {"tokens": batch16}), rounds)
         texts = _queries(queries)
-        asyncio.run(_drive(batching, texts[:32], 16))  # warm-up
-        with_mb = asyncio.run(_drive(batching, texts, 16))
-        asyncio.run(_drive(single, texts[:32], 16))
-        without_mb = asyncio.run(_drive(single, texts, 16))
+        asyncio.run(drive(batching, texts[:32], 16))  # warm-up
+        with_mb = asyncio.run(drive(batching, texts, 16))
+        asyncio.run(drive(single, texts[:32], 16))
+        without_mb = asyncio.run(drive(single, texts, 16))
     finally:
         batching.close()
         single.close()

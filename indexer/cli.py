@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import sys
+
+from search.cli import quiet_on_closed_pipe
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("indexer.lab.world_cmd", "generate the synthetic captioned image world"),
@@ -34,18 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The entry point; a reader that goes away (`status --json | head -1`) ends it quietly (the recipe in the
-    Python docs' signal module notes: point stdout at devnull so the interpreter's last flush cannot fail)."""
-    try:
-        try:
-            args = build_parser().parse_args(argv)
-            return int(args._module.main(args) or 0)
-        finally:
-            sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+    """The entry point; a reader that goes away (`status --json | head -1`) ends it quietly."""
+
+    def run() -> int:
+        args = build_parser().parse_args(argv)
+        return int(args._module.main(args) or 0)
+
+    return quiet_on_closed_pipe(run)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["main", "bind_socket"]
+__all__ = ["main", "bind_socket", "quiet_on_closed_pipe"]
 
 DEFAULT_PORT = 8000
 
@@ -35,11 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The entry point; a reader that goes away (`... | head`) ends it quietly (the recipe in the Python docs'
-    signal module notes: point stdout at devnull so the interpreter's last flush cannot fail again)."""
+    """The entry point."""
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def quiet_on_closed_pipe(run: Callable[[], int]) -> int:
+    """`run()`, where a reader that goes away (`... | head`) ends it quietly with exit 1 (the recipe in the Python
+    docs' signal module notes: point stdout at devnull so the interpreter's last flush cannot fail again). Both
+    CLIs' entry points use it."""
     try:
         try:
-            return _main(argv)
+            return run()
         finally:
             sys.stdout.flush()
     except BrokenPipeError:

@@ -43,6 +43,14 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("docs/scaling.md", "So latency forces sharding", "arithmetic over the cost model above"),
     ("docs/scaling.md", "Merging per-shard top-k", "message-size arithmetic"),
     ("docs/deploy/README.md", "`python -m indexer takedown --store STORE", "the takedown_check_s default"),
+    ("README.md", "Both install what they need themselves", "pip's install size, as the installer reports it"),
+    ("docs/contracts.md", "The query layer's batch interface",
+     "the interface's fetch rule (a multiplier), not a measurement"),
+    ("docs/service.md", "| queries | n | best similarity", "similarities from `python -m indexer.lab.score_floor`, "
+     "the calibration that lives with the lab (its command is in the caption)"),
+    ("docs/service.md", "1. `normalize`: NFKC", "config defaults (cache sizes) and the fetch rule's multiplier"),
+    ("benchmarks/README.md", "CI runs a subset, `tests/test_mutation_subset.py`",
+     "the CI test's own run time range, as pytest prints it"),
 ]
 
 

@@ -3,12 +3,14 @@ all, LRU order, and when the page cache is off."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from search.query.result_cache import ResultCache, page_key
 
 VECTOR = np.arange(8, dtype=np.float32)
-PAGE_OVERHEAD, HIT_BYTES = 256, 2560  # what `put` charges a page besides its key's vector bytes
+PAGE_OVERHEAD = 256  # what `put` charges a page besides its key's vector bytes and its hits as JSON
 
 
 def _key(name: str = "v1") -> tuple[object, ...]:
@@ -17,6 +19,11 @@ def _key(name: str = "v1") -> tuple[object, ...]:
 
 def _hits(n: int) -> list[dict[str, object]]:
     return [{"id": i} for i in range(n)]
+
+
+def _json_bytes(n: int) -> int:
+    """The size of a page of `_hits(n)` as the cache stores it (compact JSON)."""
+    return len(json.dumps(_hits(n), separators=(",", ":")).encode())
 
 
 def test_the_key_is_the_float32_bytes_whatever_the_vector_was_given_as():
@@ -36,17 +43,17 @@ def test_for_rank_is_off_at_zero_megabytes_or_with_freshness_blending():
     assert cache is not None and cache.max_bytes == 512 * 1024
 
 
-def test_a_page_is_charged_its_vector_bytes_an_overhead_and_a_share_per_hit():
+def test_a_page_is_charged_its_vector_bytes_an_overhead_and_its_json():
     cache = ResultCache(1 << 20)
     assert len(cache) == 0 and cache.nbytes == 0 and cache.get(_key()) is None
     cache.put(_key(), _hits(3), 3)
-    assert len(cache) == 1 and cache.nbytes == VECTOR.nbytes + PAGE_OVERHEAD + 3 * HIT_BYTES
+    assert len(cache) == 1 and cache.nbytes == VECTOR.nbytes + PAGE_OVERHEAD + _json_bytes(3)
     cache.put(("v1", "not bytes"), _hits(1), 1)  # a key whose last part is no vector is charged no vector bytes
-    assert cache.nbytes == VECTOR.nbytes + 2 * PAGE_OVERHEAD + 4 * HIT_BYTES
+    assert cache.nbytes == VECTOR.nbytes + 2 * PAGE_OVERHEAD + _json_bytes(3) + _json_bytes(1)
 
 
 def test_a_page_as_big_as_the_cache_is_kept_a_bigger_one_is_not():
-    exact = VECTOR.nbytes + PAGE_OVERHEAD + 2 * HIT_BYTES
+    exact = VECTOR.nbytes + PAGE_OVERHEAD + _json_bytes(2)
     cache = ResultCache(exact)
     cache.put(_key("big"), _hits(3), 3)
     assert len(cache) == 0
@@ -56,7 +63,7 @@ def test_a_page_as_big_as_the_cache_is_kept_a_bigger_one_is_not():
 
 
 def test_least_recently_used_page_goes_first():
-    page = VECTOR.nbytes + PAGE_OVERHEAD + HIT_BYTES
+    page = VECTOR.nbytes + PAGE_OVERHEAD + _json_bytes(1)
     cache = ResultCache(2 * page)
     cache.put(_key("a"), _hits(1), 1)
     cache.put(_key("b"), _hits(1), 1)

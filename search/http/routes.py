@@ -19,6 +19,7 @@ from search.http.guidance import is_weak, score_floor
 from search.http.jsonbody import StrictJsonRoute
 from search.http.request_id import current_request_id
 from search.http.schemas import (
+    ID_MAX,
     ErrorResponse,
     Hit,
     Ready,
@@ -43,7 +44,6 @@ _GUARDED: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s i
 router = APIRouter(responses=_ERRORS, route_class=StrictJsonRoute)
 STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 _CANONICAL = re.compile(r"0|[1-9][0-9]{0,30}", re.ASCII)
-ID_MAX = 2**63 - 1  # ids are SQLite INTEGERs: anything outside is a 422, never an overflow deep inside
 
 
 def _canonical_id(value: object) -> object:

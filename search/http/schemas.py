@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,12 +106,16 @@ class ReloadResult(BaseModel):
     error: str | None = None
 
 
+ID_MAX = 2**63 - 1  # ids are SQLite INTEGERs: anything outside is a 422, never an overflow deep inside
+ImageIdValue = Annotated[int, Field(ge=0, le=ID_MAX)]
+
+
 class TakedownRequest(BaseModel):
     """POST /admin/takedown: hide (or with restore=true, show again) images by id or relative path."""
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(default_factory=list, max_length=1000)
+    ids: list[ImageIdValue] = Field(default_factory=list, max_length=1000)
     paths: list[str] = Field(default_factory=list, max_length=1000)
     reason: str = Field(min_length=1, max_length=1000)
     restore: bool = False
