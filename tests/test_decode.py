@@ -70,6 +70,15 @@ def test_decompression_bomb_guard_is_a_failure(tmp_path: Path) -> None:
         decode_image(str(path), max_pixels=1000)
 
 
+def test_one_callers_pixel_limit_does_not_leak_into_the_process(tmp_path: Path) -> None:
+    """An in-process call with a small limit once set Pillow's global and broke every later decode here."""
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DecodeError):
+        decode_image(str(draw(tmp_path / "big.png", 1, size=(100, 100))), max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == before
+    assert decode_image(str(draw(tmp_path / "ok.png", 2, size=(100, 100))), BIG).size == (100, 100)
+
+
 def test_not_an_image(tmp_path: Path) -> None:
     path = tmp_path / "fake.jpg"
     path.write_text("not an image")

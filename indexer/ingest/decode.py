@@ -70,13 +70,12 @@ def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
     With `meta`, the file's EXIF/IPTC/XMP fields are read from the same open image (no second read of the file).
     """
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 size = im.size
+                check_pixels(size, max_pixels)
                 if draft_side and im.format == "JPEG":
                     im.draft(im.mode, (draft_side, draft_side))
                 im.load()
@@ -90,7 +89,7 @@ def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
         if notes is not None:  # Pillow's per-file complaints travel with the file into the run report
             notes.extend(f"{w.category.__name__}: {w.message}" for w in caught)
         return rgb, size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb guard: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise DecodeError(f"not a readable image: {exc}") from exc
@@ -98,6 +97,23 @@ def open_rgb(path: str, max_pixels: int, notes: list[str] | None = None,
         raise DecodeError("out of memory while decoding") from exc
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
         raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """The bomb guard, from the header's size before any pixel is decoded.
+
+    Our own check rather than Pillow's process-wide `Image.MAX_IMAGE_PIXELS`: setting that global per call
+    leaked one caller's limit into every later decode in the process (the search service's uploads too).
+    """
+    width, height = size
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        raise Image.DecompressionBombError(f"image of {width}x{height} pixels exceeds the {max_pixels}-pixel limit")
+
+
+def own_pixel_limit(max_pixels: int) -> None:
+    """In a process that decodes only for us (pool worker, Ray worker): let Pillow's own guard, which also
+    checks crops and resizes, allow `max_pixels` (its default refuses ~179 MP outright)."""
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
 
 
 def _apply_orientation(im: Image.Image, notes: list[str] | None) -> Image.Image:
@@ -160,6 +176,7 @@ def _init_worker(preprocess: Callable[[Image.Image], Any], max_pixels: int, draf
                  read_meta: bool = True) -> None:
     global _preprocess, _max_pixels, _draft_side, _read_meta
     settle_decode_process()
+    own_pixel_limit(max_pixels)
     _preprocess, _max_pixels, _draft_side, _read_meta = preprocess, max_pixels, draft_side, read_meta
 
 

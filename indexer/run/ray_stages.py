@@ -70,9 +70,11 @@ def decode_batch(
     `worker_process`: this runs in a Ray worker (the backend says so), which may freeze its objects once;
     called in-process (tests), it only sets one intra-op thread, as before.
     """
-    from indexer.ingest.decode import settle_decode_process
+    from indexer.ingest.decode import own_pixel_limit, settle_decode_process
 
     settle_decode_process(freeze=worker_process)
+    if worker_process:
+        own_pixel_limit(max_pixels)
     outcomes = [decode_one(os.path.join(image_root, row_path(p)), preprocess, max_pixels, timeout_s, draft_side,
                            read_meta) for p in batch["path"]]
     pixels = np.zeros((len(outcomes), *pixel_shape), np.float32)
