@@ -19,7 +19,7 @@ import numpy as np
 from search.artifact.version import Artifact
 from search.query.merge import merge_ranked, satisfied
 from search.query.rerank import Ranked, RerankWeights
-from search.query.shard import ShardQuery, shard_search
+from search.query.shard import ShardFanout, ShardHits, ShardQuery, shard_search
 from search.query.spec import SearchSpec
 from search.query.timing import StageTimer
 from search.settings import RankSettings
@@ -73,25 +73,34 @@ def shard_query(spec: SearchSpec, fetch: int, policy: RankPolicy) -> ShardQuery:
 
 
 def search_batch(artifact: Artifact, vectors: np.ndarray, specs: Sequence[SearchSpec], policy: RankPolicy, *,
-                 hidden: frozenset[int] = frozenset(), timer: StageTimer | None = None) -> list[Page]:
-    """`vectors` (nq, D) float32, one spec each -> one page each, equal to searching each query alone."""
+                 hidden: frozenset[int] = frozenset(), timer: StageTimer | None = None,
+                 fanout: ShardFanout | None = None) -> list[Page]:
+    """`vectors` (nq, D) float32, one spec each -> one page each, equal to searching each query alone.
+
+    `fanout` searches the shards (default: this artifact, in this process); the merge, the refetch rounds and
+    the page's metadata read stay here, so a fleet's ingress runs this same function over remote shards.
+    """
     timer = timer if timer is not None else StageTimer()
     q = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(specs), -1)
     n = len(artifact.ids)
+    if fanout is None:
+        def fanout(qv: np.ndarray, asks: Sequence[ShardQuery]) -> Sequence[Sequence[ShardHits]]:
+            return [shard_search(artifact, qv, asks, hidden=hidden, params=policy.ann_params, timer=timer)]
     fetch = [first_fetch(s, policy, artifact.rerank_candidates, n) for s in specs]
     ranked: list[list[Ranked]] = [[] for _ in specs]
     active = list(range(len(specs)))
     while active:
         asks = [shard_query(specs[i], fetch[i], policy) for i in active]
-        parts = shard_search(artifact, q[active], asks, hidden=hidden, params=policy.ann_params, timer=timer)
+        per_shard = fanout(q[active], asks)
         again = []
-        for i, part in zip(active, parts, strict=True):
+        for j, i in enumerate(active):
+            parts = [hits[j] for hits in per_shard]
             if specs[i].phase == "fast":  # ANN order as it is: no rerank stage
-                ranked[i] = merge_ranked([part], specs[i], policy.weights, policy.dedup_threshold)
+                ranked[i] = merge_ranked(parts, specs[i], policy.weights, policy.dedup_threshold)
             else:
                 with timer.stage("rerank"):
-                    ranked[i] = merge_ranked([part], specs[i], policy.weights, policy.dedup_threshold)
-            if not satisfied(ranked[i], [part], specs[i]):
+                    ranked[i] = merge_ranked(parts, specs[i], policy.weights, policy.dedup_threshold)
+            if not satisfied(ranked[i], parts, specs[i]):
                 fetch[i] = min(n, fetch[i] * 4)
                 again.append(i)
         active = again

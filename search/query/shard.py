@@ -14,19 +14,34 @@ product `exact_cosine` computes alone; the metadata of all candidates that need 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from search.artifact.version import Artifact
 from search.query.filters import Filters
 from search.query.rerank import exact_cosine
 from search.query.timing import StageTimer
 
-__all__ = ["ShardQuery", "ShardHits", "shard_search"]
+__all__ = ["ShardFanout", "ShardQuery", "ShardHits", "ShardSource", "shard_search"]
+
+
+class ShardSource(Protocol):
+    """What `shard_search` reads of one shard: an opened artifact (one shard) or one part of a sharded version."""
+
+    @property
+    def ids(self) -> np.ndarray: ...  # int64, ascending: the shard's image ids by row
+
+    def ann_rows(self, queries: np.ndarray, k: int,
+                 params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ids_at(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def metadata(self, ids: Sequence[int]) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,13 @@ class ShardHits:
     exhausted: bool  # the fetch covered the whole shard: asking for more finds nothing new
 
 
-def shard_search(artifact: Artifact, vectors: np.ndarray, queries: Sequence[ShardQuery], *,
+# One round of a search batch over every shard: (query vectors (nq, D), one ShardQuery per query) -> for each
+# shard, one ShardHits per query. In-process it calls `shard_search` per shard; a fleet's ingress calls the shard
+# deployments. Every shard gets the same asks: the exact global top fetch is within the shards' top fetch.
+ShardFanout = Callable[[np.ndarray, Sequence["ShardQuery"]], Sequence[Sequence["ShardHits"]]]
+
+
+def shard_search(artifact: ShardSource, vectors: np.ndarray, queries: Sequence[ShardQuery], *,
                  hidden: frozenset[int] = frozenset(), params: Mapping[str, Any] | None = None,
                  timer: StageTimer | None = None) -> list[ShardHits]:
     """`vectors` (nq, D) float32 query vectors, one `ShardQuery` each -> one `ShardHits` each."""
