@@ -125,3 +125,46 @@ def test_failed_computation_reaches_every_waiter_and_is_not_cached():
     results = asyncio.run(run())
     assert all(isinstance(r, RuntimeError) for r in results)
     assert cache.get("k") is None
+
+
+def _leader_and_waiter(cancel_waiter_too: bool) -> tuple[list[int], object]:
+    """A leader computing key "k" and one waiter on it; the leader is cancelled (and, if asked, the waiter in
+    the same turn). Returns the compute calls and the waiter's outcome."""
+    cache = QueryEmbeddingCache(maxsize=8, ttl_s=60)
+    calls: list[int] = []
+
+    async def run() -> object:
+        release = asyncio.Event()
+
+        async def compute() -> np.ndarray:
+            calls.append(1)
+            await release.wait()
+            return _vec(3.0)
+
+        leader = asyncio.create_task(cache.get_or_compute("k", compute))
+        await until(lambda: len(calls) == 1)
+        waiter = asyncio.create_task(cache.get_or_compute("k", compute))
+        await until(lambda: cache.stats.coalesced == 1)
+        leader.cancel()
+        if cancel_waiter_too:
+            waiter.cancel()
+        release.set()
+        results = await asyncio.gather(leader, waiter, return_exceptions=True)
+        return results[1]
+
+    return calls, asyncio.run(run())
+
+
+def test_a_waiter_whose_leader_is_cancelled_computes_the_vector_itself():
+    calls, outcome = _leader_and_waiter(cancel_waiter_too=False)
+    assert len(calls) == 2
+    vector, hit = outcome  # type: ignore[misc]
+    np.testing.assert_array_equal(vector, _vec(3.0))
+
+
+def test_a_waiter_cancelled_with_its_leader_stays_cancelled():
+    """Both cancelled in one turn: the waiter's own cancellation must not be taken for the leader's and
+    swallowed (a client that went away would still cost an encode)."""
+    calls, outcome = _leader_and_waiter(cancel_waiter_too=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert len(calls) == 1

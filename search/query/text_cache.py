@@ -70,9 +70,10 @@ class QueryEmbeddingCache:
             try:
                 return await asyncio.shield(pending), False
             except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # this waiter itself was cancelled
-                return await self.get_or_compute(key, compute)  # the leader was: compute it ourselves
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this waiter itself was cancelled (perhaps in the same turn as the leader)
+                return await self.get_or_compute(key, compute)  # only the leader was: compute it ourselves
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
