@@ -102,18 +102,21 @@ def test_min_score_keeps_a_candidate_exactly_at_the_cutoff():
     assert [r.id for r in rerank(Q, IDS, VECS, METAS, RerankWeights(), limit=5, min_score=cutoff)] == [10, 11, 12]
 
 
-def test_equal_scores_keep_candidate_order():
-    """Ties rank in candidate (ANN) order: a stable sort, even past the size where numpy's default sort is not."""
+def test_equal_scores_rank_by_ascending_id_whatever_the_candidate_order():
+    """Ties rank by id, not by candidate (ANN or shard) order: two orders of the same candidates give one page,
+    past the size where numpy's default sort is not stable too."""
     rng = np.random.default_rng(0)
     levels = np.round(rng.random(300), 1)  # many exact ties
     rows = _unit(np.stack([levels, np.sqrt(1.0 - levels**2), np.zeros(300)], axis=1))
-    ids = list(range(300))
+    ids = rng.permutation(300).tolist()
     ranked = rerank(Q, ids, rows, [{} for _ in ids], RerankWeights(), limit=300)
     scores = [r.score for r in ranked]
     assert scores == sorted(scores, reverse=True)
     for a, b in zip(ranked, ranked[1:], strict=False):
         if a.score == b.score:
             assert a.id < b.id
+    back = rerank(Q, ids[::-1], rows[::-1], [{} for _ in ids], RerankWeights(), limit=300)
+    assert [r.id for r in back] == [r.id for r in ranked]
 
 
 def test_popularity_boost_is_the_squashed_log():

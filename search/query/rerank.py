@@ -124,7 +124,9 @@ def rank_candidates(ids: Sequence[int] | np.ndarray, sims: np.ndarray, vectors: 
     if len(ids) == 0:
         return []
     scores = sims + business_boost(metas, weights)
-    order = np.argsort(-scores, kind="stable")
+    # Equal scores (the same photo uploaded twice has the same vector) rank by ascending id, not by where the
+    # candidates came from: so the page does not depend on the ANN order or on how a version is sharded.
+    order = np.lexsort((np.asarray(ids, dtype=np.int64), -scores))
     if min_score is not None:
         order = order[scores[order] >= min_score]
     if dedup_threshold is not None and order.size:
