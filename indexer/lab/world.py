@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from indexer.lab.languages import captions
+
 WORLD_VERSION = 1
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "crescent")
@@ -315,13 +317,14 @@ def metadata_record(item: WorldItem) -> dict[str, Any]:
 
 
 def query_records(items: list[WorldItem]) -> list[dict[str, Any]]:
-    """Each distinct gallery caption with its relevant (caption-matching) images, in first-seen order."""
+    """Each distinct gallery caption with its relevant (caption-matching) images, in first-seen order, and the
+    same query in every language of indexer.lab.languages (`translations`, English included)."""
     by_caption: dict[str, list[WorldItem]] = {}
     for item in items:
         by_caption.setdefault(item.composition.caption, []).append(item)
     return [
         {"query": caption, "unseen": group[0].composition.unseen, "composition": group[0].composition.to_dict(),
-         "relevant": [relative_path(i) for i in group]}
+         "translations": captions(**group[0].composition.to_dict()), "relevant": [relative_path(i) for i in group]}
         for caption, group in by_caption.items()
     ]
 
