@@ -310,8 +310,8 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
     flip_current(store, final)
     pruned = prune_versions(store, config.keep_versions)
     prune_encoders(store)
-    log.info("published %s (%s, %d shard(s), recall@10 %.4f) and pruned %s", name, factory, config.shards,
-             recall, pruned)
+    shards = f", {config.shards} shards" if config.shards > 1 else ""
+    log.info("published %s (%s%s, recall@10 %.4f) and pruned %s", name, factory, shards, recall, pruned)
     return PublishedVersion(name=name, path=final, manifest=manifest, pruned=tuple(pruned))
 
 
