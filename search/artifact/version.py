@@ -487,6 +487,11 @@ class Artifact:
         """Snapshot rows as stored (dicts) in the order of `ids`; KeyError for unknown ids."""
         return self._snapshot.metadata(ids)
 
+    @property
+    def _connections(self) -> list[sqlite3.Connection]:
+        """The snapshot's open connections (tests check that a released version closed them)."""
+        return self._snapshot._connections  # noqa: SLF001 - the snapshot is this artifact's own
+
     def close(self) -> None:
         """Close every thread's SQLite connection (connections are opened with check_same_thread=False)."""
         self._snapshot.close()
