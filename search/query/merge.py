@@ -57,19 +57,19 @@ def trim_to_fetch(parts: Sequence[ShardHits], fetch: int) -> list[ShardHits]:
     """The shards' hits cut to the candidates among the global top `fetch` by ANN score (what one shard
     holding every vector fetches); a cut marks every part not exhausted, since a larger fetch finds more.
     One part, or parts without ANN scores, come back as they are. Candidates tied with the cut all stay."""
-    if len(parts) < 2 or any(p.ann is None or p.fetched is None for p in parts):
+    scored = [(p, p.ann, p.fetched) for p in parts]
+    if len(parts) < 2 or any(ann is None or fetched is None for _, ann, fetched in scored):
         return list(parts)
-    scores = np.concatenate([p.fetched for p in parts if p.fetched is not None])
+    scores = np.concatenate([fetched for _, _, fetched in scored if fetched is not None])
     if len(scores) <= fetch:
         return list(parts)
     cut = np.partition(scores, len(scores) - fetch)[len(scores) - fetch]  # the fetch-th largest
     trimmed = []
-    for p in parts:
-        assert p.ann is not None and p.fetched is not None
-        keep = p.ann >= cut
+    for p, ann, fetched in scored:
+        keep = np.asarray(ann) >= cut
         metas = [m for m, k in zip(p.metas, keep.tolist(), strict=True) if k] if p.metas is not None else None
         trimmed.append(ShardHits(p.ids[keep], p.similarity[keep], p.vectors[keep] if p.vectors is not None else None,
-                                 metas, False, p.ann[keep], p.fetched[p.fetched >= cut]))
+                                 metas, False, np.asarray(ann)[keep], np.asarray(fetched)[np.asarray(fetched) >= cut]))
     return trimmed
 
 
