@@ -87,14 +87,15 @@ def _write_metadata(db: Path, image_root: Path, records: list[dict]) -> list[int
 
 
 def publish(store: Path, image_root: Path, encoder: ClipEncoder, db: Path, ids: list[int],
-            vectors: np.ndarray, factory: str | None = None, onnx_cache: Path | None = None) -> str:
-    """Publish one version, with its encoder files, by the indexer's own functions; returns the version name."""
+            vectors: np.ndarray, factory: str | None = None, onnx_cache: Path | None = None, shards: int = 1) -> str:
+    """Publish one version (`shards` parts), with its encoder files, by the indexer's own functions; returns the
+    version name."""
     from indexer.index.index_select import IndexConfig
     from indexer.index.publish import publish_version
     from indexer.models.export import export_bundle
 
     config = IndexConfig(recall_queries=40, latency_queries=10, use_gpu=False, rerank_candidates=(50,),
-                         keep_versions=10, factory=factory)
+                         keep_versions=10, factory=factory, shards=shards)
     published = publish_version(store, np.asarray(ids, np.int64), vectors, db, encoder.identity, image_root,
                                 config, {"indexed": len(ids), "failed": 0, "deleted": 0}, {},
                                 encoder_files=export_bundle(encoder, store, onnx_cache or store.parent / "onnx-cache"))

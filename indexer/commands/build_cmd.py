@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="local worker processes, or a Ray Data pipeline (needs the [distributed] extra)")
     parser.add_argument("--ray-address", dest="ray_address",
                         help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="parts of the published version (default: the index config's, 1); a different count "
+                             "than the current version's republishes it from the stored embeddings, no encode")
     parser.add_argument("--max-new-failures", dest="max_new_failures", type=int, default=None,
                         help="exit 1 when more images than this fail in this run (default: no limit)")
     parser.add_argument("--report", type=Path, help="also write the run report (JSON) to this file")
@@ -112,6 +115,10 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
         if args.max_new_failures is not None and args.max_new_failures < 0:
             raise SettingsError("--max-new-failures must be 0 or more")
         settings = load_settings(args.config, overrides)
+        if args.shards is not None:
+            if args.shards < 1:
+                raise SettingsError("--shards must be 1 or more")
+            settings = settings.model_copy(update={"index": {**settings.index, "shards": args.shards}})
         encode_stage = stage_for_backend(args.backend, args.ray_address)  # fails fast if Ray is missing
         encoder = _encoder_for(args.store, settings, lazy=args.backend == "local")
         report = run_build(args.images, args.store, settings, encoder, encode_stage=encode_stage)

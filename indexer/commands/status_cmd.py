@@ -17,8 +17,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def store_status(store: Path) -> dict[str, Any]:
     """Current version plus the live database's counts and failures (relative paths)."""
     from indexer.storage.store import DB_NAME, MetadataStore, connect
+    from search.artifact.manifest import ArtifactError, read_manifest
     from search.artifact.takedown import TAKEDOWN_FILE, read_takedowns
-    from search.artifact.version import current_version
+    from search.artifact.version import current_path, current_version
 
     db_path = Path(store) / DB_NAME
     if not db_path.is_file():
@@ -26,8 +27,13 @@ def store_status(store: Path) -> dict[str, Any]:
     db = MetadataStore(connect(db_path, readonly=True))
     try:
         counts = db.counts()
+        try:
+            shards: int | None = read_manifest(current_path(Path(store))).shard_count
+        except ArtifactError:
+            shards = None
         return {
             "version": current_version(Path(store)),
+            "shards": shards,
             "indexed": counts["indexed"],
             "failed": counts["failed"],
             "deleted": counts["deleted"],
@@ -55,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"version:  {status['version'] or '(none published)'}")
+    if status["shards"] and status["shards"] > 1:
+        print(f"shards:   {status['shards']}")
     for key in ("indexed", "failed", "deleted", "pending"):
         print(f"{key + ':':9} {status[key]}")
     for failure in status["failures"]:

@@ -87,6 +87,7 @@ class IndexConfig:
     keep_versions: int = 3
     seed: int = 1234
     factory: str | None = None       # force a factory string (tests, experiments); None = choose_index
+    shards: int = 1                  # parts of a published version (search.artifact.shards); 1: unsharded
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> IndexConfig:
@@ -99,6 +100,8 @@ class IndexConfig:
         if unknown:
             raise ValueError(f"unknown index config keys: {sorted(unknown)}")
         config = cls(budget=budget, cost=cost, **data)
+        if config.shards < 1:
+            raise ValueError("shards must be at least 1")
         if config.keep_versions < 1:
             raise ValueError("keep_versions must be at least 1 (the current version is never pruned)")
         return config

@@ -4,6 +4,11 @@ A version is assembled in a temporary directory under STORE/versions/, checked b
 reader the service uses (full checksums), renamed to its final sortable name, and only then made current by
 replacing the `current` symlink with os.replace. Any failure before that removes the temporary directory and
 leaves `current` exactly as it was.
+
+With `config.shards` S > 1 the version is sharded (search.artifact.manifest schema 2): the rows are split by
+the shard rule (search.artifact.shards) into `shard-000/` ... folders, each with its own index.faiss (built and
+tuned by the same selection over that part's vectors; every part takes part 0's factory), vectors.f16.npy and
+ids.npy; metadata.sqlite and the takedown copy stay at the version's root, the encoder folder in the store.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,14 +40,18 @@ from search.artifact.manifest import (
     INDEX_FILE,
     METADATA_FILE,
     SCHEMA_VERSION,
+    SHARDED_SCHEMA_VERSION,
     VECTORS_FILE,
     ArtifactError,
     EncoderFiles,
     IndexInfo,
     Manifest,
+    ShardEntry,
     read_manifest,
+    shard_dir_name,
     write_manifest,
 )
+from search.artifact.shards import SHARD_RULE, shard_of
 from search.artifact.version import CURRENT_LINK, current_version, open_version
 
 __all__ = ["PublishedVersion", "publish_version", "new_version_name", "prune_versions", "list_versions",
@@ -135,7 +144,11 @@ def _write_arrays(tmp: Path, ids: np.ndarray, vectors16: np.ndarray) -> None:
 
 
 def _make_read_only(directory: Path) -> None:
+    """fsync and make read-only every file of a version, shard folders included."""
     for file in directory.iterdir():
+        if file.is_dir():
+            _make_read_only(file)
+            continue
         with open(file, "rb") as fh:
             os.fsync(fh.fileno())
         file.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -223,18 +236,22 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _manifest(name: str, tmp: Path, encoder: EncoderIdentity, image_root: Path, built: BuiltIndex,
-              counts: Mapping[str, int], timings: Mapping[str, float], n: int,
-              encoder_files: EncoderFiles | None = None) -> Manifest:
-    files = {f: file_entry(tmp / f) for f in (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)}
+def _index_info(built: BuiltIndex) -> IndexInfo:
     selection = built.choice.to_dict()
     selection["target_met"] = built.target_met
-    index = IndexInfo(
+    return IndexInfo(
         factory=built.choice.factory, metric="ip", params=dict(built.params),
         rerank_candidates=built.rerank_candidates, selection=selection, tuning=built.tuning,
         recall_at_10=built.recall_at_10, recall_at_10_raw=built.recall_at_10_raw,
         recall_queries=built.recall_queries, latency_ms=built.latency_ms, bytes_per_vector=built.bytes_per_vector,
     )
+
+
+def _manifest(name: str, tmp: Path, encoder: EncoderIdentity, image_root: Path, built: BuiltIndex,
+              counts: Mapping[str, int], timings: Mapping[str, float], n: int,
+              encoder_files: EncoderFiles | None = None) -> Manifest:
+    files = {f: file_entry(tmp / f) for f in (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)}
+    index = _index_info(built)
     all_timings = {**{k: float(v) for k, v in timings.items()},
                    **{f"index_{k}": float(v) for k, v in built.timings.items()}}
     return Manifest(
@@ -259,21 +276,26 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
     """
     store = Path(store)
     ids, vectors16 = _validate_inputs(ids, vectors, encoder, Path(metadata_db))
+    if config.shards > 1:
+        _check_shard_sizes(ids, config.shards)
     versions = store / VERSIONS_DIR
     versions.mkdir(parents=True, exist_ok=True)
     name = new_version_name()
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + name + "-", dir=versions))
     try:
         start = time.perf_counter()
-        _write_arrays(tmp, ids, vectors16)
         snapshot_metadata(Path(metadata_db), tmp / METADATA_FILE)
-        stored = np.load(tmp / VECTORS_FILE, mmap_mode="r")
-        built = build_index(stored, config)
-        del stored
-        _write_index(built.index, tmp / INDEX_FILE)
-        write_manifest(tmp, _manifest(name, tmp, encoder, image_root, built, counts,
-                                      {**timings, "publish_s": time.perf_counter() - start}, len(ids),
-                                      encoder_files))
+        if config.shards > 1:
+            manifest = _write_shards(name, tmp, ids, vectors16, config, encoder, image_root, counts, timings,
+                                     start, encoder_files)
+            factory, recall = manifest.index.factory, manifest.index.recall_at_10
+        else:
+            _write_arrays(tmp, ids, vectors16)
+            built = _build_into(tmp, config)
+            manifest = _manifest(name, tmp, encoder, image_root, built, counts,
+                                 {**timings, "publish_s": time.perf_counter() - start}, len(ids), encoder_files)
+            factory, recall = built.choice.factory, built.recall_at_10
+        write_manifest(tmp, manifest)
         _copy_takedowns(store, tmp)
         _make_read_only(tmp)
         open_version(tmp, checks="full", expect_encoder=encoder).close()
@@ -288,9 +310,87 @@ def publish_version(store: Path, ids: np.ndarray, vectors: np.ndarray, metadata_
     flip_current(store, final)
     pruned = prune_versions(store, config.keep_versions)
     prune_encoders(store)
-    log.info("published %s (%s, recall@10 %.4f) and pruned %s", name, built.choice.factory,
-             built.recall_at_10, pruned)
+    shards = f", {config.shards} shards" if config.shards > 1 else ""
+    log.info("published %s (%s%s, recall@10 %.4f) and pruned %s", name, factory, shards, recall, pruned)
     return PublishedVersion(name=name, path=final, manifest=manifest, pruned=tuple(pruned))
+
+
+def _build_into(folder: Path, config: IndexConfig) -> BuiltIndex:
+    """Build the index over the float16 vectors written in `folder` and write it there."""
+    stored = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    built = build_index(stored, config)
+    del stored
+    _write_index(built.index, folder / INDEX_FILE)
+    return built
+
+
+def _check_shard_sizes(ids: np.ndarray, shards: int) -> None:
+    """Every part must hold vectors (an empty part has no index to build): say so before writing anything."""
+    sizes = np.bincount(shard_of(ids, shards), minlength=shards)
+    empty = np.flatnonzero(sizes == 0)
+    if empty.size:
+        raise ValueError(f"{shards} shards for {len(ids)} vectors leaves shard(s) {empty.tolist()} empty: "
+                         "use fewer shards")
+
+
+def _write_shards(name: str, tmp: Path, ids: np.ndarray, vectors16: np.ndarray, config: IndexConfig,
+                  encoder: EncoderIdentity, image_root: Path, counts: Mapping[str, int],
+                  timings: Mapping[str, float], start: float, encoder_files: EncoderFiles | None) -> Manifest:
+    """Write every part (its rows by the shard rule, ascending ids kept) and return the sharded manifest."""
+    owner = shard_of(ids, config.shards)
+    entries: list[ShardEntry] = []
+    built_all: list[BuiltIndex] = []
+    part_config = config
+    for shard in range(config.shards):
+        folder = tmp / shard_dir_name(shard)
+        folder.mkdir()
+        mask = owner == shard
+        _write_arrays(folder, ids[mask], vectors16[mask])
+        built = _build_into(folder, part_config)
+        if shard == 0 and config.factory is None:  # one factory for every part: part 0's choice
+            part_config = replace(config, factory=built.choice.factory)
+        info = _index_info(built)
+        if shard > 0 and config.factory is None:
+            info.selection["reason"] = f"part 0's choice ({built_all[0].choice.reason})"
+        entries.append(ShardEntry(dir=folder.name, vectors=int(mask.sum()), index=info,
+                                  files={f: file_entry(folder / f) for f in (INDEX_FILE, VECTORS_FILE, IDS_FILE)}))
+        built_all.append(built)
+    index = _whole_index_info(entries, config.shards)
+    index_timings: dict[str, float] = {}
+    for built in built_all:
+        for key, value in built.timings.items():
+            index_timings[f"index_{key}"] = index_timings.get(f"index_{key}", 0.0) + float(value)
+    return Manifest(
+        schema_version=SHARDED_SCHEMA_VERSION, version=name, created_at=datetime.now(UTC).isoformat(),
+        encoder=encoder, image_root=str(Path(image_root).resolve()), index=index,
+        counts={**{k: int(v) for k, v in counts.items()}, "vectors": len(ids)},
+        timings={**{k: float(v) for k, v in timings.items()}, "publish_s": time.perf_counter() - start,
+                 **index_timings},
+        files={METADATA_FILE: file_entry(tmp / METADATA_FILE)}, encoder_files=encoder_files,
+        sharding={"rule": SHARD_RULE, "shards": config.shards}, shards=tuple(entries),
+    )
+
+
+def _whole_index_info(entries: list[ShardEntry], shards: int) -> IndexInfo:
+    """The version's index summary over its parts: the common factory, the largest tuned search parameters and
+    rerank depth (what a whole-version search asks), the worst recall and latency, the mean bytes per vector."""
+    infos = [e.index for e in entries]
+    params: dict[str, Any] = {}
+    for info in infos:
+        for key, value in info.params.items():
+            params[key] = max(int(value), int(params.get(key, value)))
+    latency = {key: max(float(i.latency_ms.get(key, 0.0)) for i in infos) for key in infos[0].latency_ms}
+    total = sum(e.vectors for e in entries)
+    return IndexInfo(
+        factory=infos[0].factory, metric="ip", params=params,
+        rerank_candidates=max(i.rerank_candidates for i in infos),
+        selection={**infos[0].selection, "shards": shards, "target_met": all(i.selection.get("target_met", True)
+                                                                             for i in infos)},
+        tuning=[], recall_at_10=min(i.recall_at_10 for i in infos),
+        recall_at_10_raw=min(i.recall_at_10_raw for i in infos),
+        recall_queries=sum(i.recall_queries for i in infos), latency_ms=latency,
+        bytes_per_vector=sum(i.bytes_per_vector * e.vectors for i, e in zip(infos, entries, strict=True)) / total,
+    )
 
 
 def _copy_takedowns(store: Path, version_dir: Path) -> None:

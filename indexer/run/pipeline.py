@@ -262,7 +262,7 @@ def _maybe_publish(
     """
     current = current_version(store)
     if (current is not None and not db.dirty and db.get_meta("published") == current
-            and _carries_encoder(store)):
+            and _current_fits(store, _configured_shards(settings))):
         return current, False
     if counts["indexed"] == 0:
         return current, False  # nothing to put in an index; the report's counts say so
@@ -273,16 +273,24 @@ def _maybe_publish(
     return version, True
 
 
-def _carries_encoder(store: Path) -> bool:
-    """Whether the current version lists its encoder files; one published before versions carried their
-    encoder is republished once, so the service (which refuses it) can serve the store."""
+def _configured_shards(settings: IndexerSettings) -> int:
+    from indexer.index.index_select import IndexConfig
+
+    return IndexConfig.from_dict(settings.index_options()).shards
+
+
+def _current_fits(store: Path, shards: int) -> bool:
+    """Whether the current version lists its encoder files and has the configured shard count. One published
+    before versions carried their encoder is republished once, so the service (which refuses it) can serve the
+    store; one with another shard count is republished from the stored embeddings (re-sharding: no encode)."""
     from search.artifact.manifest import ArtifactError, read_manifest
     from search.artifact.version import current_path
 
     try:
-        return read_manifest(current_path(store)).encoder_files is not None
+        manifest = read_manifest(current_path(store))
     except ArtifactError:
         return False
+    return manifest.encoder_files is not None and manifest.shard_count == shards
 
 
 def publish_step(req: PublishRequest) -> str:

@@ -3,6 +3,13 @@
 The manifest is written last into a version directory, so its presence (and its checksums) is what makes a
 version complete. Readers check `schema_version` before trusting any other field; a version written by a newer
 schema is refused rather than half-understood.
+
+Schema 1 is one unsharded version: index.faiss, vectors.f16.npy, ids.npy and metadata.sqlite side by side.
+Schema 2 is a sharded version (written only when S > 1, so a reader that knows only schema 1 refuses it with
+"schema_version 2 is not supported"): `files` holds the shared metadata.sqlite, `sharding` names the rule
+(search.artifact.shards) and S, and `shards` lists each part: its folder (`shard-000/`...), vector count,
+its own index info and the checksums of its index.faiss, vectors.f16.npy and ids.npy. `counts["vectors"]` is
+the sum over the parts; `index` is the parts' common factory with the most conservative tuned figures.
 """
 
 from __future__ import annotations
@@ -22,22 +29,34 @@ __all__ = [
     "VECTORS_FILE",
     "IDS_FILE",
     "METADATA_FILE",
+    "SHARDED_SCHEMA_VERSION",
+    "PART_FILES",
     "ArtifactError",
     "EncoderFiles",
     "FileEntry",
     "IndexInfo",
     "Manifest",
+    "ShardEntry",
+    "shard_dir_name",
     "read_manifest",
     "write_manifest",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # unsharded versions (written for S = 1, as before sharding existed)
+SHARDED_SCHEMA_VERSION = 2  # sharded versions: a reader knowing only schema 1 refuses them
+READABLE_SCHEMAS = (SCHEMA_VERSION, SHARDED_SCHEMA_VERSION)
 MANIFEST_NAME = "manifest.json"
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.f16.npy"
 IDS_FILE = "ids.npy"
 METADATA_FILE = "metadata.sqlite"
 ARTIFACT_FILES = (INDEX_FILE, VECTORS_FILE, IDS_FILE, METADATA_FILE)
+PART_FILES = (INDEX_FILE, VECTORS_FILE, IDS_FILE)  # what each shard part holds of its own
+
+
+def shard_dir_name(shard: int) -> str:
+    """The folder of part `shard` inside a sharded version (zero-padded so folders sort in shard order)."""
+    return f"shard-{int(shard):03d}"
 
 
 class ArtifactError(RuntimeError):
@@ -102,6 +121,21 @@ class IndexInfo:
 
 
 @dataclass(frozen=True)
+class ShardEntry:
+    """One part of a sharded version: its folder, how many vectors it holds, its index and its files."""
+
+    dir: str
+    vectors: int
+    index: IndexInfo
+    files: dict[str, FileEntry]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardEntry:
+        return cls(dir=str(data["dir"]), vectors=int(data["vectors"]), index=IndexInfo.from_dict(data["index"]),
+                   files={n: FileEntry.from_dict(e) for n, e in data["files"].items()})
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     version: str
@@ -113,14 +147,31 @@ class Manifest:
     timings: dict[str, float]
     files: dict[str, FileEntry]
     encoder_files: EncoderFiles | None = None  # None: an artifact without its encoder (the service refuses it)
+    sharding: dict[str, Any] | None = None  # schema 2: {"rule": SHARD_RULE, "shards": S}
+    shards: tuple[ShardEntry, ...] = ()  # schema 2: the S parts in shard order; () for an unsharded version
 
     @property
     def dim(self) -> int:
         return self.encoder.dim
 
+    @property
+    def shard_count(self) -> int:
+        """How many parts the version has (1 for an unsharded version)."""
+        return max(1, len(self.shards))
+
+    def checked_files(self) -> dict[str, FileEntry]:
+        """Every file the manifest vouches for, by its path relative to the version folder."""
+        found = dict(self.files)
+        for part in self.shards:
+            found.update({f"{part.dir}/{name}": entry for name, entry in part.files.items()})
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["encoder"] = self.encoder.to_dict()
+        if not self.shards:  # an unsharded version is written exactly as schema 1 always was
+            data.pop("shards")
+            data.pop("sharding")
         return data
 
     @classmethod
@@ -129,10 +180,9 @@ class Manifest:
         if not isinstance(data, dict):
             raise ArtifactError("manifest is not a JSON object")
         schema = data.get("schema_version")
-        if schema != SCHEMA_VERSION:
-            raise ArtifactError(
-                f"manifest schema_version {schema!r} is not supported (this reader knows {SCHEMA_VERSION})"
-            )
+        if schema not in READABLE_SCHEMAS:
+            raise ArtifactError(f"manifest schema_version {schema!r} is not supported "
+                                f"(this reader knows {', '.join(map(str, READABLE_SCHEMAS))})")
         try:
             files = {name: FileEntry.from_dict(e) for name, e in data["files"].items()}
             manifest = cls(
@@ -147,15 +197,45 @@ class Manifest:
                 files=files,
                 encoder_files=(EncoderFiles.from_dict(data["encoder_files"])
                                if data.get("encoder_files") is not None else None),
+                sharding=dict(data["sharding"]) if schema == SHARDED_SCHEMA_VERSION else None,
+                shards=(tuple(ShardEntry.from_dict(e) for e in data["shards"])
+                        if schema == SHARDED_SCHEMA_VERSION else ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
+        if "vectors" not in manifest.counts:
+            raise ArtifactError("manifest counts lack 'vectors'")
+        if schema == SHARDED_SCHEMA_VERSION:
+            _check_sharding(manifest)
+            return manifest
         missing = [name for name in ARTIFACT_FILES if name not in manifest.files]
         if missing:
             raise ArtifactError(f"manifest lists no checksum for {', '.join(missing)}")
-        if "vectors" not in manifest.counts:
-            raise ArtifactError("manifest counts lack 'vectors'")
         return manifest
+
+
+def _check_sharding(manifest: Manifest) -> None:
+    """A sharded manifest must agree with itself: the rule, S, one entry per shard in order, the counts."""
+    from search.artifact.shards import SHARD_RULE
+
+    sharding = manifest.sharding or {}
+    if sharding.get("rule") != SHARD_RULE:
+        raise ArtifactError(f"manifest shard rule {sharding.get('rule')!r} is not supported (this reader knows "
+                            f"{SHARD_RULE!r})")
+    count = sharding.get("shards")
+    if not isinstance(count, int) or count < 1 or count != len(manifest.shards):
+        raise ArtifactError(f"manifest says {count!r} shards but lists {len(manifest.shards)}")
+    for i, part in enumerate(manifest.shards):
+        if part.dir != shard_dir_name(i):
+            raise ArtifactError(f"manifest shard {i} is in {part.dir!r}, expected {shard_dir_name(i)!r}")
+        missing = [name for name in PART_FILES if name not in part.files]
+        if missing:
+            raise ArtifactError(f"manifest lists no checksum for {part.dir}/{', '.join(missing)}")
+    if METADATA_FILE not in manifest.files:
+        raise ArtifactError(f"manifest lists no checksum for {METADATA_FILE}")
+    total = sum(part.vectors for part in manifest.shards)
+    if total != manifest.counts["vectors"]:
+        raise ArtifactError(f"manifest counts {manifest.counts['vectors']} vectors but its shards hold {total}")
 
 
 def read_manifest(version_dir: str | os.PathLike[str]) -> Manifest:

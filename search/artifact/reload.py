@@ -236,9 +236,10 @@ class ArtifactHolder:
 
 
 def _fingerprint(store: Path, target: Path) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and mtime of every file of the version and of the store's encoder folders: what a repair, a
-    re-export or a new `current` changes (stat calls only; nothing is read)."""
-    folders = [target, *sorted(p for p in (store / ENCODERS_DIR).glob("*") if p.is_dir())]
+    """Name, size and mtime of every file of the version (its shard folders included) and of the store's encoder
+    folders: what a repair, a re-export or a new `current` changes (stat calls only; nothing is read)."""
+    parts = sorted(p for p in target.glob("shard-*") if p.is_dir())
+    folders = [target, *parts, *sorted(p for p in (store / ENCODERS_DIR).glob("*") if p.is_dir())]
     stats = []
     for folder in folders:
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):

@@ -5,6 +5,12 @@ file present with the recorded size, array shapes against the manifest and encod
 `checks="sampled"` or `"full"` they also hash every file's samples or every byte (search.artifact.checksums).
 A version that lists encoder files (search.artifact.bundle) opens only when they verify too. Anything wrong
 raises ArtifactError, which the service uses to refuse a reload and keep serving the version it has.
+
+A version is made of parts (`Artifact.parts`, each a `ShardPart`): one for an unsharded version, S for a
+sharded one (search.artifact.manifest, schema 2). Each part is a search.query.shard.ShardSource; the
+`Artifact`'s own methods (ids, rows_for, vectors_for, exact_search, search, metadata) answer for the whole
+version across its parts. `open_shard(version_dir, i)` opens one part alone with the shared metadata: what a
+process serving only that shard loads.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from search.artifact.manifest import (
     METADATA_FILE,
     VECTORS_FILE,
     ArtifactError,
+    IndexInfo,
     Manifest,
     read_manifest,
 )
+from search.artifact.shards import shard_of
 
-__all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "SearchResult", "current_link", "current_path",
-           "check_version_files", "current_version", "open_current", "open_version"]
+__all__ = ["CURRENT_LINK", "Artifact", "ArtifactError", "MetadataSnapshot", "SearchResult", "ShardPart",
+           "current_link", "current_path", "check_version_files", "current_version", "open_current", "open_shard",
+           "open_version"]
 
 CURRENT_LINK = "current"
 
@@ -79,7 +88,34 @@ def open_current(store: str | os.PathLike[str], *, checks: CheckLevel = "size",
 
 def open_version(path: str | os.PathLike[str], *, checks: CheckLevel = "size",
                  expect_encoder: EncoderIdentity | None = None) -> Artifact:
-    """Open and check one version directory; `expect_encoder` refuses vectors from a different encoder."""
+    """Open and check one version directory (every part of it); `expect_encoder` refuses vectors from a
+    different encoder."""
+    path, manifest = _read_checked(path, expect_encoder)
+    bundle = check_version_files(path, manifest, checks)
+    return Artifact(path, manifest, bundle)
+
+
+def open_shard(path: str | os.PathLike[str], shard: int, *, checks: CheckLevel = "size",
+               expect_encoder: EncoderIdentity | None = None) -> ShardPart:
+    """Open and check part `shard` of a version and the shared metadata snapshot, nothing else (no other
+    part, no encoder files): what a process serving one shard loads. Part 0 of an unsharded version is the
+    whole version. The part owns its metadata connections: close it when done."""
+    path, manifest = _read_checked(path, expect_encoder)
+    if not 0 <= int(shard) < manifest.shard_count:
+        raise ArtifactError(f"version {manifest.version} has {manifest.shard_count} shard(s); there is no shard "
+                            f"{shard}")
+    what = f"version {manifest.version}"
+    check_file(path / METADATA_FILE, manifest.files[METADATA_FILE], checks, what)
+    _check_part_files(path, manifest, int(shard), checks)
+    snapshot = MetadataSnapshot(path, manifest.version)
+    try:
+        return ShardPart(path, manifest, int(shard), snapshot, owns_metadata=True)
+    except BaseException:
+        snapshot.close()
+        raise
+
+
+def _read_checked(path: str | os.PathLike[str], expect_encoder: EncoderIdentity | None) -> tuple[Path, Manifest]:
     path = Path(path).resolve()
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a directory")
@@ -88,22 +124,245 @@ def open_version(path: str | os.PathLike[str], *, checks: CheckLevel = "size",
         reason = encoder_mismatch(expect_encoder, manifest.encoder, f"version {manifest.version}")
         if reason is not None:
             raise ArtifactError(reason)
-    bundle = check_version_files(path, manifest, checks)
-    return Artifact(path, manifest, bundle)
+    return path, manifest
 
 
 def check_version_files(path: Path, manifest: Manifest, checks: CheckLevel) -> EncoderBundle | None:
-    """Check a version's files and its encoder's files at `checks`; returns the verified encoder bundle."""
+    """Check a version's files (every part's) and its encoder's files at `checks`; returns the verified
+    encoder bundle."""
     for name, entry in manifest.files.items():
         check_file(path / name, entry, checks, f"version {manifest.version}")
+    for shard in range(len(manifest.shards)):
+        _check_part_files(path, manifest, shard, checks)
     return verify_encoder_files(path, manifest, checks)
 
 
-class Artifact:
-    """One opened version. Vectors and ids are memory-mapped; the FAISS index is loaded into RAM.
+def _check_part_files(path: Path, manifest: Manifest, shard: int, checks: CheckLevel) -> None:
+    if not manifest.shards:
+        for name in (INDEX_FILE, VECTORS_FILE, IDS_FILE):
+            check_file(path / name, manifest.files[name], checks, f"version {manifest.version}")
+        return
+    part = manifest.shards[shard]
+    if not (path / part.dir).is_dir():
+        raise ArtifactError(f"version {manifest.version}: shard {shard} is missing ({path / part.dir} does not "
+                            "exist)")
+    for name, entry in part.files.items():
+        check_file(path / part.dir / name, entry, checks, f"version {manifest.version} shard {shard} ({part.dir})")
 
-    Thread-safe for searching: FAISS search is re-entrant with per-call parameters, and metadata reads use one
-    read-only SQLite connection per thread.
+
+class MetadataSnapshot:
+    """A version's metadata.sqlite, read-only, one connection per thread (shared by all parts of a version)."""
+
+    def __init__(self, version_dir: Path, version: str):
+        self.path = Path(version_dir) / METADATA_FILE
+        self.version = version
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            self.conn().execute("SELECT id FROM images LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise ArtifactError(f"version {version}: metadata snapshot unreadable ({exc})") from exc
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = self.path.as_uri() + "?mode=ro&immutable=1"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def metadata(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Snapshot rows as stored (dicts) in the order of `ids`; KeyError for unknown ids."""
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return []
+        rows: dict[int, dict[str, Any]] = {}
+        conn = self.conn()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
+                rows[row["id"]] = dict(row)
+        missing = [i for i in wanted if i not in rows]
+        if missing:
+            raise KeyError(f"ids not in the metadata snapshot of {self.version}: {missing[:10]}")
+        return [rows[i] for i in wanted]
+
+    def close(self) -> None:
+        """Close every thread's connection (connections are opened with check_same_thread=False)."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+class ShardPart:
+    """One part of a version: its ids and float16 vectors (memory-mapped), its FAISS index (in RAM), its tuned
+    search parameters, and the version's shared metadata. A search.query.shard.ShardSource.
+
+    Checked on open: array types and shapes against the manifest, ids strictly ascending, the index's size and
+    dimension, and (sharded versions) every id in the shard the rule (search.artifact.shards) gives it.
+    """
+
+    def __init__(self, version_dir: Path, manifest: Manifest, shard: int, snapshot: MetadataSnapshot,
+                 owns_metadata: bool = False):
+        self.path = Path(version_dir)
+        self.manifest = manifest
+        self.version = manifest.version
+        self.shard = int(shard)
+        self.shards = manifest.shard_count
+        entry = manifest.shards[self.shard] if manifest.shards else None
+        self.dir = self.path / entry.dir if entry is not None else self.path
+        self.count = entry.vectors if entry is not None else manifest.counts["vectors"]
+        self.index_info: IndexInfo = entry.index if entry is not None else manifest.index
+        self._what = f"version {self.version}" + (f" shard {self.shard} ({entry.dir})" if entry is not None else "")
+        self._snapshot = snapshot
+        self._owns_metadata = owns_metadata
+        self.ids, self.vectors = self._load_arrays()
+        self.index = self._load_index()
+
+    def _load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        n, dim, what = self.count, self.manifest.dim, self._what
+        try:
+            ids = np.load(self.dir / IDS_FILE, mmap_mode="r")
+            vectors = np.load(self.dir / VECTORS_FILE, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:
+            raise ArtifactError(f"{what}: cannot read arrays ({exc})") from exc
+        if ids.dtype != np.int64 or ids.shape != (n,):
+            raise ArtifactError(f"{what}: ids.npy is {ids.dtype}{ids.shape}, expected int64 ({n},)")
+        if vectors.dtype != np.float16 or vectors.shape != (n, dim):
+            raise ArtifactError(f"{what}: vectors are {vectors.dtype}{vectors.shape}, expected float16 ({n}, {dim})")
+        if n > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            raise ArtifactError(f"{what}: ids.npy is not strictly ascending")
+        if self.shards > 1:
+            stray = np.flatnonzero(shard_of(ids, self.shards) != self.shard)
+            if stray.size:
+                raise ArtifactError(f"{what}: {stray.size} ids do not belong to shard {self.shard} of {self.shards} "
+                                    f"under the shard rule (first: {int(ids[stray[0]])})")
+        return ids, vectors
+
+    def _load_index(self) -> Any:
+        import faiss
+
+        try:
+            index = faiss.read_index(str(self.dir / INDEX_FILE))
+        except RuntimeError as exc:
+            raise ArtifactError(f"{self._what}: FAISS cannot read the index ({exc})") from exc
+        if index.d != self.manifest.dim or index.ntotal != self.count:
+            raise ArtifactError(f"{self._what}: index holds {index.ntotal}x{index.d}, "
+                                f"manifest says {self.count}x{self.manifest.dim}")
+        return index
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def search_params(self) -> dict[str, Any]:
+        """This part's tuned FAISS search parameters (a fresh dict; safe to modify)."""
+        return dict(self.index_info.params)
+
+    @property
+    def rerank_candidates(self) -> int:
+        return int(self.index_info.rerank_candidates)
+
+    def ann_rows(self, queries: np.ndarray, k: int,
+                 params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """ANN stage by row position of this part (-1 where fewer than k); `params` default: its tuned ones."""
+        return ann.ann_search(self.index, queries, k, self.search_params if params is None else params)
+
+    def ann_search(self, queries: np.ndarray, k: int,
+                   params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = self.ann_rows(queries, k, params)
+        return scores, _rows_to_ids(self.ids, rows)
+
+    def ids_at(self, rows: np.ndarray) -> np.ndarray:
+        """Image ids at row positions (all >= 0)."""
+        return np.asarray(self.ids[np.asarray(rows, dtype=np.int64)], dtype=np.int64)
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copies of the stored vectors at row positions, in the given order (reading them in file order
+        instead was 6-9% slower for 200 rows of a 1M store: benchmarks/rerank_path.py)."""
+        return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+    def rows_for(self, ids: Iterable[int]) -> np.ndarray:
+        """Row positions of image ids in this part; KeyError names any id it does not hold."""
+        return _rows_for(self.ids, ids, self._what)
+
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over this part's float16 vectors. (scores, ids)."""
+        scores, rows = ann.exact_search(self.vectors, queries, k)
+        return scores, _rows_to_ids(self.ids, rows)
+
+    def search(self, queries: np.ndarray, k: int, params: Mapping[str, Any] | None = None,
+               candidates: int | None = None) -> SearchResult:
+        """ANN over-fetch of `candidates` (default: the tuned count, at least k), then exact float16 rerank."""
+        params = self.search_params if params is None else params
+        fetch = max(int(k), int(candidates if candidates is not None else self.rerank_candidates))
+        ann_s, ann_rows = ann.ann_search(self.index, queries, fetch, params)
+        exact_s, rows = ann.rerank(self.vectors, queries, ann_rows, k)
+        ann_of = np.full(rows.shape, np.nan, dtype=np.float32)
+        for q in range(rows.shape[0]):
+            lookup = dict(zip(ann_rows[q].tolist(), ann_s[q].tolist(), strict=True))
+            ann_of[q] = [lookup.get(r, np.nan) for r in rows[q].tolist()]
+        return SearchResult(ids=_rows_to_ids(self.ids, rows), ann_scores=ann_of, exact_scores=exact_s)
+
+    def metadata(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Rows of the version's shared snapshot (any id of the version, not only this part's)."""
+        return self._snapshot.metadata(ids)
+
+    def metadata_conn(self) -> sqlite3.Connection:
+        return self._snapshot.conn()
+
+    def close(self) -> None:
+        """Close the metadata connections when this part opened them (open_shard); else the Artifact does."""
+        if self._owns_metadata:
+            self._snapshot.close()
+
+    def __enter__(self) -> ShardPart:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShardPart({self.version!r}, {self.shard}/{self.shards}, {self.index_info.factory!r}, n={self.count})"
+
+
+class _VersionRows:
+    """`Artifact.vectors` of a sharded version: the float16 rows in whole-version row order (the order of
+    `Artifact.ids`), read from the parts that hold them. Supports what readers do with it: len, shape, dtype and
+    indexing by a row, a slice or an array of rows."""
+
+    def __init__(self, artifact: Artifact):
+        self._artifact = artifact
+        self.shape = (len(artifact.ids), artifact.dim)
+        self.dtype = np.dtype(np.float16)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows = np.arange(self.shape[0])[key]
+        if np.ndim(rows) == 0:
+            row: np.ndarray = self._artifact.rows16(np.asarray([rows]))[0]
+            return row
+        return self._artifact.rows16(np.asarray(rows))
+
+
+class Artifact:
+    """One opened version: its parts (`parts`, one ShardPart per shard) and whole-version reads across them.
+
+    Vectors and ids are memory-mapped; the FAISS indexes are loaded into RAM. Thread-safe for searching: FAISS
+    search is re-entrant with per-call parameters, and metadata reads use one read-only SQLite connection per
+    thread. Whole-version row positions are positions in `ids` (every image id of the version, ascending).
     """
 
     def __init__(self, path: Path, manifest: Manifest, encoder_bundle: EncoderBundle | None = None):
@@ -111,50 +370,24 @@ class Artifact:
         self.manifest = manifest
         self.encoder_bundle = encoder_bundle  # verified encoder files; None when the version carries none
         self.version = manifest.version
-        self.ids, self.vectors = self._load_arrays()
-        self.index = self._load_index()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._conn_lock = threading.Lock()
-        self._check_metadata()
-
-    # -- loading --------------------------------------------------------------------------------------
-    def _load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        m, n, dim = self.manifest, self.manifest.counts["vectors"], self.manifest.dim
+        self._snapshot = MetadataSnapshot(path, manifest.version)
         try:
-            ids = np.load(self.path / IDS_FILE, mmap_mode="r")
-            vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r")
-        except (ValueError, OSError, EOFError) as exc:
-            raise ArtifactError(f"version {m.version}: cannot read arrays ({exc})") from exc
-        if ids.dtype != np.int64 or ids.shape != (n,):
-            raise ArtifactError(f"version {m.version}: ids.npy is {ids.dtype}{ids.shape}, expected int64 ({n},)")
-        if vectors.dtype != np.float16 or vectors.shape != (n, dim):
-            raise ArtifactError(
-                f"version {m.version}: vectors are {vectors.dtype}{vectors.shape}, expected float16 ({n}, {dim})"
-            )
-        if n > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-            raise ArtifactError(f"version {m.version}: ids.npy is not strictly ascending")
-        return ids, vectors
+            self.parts: list[ShardPart] = [ShardPart(path, manifest, i, self._snapshot)
+                                           for i in range(manifest.shard_count)]
+        except BaseException:
+            self._snapshot.close()
+            raise
+        self.index = self.parts[0].index  # every part has the same factory (search-parameter checks read it)
+        self.vectors: Any
+        if len(self.parts) == 1:
+            self.ids, self.vectors = self.parts[0].ids, self.parts[0].vectors
+        else:
+            self.ids = np.sort(np.concatenate([p.ids for p in self.parts]))
+            self.vectors = _VersionRows(self)
 
-    def _load_index(self) -> Any:
-        import faiss
-
-        try:
-            index = faiss.read_index(str(self.path / INDEX_FILE))
-        except RuntimeError as exc:
-            raise ArtifactError(f"version {self.version}: FAISS cannot read the index ({exc})") from exc
-        if index.d != self.manifest.dim or index.ntotal != self.manifest.counts["vectors"]:
-            raise ArtifactError(
-                f"version {self.version}: index holds {index.ntotal}x{index.d}, "
-                f"manifest says {self.manifest.counts['vectors']}x{self.manifest.dim}"
-            )
-        return index
-
-    def _check_metadata(self) -> None:
-        try:
-            self._conn().execute("SELECT id FROM images LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise ArtifactError(f"version {self.version}: metadata snapshot unreadable ({exc})") from exc
+    @property
+    def sharded(self) -> bool:
+        return len(self.parts) > 1
 
     # -- search ---------------------------------------------------------------------------------------
     @property
@@ -172,16 +405,20 @@ class Artifact:
 
     def ann_search(self, queries: np.ndarray, k: int,
                    params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """ANN stage only: (scores, ids), id -1 where fewer than k results. `params` default: the tuned ones."""
-        scores, rows = self.ann_rows(queries, k, params)
-        return scores, self._rows_to_ids(rows)
+        """ANN stage only: (scores, ids), id -1 where fewer than k results. `params` default: the tuned ones
+        (each part's own, in a sharded version)."""
+        if not self.sharded:
+            return self.parts[0].ann_search(queries, k, params)
+        return _merge_top([p.ann_search(queries, min(int(k), p.count), params) for p in self.parts], k)
 
     def ann_rows(self, queries: np.ndarray, k: int,
                  params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """ANN stage by row position (-1 where fewer than k): a caller that gathers the candidates' vectors next
-        (the rerank) then needs no id -> row lookup (`ids_at` gives their ids)."""
-        params = self.search_params if params is None else params
-        return ann.ann_search(self.index, queries, k, params)
+        """ANN stage by whole-version row position (-1 where fewer than k): a caller that gathers the
+        candidates' vectors next (the rerank) then needs no id -> row lookup (`ids_at` gives their ids)."""
+        if not self.sharded:
+            return self.parts[0].ann_rows(queries, k, params)
+        scores, ids = self.ann_search(queries, k, params)
+        return scores, self._ids_to_rows(ids)
 
     def ids_at(self, rows: np.ndarray) -> np.ndarray:
         """Image ids at row positions (all >= 0)."""
@@ -189,85 +426,75 @@ class Artifact:
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the float16 vectors: the ground truth. (scores, ids)."""
-        scores, rows = ann.exact_search(self.vectors, queries, k)
-        return scores, self._rows_to_ids(rows)
+        if not self.sharded:
+            return self.parts[0].exact_search(queries, k)
+        return _merge_top([p.exact_search(queries, k) for p in self.parts], k)
 
     def search(self, queries: np.ndarray, k: int, params: Mapping[str, Any] | None = None,
                candidates: int | None = None) -> SearchResult:
-        """ANN over-fetch of `candidates` (default: the tuned count, at least k), then exact float16 rerank."""
-        params = self.search_params if params is None else params
-        fetch = max(int(k), int(candidates if candidates is not None else self.rerank_candidates))
-        ann_s, ann_rows = ann.ann_search(self.index, queries, fetch, params)
-        exact_s, rows = ann.rerank(self.vectors, queries, ann_rows, k)
-        ann_of = np.full(rows.shape, np.nan, dtype=np.float32)
-        for q in range(rows.shape[0]):
-            lookup = dict(zip(ann_rows[q].tolist(), ann_s[q].tolist(), strict=True))
-            ann_of[q] = [lookup.get(r, np.nan) for r in rows[q].tolist()]
-        return SearchResult(ids=self._rows_to_ids(rows), ann_scores=ann_of, exact_scores=exact_s)
+        """ANN over-fetch of `candidates` (default: the tuned count, at least k), then exact float16 rerank;
+        a sharded version does this in every part and keeps the best k exact scores."""
+        if not self.sharded:
+            return self.parts[0].search(queries, k, params, candidates)
+        found = [p.search(queries, k, params, candidates) for p in self.parts]
+        exact, ids = _merge_top([(r.exact_scores, r.ids) for r in found], k)
+        ann_all = np.concatenate([r.ann_scores for r in found], axis=1)
+        ids_all = np.concatenate([r.ids for r in found], axis=1)
+        ann_of = np.full(ids.shape, np.nan, dtype=np.float32)
+        for q in range(ids.shape[0]):
+            lookup = dict(zip(ids_all[q].tolist(), ann_all[q].tolist(), strict=True))
+            ann_of[q] = [lookup.get(i, np.nan) if i >= 0 else np.nan for i in ids[q].tolist()]
+        return SearchResult(ids=ids, ann_scores=ann_of, exact_scores=exact)
 
     def rows_for(self, ids: Iterable[int]) -> np.ndarray:
-        """Row positions of image ids; KeyError names any id that is not in this version."""
-        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
-        rows = np.searchsorted(self.ids, ids)
-        bad = (rows >= len(self.ids)) | (self.ids[np.minimum(rows, len(self.ids) - 1)] != ids)
-        if bad.any():
-            raise KeyError(f"ids not in version {self.version}: {ids[bad][:10].tolist()}")
-        return rows
+        """Whole-version row positions of image ids; KeyError names any id that is not in this version."""
+        return _rows_for(self.ids, ids, f"version {self.version}")
 
     def vectors_for(self, ids: Iterable[int]) -> np.ndarray:
         """float32 copies of the stored vectors of these image ids (in the given order)."""
         return self.vectors_at(self.rows_for(ids))
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        """float32 copies of the stored vectors at row positions, in the given order (reading them in file order
-        instead was 6-9% slower for 200 rows of a 1M store: benchmarks/rerank_path.py)."""
-        return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        """float32 copies of the stored vectors at whole-version row positions, in the given order (reading
+        them in file order instead was 6-9% slower for 200 rows of a 1M store: benchmarks/rerank_path.py)."""
+        if not self.sharded:
+            return self.parts[0].vectors_at(rows)
+        return np.asarray(self.rows16(np.asarray(rows, dtype=np.int64)), dtype=np.float32)
 
-    def _rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        return np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1) if len(self.ids) else rows
+    def rows16(self, rows: np.ndarray) -> np.ndarray:
+        """The stored float16 rows at whole-version row positions, each read from the part that holds it (the
+        shard rule says which)."""
+        ids = self.ids[np.asarray(rows, dtype=np.int64)]
+        out = np.empty((len(ids), self.dim), dtype=np.float16)
+        owner = shard_of(ids, len(self.parts))
+        for part in self.parts:
+            mask = owner == part.shard
+            if mask.any():
+                out[mask] = part.vectors[part.rows_for(ids[mask])]
+        return out
+
+    def _ids_to_rows(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.searchsorted(self.ids, np.clip(ids, 0, None) if len(self.ids) else ids)
+        return np.where(ids >= 0, rows, -1)
 
     # -- metadata -------------------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            uri = (self.path / METADATA_FILE).as_uri() + "?mode=ro&immutable=1"
-            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._conn_lock:
-                self._connections.append(conn)
-        return conn
-
     def metadata_conn(self) -> sqlite3.Connection:
         """This thread's read-only connection to the snapshot, for reads `metadata` does not cover (whole-column
         passes such as search.query.examples)."""
-        return self._conn()
+        return self._snapshot.conn()
 
     def metadata(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """Snapshot rows as stored (dicts) in the order of `ids`; KeyError for unknown ids."""
-        wanted = [int(i) for i in ids]
-        if not wanted:
-            return []
-        rows: dict[int, dict[str, Any]] = {}
-        conn = self._conn()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
-                rows[row["id"]] = dict(row)
-        missing = [i for i in wanted if i not in rows]
-        if missing:
-            raise KeyError(f"ids not in the metadata snapshot of {self.version}: {missing[:10]}")
-        return [rows[i] for i in wanted]
+        return self._snapshot.metadata(ids)
+
+    @property
+    def _connections(self) -> list[sqlite3.Connection]:
+        """The snapshot's open connections (tests check that a released version closed them)."""
+        return self._snapshot._connections  # noqa: SLF001 - the snapshot is this artifact's own
 
     def close(self) -> None:
         """Close every thread's SQLite connection (connections are opened with check_same_thread=False)."""
-        with self._conn_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._snapshot.close()
 
     def __enter__(self) -> Artifact:
         return self
@@ -276,5 +503,40 @@ class Artifact:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Artifact({self.version!r}, {self.manifest.index.factory!r}, n={len(self.ids)})"
+        shards = f", shards={len(self.parts)}" if self.sharded else ""
+        return f"Artifact({self.version!r}, {self.manifest.index.factory!r}, n={len(self.ids)}{shards})"
 
+
+def _rows_for(ids_sorted: np.ndarray, ids: Iterable[int], what: str) -> np.ndarray:
+    """Row positions of image ids in an ascending id array; KeyError names any id it does not hold."""
+    wanted = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+    if len(ids_sorted) == 0:
+        if wanted.size:
+            raise KeyError(f"ids not in {what}: {wanted[:10].tolist()}")
+        return wanted
+    rows = np.searchsorted(ids_sorted, wanted)
+    bad = (rows >= len(ids_sorted)) | (ids_sorted[np.minimum(rows, len(ids_sorted) - 1)] != wanted)
+    if bad.any():
+        raise KeyError(f"ids not in {what}: {wanted[bad][:10].tolist()}")
+    return rows
+
+
+def _rows_to_ids(ids_sorted: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.int64)
+    return np.where(rows >= 0, ids_sorted[np.clip(rows, 0, None)], -1) if len(ids_sorted) else rows
+
+
+def _merge_top(found: Iterable[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k (score, id) per query row across parts, descending (ties: the earlier part first);
+    padded with (-inf, -1)."""
+    scores_parts, ids_parts = zip(*found, strict=True)
+    scores = np.concatenate([np.asarray(s, np.float32) for s in scores_parts], axis=1)
+    ids = np.concatenate([np.asarray(i, np.int64) for i in ids_parts], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :int(k)]
+    top_s, top_i = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    if top_s.shape[1] < int(k):
+        pad = int(k) - top_s.shape[1]
+        top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        top_i = np.pad(top_i, ((0, 0), (0, pad)), constant_values=-1)
+    return top_s.astype(np.float32), np.where(np.isfinite(top_s), top_i, -1)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from search.artifact.version import Artifact
-from search.query.merge import merge_ranked, satisfied
+from search.query.merge import merge_ranked, satisfied, trim_to_fetch
 from search.query.rerank import Ranked, RerankWeights
 from search.query.shard import ShardFanout, ShardHits, ShardQuery, shard_search
 from search.query.spec import SearchSpec
@@ -77,15 +77,17 @@ def search_batch(artifact: Artifact, vectors: np.ndarray, specs: Sequence[Search
                  fanout: ShardFanout | None = None) -> list[Page]:
     """`vectors` (nq, D) float32, one spec each -> one page each, equal to searching each query alone.
 
-    `fanout` searches the shards (default: this artifact, in this process); the merge, the refetch rounds and
-    the page's metadata read stay here, so a fleet's ingress runs this same function over remote shards.
+    `fanout` searches the shards (default: every part of this artifact, in this process, one after another);
+    the cut to the global fetch, the merge, the refetch rounds and the page's metadata read stay here, so a
+    fleet's ingress runs this same function over remote shards.
     """
     timer = timer if timer is not None else StageTimer()
     q = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(specs), -1)
     n = len(artifact.ids)
     if fanout is None:
         def fanout(qv: np.ndarray, asks: Sequence[ShardQuery]) -> Sequence[Sequence[ShardHits]]:
-            return [shard_search(artifact, qv, asks, hidden=hidden, params=policy.ann_params, timer=timer)]
+            return [shard_search(part, qv, asks, hidden=hidden, params=policy.ann_params, timer=timer)
+                    for part in artifact.parts]
     fetch = [first_fetch(s, policy, artifact.rerank_candidates, n) for s in specs]
     ranked: list[list[Ranked]] = [[] for _ in specs]
     active = list(range(len(specs)))
@@ -94,7 +96,7 @@ def search_batch(artifact: Artifact, vectors: np.ndarray, specs: Sequence[Search
         per_shard = fanout(q[active], asks)
         again = []
         for j, i in enumerate(active):
-            parts = [hits[j] for hits in per_shard]
+            parts = trim_to_fetch([hits[j] for hits in per_shard], fetch[i])
             if specs[i].phase == "fast":  # ANN order as it is: no rerank stage
                 ranked[i] = merge_ranked(parts, specs[i], policy.weights, policy.dedup_threshold)
             else:

@@ -3,6 +3,11 @@ signals, the score cutoff, near-duplicate collapse, MMR), and the page of it tha
 
 Pure numpy over what the shards returned (search/query/shard.py), so the same code ranks one shard's answer in
 this process and many shards' answers at a fleet's ingress.
+
+Exactness across shards: one shard answering a fetch of F holds the version's top F by ANN score (then hides,
+filters, reranks them). S shards each asked for F hold a superset; `trim_to_fetch` keeps only the candidates
+among the global top F by ANN score, so the ranked list, its total and the refetch rounds are those of one
+shard over the whole version (with an exact index: the same ids, order and scores).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from search.query.rerank import Ranked, RerankWeights, rank_candidates
 from search.query.shard import ShardHits
 from search.query.spec import SearchSpec
 
-__all__ = ["merge_ranked", "satisfied"]
+__all__ = ["merge_ranked", "satisfied", "trim_to_fetch"]
 
 
 def merge_ranked(parts: Sequence[ShardHits], spec: SearchSpec, weights: RerankWeights,
@@ -46,6 +51,26 @@ def _merge_fast(parts: Sequence[ShardHits]) -> list[Ranked]:
         order = np.argsort(-sims, kind="stable")
         ids, sims = ids[order], sims[order]
     return [Ranked(i, s, s) for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
+
+
+def trim_to_fetch(parts: Sequence[ShardHits], fetch: int) -> list[ShardHits]:
+    """The shards' hits cut to the candidates among the global top `fetch` by ANN score (what one shard
+    holding every vector fetches); a cut marks every part not exhausted, since a larger fetch finds more.
+    One part, or parts without ANN scores, come back as they are. Candidates tied with the cut all stay."""
+    scored = [(p, p.ann, p.fetched) for p in parts]
+    if len(parts) < 2 or any(ann is None or fetched is None for _, ann, fetched in scored):
+        return list(parts)
+    scores = np.concatenate([fetched for _, _, fetched in scored if fetched is not None])
+    if len(scores) <= fetch:
+        return list(parts)
+    cut = np.partition(scores, len(scores) - fetch)[len(scores) - fetch]  # the fetch-th largest
+    trimmed = []
+    for p, ann, fetched in scored:
+        keep = np.asarray(ann) >= cut
+        metas = [m for m, k in zip(p.metas, keep.tolist(), strict=True) if k] if p.metas is not None else None
+        trimmed.append(ShardHits(p.ids[keep], p.similarity[keep], p.vectors[keep] if p.vectors is not None else None,
+                                 metas, False, np.asarray(ann)[keep], np.asarray(fetched)[np.asarray(fetched) >= cut]))
+    return trimmed
 
 
 def satisfied(ranked: Sequence[Ranked], parts: Sequence[ShardHits], spec: SearchSpec) -> bool:

@@ -65,6 +65,9 @@ class ShardHits:
     vectors: np.ndarray | None  # float32 (m, D) rows for dedup/MMR; None in the fast phase
     metas: list[dict[str, Any]] | None  # snapshot rows when filters or ranking needed them, else None
     exhausted: bool  # the fetch covered the whole shard: asking for more finds nothing new
+    # For the exact cross-shard merge (search.query.merge.trim_to_fetch), None when not sent:
+    ann: np.ndarray | None = None  # float32 (m,): each hit's ANN score
+    fetched: np.ndarray | None = None  # float32: the ANN scores of every candidate fetched, hidden/filtered too
 
 
 # One round of a search batch over every shard: (query vectors (nq, D), one ShardQuery per query) -> for each
@@ -92,6 +95,7 @@ def shard_search(artifact: ShardSource, vectors: np.ndarray, queries: Sequence[S
                 keep = found[j] >= 0
                 rows[i], ann[i] = found[j][keep], scores[j][keep]
         ids = _split(artifact.ids_at(np.concatenate(rows)), rows)
+    fetched = list(ann)
     masks = [_visible(ids[i], ask, ann[i], hidden) for i, ask in enumerate(queries)]
     rows, ann, ids = ([a[m] for a, m in zip(arrays, masks, strict=True)] for arrays in (rows, ann, ids))
     metas: list[list[dict[str, Any]] | None] = [None] * len(queries)
@@ -117,7 +121,8 @@ def shard_search(artifact: ShardSource, vectors: np.ndarray, queries: Sequence[S
         for i, ask in enumerate(queries):
             rows_i = block.get(i)
             sims = exact_cosine(q[i], rows_i) if rows_i is not None else ann[i]
-            out.append(ShardHits(ids[i], np.asarray(sims, np.float32), rows_i, metas[i], ask.fetch >= n))
+            out.append(ShardHits(ids[i], np.asarray(sims, np.float32), rows_i, metas[i], ask.fetch >= n,
+                                 np.asarray(ann[i], np.float32), np.asarray(fetched[i], np.float32)))
     return out
 
 
