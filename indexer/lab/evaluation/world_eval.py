@@ -62,7 +62,23 @@ def evaluate_world(encoder: Any, world_dir: Path, k: int = max(KS)) -> dict[str,
         idx = [i for i, q in enumerate(queries) if q["unseen"] == flag]
         if idx:
             report[name] = relevance_report([ranked[i] for i in idx], [relevant[i] for i in idx], len(paths))
+    report["languages"] = per_language(encoder, queries, paths, vectors, relevant, k)
     return report
+
+
+def per_language(encoder: Any, queries: list[dict[str, Any]], paths: list[str], vectors: np.ndarray,
+                 relevant: list[set[str]], k: int) -> dict[str, Any]:
+    """The same queries asked in each language of their `translations` (the gallery stays captioned in
+    English): R@K per language, so a multilingual model's gap to English is a number, not an impression."""
+    langs = sorted({lang for q in queries for lang in q.get("translations", {})})
+    out: dict[str, Any] = {}
+    for lang in langs:
+        idx = [i for i, q in enumerate(queries) if lang in q.get("translations", {})]
+        text = encoder.encode_texts([queries[i]["translations"][lang] for i in idx])
+        order = np.argsort(-(text @ vectors.T), axis=1, kind="stable")[:, :k]
+        out[lang] = relevance_report([[paths[j] for j in row] for row in order], [relevant[i] for i in idx],
+                                     len(paths))
+    return out
 
 
 def evaluate_checkpoint(checkpoint: Path, seed: int, gallery: int, size: int = 128) -> dict[str, Any]:
