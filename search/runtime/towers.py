@@ -37,6 +37,7 @@ __all__ = [
     "RuntimeEncoder",
     "TextEncoder",
     "TrimmingTextEncoder",
+    "text_feeds",
     "token_lengths",
 ]
 
@@ -82,6 +83,15 @@ def token_lengths(tokens: np.ndarray, pool_type: str = "argmax", eos_id: int | N
     return np.asarray(tokens.argmax(axis=1) + 1)
 
 
+def text_feeds(tokens: np.ndarray, mask_pad_id: int | None = None) -> dict[str, np.ndarray]:
+    """A text graph's inputs for an already cut token batch: the tokens, and for a masked tower (HF towers)
+    `attention_mask`, 1 where the token is not `mask_pad_id` (open_clip's HFTextEncoder rule)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if mask_pad_id is None:
+        return {"tokens": tokens}
+    return {"tokens": tokens, "attention_mask": (tokens != mask_pad_id).astype(np.int64)}
+
+
 class TrimmingTextEncoder:
     """What every text backend shares: each row's real length from its end token, and a batch cut after its
     longest real sequence when `trim` says that is exact for the tower (causal mask + EOT pooling)."""
@@ -104,10 +114,7 @@ class TrimmingTextEncoder:
 
     def feeds(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """The graph's inputs for a token batch: the trimmed tokens, and for a masked tower its attention mask."""
-        tokens = np.ascontiguousarray(self.trimmed(tokens), dtype=np.int64)
-        if self.mask_pad_id is None:
-            return {"tokens": tokens}
-        return {"tokens": tokens, "attention_mask": (tokens != self.mask_pad_id).astype(np.int64)}
+        return text_feeds(self.trimmed(tokens), self.mask_pad_id)
 
 
 class OnnxTextEncoder(TrimmingTextEncoder):

@@ -1,0 +1,252 @@
+"""HF text towers (open_clip's HFTextEncoder): a random-init XLM-R tower (mean pooler) and an NLLB-style M2M100
+encoder (CLS pooler), each from a transformers config written in code with a tokenizer trained here
+(indexer.lab.tiny_hf_text), loaded through open_clip's `local-dir:` path, exported with the attention mask as
+an input and served by the torch-free runtime: tokens equal open_clip's token for token, embeddings equal
+open_clip's `encode_text` (fp32 and int8), cutting a batch after its longest real row equals the full context,
+batched equals one by one. Poolers and architectures the runtime does not serve exactly are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from indexer.lab.tiny_hf_text import FAMILIES, write_tiny_hf_text
+from indexer.models.clip import load_encoder
+from indexer.models.export import export_bundle, hf_text_spec
+from search.artifact.bundle import SPEC_FILE, EncoderBundle
+from search.artifact.encoder import EncoderNotServableError
+from search.runtime.batcher import MicroBatcher
+from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+from tests.test_text_families import CORPUS, _random_texts
+
+POOLS = {"xlm-roberta": "mean", "nllb": "cls"}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def folder(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_hf_text(tmp_path_factory.mktemp("models") / f"tiny-{family}", family, seed=3)
+
+
+@pytest.fixture(scope="module")
+def encoder(folder: Path):
+    return load_encoder(f"local-dir:{folder}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bundle(encoder, tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
+    store = tmp_path_factory.mktemp("store")
+    files = export_bundle(encoder, store, cache_dir=store / "cache")
+    directory = store / files.dir
+    return EncoderBundle.from_spec(directory, json.loads((directory / SPEC_FILE).read_text()), dict(files.files))
+
+
+@pytest.fixture(scope="module")
+def runtime(bundle: EncoderBundle) -> dict[str, RuntimeEncoder]:
+    return {p: RuntimeEncoder.load(bundle, RuntimeOptions(text_precision=p)) for p in ("fp32", "int8")}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+
+
+def test_folder_loads_an_hf_text_tower_with_the_familys_pooler(encoder, family: str) -> None:
+    from open_clip.hf_model import HFTextEncoder
+
+    assert isinstance(encoder.model.text, HFTextEncoder)
+    assert encoder.model.text.config.model_type == FAMILIES[family][1]
+    assert type(encoder.tokenizer).__name__ == "HFTokenizer" and encoder.context_length == 64
+
+
+def test_encoder_json_and_graph_take_the_attention_mask(bundle: EncoderBundle, runtime, family: str) -> None:
+    assert bundle.text.mask_pad_id == 1 and bundle.text.pool_type == POOLS[family] and bundle.text.trim
+    assert bundle.tokenizer.pad_id == 1  # type: ignore[union-attr]
+    names = [i.name for i in runtime["fp32"].text.session.get_inputs()]
+    assert names == ["tokens", "attention_mask"]
+
+
+def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:
+    texts = CORPUS + _random_texts(200, seed=11)
+    expected = np.asarray(encoder.tokenize(texts))
+    got = runtime["fp32"].text.tokenize(texts)
+    assert got.shape == expected.shape == (len(texts), 64)
+    for text, want, have in zip(texts, expected, got, strict=True):
+        assert have.tolist() == want.tolist(), text
+
+
+@pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.9999), ("int8", 0.995)])
+def test_service_embedding_equals_open_clip_encode_text(encoder, runtime, precision: str, floor: float) -> None:
+    texts = CORPUS + _random_texts(40, seed=7)
+    assert runtime[precision].precision == precision
+    cos = _cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
+    assert cos.min() >= floor, (precision, float(cos.min()), texts[int(cos.argmin())])
+
+
+def test_cutting_after_the_longest_real_row_equals_the_full_context(runtime) -> None:
+    text = runtime["fp32"].text
+    tokens = text.tokenize(["a small red circle", "red", "東京の夜景 مرحبا 😀", "", "Mixed CASE e\u0301"])
+    cut = text.feeds(tokens)
+    assert cut["tokens"].shape[1] == int(text.lengths(tokens).max()) < 64
+    full = {"tokens": tokens, "attention_mask": (tokens != 1).astype(np.int64)}
+    np.testing.assert_allclose(text.session.run(None, cut)[0], text.session.run(None, full)[0], atol=1e-5, rtol=0)
+
+
+def test_mixed_lengths_in_one_batch_equal_one_by_one(runtime) -> None:
+    text = runtime["fp32"].text
+    batched = text.encode(CORPUS)
+    alone = np.concatenate([text.encode([t]) for t in CORPUS])
+    np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=0)
+
+
+def test_micro_batcher_equals_one_by_one(runtime) -> None:
+    text = runtime["fp32"].text
+    batcher = MicroBatcher(text, window_s=0.003, max_batch=8, calibrate=True)
+    calls: list[tuple[int, ...]] = []
+    inner = text.encode_token_ids
+
+    def recording(tokens: np.ndarray) -> np.ndarray:
+        calls.append(tuple(tokens.shape))
+        return inner(tokens)
+
+    for member in batcher.pool.members:
+        member.run = recording
+
+    async def all_at_once() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(batcher.encode(t) for t in CORPUS)))
+
+    try:
+        got = np.stack(asyncio.run(all_at_once()))
+    finally:
+        batcher.close()
+    np.testing.assert_allclose(got, np.concatenate([text.encode([t]) for t in CORPUS]), atol=1e-5, rtol=0)
+    assert calls and max(shape[0] for shape in calls) > 1  # mixed lengths really shared a batch
+
+
+def test_the_torch_reference_backend_serves_the_family_too(encoder, runtime) -> None:
+    from indexer.models.towers import TorchTextEncoder
+
+    torch_text = TorchTextEncoder(encoder)
+    assert torch_text.trim and torch_text.mask_pad_id == 1
+    np.testing.assert_allclose(torch_text.encode(CORPUS), runtime["fp32"].text.encode(CORPUS), atol=1e-5, rtol=0)
+    for text in CORPUS:
+        assert torch_text._tokenizer.encode(text) == runtime["fp32"].text.tokenizer.encode(text), text
+
+
+def test_a_tokenizer_padding_with_another_id_is_fed_whole(encoder) -> None:
+    """open_clip masks the config's pad id only: padding with another id is part of the model, so no cut."""
+    other = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0))
+    spec = hf_text_spec(encoder.model.text, other)
+    assert not spec.trim and spec.mask_pad_id == 1
+
+
+def test_a_max_pooler_folder_is_refused_at_publish_before_any_file(tmp_path: Path) -> None:
+    folder = write_tiny_hf_text(tmp_path / "tiny-max", "xlm-roberta", pooler="max_pooler")
+    encoder = load_encoder(f"local-dir:{folder}", device="cpu")
+    store = tmp_path / "store"
+    with pytest.raises(EncoderNotServableError, match="pooler MaxPooler cannot be served exactly"):
+        export_bundle(encoder, store, cache_dir=tmp_path / "cache")
+    assert not (store / "encoders").exists() or not any((store / "encoders").iterdir())
+
+
+def test_an_unchecked_architecture_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from open_clip.hf_model import HFTextEncoder
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+               max_position_embeddings=40).save_pretrained(str(tmp_path))
+    tower = HFTextEncoder(str(tmp_path), output_dim=8, pooler_type="cls_pooler", pretrained=False)
+    with pytest.raises(EncoderNotServableError, match="architecture 'bert'"):
+        hf_text_spec(tower, None)
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """`python -m indexer build --model local-dir:DIR` (XLM-R tower) over six drawn images: (folder, images, store)."""
+    from tests.indexer_support import cli, make_tree
+
+    base = tmp_path_factory.mktemp("built")
+    folder = write_tiny_hf_text(base / "tiny-xlmr", "xlm-roberta", seed=4)
+    images, store = base / "images", base / "store"
+    make_tree(images, 6)
+    built = cli("build", "--images", str(images), "--store", str(store), "--model", f"local-dir:{folder}",
+                "--device", "cpu", "--batch-size", "4", "--workers", "1")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["counts"]["indexed"] == 6
+    return folder, images, store
+
+
+def test_an_hf_tower_store_serves_with_torch_and_transformers_unimportable(built_store, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.indexer_support import REPO
+
+    _, images, store = built_store
+    image = sorted(images.rglob("*.png"))[0]
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_probe.py")), str(store), str(image),
+                          "a small red circle 東京"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["text"]["status"] == 200 and report["text"]["hits"], report
+    assert report["image"]["status"] == 200 and report["image"]["hits"], report
+    assert report["imported"] == []
+
+
+def test_the_service_ranks_as_open_clip_does(built_store) -> None:
+    from fastapi.testclient import TestClient
+
+    from search.artifact.version import open_current
+    from search.http.app import create_app
+    from search.settings import ReloadSettings, RuntimeSettings, Settings
+
+    folder, _, store = built_store
+    encoder = load_encoder(f"local-dir:{folder}", device="cpu")
+    settings = Settings(store=store, reload=ReloadSettings(watch=False), runtime=RuntimeSettings(text_precision="fp32"))
+    query = "ein kleiner roter Kreis 東京"
+    with open_current(store) as artifact:
+        assert artifact.manifest.encoder == encoder.identity
+        _, want = artifact.exact_search(encoder.encode_texts([query]), 6)
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        response = client.get("/search", params={"q": query, "k": 6})
+        assert response.status_code == 200, response.text
+        assert [hit["id"] for hit in response.json()["hits"]] == want[0].tolist()
+
+
+def test_a_copied_folder_missing_its_tokenizer_fails_naming_it(tmp_path: Path, built_store) -> None:
+    from search.artifact.encoder import WeightsUnavailableError
+
+    folder, _, _ = built_store
+    broken = shutil.copytree(folder, tmp_path / "broken")
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(WeightsUnavailableError, match="missing tokenizer.json"):
+        load_encoder(f"local-dir:{broken}", device="cpu")
+
+
+def test_configured_pool_members_and_the_solo_session_feed_the_mask(runtime, bundle: EncoderBundle) -> None:
+    from search.runtime.members import build_members
+    from search.settings import EncoderSettings, PoolMemberSettings
+    from search.state import ServiceEncoder
+
+    text = ServiceEncoder(EncoderSettings(), RuntimeOptions(text_precision="fp32"), encoder=runtime["fp32"])
+    configs = [PoolMemberSettings(precision="fp32"), PoolMemberSettings(precision="int8")]
+    tokens = runtime["fp32"].text.tokenize(CORPUS)
+    cut = tokens[:, : int(runtime["fp32"].text.lengths(tokens).max())]
+    want = runtime["fp32"].text.encode(CORPUS)
+    fp32, int8 = build_members(text, configs, max_batch=8)
+    np.testing.assert_allclose(fp32.run(cut), want, atol=1e-5, rtol=0)
+    assert _cosines(int8.run(cut), want).min() >= 0.995
+    (own,) = build_members(text, [], max_batch=8, solo_threads=2)
+    assert own.solo is not None
+    np.testing.assert_allclose(own.solo(cut), want, atol=1e-5, rtol=0)
