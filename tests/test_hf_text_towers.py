@@ -250,3 +250,137 @@ def test_configured_pool_members_and_the_solo_session_feed_the_mask(runtime, bun
     (own,) = build_members(text, [], max_batch=8, solo_threads=2)
     assert own.solo is not None
     np.testing.assert_allclose(own.solo(cut), want, atol=1e-5, rtol=0)
+
+
+# -- source language (NLLB) ---------------------------------------------------------------------------------
+LANGUAGE_CASES = [("de", "deu_Latn"), ("ja-JP", "jpn_Jpan"), ("zh", "zho_Hans"), ("zh-TW", "zho_Hant"),
+                  ("zh-Hant-HK", "zho_Hant"), ("ar", "arb_Arab"), ("ru", "rus_Cyrl"), ("pt-BR", "por_Latn"),
+                  ("es_ES", "spa_Latn"), ("deu_Latn", "deu_Latn"), ("sr", "srp_Cyrl"), ("fa", "pes_Arab"),
+                  ("deu", "deu_Latn")]
+
+
+@pytest.fixture(scope="module")
+def nllb(tmp_path_factory: pytest.TempPathFactory):
+    folder = write_tiny_hf_text(tmp_path_factory.mktemp("models") / "tiny-nllb", "nllb", seed=3)
+    encoder = load_encoder(f"local-dir:{folder}", device="cpu")
+    store = tmp_path_factory.mktemp("nllb-store")
+    files = export_bundle(encoder, store, cache_dir=store / "cache")
+    directory = store / files.dir
+    bundle = EncoderBundle.from_spec(directory, json.loads((directory / SPEC_FILE).read_text()), dict(files.files))
+    return encoder, RuntimeEncoder.load(bundle, RuntimeOptions(text_precision="fp32"))
+
+
+@pytest.mark.parametrize(("tag", "code"), LANGUAGE_CASES)
+def test_bcp47_tags_resolve_to_nllb_codes(nllb, tag: str, code: str) -> None:
+    from search.runtime.languages import resolve_language
+
+    _, runtime_encoder = nllb
+    assert resolve_language(tag, runtime_encoder.languages) == code
+
+
+@pytest.mark.parametrize("tag", ["xx", "klingon", "tlh", "de--", "", "en-\u00e9", "sr-Latn", "sr-Zzzz"])
+def test_an_unknown_language_is_refused_with_the_reason(nllb, tag: str) -> None:
+    from search.runtime.languages import resolve_language
+
+    _, runtime_encoder = nllb
+    with pytest.raises(ValueError, match="lang"):
+        resolve_language(tag, runtime_encoder.languages)
+
+
+@pytest.mark.parametrize("code", ["eng_Latn", "deu_Latn", "jpn_Jpan", "arb_Arab", "zho_Hant"])
+def test_tokens_and_embedding_in_a_source_language_equal_nllbs(nllb, code: str) -> None:
+    """transformers' NllbTokenizer with `src_lang` (what NLLB-CLIP's language means) and open_clip's tower."""
+    import torch
+
+    from search.runtime.tokenizer import LangText
+
+    encoder, runtime_encoder = nllb
+    assert runtime_encoder.default_language == "eng_Latn" and len(runtime_encoder.languages) == 202
+    texts = CORPUS + _random_texts(60, seed=13)
+    hf = encoder.tokenizer.tokenizer
+    try:
+        hf.src_lang = code
+        want = np.asarray(encoder.tokenizer(texts))
+    finally:
+        hf.src_lang = "eng_Latn"
+    got = runtime_encoder.text.tokenize([LangText(t, code) for t in texts])
+    for text, expected, have in zip(texts, want, got, strict=True):
+        assert have.tolist() == expected.tolist(), text
+    assert (got[:, 0] == hf.convert_tokens_to_ids(code)).all()  # the CLS pooler reads the language token
+    with torch.inference_mode():
+        reference = encoder.model.encode_text(torch.as_tensor(want), normalize=True).numpy()
+    assert _cosines(runtime_encoder.text.encode_token_ids(got), reference).min() >= 0.9999
+
+
+def test_a_language_changes_nllbs_tokens_and_a_model_without_languages_ignores_it(runtime, family: str) -> None:
+    from search.runtime.tokenizer import LangText
+
+    text = runtime["fp32"].text
+    german, plain = text.tokenize([LangText("a red circle", "deu_Latn"), "a red circle"]).tolist()
+    assert bool(runtime["fp32"].languages) == (family == "nllb")
+    assert (german == plain) == (family != "nllb")
+
+
+@pytest.fixture(scope="module")
+def nllb_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tests.indexer_support import cli, make_tree
+
+    base = tmp_path_factory.mktemp("built-nllb")
+    folder = write_tiny_hf_text(base / "tiny-nllb", "nllb", seed=4)
+    images, store = base / "images", base / "store"
+    make_tree(images, 6)
+    built = cli("build", "--images", str(images), "--store", str(store), "--model", f"local-dir:{folder}",
+                "--device", "cpu", "--batch-size", "4", "--workers", "1")
+    assert built.returncode == 0, built.stderr
+    return folder, store
+
+
+def test_lang_on_the_search_routes(nllb_store, built_store) -> None:
+    """NLLB: `lang` picks the source language (ranking as open_clip's tower in that language), the default is
+    the model's own, an unknown tag is 422, and each language has its own cache entry. XLM-R ignores it."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from search.artifact.version import open_current
+    from search.http.app import create_app
+    from search.settings import ReloadSettings, RuntimeSettings, Settings
+
+    folder, store = nllb_store
+    encoder = load_encoder(f"local-dir:{folder}", device="cpu")
+    query = "ein roter Kreis"
+    wants = {}
+    with open_current(store) as artifact:
+        for code in ("eng_Latn", "deu_Latn"):
+            encoder.tokenizer.tokenizer.src_lang = code
+            with torch.inference_mode():
+                vector = encoder.model.encode_text(encoder.tokenizer([query]), normalize=True).numpy()
+            wants[code] = artifact.exact_search(vector, 6)[1][0].tolist()
+    encoder.tokenizer.tokenizer.src_lang = "eng_Latn"
+    settings = Settings(store=store, reload=ReloadSettings(watch=False), runtime=RuntimeSettings(text_precision="fp32"))
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        default = client.get("/search", params={"q": query, "k": 6})
+        german = client.get("/search", params={"q": query, "k": 6, "lang": "de-DE"})
+        assert default.status_code == german.status_code == 200, (default.text, german.text)
+        assert [h["id"] for h in default.json()["hits"]] == wants["eng_Latn"]
+        assert [h["id"] for h in german.json()["hits"]] == wants["deu_Latn"]
+        assert german.json()["cache"] == "miss"  # not the default language's cached vector
+        scores = [[h["similarity"] for h in r.json()["hits"]] for r in (default, german)]
+        assert scores[0] != scores[1]
+        english = client.get("/search", params={"q": query, "k": 6, "lang": "en"})
+        assert english.json()["cache"] == "hit"  # the default named explicitly shares the default's entry
+        posted = client.post("/search", json={"query": query, "k": 6, "lang": "de"})
+        assert posted.status_code == 200 and posted.json()["cache"] == "hit"
+        assert [h["id"] for h in posted.json()["hits"]] == wants["deu_Latn"]
+        for bad in ("xx", "tlh", "x" * 40):
+            refused = client.get("/search", params={"q": query, "lang": bad})
+            assert refused.status_code == 422 and "lang" in refused.text, refused.text
+        assert client.post("/search", json={"query": query, "lang": "xx"}).status_code == 422
+
+    _, _, xlmr = built_store
+    xlmr_settings = Settings(store=xlmr, reload=ReloadSettings(watch=False),
+                             runtime=RuntimeSettings(text_precision="fp32"))
+    with TestClient(create_app(xlmr_settings), base_url="http://localhost") as client:
+        plain = client.get("/search", params={"q": query, "k": 6})
+        ignored = client.get("/search", params={"q": query, "k": 6, "lang": "xx"})
+        assert plain.status_code == ignored.status_code == 200
+        assert ignored.json()["hits"] == plain.json()["hits"] and ignored.json()["cache"] == "hit"

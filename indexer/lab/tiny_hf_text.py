@@ -4,8 +4,11 @@ open_clip's multilingual models put a transformers model behind `HFTextEncoder`:
 mean pooler) and nllb-clip-* (NLLB's M2M100 encoder, CLS pooler). Each family here is that text tower at toy
 widths, its transformers config written in code and saved beside open_clip's config (`config.json`, which
 `hf_model_name` points at), an HF fast tokenizer trained here with `tokenizers` on the synthetic world's
-captions (a Unigram vocabulary over Metaspace pieces with XLM-R's special ids: <s> 0, <pad> 1, </s> 2,
-<unk> 3, each text wrapped as `<s> ... </s>` and padded with <pad> to the context), and random weights.
+captions with XLM-R's and NLLB's special ids (<s> 0, <pad> 1, </s> 2, <unk> 3, padded with <pad> to the
+context), and random weights. XLM-R: a Unigram vocabulary over Metaspace pieces, each text wrapped as
+`<s> ... </s>`. NLLB: transformers' own NllbTokenizer over a BPE vocabulary trained here, with NLLB's 202
+source-language tokens (each text is `<language> ... </s>`, `eng_Latn` by default), so the CLS pooler reads
+the language token's position as NLLB-CLIP's does.
 The image tower is tiny_siglip's. Tests and benchmarks load them through open_clip's own `local-dir:` path.
 """
 
@@ -60,6 +63,21 @@ def _train_tokenizer(captions: list[str], vocab_size: int) -> Any:
     return tok
 
 
+def _nllb_tokenizer(captions: list[str], vocab_size: int) -> Any:
+    """transformers' NllbTokenizer (fast) over a BPE vocabulary and merges trained here (no sentencepiece)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import NllbTokenizer  # the fast (`tokenizers`) class in transformers 5
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tok.train_from_iterator(captions, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                                          show_progress=False))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) for m in model["merges"]]  # pairs, as the `tokenizers` BPE model takes them
+    return NllbTokenizer(vocab=model["vocab"], merges=merges, src_lang="eng_Latn",  # type: ignore[arg-type]
+                         model_max_length=CONTEXT_LENGTH)
+
+
 def write_tiny_hf_text(out: Path, family: str = "xlm-roberta", seed: int = 0, vocab_size: int = 300,
                        width: int = 32, layers: int = 2, heads: int = 2, pooler: str | None = None,
                        clean: str = "whitespace") -> Path:
@@ -73,13 +91,16 @@ def write_tiny_hf_text(out: Path, family: str = "xlm-roberta", seed: int = 0, vo
         raise ValueError(f"unknown HF text family {family!r} (expected one of {', '.join(FAMILIES)})")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tokenizer(training_captions(), vocab_size)
-    hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
-        pad_token="<pad>", unk_token="<unk>", model_max_length=CONTEXT_LENGTH)
+    if family == "nllb":
+        hf = _nllb_tokenizer(training_captions(), vocab_size)
+    else:
+        hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+            tokenizer_object=_train_tokenizer(training_captions(), vocab_size), bos_token="<s>", eos_token="</s>",
+            cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=CONTEXT_LENGTH)
     hf.save_pretrained(str(out))
-    hf_text_config(family, tok.get_vocab_size(), width, layers, heads).save_pretrained(str(out))
-    config = tiny_siglip_config(tok.get_vocab_size(), width=width, layers=layers, heads=heads)
+    vocab = len(hf)  # the trained pieces and any added tokens (NLLB's languages)
+    hf_text_config(family, vocab, width, layers, heads).save_pretrained(str(out))
+    config = tiny_siglip_config(vocab, width=width, layers=layers, heads=heads)
     config["model_cfg"]["text_cfg"] = {
         "context_length": CONTEXT_LENGTH, "hf_model_name": str(out), "hf_tokenizer_name": f"photostock/tiny-{family}",
         "hf_pooler_type": pooler or FAMILIES[family][0], "hf_proj_type": "linear", "tokenizer_kwargs": {"clean": clean},

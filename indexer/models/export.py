@@ -15,11 +15,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -418,9 +419,6 @@ def _hf_tokenizer_spec(tokenizer: Any) -> HFTokenizerSpec:
     if tokenizer.tokenizer_mode:
         raise EncoderNotServableError(f"HFTokenizer mode {tokenizer.tokenizer_mode!r} cannot be served by this "
                                       "runtime (standard mode only)")
-    if hasattr(tokenizer, "set_lang_fn"):
-        raise EncoderNotServableError("a tokenizer with a source language (NLLB) needs the query language, which "
-                                      "this runtime does not take yet")
     hf = tokenizer.tokenizer
     if getattr(hf, "backend_tokenizer", None) is None:
         raise EncoderNotServableError(f"tokenizer {type(hf).__name__} has no tokenizer.json (fast) form the "
@@ -432,10 +430,32 @@ def _hf_tokenizer_spec(tokenizer: Any) -> HFTokenizerSpec:
     if hf.pad_token_id is None:
         raise EncoderNotServableError("HF tokenizer without a pad token cannot pad to the context")
     sep = getattr(hf, "sep_token_id", None)
-    return HFTokenizerSpec(context_length=int(tokenizer.context_length), clean=clean, pad_id=int(hf.pad_token_id),
+    spec = HFTokenizerSpec(context_length=int(tokenizer.context_length), clean=clean, pad_id=int(hf.pad_token_id),
                            pad_token=str(hf.pad_token), padding_side=str(hf.padding_side),
                            truncation_side=str(hf.truncation_side), strip_sep_token=bool(tokenizer.strip_sep_token),
                            sep_id=None if sep is None else int(sep))
+    if hasattr(tokenizer, "set_lang_fn"):
+        return replace(spec, **_source_languages(hf))
+    return spec
+
+
+_LANGUAGE_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")  # FLORES-200: ISO 639-3 + ISO 15924 script
+
+
+def _source_languages(hf: Any) -> dict[str, Any]:
+    """NLLB's source-language template as data (its `set_src_lang_special_tokens`: `<lang> text </s>`, or
+    `text </s> <lang>` in legacy mode); other tokenizers with a source language are refused with the reason."""
+    if not type(hf).__name__.startswith("Nllb"):
+        raise EncoderNotServableError(f"tokenizer {type(hf).__name__} takes a source language in a way this runtime "
+                                      "does not reproduce (served: NLLB's)")
+    specials = [str(t) for t in hf.all_special_tokens]
+    languages = tuple(sorted(t for t in specials if _LANGUAGE_CODE.match(t) and hf.convert_tokens_to_ids(t) is not None
+                             and hf.convert_tokens_to_ids(t) != hf.unk_token_id))
+    if str(hf.src_lang) not in languages:
+        raise EncoderNotServableError(f"NLLB tokenizer's source language {hf.src_lang!r} is not among its tokens")
+    return {"languages": languages, "default_language": str(hf.src_lang),
+            "language_position": "suffix" if getattr(hf, "legacy_behaviour", False) else "prefix",
+            "eos_id": int(hf.eos_token_id)}
 
 
 def write_tokenizer(tokenizer: Any, path: Path) -> None:

@@ -27,7 +27,7 @@ from search.artifact.bundle import IMAGE_FILE, TEXT_FILE, TEXT_INT8_FILE, TOKENI
 from search.artifact.encoder import EncoderIdentity, IdentityShape
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.sessions import DEFAULT_PROVIDERS, ort_session
-from search.runtime.tokenizer import load_tokenizer
+from search.runtime.tokenizer import LangText, load_tokenizer
 
 __all__ = [
     "ImageEncoder",
@@ -132,7 +132,8 @@ class OnnxTextEncoder(TrimmingTextEncoder):
         self.eos_id = eos_id
         self.mask_pad_id = mask_pad_id
 
-    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+    def tokenize(self, texts: Sequence[str | LangText]) -> np.ndarray:
+        """Rows of token ids; a `LangText` row is tokenized in its source language (models that take one)."""
         return np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
 
 
@@ -207,6 +208,16 @@ class RuntimeEncoder(IdentityShape):
             if self._image is None:
                 self._image = OnnxImageEncoder(self._session(self.bundle.path(IMAGE_FILE)), self.dim)
             return self._image
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Source-language codes the text tower takes (NLLB's); empty for models that take none."""
+        return tuple(getattr(self.bundle.tokenizer, "languages", ()))
+
+    @property
+    def default_language(self) -> str | None:
+        """The language a query without `lang` is tokenized in (None: the model takes none)."""
+        return getattr(self.bundle.tokenizer, "default_language", None)
 
     def has_tokens(self, text: str) -> bool:
         """False when `text` tokenizes to nothing (it cleans to no words): such a query has no meaning."""
