@@ -384,3 +384,22 @@ def test_lang_on_the_search_routes(nllb_store, built_store) -> None:
         ignored = client.get("/search", params={"q": query, "k": 6, "lang": "xx"})
         assert plain.status_code == ignored.status_code == 200
         assert ignored.json()["hits"] == plain.json()["hits"] and ignored.json()["cache"] == "hit"
+
+
+def test_nllbs_legacy_template_puts_the_language_last_and_equals_transformers(tmp_path: Path) -> None:
+    from open_clip.tokenizer import HFTokenizer
+
+    from indexer.models.export import tokenizer_spec, write_tokenizer
+    from search.artifact.specs import HFTokenizerSpec
+    from search.runtime.tokenizer import HFTextTokenizer, LangText
+
+    folder = write_tiny_hf_text(tmp_path / "tiny-nllb", "nllb")
+    reference = HFTokenizer(str(folder), context_length=64, legacy_behaviour=True)
+    spec = tokenizer_spec(reference)
+    assert isinstance(spec, HFTokenizerSpec) and spec.language_position == "suffix"
+    write_tokenizer(reference, tmp_path / "tokenizer.json")
+    mine = HFTextTokenizer.load(HFTokenizerSpec.from_dict(spec.to_dict()), tmp_path / "tokenizer.json")
+    texts = CORPUS + _random_texts(40, seed=17)
+    for code in ("eng_Latn", "kor_Hang", "heb_Hebr"):
+        reference.tokenizer.src_lang = code
+        assert mine([LangText(t, code) for t in texts]).tolist() == reference(texts).numpy().tolist(), code
