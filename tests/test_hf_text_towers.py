@@ -73,6 +73,11 @@ def test_encoder_json_and_graph_take_the_attention_mask(bundle: EncoderBundle, r
     assert bundle.tokenizer.pad_id == 1  # type: ignore[union-attr]
     names = [i.name for i in runtime["fp32"].text.session.get_inputs()]
     assert names == ["tokens", "attention_mask"]
+    text = runtime["fp32"].text
+    tokens = text.tokenize(["a red circle"])  # full context: mostly padding
+    masked = text.session.run(None, {"tokens": tokens, "attention_mask": (tokens != 1).astype(np.int64)})[0]
+    unmasked = text.session.run(None, {"tokens": tokens, "attention_mask": np.ones_like(tokens)})[0]
+    assert _cosines(masked, unmasked).max() < 0.9999  # the graph applies the mask it is given
 
 
 def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:

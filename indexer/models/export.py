@@ -257,9 +257,12 @@ def export_text_tower(encoder: Any, cache_dir: Path) -> Path:
 
     tokens = np.asarray(encoder.tokenize(["a photo of a cat", "x", "a photo of a dog on the grass"]))
     hf = hf_text_encoder(encoder.model)
-    if hf is not None:  # rows of unequal length: the traced graph applies the mask (padding present)
+    if hf is not None:
         pad = int(hf.config.pad_token_id)
-        ids = torch.as_tensor(tokens[:, : int(token_lengths(tokens, mask_pad_id=pad).max())].astype(np.int64))
+        cut = tokens[:, : int(token_lengths(tokens, mask_pad_id=pad).max())]
+        # every sample row ends in a masked position: transformers drops an all-ones mask while tracing, and
+        # the graph must apply the mask whatever it is fed
+        ids = torch.as_tensor(np.concatenate([cut, np.full((len(cut), 1), pad)], axis=1).astype(np.int64))
         both = {0: "batch", 1: "seq"}
         return export_tower(encoder, cache_dir, "text", text_tower_module, (ids, (ids != pad).long()),
                             ["tokens", "attention_mask"], ["features"],
