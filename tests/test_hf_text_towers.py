@@ -408,3 +408,16 @@ def test_nllbs_legacy_template_puts_the_language_last_and_equals_transformers(tm
     for code in ("eng_Latn", "kor_Hang", "heb_Hebr"):
         reference.tokenizer.src_lang = code
         assert mine([LangText(t, code) for t in texts]).tolist() == reference(texts).numpy().tolist(), code
+
+
+def test_a_changed_local_hf_text_config_is_another_encoder(folder: Path, encoder, tmp_path: Path) -> None:
+    """The transformers config `hf_model_name` points at is part of the identity (the export cache is keyed
+    by it): changing it alone is another encoder."""
+    other = shutil.copytree(folder, tmp_path / folder.name)
+    config = json.loads((other / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = str(other)
+    (other / "open_clip_config.json").write_text(json.dumps(config))
+    first = load_encoder(f"local-dir:{other}", device="cpu").identity.key
+    hf = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**hf, "layer_norm_eps": 1e-6}))
+    assert load_encoder(f"local-dir:{other}", device="cpu").identity.key != first
