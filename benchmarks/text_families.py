@@ -3,7 +3,9 @@ tokenizer + micro-batcher + session pool), one query and 16 concurrent, per fami
 
 Families: `clip-tiny` (the committed tiny CLIP: causal, EOT pooled, batches cut after the longest real token)
 and `siglip-tiny` (the random-init SigLIP-style folder of indexer/lab/tiny_siglip.py: bidirectional, pooled at
-the last of 64 positions, every row fed at the full context). `--large` adds ViT-B-32 (random init) and a
+the last of 64 positions, every row fed at the full context), `xlmr-tiny` and `nllb-tiny` (the random-init HF
+text towers of indexer/lab/tiny_hf_text.py: XLM-R mean pooler, NLLB-style M2M100 encoder with the CLS pooler;
+tokens and attention mask fed, batches cut after the longest real row). `--large` adds ViT-B-32 (random init) and a
 random-init text tower of ViT-B-16-SigLIP's shape (width 768, 12 layers, 12 heads, vocabulary 32000, context
 64; toy image tower). Each family is exported to an encoder folder as a publish would and loaded by
 search.runtime.towers.RuntimeEncoder at the chosen precision.
@@ -55,6 +57,7 @@ def _encoders(large: bool, work: Path) -> dict[str, Any]:
     """family -> a loaded open_clip encoder (torch), exported below."""
     import torch
 
+    from indexer.lab.tiny_hf_text import write_tiny_hf_text
     from indexer.lab.tiny_siglip import write_tiny_siglip
     from indexer.models.clip import load_encoder
 
@@ -63,6 +66,11 @@ def _encoders(large: bool, work: Path) -> dict[str, Any]:
     if not (folder / "open_clip_config.json").is_file():
         write_tiny_siglip(folder)
     out["siglip-tiny"] = load_encoder(f"local-dir:{folder}", device="cpu")
+    for name, hf_family in (("xlmr-tiny", "xlm-roberta"), ("nllb-tiny", "nllb")):
+        folder = work / name
+        if not (folder / "open_clip_config.json").is_file():
+            write_tiny_hf_text(folder, hf_family)
+        out[name] = load_encoder(f"local-dir:{folder}", device="cpu")
     if large:
         torch.manual_seed(0)
         out["ViT-B-32"] = load_encoder("ViT-B-32", pretrained="random", device="cpu")
@@ -106,12 +114,12 @@ def family(runtime: Any, runs: int, queries: int) -> dict[str, Any]:
     text = runtime.text
     session = text.session
     tokens = text.tokenize([QUERY])
-    fed = text.trimmed(tokens)
-    batch16 = text.trimmed(text.tokenize(_queries(16)))
-    rows = [batch16[i:i + 1] for i in range(16)]
-    one_row = [text.trimmed(r) for r in rows]
+    fed = text.feeds(tokens)  # the trimmed tokens (and an HF tower's attention mask)
+    tokens16 = text.tokenize(_queries(16))
+    batch16 = text.feeds(tokens16)
+    one_row = [text.feeds(tokens16[i:i + 1]) for i in range(16)]
 
-    bare = latency_ms(lambda: session.run(None, {"tokens": fed}), runs)
+    bare = latency_ms(lambda: session.run(None, fed), runs)
     bare_tok = latency_ms(lambda: text.encode([QUERY]), runs)
     batching = MicroBatcher(text, window_s=0.003, max_batch=32)
     single = MicroBatcher(text, window_s=0.0)
@@ -121,10 +129,10 @@ def family(runtime: Any, runs: int, queries: int) -> dict[str, Any]:
 
         def sixteen_alone() -> None:
             for r in one_row:
-                session.run(None, {"tokens": r})
+                session.run(None, r)
 
         alone = latency_ms(sixteen_alone, rounds)
-        together = latency_ms(lambda: session.run(None, {"tokens": batch16}), rounds)
+        together = latency_ms(lambda: session.run(None, batch16), rounds)
         texts = _queries(queries)
         asyncio.run(drive(batching, texts[:32], 16))  # warm-up
         with_mb = asyncio.run(drive(batching, texts, 16))
@@ -134,8 +142,8 @@ def family(runtime: Any, runs: int, queries: int) -> dict[str, Any]:
         batching.close()
         single.close()
     return {
-        "trim": bool(text.trim), "context_length": int(text.context_length), "fed_tokens_one_query": int(fed.shape[1]),
-        "precision": runtime.precision,
+        "trim": bool(text.trim), "context_length": int(text.context_length),
+        "fed_tokens_one_query": int(fed["tokens"].shape[1]), "precision": runtime.precision,
         "one_query": {"bare_session": bare, "bare_with_tokenizer": bare_tok, "in_service": in_service,
                       "in_service_gap_ms": round(in_service["p50_ms"] - bare_tok["p50_ms"], 3)},
         "concurrent_16": {

@@ -35,6 +35,7 @@ from search.query.pipeline import QueryEmbedder, Searcher
 from search.query.result_cache import ResultCache
 from search.query.text_cache import QueryEmbeddingCache
 from search.runtime.batcher import MicroBatcher
+from search.runtime.languages import resolve_language
 from search.runtime.pool import SessionPool
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.runtime.uploads import UploadRejected
@@ -189,14 +190,25 @@ class ServiceState:
     def identity(self) -> EncoderIdentity:
         return self.encoder.current.identity
 
-    def has_tokens(self, text: str) -> bool:
+    def has_tokens(self, text: str, language: str | None = None) -> bool:
         """False when the query tokenizes to nothing (answered 422); True while no encoder is loaded yet
         (the search itself then answers 503). A query whose vector is cached had tokens: a cache hit skips the
         tokenizer (ftfy + BPE on the event loop)."""
-        if self.embedder.cached(text) or (self.fast_embedder is not None and self.fast_embedder.cached(text)):
+        if self.embedder.cached(text, language) or (self.fast_embedder is not None
+                                                    and self.fast_embedder.cached(text, language)):
             return True
         loaded = self.encoder.loaded
         return True if loaded is None else loaded.has_tokens(text)
+
+    def query_language(self, tag: str | None) -> str | None:
+        """The source-language code for a query's `lang` (BCP-47) when the model takes one (NLLB); None for the
+        model's default (no `lang`, or `lang` naming the default) and for models that take none (they ignore
+        it). ValueError (422) for a tag the model's languages do not cover."""
+        loaded = self.encoder.loaded
+        if tag is None or loaded is None or not loaded.languages:
+            return None
+        code = resolve_language(tag, loaded.languages)
+        return None if code == loaded.default_language else code
 
     def embedder_for(self, phase: str) -> QueryEmbedder:
         """`phase=fast` has its own embedder when the full answer runs another tower; else the full one."""

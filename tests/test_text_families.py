@@ -185,17 +185,6 @@ def test_siglip_image_preprocess_equals_open_clip_within_1e5(encoder, bundle: En
         np.testing.assert_allclose(mine(image), encoder.preprocess(image).numpy(), atol=1e-5, rtol=0)
 
 
-def test_hf_text_tower_is_refused_with_the_reason(tmp_path: Path) -> None:
-    from open_clip.hf_model import HFTextEncoder
-    from transformers import XLMRobertaConfig
-
-    XLMRobertaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=40).save_pretrained(str(tmp_path))
-    tower = HFTextEncoder(str(tmp_path), output_dim=8, pooler_type="mean_pooler", pretrained=False)
-    with pytest.raises(EncoderNotServableError, match="HFTextEncoder.*cannot be served exactly"):
-        text_parts(SimpleNamespace(text=tower))
-
-
 def test_class_token_tower_is_refused_with_the_reason() -> None:
     from open_clip.transformer import TextTransformer
 
@@ -329,32 +318,3 @@ def test_an_unknown_tokenizer_kind_is_refused_and_a_kindless_spec_is_clips(bundl
         tokenizer_spec_from_dict({**bundle.tokenizer.to_dict(), "kind": "sentencepiece"})
     clip = {"context_length": 77, "sot_id": 1, "eot_id": 2, "clean": "lower", "pattern": "x", "special_tokens": {}}
     assert isinstance(tokenizer_spec_from_dict(clip), TokenizerSpec)  # stores published before the kind existed
-
-
-def test_an_xlmr_style_folder_loads_but_is_refused_at_publish_before_any_file(folder: Path, tmp_path: Path) -> None:
-    """A CustomTextCLIP with an HF (XLM-R) text tower, from a local HF config: open_clip loads it; publishing
-    refuses it with the reason and writes no encoder file."""
-    import torch
-    from transformers import XLMRobertaConfig
-
-    hf_dir = tmp_path / "xlmr-config"
-    XLMRobertaConfig(vocab_size=256, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=80, pad_token_id=0).save_pretrained(str(hf_dir))
-    model_dir = shutil.copytree(folder, tmp_path / "xlmr-clip")
-    config = json.loads((model_dir / "open_clip_config.json").read_text())
-    config["model_cfg"]["text_cfg"] = {"context_length": 64, "hf_model_name": str(hf_dir), "hf_model_pretrained": False,
-                                       "hf_tokenizer_name": "photostock/tiny-xlmr", "hf_pooler_type": "mean_pooler",
-                                       "hf_proj_type": "linear"}
-    (model_dir / "open_clip_config.json").write_text(json.dumps(config))
-    (model_dir / "open_clip_pytorch_model.bin").unlink()
-    import open_clip
-
-    torch.manual_seed(0)
-    net = open_clip.create_model(f"local-dir:{model_dir}", device="cpu", pretrained_text=False)
-    torch.save(net.state_dict(), model_dir / "open_clip_pytorch_model.bin")
-
-    encoder = load_encoder(f"local-dir:{model_dir}", device="cpu")
-    store = tmp_path / "store"
-    with pytest.raises(EncoderNotServableError, match="HFTextEncoder"):
-        export_bundle(encoder, store, cache_dir=tmp_path / "cache")
-    assert not (store / "encoders").exists() or not any((store / "encoders").iterdir())

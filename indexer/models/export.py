@@ -15,11 +15,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from search.artifact.checksums import file_entry
 from search.artifact.encoder import EncoderNotServableError
 from search.artifact.manifest import EncoderFiles, FileEntry
 from search.artifact.specs import AnyTokenizerSpec, HFTokenizerSpec, PreprocessSpec, TokenizerSpec
+from search.runtime.towers import token_lengths
 
 __all__ = [
     "bundle_key",
@@ -49,6 +51,8 @@ __all__ = [
     "export_key",
     "export_text_tower",
     "export_tower",
+    "hf_int8_reduce_range",
+    "hf_text_encoder",
     "preprocess_spec",
     "quantize_int8",
     "text_parts",
@@ -150,9 +154,7 @@ def text_parts(model: Any) -> TextParts:
         parts = TextParts(text, str(text.pool_type), None if eos is None else int(eos), text.attn_mask)
     else:
         name = type(text).__name__ if text is not None else type(model).__name__
-        raise EncoderNotServableError(
-            f"text tower {name} (HF text towers such as xlm-roberta or nllb: attention-mask inputs and their own "
-            "poolers) cannot be served exactly by this runtime yet")
+        raise EncoderNotServableError(f"text tower {name} cannot be served exactly by this runtime")
     if parts.pool_type not in POOL_TYPES:
         raise EncoderNotServableError(f"text pooling {parts.pool_type!r} cannot be served (known: {POOL_TYPES})")
     for block in parts.source.transformer.resblocks:
@@ -211,6 +213,8 @@ def text_tower_module(model: Any, explicit_attention: bool = False) -> Any:
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
 
+    if hf_text_encoder(model) is not None:
+        return _hf_tower_module(model.text)
     parts = text_parts(model)
 
     class TrimmedTextTower(torch.nn.Module):
@@ -247,10 +251,22 @@ def text_tower_module(model: Any, explicit_attention: bool = False) -> Any:
 
 def export_text_tower(encoder: Any, cache_dir: Path) -> Path:
     """Export (once) the text tower to `cache_dir/<export key>/text.onnx`: dynamic batch axis, and a dynamic
-    sequence axis where trimming is exact (CLIP); a tower fed the full context (SigLIP) takes only that."""
+    sequence axis where trimming is exact (CLIP, HF towers); a tower fed the full context (SigLIP) takes only
+    that. HF towers take `attention_mask` beside `tokens`."""
     import torch
 
     tokens = np.asarray(encoder.tokenize(["a photo of a cat", "x", "a photo of a dog on the grass"]))
+    hf = hf_text_encoder(encoder.model)
+    if hf is not None:
+        pad = int(hf.config.pad_token_id)
+        cut = tokens[:, : int(token_lengths(tokens, mask_pad_id=pad).max())]
+        # every sample row ends in a masked position: transformers drops an all-ones mask while tracing, and
+        # the graph must apply the mask whatever it is fed
+        ids = torch.as_tensor(np.concatenate([cut, np.full((len(cut), 1), pad)], axis=1).astype(np.int64))
+        both = {0: "batch", 1: "seq"}
+        return export_tower(encoder, cache_dir, "text", text_tower_module, (ids, (ids != pad).long()),
+                            ["tokens", "attention_mask"], ["features"],
+                            {"tokens": both, "attention_mask": both, "features": {0: "batch"}})
     trim = trim_is_exact(encoder.model)
     sample = torch.as_tensor((tokens[:2, :8] if trim else tokens).astype(np.int64))
     axes: dict[str, dict[int, str]] = {"tokens": {0: "batch", 1: "seq"} if trim else {0: "batch"},
@@ -260,13 +276,77 @@ def export_text_tower(encoder: Any, cache_dir: Path) -> Path:
 
 
 def text_spec(encoder: Any) -> TextSpec:
+    """What the runtime needs to feed the exported tower; EncoderNotServableError for a tower it cannot serve."""
     model = encoder.model
+    hf = hf_text_encoder(model)
+    if hf is not None:
+        return hf_text_spec(hf, encoder.tokenizer)
     parts = text_parts(model)
     if getattr(model, "text", None) is None:  # CLIP: exactly what format 1 has always written
         eos = getattr(model, "text_eos_id", None)
         return TextSpec(trim=trim_is_exact(model), pool_type=str(getattr(model, "text_pool_type", "argmax")),
                         eos_id=None if eos is None else int(eos))
     return TextSpec(trim=trim_is_exact(model), pool_type=parts.pool_type, eos_id=parts.eos_id)
+
+
+# -- HF text towers -----------------------------------------------------------------------------------------
+# open_clip's HFTextEncoder poolers served exactly (the pooler module itself runs in the graph) and the
+# transformers architectures whose export is checked against open_clip (tests/test_hf_text_towers.py)
+HF_POOLERS = {"MeanPooler": "mean", "ClsPooler": "cls", "ClsLastHiddenStatePooler": "cls"}
+HF_ARCHITECTURES = ("xlm-roberta", "m2m_100")
+
+
+def hf_text_encoder(model: Any) -> Any | None:
+    """The model's open_clip HFTextEncoder (XLM-R, NLLB, ... text towers), or None for any other tower."""
+    from open_clip.hf_model import HFTextEncoder
+
+    text = getattr(model, "text", None)
+    return text if isinstance(text, HFTextEncoder) else None
+
+
+def hf_text_spec(text: Any, tokenizer: Any) -> TextSpec:
+    """The TextSpec of an HF text tower, or EncoderNotServableError with the reason.
+
+    open_clip masks every position holding the config's pad id; where the tokenizer pads with that id, the
+    padding is hidden from attention, positions and pooler, so a batch may be cut after its longest real row
+    (`trim`); where it pads with another id, the padding is part of the model and every row is fed whole."""
+    pooler = type(text.pooler).__name__
+    if pooler not in HF_POOLERS:
+        raise EncoderNotServableError(f"HF text tower pooler {pooler} cannot be served exactly by this runtime "
+                                      f"(served: {', '.join(HF_POOLERS)})")
+    arch = str(getattr(text.config, "model_type", ""))
+    if arch not in HF_ARCHITECTURES:
+        raise EncoderNotServableError(f"HF text tower architecture {arch!r} is not one this runtime's export is "
+                                      f"checked for (served: {', '.join(HF_ARCHITECTURES)})")
+    pad = getattr(text.config, "pad_token_id", None)
+    if pad is None:
+        raise EncoderNotServableError(f"HF text tower {arch} has no pad_token_id: open_clip's attention mask is "
+                                      "undefined")
+    padded_with = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    return TextSpec(trim=padded_with == pad, pool_type=HF_POOLERS[pooler], eos_id=None, mask_pad_id=int(pad))
+
+
+def hf_int8_reduce_range(encoder: Any) -> bool:
+    """Whether the text tower's int8 graph takes 7-bit weights (`quantize_int8`): HF towers do."""
+    return hf_text_encoder(encoder.model) is not None
+
+
+def _hf_tower_module(text: Any) -> Any:
+    """open_clip's HFTextEncoder.forward with the attention mask as an input, normalised: tokens and mask of any
+    length <= context in, unit features out (the tower's own transformer, pooler and projection)."""
+    import torch
+    import torch.nn.functional as F
+
+    class MaskedHFTextTower(torch.nn.Module):
+        def __init__(self, tower: Any):
+            super().__init__()
+            self.tower = tower
+
+        def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            out = self.tower.transformer(input_ids=tokens, attention_mask=attention_mask)
+            return F.normalize(self.tower.proj(self.tower.pooler(out, attention_mask)), dim=-1)
+
+    return MaskedHFTextTower(text).eval()
 
 
 # -- image tower --------------------------------------------------------------------------------------------
@@ -342,9 +422,6 @@ def _hf_tokenizer_spec(tokenizer: Any) -> HFTokenizerSpec:
     if tokenizer.tokenizer_mode:
         raise EncoderNotServableError(f"HFTokenizer mode {tokenizer.tokenizer_mode!r} cannot be served by this "
                                       "runtime (standard mode only)")
-    if hasattr(tokenizer, "set_lang_fn"):
-        raise EncoderNotServableError("a tokenizer with a source language (NLLB) needs the query language, which "
-                                      "this runtime does not take yet")
     hf = tokenizer.tokenizer
     if getattr(hf, "backend_tokenizer", None) is None:
         raise EncoderNotServableError(f"tokenizer {type(hf).__name__} has no tokenizer.json (fast) form the "
@@ -356,10 +433,32 @@ def _hf_tokenizer_spec(tokenizer: Any) -> HFTokenizerSpec:
     if hf.pad_token_id is None:
         raise EncoderNotServableError("HF tokenizer without a pad token cannot pad to the context")
     sep = getattr(hf, "sep_token_id", None)
-    return HFTokenizerSpec(context_length=int(tokenizer.context_length), clean=clean, pad_id=int(hf.pad_token_id),
+    spec = HFTokenizerSpec(context_length=int(tokenizer.context_length), clean=clean, pad_id=int(hf.pad_token_id),
                            pad_token=str(hf.pad_token), padding_side=str(hf.padding_side),
                            truncation_side=str(hf.truncation_side), strip_sep_token=bool(tokenizer.strip_sep_token),
                            sep_id=None if sep is None else int(sep))
+    if hasattr(tokenizer, "set_lang_fn"):
+        return replace(spec, **_source_languages(hf))
+    return spec
+
+
+_LANGUAGE_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")  # FLORES-200: ISO 639-3 + ISO 15924 script
+
+
+def _source_languages(hf: Any) -> dict[str, Any]:
+    """NLLB's source-language template as data (its `set_src_lang_special_tokens`: `<lang> text </s>`, or
+    `text </s> <lang>` in legacy mode); other tokenizers with a source language are refused with the reason."""
+    if not type(hf).__name__.startswith("Nllb"):
+        raise EncoderNotServableError(f"tokenizer {type(hf).__name__} takes a source language in a way this runtime "
+                                      "does not reproduce (served: NLLB's)")
+    specials = [str(t) for t in hf.all_special_tokens]
+    languages = tuple(sorted(t for t in specials if _LANGUAGE_CODE.match(t) and hf.convert_tokens_to_ids(t) is not None
+                             and hf.convert_tokens_to_ids(t) != hf.unk_token_id))
+    if str(hf.src_lang) not in languages:
+        raise EncoderNotServableError(f"NLLB tokenizer's source language {hf.src_lang!r} is not among its tokens")
+    return {"languages": languages, "default_language": str(hf.src_lang),
+            "language_position": "suffix" if getattr(hf, "legacy_behaviour", False) else "prefix",
+            "eos_id": int(hf.eos_token_id)}
 
 
 def write_tokenizer(tokenizer: Any, path: Path) -> None:
@@ -384,7 +483,7 @@ def write_tokenizer(tokenizer: Any, path: Path) -> None:
 def check_servable(encoder: Any) -> None:
     """EncoderNotServableError when the runtime cannot serve `encoder` exactly (text tower, tokenizer or
     preprocess): checked when the model loads, so a build refuses before it encodes anything."""
-    text_parts(encoder.model)
+    text_spec(encoder)
     tokenizer_spec(encoder.tokenizer)
     try:
         preprocess_spec(encoder)
@@ -414,13 +513,19 @@ def _without_root_message(prefix: str) -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def quantize_int8(source: Path, target: Path) -> Path:
-    """Dynamic int8 quantisation (weights int8, activations quantised per call) of the MatMul/Gemm weights."""
+def quantize_int8(source: Path, target: Path, reduce_range: bool = False) -> Path:
+    """Dynamic int8 quantisation (weights int8, activations quantised per call) of the MatMul/Gemm weights.
+
+    `reduce_range` quantises weights to 7 bits: CPUs without VNNI (AVX2) sum u8 x s8 products in pairs into
+    int16 and saturate when both sides are near their extremes; HF towers' projection (uniform init, wide
+    activations) hit it (tiny XLM-R cosine to fp32 0.972 with 8 bits, 0.9999 with 7, on an AVX2 EPYC).
+    CLIP's and SigLIP's int8 graphs keep 8 bits (`hf_int8_reduce_range`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     with _without_root_message(_PREPROCESS_HINT):
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         reduce_range=reduce_range)
     os.replace(tmp, target)
     return target
 
@@ -466,7 +571,7 @@ def export_bundle(encoder: Any, store: Path, cache_dir: Path | None = None, int8
         _link_or_copy(export_image_tower(encoder, cache), tmp / IMAGE_FILE)
         names = [TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE]
         if int8_text:
-            quantize_int8(tmp / TEXT_FILE, tmp / TEXT_INT8_FILE)
+            quantize_int8(tmp / TEXT_FILE, tmp / TEXT_INT8_FILE, reduce_range=hf_int8_reduce_range(encoder))
             names.append(TEXT_INT8_FILE)
         write_tokenizer(encoder.tokenizer, tmp / TOKENIZER_FILE)
         files = _entries(tmp, names)

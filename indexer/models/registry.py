@@ -103,15 +103,18 @@ class ModelFolder:
     config: dict[str, Any]
     weights: Path
     tokenizer_files: tuple[Path, ...]
+    hf_config: Path | None = None  # an HF text tower's transformers config, when `hf_model_name` is a local folder
 
     @property
     def open_clip_name(self) -> str:
         return f"{LOCAL_DIR_PREFIX}{self.path}"
 
     def checksum(self) -> str:
-        """One digest over the config, weights and tokenizer files: a change to any is another encoder."""
+        """One digest over the config, weights and tokenizer files (and a local HF text config): a change to any
+        is another encoder."""
         digest = hashlib.sha256()
-        for file in (self.path / CONFIG_FILE, self.weights, *self.tokenizer_files):
+        extra = (self.hf_config,) if self.hf_config is not None else ()
+        for file in (self.path / CONFIG_FILE, self.weights, *self.tokenizer_files, *extra):
             digest.update(f"{file.name}:{file_sha256(file)}\n".encode())
         return digest.hexdigest()
 
@@ -162,4 +165,6 @@ def check_model_folder(path: Path, label: str, model: str) -> ModelFolder:
         raise WeightsUnavailableError(f"{model}: missing tokenizer.json (the model's HF tokenizer, which the "
                                       "runtime runs)")
     tokenizer_files = tuple(path / n for n in TOKENIZER_FILES if (path / n).is_file())
-    return ModelFolder(label, path, config, Path(weights), tokenizer_files)
+    hf_name = str(text_cfg.get("hf_model_name") or "")
+    hf_config = Path(hf_name) / "config.json" if hf_name and (Path(hf_name) / "config.json").is_file() else None
+    return ModelFolder(label, path, config, Path(weights), tokenizer_files, hf_config)

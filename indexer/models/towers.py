@@ -17,6 +17,7 @@ from indexer.models.clip import ClipEncoder
 from indexer.models.export import (
     export_image_tower,
     export_text_tower,
+    hf_int8_reduce_range,
     quantize_int8,
     text_spec,
     text_tower_module,
@@ -56,6 +57,7 @@ class TorchTextEncoder(TrimmingTextEncoder):
         self.dim = encoder.dim
         spec = text_spec(encoder)
         self.trim, self.pool_type, self.eos_id = spec.trim, spec.pool_type, spec.eos_id
+        self.mask_pad_id = spec.mask_pad_id
         self.tower = text_tower_module(encoder.model) if self.trim else None
         self._tokenizer = _NumpyTokenizer(encoder)
 
@@ -68,9 +70,9 @@ class TorchTextEncoder(TrimmingTextEncoder):
 
         if self.tower is None:
             return self.encoder.encode_tokens(torch.from_numpy(tokens))
-        batch = torch.from_numpy(np.ascontiguousarray(self.trimmed(tokens))).to(self.encoder.device)
+        feeds = [torch.from_numpy(v).to(self.encoder.device) for v in self.feeds(tokens).values()]
         with torch.inference_mode():
-            out = self.tower(batch)
+            out = self.tower(*feeds)
         return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -85,10 +87,10 @@ def onnx_text_encoder(encoder: ClipEncoder, cache_dir: Path, threads: int = 0,
     path = export_text_tower(encoder, cache_dir)
     if precision == "int8":
         int8 = path.with_name("text.int8.onnx")
-        path = int8 if int8.is_file() else quantize_int8(path, int8)
+        path = int8 if int8.is_file() else quantize_int8(path, int8, reduce_range=hf_int8_reduce_range(encoder))
     spec = text_spec(encoder)
     return OnnxTextEncoder(_NumpyTokenizer(encoder), ort_session(path, threads), encoder.dim, spec.trim,
-                           spec.pool_type, spec.eos_id)
+                           spec.pool_type, spec.eos_id, spec.mask_pad_id)
 
 
 class TorchImageEncoder:

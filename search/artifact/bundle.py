@@ -52,18 +52,24 @@ REQUIRED_FILES = (SPEC_FILE, TOKENIZER_FILE, TEXT_FILE, IMAGE_FILE)
 class TextSpec:
     """Facts about the exported text tower the runtime needs to feed it."""
 
-    trim: bool  # causal mask + end-of-text pooling: padding after the end token may be cut off exactly;
-    # false: the tower is fed every row padded to the full context (SigLIP: the padding is part of the model)
-    pool_type: str  # 'argmax' (highest id is the end token), 'eos', 'last' or 'first'
+    trim: bool  # padding after each row's last real token may be cut off exactly (CLIP: causal mask + end-of-text
+    # pooling; HF towers: the attention mask hides it); false: every row is fed padded to the full context
+    # (SigLIP: the padding is part of the model)
+    pool_type: str  # 'argmax' (highest id is the end token), 'eos', 'last', 'first'; HF towers 'mean' or 'cls'
     eos_id: int | None
+    mask_pad_id: int | None = None  # HF towers: the graph also takes `attention_mask` = (tokens != this id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trim": self.trim, "pool_type": self.pool_type, "eos_id": self.eos_id}
+        out: dict[str, Any] = {"trim": self.trim, "pool_type": self.pool_type, "eos_id": self.eos_id}
+        if self.mask_pad_id is not None:  # absent for CLIP and SigLIP: their encoder.json stays as it was
+            out["mask_pad_id"] = self.mask_pad_id
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextSpec:
-        eos = data.get("eos_id")
-        return cls(trim=bool(data["trim"]), pool_type=str(data["pool_type"]), eos_id=None if eos is None else int(eos))
+        eos, pad = data.get("eos_id"), data.get("mask_pad_id")
+        return cls(trim=bool(data["trim"]), pool_type=str(data["pool_type"]), eos_id=None if eos is None else int(eos),
+                   mask_pad_id=None if pad is None else int(pad))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,11 @@ class HFTokenizerSpec:
     """open_clip's HFTokenizer (standard mode) as data: clean the text with one of open_clip's rules, run the
     `tokenizers` JSON (its normalizer, pre-tokenizer, model and post-processor add the special tokens), truncate
     to the context keeping the special tokens, pad every row to the full context ('max_length'), and set the
-    separator id to 0 when `strip_sep_token` (open_clip zeroes it)."""
+    separator id to 0 when `strip_sep_token` (open_clip zeroes it).
+
+    A tokenizer with a source language (NLLB) lists the language tokens it knows (`languages`, FLORES-200 codes
+    such as `deu_Latn`), the one it uses unless a query says otherwise (`default_language`) and where the token
+    goes (`language_position`: 'prefix' = `<lang> text </s>`, 'suffix' = `text </s> <lang>`, NLLB's legacy)."""
 
     context_length: int
     clean: str
@@ -104,13 +108,21 @@ class HFTokenizerSpec:
     strip_sep_token: bool = False
     sep_id: int | None = None
     kind: str = "open_clip.HFTokenizer"
+    languages: tuple[str, ...] = ()
+    default_language: str | None = None
+    language_position: str = "prefix"
+    eos_id: int | None = None  # the end token a language template closes with
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "context_length": self.context_length, "clean": self.clean,
-                "padding": "max_length", "truncation": "longest_first", "pad_id": self.pad_id,
-                "pad_token": self.pad_token, "padding_side": self.padding_side,
-                "truncation_side": self.truncation_side, "strip_sep_token": self.strip_sep_token,
-                "sep_id": self.sep_id}
+        out = {"kind": self.kind, "context_length": self.context_length, "clean": self.clean,
+               "padding": "max_length", "truncation": "longest_first", "pad_id": self.pad_id,
+               "pad_token": self.pad_token, "padding_side": self.padding_side,
+               "truncation_side": self.truncation_side, "strip_sep_token": self.strip_sep_token,
+               "sep_id": self.sep_id}
+        if self.languages:  # absent for tokenizers without a source language: their encoder.json is unchanged
+            out.update(languages=list(self.languages), default_language=self.default_language,
+                       language_position=self.language_position, eos_id=self.eos_id)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HFTokenizerSpec:
@@ -120,7 +132,11 @@ class HFTokenizerSpec:
         spec = cls(context_length=int(data["context_length"]), clean=str(data["clean"]), pad_id=int(data["pad_id"]),
                    pad_token=str(data["pad_token"]), padding_side=str(data.get("padding_side", "right")),
                    truncation_side=str(data.get("truncation_side", "right")),
-                   strip_sep_token=bool(data.get("strip_sep_token", False)), sep_id=None if sep is None else int(sep))
+                   strip_sep_token=bool(data.get("strip_sep_token", False)), sep_id=None if sep is None else int(sep),
+                   languages=tuple(str(code) for code in data.get("languages", ())),
+                   default_language=data.get("default_language"),
+                   language_position=str(data.get("language_position", "prefix")),
+                   eos_id=None if data.get("eos_id") is None else int(data["eos_id"]))
         spec.check()
         return spec
 
@@ -133,6 +149,10 @@ class HFTokenizerSpec:
             raise ValueError("HF tokenizer spec: strip_sep_token needs sep_id")
         if self.context_length < 1:
             raise ValueError("HF tokenizer spec: context_length must be positive")
+        if self.languages and (self.default_language not in self.languages or self.eos_id is None
+                               or self.language_position not in ("prefix", "suffix")):
+            raise ValueError("HF tokenizer spec: languages need a listed default_language, an eos_id and a "
+                             "language_position of 'prefix' or 'suffix'")
 
 
 AnyTokenizerSpec = TokenizerSpec | HFTokenizerSpec

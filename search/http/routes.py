@@ -56,6 +56,9 @@ def _canonical_id(value: object) -> object:
 ImageId = Annotated[int, Path(ge=0, le=ID_MAX, description="an image id (0 .. 2**63-1), canonical decimal"),
                     BeforeValidator(_canonical_id)]
 SearchGuard = [Depends(require_search_access)]
+LANG_DOC = ("the query's language as a BCP-47 tag (de, ja-JP, zh-Hant) for models that take a source language "
+            "(NLLB); default: the model's own (eng_Latn for NLLB); other models ignore it; 422 for a tag the "
+            "model's languages do not cover")
 PHASE_DOC = ("fast: the fast text tower (int8 when available) and the ANN order alone, for a first grid; "
              "full (default): exact rerank, business signals, dedup and MMR")
 
@@ -65,7 +68,15 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
-def _check_query(state: ServiceState, query: str) -> str:
+def _language(state: ServiceState, tag: str | None) -> str | None:
+    """The model's source-language code for `lang` (None: its default, or a model that takes none); 422 else."""
+    try:
+        return state.query_language(tag)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+def _check_query(state: ServiceState, query: str, language: str | None = None) -> str:
     """The cleaned query; 422 when too long or when nothing searchable is left (zero-width, U+FFFD, NUL...)."""
     limit = state.settings.limits.max_query_chars
     if len(query) > limit:
@@ -73,7 +84,7 @@ def _check_query(state: ServiceState, query: str) -> str:
     cleaned = clean_query(query)
     if not cleaned:
         raise HTTPException(422, "query is empty after removing control, zero-width and replacement characters")
-    if not state.has_tokens(cleaned):
+    if not state.has_tokens(cleaned, language):
         raise HTTPException(422, "query has no searchable words (it tokenizes to nothing)")
     return cleaned
 
@@ -107,12 +118,13 @@ def _respond(response: Response, outcome: SearchOutcome, spec: SearchSpec, query
                           weak=is_weak(outcome.hits, floor), score_floor=floor)
 
 
-async def _text_search(state: ServiceState, query: str, spec: SearchSpec) -> SearchOutcome:
+async def _text_search(state: ServiceState, query: str, spec: SearchSpec, language: str | None = None
+                       ) -> SearchOutcome:
     if state.holder.version is None:  # fail before encoding when there is nothing to search
         raise NoIndexError(state.holder.last_error or "no index version is loaded")
     timer = StageTimer()
     with timer.stage("total"):
-        vector, hit = await state.embedder_for(spec.phase).embed(query, timer)
+        vector, hit = await state.embedder_for(spec.phase).embed(query, timer, language)
         outcome = await state.searcher.search(vector, spec, timer)
     outcome.cache_hit = hit
     return outcome
@@ -124,11 +136,13 @@ async def search_get(request: Request, response: Response,
                      q: Annotated[str, Query(description="the query text")],
                      k: Annotated[int | None, Query(ge=1)] = None,
                      offset: Annotated[int, Query(ge=0)] = 0,
-                     phase: Annotated[Literal["fast", "full"], Query(description=PHASE_DOC)] = "full"
+                     phase: Annotated[Literal["fast", "full"], Query(description=PHASE_DOC)] = "full",
+                     lang: Annotated[str | None, Query(description=LANG_DOC, max_length=35)] = None
                      ) -> SearchResponse:
     state = _state(request)
     spec = _spec(state, k, offset, phase=phase)
-    outcome = await _text_search(state, _check_query(state, q), spec)
+    language = _language(state, lang)
+    outcome = await _text_search(state, _check_query(state, q, language), spec, language)
     return _respond(response, outcome, spec, q, state)
 
 
@@ -140,7 +154,8 @@ async def search_post(request: Request, response: Response, body: SearchRequest,
     state = _state(request)
     spec = _spec(state, body.k, body.offset, filters=body.filters.to_filters(), min_score=body.min_score,
                  dedup=body.dedup, diversity=body.diversity, phase=phase)
-    outcome = await _text_search(state, _check_query(state, body.query), spec)
+    language = _language(state, body.lang)
+    outcome = await _text_search(state, _check_query(state, body.query, language), spec, language)
     return _respond(response, outcome, spec, body.query, state)
 
 

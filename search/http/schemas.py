@@ -43,6 +43,8 @@ class SearchRequest(BaseModel):
     min_score: float | None = Field(None, ge=-2.0, le=2.0)
     dedup: bool = Field(False, description="collapse near-duplicates above the configured similarity")
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight; 0 = pure relevance")
+    lang: str | None = Field(None, max_length=35, description="the query's language (BCP-47) for models that take "
+                             "a source language (NLLB); default the model's own; other models ignore it")
 
 
 class Hit(BaseModel):

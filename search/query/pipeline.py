@@ -52,16 +52,19 @@ class QueryEmbedder:
         self.metrics = metrics
         self.admission: Admission | None = None  # load shedding on misses only (set by the app)
 
-    def key(self, text: str) -> tuple[str, str]:
-        return (self.encoder_key, normalize_query(text))
+    def key(self, text: str, language: str | None = None) -> tuple[str, str]:
+        """The cache key: the encoder, the source language when the query names one other than the model's
+        default (the same words in two languages are two vectors), and the normalised text."""
+        owner = self.encoder_key if language is None else f"{self.encoder_key}|lang={language}"
+        return (owner, normalize_query(text))
 
-    def cached(self, text: str) -> bool:
+    def cached(self, text: str, language: str | None = None) -> bool:
         """The query's vector is in the cache (a lookup only: no stats, no compute)."""
-        return self.cache.get(self.key(text)) is not None
+        return self.cache.get(self.key(text, language)) is not None
 
-    async def embed(self, text: str, timer: StageTimer) -> tuple[np.ndarray, bool]:
+    async def embed(self, text: str, timer: StageTimer, language: str | None = None) -> tuple[np.ndarray, bool]:
         with timer.stage("normalize"):
-            key = self.key(text)
+            key = self.key(text, language)
         encode_seconds = 0.0
 
         async def compute() -> np.ndarray:
@@ -69,7 +72,7 @@ class QueryEmbedder:
             ticket = self.admission.admit() if self.admission is not None else None  # Overloaded: 503
             start = asyncio.get_running_loop().time()
             try:
-                return await self.batcher.encode(key[1])
+                return await self.batcher.encode(key[1], language)
             finally:
                 encode_seconds = asyncio.get_running_loop().time() - start
                 if ticket is not None:

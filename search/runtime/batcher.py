@@ -19,6 +19,7 @@ import numpy as np
 
 from search.runtime.costs import CostModel
 from search.runtime.pool import Collate, Member, PoolMetrics, SessionPool
+from search.runtime.tokenizer import LangText
 from search.runtime.towers import TextEncoder
 
 __all__ = ["MicroBatcher", "estimated_length", "single_member_pool", "text_collate"]
@@ -80,9 +81,11 @@ class MicroBatcher:
     def ready(self) -> bool:
         return self.pool.ready
 
-    async def encode(self, text: str) -> np.ndarray:
+    async def encode(self, text: str, language: str | None = None) -> np.ndarray:
+        """`language`: a source-language code for models that take one (None: the model's default)."""
         trim = bool(getattr(self.encoder, "trim", True))
-        return await self.pool.submit(text, estimated_length(text, self.encoder.context_length, trim))
+        row = text if language is None else LangText(text, language)
+        return await self.pool.submit(row, estimated_length(text, self.encoder.context_length, trim))
 
     def close(self) -> None:
         self.pool.close()

@@ -19,6 +19,7 @@ from search.artifact.bundle import TEXT_FILE, TEXT_INT8_FILE
 from search.runtime.costs import CostModel
 from search.runtime.pool import EncodeFn, Member
 from search.runtime.threads import process_budget, session_options
+from search.runtime.towers import text_feeds
 from search.settings import PoolMemberSettings
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ TOWER_PATHS: dict[str, Callable[[Any], Path]] = {
 }
 
 
-def onnx_member_fn(path: Path, device: str, threads: int = 0) -> EncodeFn:
-    """A session on `device` running the text tower at `path` (tokens already cut to the batch's length)."""
+def onnx_member_fn(path: Path, device: str, threads: int = 0, mask_pad_id: int | None = None) -> EncodeFn:
+    """A session on `device` running the text tower at `path` (tokens already cut to the batch's length; an HF
+    tower's attention mask from `mask_pad_id`, the encoder's `text.mask_pad_id`)."""
     import onnxruntime as ort
 
     opts = session_options(process_budget())
@@ -48,7 +50,7 @@ def onnx_member_fn(path: Path, device: str, threads: int = 0) -> EncodeFn:
     session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
     def run(tokens: np.ndarray) -> np.ndarray:
-        (out,) = session.run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)})
+        (out,) = session.run(None, text_feeds(tokens, mask_pad_id))
         return np.asarray(out, dtype=np.float32)
 
     return run
@@ -74,21 +76,27 @@ def build_members(text: Any, configs: list[PoolMemberSettings], max_batch: int,
         if getattr(text, "loaded", None) is None:
             raise ValueError("pool members need the encoder loaded at start (no index version opened yet)")
         path = TOWER_PATHS[cfg.precision](text)
-        fns.append((f"text-{i}-{cfg.device}-{cfg.precision}", cfg.device, onnx_member_fn(path, cfg.device,
-                                                                                          cfg.threads)))
+        fns.append((f"text-{i}-{cfg.device}-{cfg.precision}", cfg.device,
+                    onnx_member_fn(path, cfg.device, cfg.threads, _mask_pad_id(text))))
     sample = None
     if getattr(text, "loaded", True) is not None:  # no encoder yet: costs are learnt from the first batches
         tokens = text.tokenize(["a large orange square on a sand background at dusk"])
         sample = tokens[:, : int(text.lengths(tokens)[0])]
     members = [Member(name, device, fn, CostModel(), max_batch=max_batch) for name, device, fn in fns]
     if not configs and solo_threads > 1 and getattr(text, "loaded", None) is not None:
-        members[0].solo = onnx_member_fn(TOWER_PATHS[text.loaded.precision](text), "cpu", solo_threads)
+        members[0].solo = onnx_member_fn(TOWER_PATHS[text.loaded.precision](text), "cpu", solo_threads,
+                                         _mask_pad_id(text))
     if sample is not None:
         if calibrate_in_background:
             threading.Thread(target=_calibrate, args=(members, sample), name="pool-calibration", daemon=True).start()
         else:
             _calibrate(members, sample)
     return members
+
+
+def _mask_pad_id(text: Any) -> int | None:
+    """The loaded encoder's attention-mask pad id (HF towers), None for towers that take tokens only."""
+    return text.current.bundle.text.mask_pad_id  # type: ignore[no-any-return]
 
 
 def _calibrate(members: list[Member], sample: np.ndarray) -> None:

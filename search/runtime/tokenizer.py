@@ -11,6 +11,9 @@ The byte-pair encoding itself is the `tokenizers` library's BPE model over the e
 HFTokenizer: the same clean rules, then the tokenizer JSON does everything transformers' fast tokenizer does
 for `tokenizer(texts, max_length=context, padding="max_length", truncation=True)`: normalise, pre-tokenize,
 encode, add the special tokens (post-processor), truncate keeping them, pad every row to the full context.
+A tokenizer with a source language (NLLB) wraps each text in its language's template instead (what
+transformers' NllbTokenizer does for `src_lang`): a row is a plain text (the model's default language) or a
+`LangText` naming a language the spec lists.
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ import html
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from search.artifact.specs import AnyTokenizerSpec, HFTokenizerSpec, TokenizerSpec
 
-__all__ = ["ClipTokenizer", "HFTextTokenizer", "TextTokenizer", "clean_function", "load_tokenizer"]
+__all__ = ["ClipTokenizer", "HFTextTokenizer", "LangText", "TextTokenizer", "clean_function", "load_tokenizer"]
+
+
+class LangText(NamedTuple):
+    """A query text with its source language (a code from the tokenizer spec's `languages`, e.g. `deu_Latn`)."""
+
+    text: str
+    language: str
 
 
 def _basic_clean(text: str) -> str:
@@ -102,9 +112,11 @@ class ClipTokenizer:
         ids: list[int] = self._bpe.encode(words, is_pretokenized=True, add_special_tokens=False).ids
         return ids
 
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    def __call__(self, texts: Sequence[str | LangText]) -> np.ndarray:
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
         for row, text in enumerate(texts):
+            if isinstance(text, LangText):  # CLIP takes no source language: the text alone
+                text = text.text
             tokens = [self.spec.sot_id, *self.encode(text), self.spec.eot_id]
             if len(tokens) > self.context_length:
                 tokens = tokens[: self.context_length]
@@ -129,6 +141,18 @@ class HFTextTokenizer:
         padded.enable_padding(direction=spec.padding_side, pad_id=spec.pad_id, pad_token=spec.pad_token,
                               length=spec.context_length)
         self._padded = padded
+        self._language_ids: dict[str, int] = {}
+        self._eos = int(spec.eos_id) if spec.eos_id is not None else spec.pad_id  # spec.check: set with languages
+        for code in spec.languages:
+            token = plain.token_to_id(code)
+            if token is None:
+                raise ValueError(f"HF tokenizer spec lists language {code!r}, which tokenizer.json does not hold")
+            self._language_ids[code] = int(token)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The source languages this tokenizer takes (empty: it takes none)."""
+        return self.spec.languages
 
     @classmethod
     def load(cls, spec: HFTokenizerSpec, tokenizer_file: Path) -> HFTextTokenizer:
@@ -146,13 +170,36 @@ class HFTextTokenizer:
         ids: list[int] = self._plain.encode(self._clean(text), add_special_tokens=False).ids
         return ids
 
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    def _with_language(self, text: str, language: str) -> list[int]:
+        """NLLB's template for one text: `<lang> ids </s>` (or `ids </s> <lang>`), the ids cut to leave room for
+        the two special tokens (on the truncation side), padded to the context (on the padding side)."""
+        spec = self.spec
+        code = self._language_ids[language]
+        prefix, suffix = ([code], [self._eos]) if spec.language_position == "prefix" else ([], [self._eos, code])
+        ids = self.encode(text)
+        room = max(0, self.context_length - len(prefix) - len(suffix))
+        if len(ids) > room:
+            ids = ids[:room] if spec.truncation_side == "right" else ids[len(ids) - room:]
+        row = [*prefix, *ids, *suffix][: self.context_length]
+        padding = [spec.pad_id] * (self.context_length - len(row))
+        return row + padding if spec.padding_side == "right" else padding + row
+
+    def __call__(self, texts: Sequence[str | LangText]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.context_length), dtype=np.int64)
+        if self._language_ids:
+            default = str(self.spec.default_language)
+            rows = [self._with_language(t.text, t.language) if isinstance(t, LangText) else
+                    self._with_language(t, default) for t in texts]
+            return self._strip_sep(np.asarray(rows, dtype=np.int64).reshape(len(texts), self.context_length))
+        plain = [t.text if isinstance(t, LangText) else t for t in texts]  # a model without languages ignores it
         # one text at a time: `encode_batch` fans out over a rayon pool of every core, outside the service's
         # thread budget (search.runtime.threads), for texts that take microseconds each
-        encodings = [self._padded.encode(self._clean(t)) for t in texts]
-        out = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), self.context_length)
+        encodings = [self._padded.encode(self._clean(t)) for t in plain]
+        return self._strip_sep(np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(texts),
+                                                                                           self.context_length))
+
+    def _strip_sep(self, out: np.ndarray) -> np.ndarray:
         if self.spec.strip_sep_token and self.spec.sep_id is not None:
             out[out == self.spec.sep_id] = 0  # open_clip zeroes the separator (not the pad id)
         return out

@@ -5,6 +5,11 @@ influence the pooled feature; the exported tower takes any sequence length, and 
 real token length (exact, and much cheaper than the full context). A tower without that property (the
 bundle's `text.trim` is false: SigLIP's bidirectional tower pooled at the last position, where the padding is
 part of the model) is fed every row padded to the full context, and its graph takes nothing else.
+
+HF text towers (open_clip's HFTextEncoder: XLM-R mean pooler, NLLB CLS pooler) take an `attention_mask` input
+beside the tokens, 1 where the token is not the model's pad id (what open_clip computes from the tokens); the
+mask hides padding from attention, the positions and the pooler, so such a batch is cut after its longest
+real row like CLIP's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from search.artifact.bundle import IMAGE_FILE, TEXT_FILE, TEXT_INT8_FILE, TOKENI
 from search.artifact.encoder import EncoderIdentity, IdentityShape
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.sessions import DEFAULT_PROVIDERS, ort_session
-from search.runtime.tokenizer import load_tokenizer
+from search.runtime.tokenizer import LangText, load_tokenizer
 
 __all__ = [
     "ImageEncoder",
@@ -32,6 +37,7 @@ __all__ = [
     "RuntimeEncoder",
     "TextEncoder",
     "TrimmingTextEncoder",
+    "text_feeds",
     "token_lengths",
 ]
 
@@ -64,11 +70,26 @@ class ImageEncoder(Protocol):
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
-def token_lengths(tokens: np.ndarray, pool_type: str = "argmax", eos_id: int | None = None) -> np.ndarray:
-    """Real length of each row (position of the end-of-text token + 1)."""
+def token_lengths(tokens: np.ndarray, pool_type: str = "argmax", eos_id: int | None = None,
+                  mask_pad_id: int | None = None) -> np.ndarray:
+    """Real length of each row: position of the end-of-text token + 1, or for a masked tower (`mask_pad_id`)
+    the position of the last token that is not padding + 1."""
+    if mask_pad_id is not None:
+        real = tokens != mask_pad_id
+        last = np.where(real.any(axis=1), tokens.shape[1] - real[:, ::-1].argmax(axis=1), 1)
+        return np.asarray(last)  # a row of padding only keeps one position: the graph's shapes stay valid
     if pool_type == "eos" and eos_id is not None:
         return np.asarray((tokens == eos_id).argmax(axis=1) + 1)
     return np.asarray(tokens.argmax(axis=1) + 1)
+
+
+def text_feeds(tokens: np.ndarray, mask_pad_id: int | None = None) -> dict[str, np.ndarray]:
+    """A text graph's inputs for an already cut token batch: the tokens, and for a masked tower (HF towers)
+    `attention_mask`, 1 where the token is not `mask_pad_id` (open_clip's HFTextEncoder rule)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if mask_pad_id is None:
+        return {"tokens": tokens}
+    return {"tokens": tokens, "attention_mask": (tokens != mask_pad_id).astype(np.int64)}
 
 
 class TrimmingTextEncoder:
@@ -78,24 +99,30 @@ class TrimmingTextEncoder:
     trim: bool
     pool_type: str
     eos_id: int | None
+    mask_pad_id: int | None = None
 
     def lengths(self, tokens: np.ndarray) -> np.ndarray:
         """The length each row must be fed at: its real length when trimming is exact, else the whole row."""
         if not self.trim:
             return np.full(tokens.shape[0], tokens.shape[1], dtype=np.int64)
-        return token_lengths(tokens, self.pool_type, self.eos_id)
+        return token_lengths(tokens, self.pool_type, self.eos_id, self.mask_pad_id)
 
     def trimmed(self, tokens: np.ndarray) -> np.ndarray:
         if not self.trim or tokens.shape[0] == 0:
             return tokens
         return tokens[:, : int(self.lengths(tokens).max())]
 
+    def feeds(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's inputs for a token batch: the trimmed tokens, and for a masked tower its attention mask."""
+        return text_feeds(self.trimmed(tokens), self.mask_pad_id)
+
 
 class OnnxTextEncoder(TrimmingTextEncoder):
-    """Tokenizer + text-tower session; `trim` cuts each batch to its longest real sequence."""
+    """Tokenizer + text-tower session; `trim` cuts each batch to its longest real sequence; `mask_pad_id` (HF
+    towers) feeds the attention mask too."""
 
     def __init__(self, tokenizer: Any, session: Any, dim: int, trim: bool = True, pool_type: str = "argmax",
-                 eos_id: int | None = None):
+                 eos_id: int | None = None, mask_pad_id: int | None = None):
         self.tokenizer = tokenizer
         self.session = session
         self.dim = dim
@@ -103,13 +130,15 @@ class OnnxTextEncoder(TrimmingTextEncoder):
         self.trim = trim
         self.pool_type = pool_type
         self.eos_id = eos_id
+        self.mask_pad_id = mask_pad_id
 
-    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+    def tokenize(self, texts: Sequence[str | LangText]) -> np.ndarray:
+        """Rows of token ids; a `LangText` row is tokenized in its source language (models that take one)."""
         return np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
 
 
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {"tokens": np.ascontiguousarray(self.trimmed(tokens), dtype=np.int64)})
+        (out,) = self.session.run(None, self.feeds(tokens))
         return np.asarray(out, dtype=np.float32)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -155,7 +184,7 @@ class RuntimeEncoder(IdentityShape):
         self.preprocess = ImagePreprocess(bundle.preprocess)
         self.text = OnnxTextEncoder(load_tokenizer(bundle.tokenizer, bundle.path(TOKENIZER_FILE)),
                                     self._session(self._text_file()), bundle.identity.dim, bundle.text.trim,
-                                    bundle.text.pool_type, bundle.text.eos_id)
+                                    bundle.text.pool_type, bundle.text.eos_id, bundle.text.mask_pad_id)
         self._image: OnnxImageEncoder | None = None
         self._image_lock = threading.Lock()
 
@@ -179,6 +208,16 @@ class RuntimeEncoder(IdentityShape):
             if self._image is None:
                 self._image = OnnxImageEncoder(self._session(self.bundle.path(IMAGE_FILE)), self.dim)
             return self._image
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Source-language codes the text tower takes (NLLB's); empty for models that take none."""
+        return tuple(getattr(self.bundle.tokenizer, "languages", ()))
+
+    @property
+    def default_language(self) -> str | None:
+        """The language a query without `lang` is tokenized in (None: the model takes none)."""
+        return getattr(self.bundle.tokenizer, "default_language", None)
 
     def has_tokens(self, text: str) -> bool:
         """False when `text` tokenizes to nothing (it cleans to no words): such a query has no meaning."""
