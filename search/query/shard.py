@@ -25,7 +25,7 @@ from search.query.filters import Filters
 from search.query.rerank import exact_cosine
 from search.query.timing import StageTimer
 
-__all__ = ["ShardFanout", "ShardQuery", "ShardHits", "ShardSource", "shard_search"]
+__all__ = ["ShardFanout", "ShardQuery", "ShardHits", "ShardSource", "ShardUnavailable", "shard_search"]
 
 
 class ShardSource(Protocol):
@@ -65,6 +65,16 @@ class ShardHits:
     vectors: np.ndarray | None  # float32 (m, D) rows for dedup/MMR; None in the fast phase
     metas: list[dict[str, Any]] | None  # snapshot rows when filters or ranking needed them, else None
     exhausted: bool  # the fetch covered the whole shard: asking for more finds nothing new
+
+
+class ShardUnavailable(RuntimeError):
+    """A shard that answered nothing usable (its call failed twice, or no replica of it is running): the whole
+    search fails with this (503 naming the shard) rather than answering a page that silently misses its hits."""
+
+    def __init__(self, shard: str, reason: str, retry_after_s: float = 1.0):
+        super().__init__(f"shard {shard} is unavailable: {reason}")
+        self.shard = shard
+        self.retry_after_s = retry_after_s
 
 
 # One round of a search batch over every shard: (query vectors (nq, D), one ShardQuery per query) -> for each
