@@ -26,7 +26,7 @@ from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
-from tests.service_support import ROOT, WorldStore, free_port, runtime_for, settings_for
+from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for
 
 SCORE_TOL = 2e-3  # float16 rows: the fleet's scores may differ from the service's in the last float16 bits
 
@@ -98,6 +98,13 @@ def test_fleet_args_that_cannot_deploy_fail_with_one_line(world: WorldStore, tmp
     with pytest.raises(FleetConfigError, match=message) as info:
         load_fleet(args)
     assert "\n" not in str(info.value)
+
+
+def test_build_app_refuses_a_fleet_that_cannot_deploy(ray_module: Any, world: WorldStore) -> None:
+    from search.fleet.app import build_app
+
+    with pytest.raises(FleetConfigError, match="^shards.count is 3 but"):
+        build_app({"store": str(world.store), "shards": {"count": 3}})
 
 
 def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: WorldStore) -> None:
@@ -209,14 +216,17 @@ def test_the_app_with_remote_parts_answers_the_single_process_pages(world: World
 
 @pytest.fixture(scope="module")
 def fleet(ray_module: Any, world: WorldStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The fleet app deployed by Serve's Python API on a local 2-CPU Ray; yields its HTTP base URL."""
+    """The fleet app deployed by Serve's Python API on a local 2-CPU Ray, over a private copy of the world's
+    store (the takedown test writes to it); yields its HTTP base URL."""
     from ray import serve
 
     from search.fleet.app import build_app
 
-    config = _config(settings_for(world), tmp_path_factory.mktemp("fleet") / "service.json")
+    base = tmp_path_factory.mktemp("fleet")
+    store = copy_store(world, base / "store")
+    config = _config(settings_for(world, store), base / "service.json")
     small = {"ray_actor_options": {"num_cpus": 0.1}}
-    args = {"store": str(world.store), "config": str(config), "shard_timeout_s": 30,
+    args = {"store": str(store), "config": str(config), "shard_timeout_s": 30,
             "ingress": {"num_replicas": 1, **small}, "encoder": {"num_replicas": 1, **small},
             "shards": {"count": 1, "num_replicas": 2, **small}}
     ray_module.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
@@ -266,3 +276,18 @@ def test_fleet_runs_one_deployment_per_shard_with_two_replicas(fleet: str) -> No
     status = serve.status().applications["photostock"]
     assert set(status.deployments) == {"Ingress", "QueryEncoder", "Shard0"}
     assert status.deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
+
+
+@pytest.mark.slow
+def test_a_takedown_through_the_fleet_hides_the_image_from_every_shard_at_once(fleet: str, world: WorldStore) -> None:
+    query = {"q": world.queries[1]["query"], "k": 5}
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        before = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+        done = client.post("/admin/takedown", json={"ids": [before[0]], "reason": "fleet test"})
+        during = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+        similar = client.get(f"/search/similar/{before[0]}")
+        client.post("/admin/takedown", json={"ids": [before[0]], "reason": "fleet test", "restore": True})
+        after = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+    assert done.status_code == 200 and done.json()["active"] == 1
+    assert before[0] not in during and during[:4] == before[1:]
+    assert similar.status_code == 404 and after == before
