@@ -224,7 +224,10 @@ def fleet(ray_module: Any, world: WorldStore, tmp_path_factory: pytest.TempPathF
 
     base = tmp_path_factory.mktemp("fleet")
     store = copy_store(world, base / "store")
-    config = _config(settings_for(world, store), base / "service.json")
+    # no result-page cache at the ingress: every search reaches the shards (the pages are the same either way)
+    settings = settings_for(world, store)
+    config = _config(settings.model_copy(update={"cache": settings.cache.model_copy(update={"results_max_mb": 0})}),
+                     base / "service.json")
     small = {"ray_actor_options": {"num_cpus": 0.1}}
     args = {"store": str(store), "config": str(config), "shard_timeout_s": 30,
             "ingress": {"num_replicas": 1, **small}, "encoder": {"num_replicas": 1, **small},
@@ -291,3 +294,33 @@ def test_a_takedown_through_the_fleet_hides_the_image_from_every_shard_at_once(f
     assert done.status_code == 200 and done.json()["active"] == 1
     assert before[0] not in during and during[:4] == before[1:]
     assert similar.status_code == 404 and after == before
+
+
+@pytest.mark.slow
+def test_a_killed_shard_replica_fails_no_request(fleet: str, world: WorldStore, ray_module: Any) -> None:
+    """One of Shard0's two replicas killed (ray.kill: no graceful exit, like kill -9) while 8 clients search:
+    calls it had or gets before the router learns of it are retried on the other replica, so every request is
+    answered in full and equal to the page before the kill."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    replicas = [a for a in ray_module.util.list_named_actors(all_namespaces=True) if "#Shard0#" in a["name"]]
+    assert len(replicas) == 2
+    queries = [{"query": q["query"], "k": 5} for q in world.queries[:8]]
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        want = [[h["id"] for h in client.post("/search", json=q).json()["hits"]] for q in queries]
+    answered = threading.Event()
+
+    def ask(query: dict[str, Any]) -> tuple[int, list[int]]:
+        with httpx.Client(base_url=fleet, timeout=120) as client:  # every search reaches the shards (no page cache)
+            r = client.post("/search", json=query)
+        answered.set()
+        return r.status_code, [h["id"] for h in r.json().get("hits", [])]
+
+    with ThreadPoolExecutor(8) as pool:
+        load = pool.map(ask, queries * 6)
+        assert answered.wait(120)  # the load is running: kill a replica under it
+        ray_module.kill(ray_module.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
+        got = list(load)
+    assert [status for status, _ in got] == [200] * len(got)
+    assert [ids for _, ids in got] == want * 6

@@ -49,11 +49,15 @@ def _answer(shard: RemoteShard, first: Pending, args: tuple[Any, ...], asked: in
     try:
         return _checked(first.result(timeout_s=timeout_s), asked)
     except Exception as exc:  # noqa: BLE001 - any failure of the first call earns the one retry
-        log.warning("shard %s failed (%s: %s); retrying once", shard.name, type(exc).__name__, exc)
+        log.warning("shard %s failed (%s); retrying once", shard.name, _one_line(exc))
     try:
         return _checked(shard.call(*args).result(timeout_s=timeout_s), asked)
     except Exception as exc:  # noqa: BLE001 - reported as the shard's unavailability
-        raise ShardUnavailable(shard.name, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise ShardUnavailable(shard.name, _one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _checked(hits: Any, asked: int) -> list[ShardHits]:
