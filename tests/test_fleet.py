@@ -120,6 +120,20 @@ def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: 
     assert cpus <= 2.0  # the shipped fleet starts on one 2-core machine
 
 
+def test_the_kuberay_manifest_deploys_the_same_application_as_configs_fleet_yaml() -> None:
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "configs" / "fleet.yaml").read_text(encoding="utf-8"))
+    manifest = yaml.safe_load((ROOT / "docs" / "deploy" / "photostock-fleet.rayservice.yaml").read_text("utf-8"))
+    assert manifest["kind"] == "RayService"
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    assert app["args"].pop("store") == "/data/store"
+    (want,) = shipped["applications"]
+    want["args"].pop("store")
+    assert app == want
+
+
 # -- the service app with remote parts injected (no Ray): the seam the ingress uses -----------------------------
 
 def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
