@@ -57,6 +57,7 @@ class ShardServer:
     def __init__(self, settings: Settings, index: int):
         if settings.store is None:
             raise ValueError("settings.store is required")
+        configure_threads(settings)  # FAISS's threads as the service YAML sets them, per replica
         self.index = index
         self.params = RankPolicy.from_settings(settings.rank).ann_params
         self._parts: OrderedDict[str, ShardSource] = OrderedDict()
