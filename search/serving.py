@@ -60,13 +60,19 @@ def solo_threads(settings: Settings) -> int:
     return solo if solo > budget.ort_intra_op else 1
 
 
+def separate_fast_tower(text: Any, settings: Settings) -> bool:
+    """Whether `phase=fast` runs its own text tower: the artifact's int8 one while the full answer runs fp32."""
+    loaded = getattr(text, "loaded", None)
+    return settings.runtime.text_precision == "fp32" and loaded is not None and \
+        TEXT_INT8_FILE in loaded.bundle.files
+
+
 def build_fast_embedder(text: Any, settings: Settings, metrics: ServiceMetrics,
                         embedder: QueryEmbedder) -> QueryEmbedder:
     """The `phase=fast` query embedder: the artifact's int8 text tower when the full answer runs fp32 (its own
     batcher and cache key); else the full embedder itself (the same tower, so the same cache entries; the fast
     phase then differs by skipping rerank, business signals, dedup and MMR)."""
-    loaded = getattr(text, "loaded", None)
-    if settings.runtime.text_precision != "fp32" or loaded is None or TEXT_INT8_FILE not in loaded.bundle.files:
+    if not separate_fast_tower(text, settings):
         return embedder
     batching = settings.batching
     members = build_members(text, [PoolMemberSettings(precision="int8")], batching.max_batch,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +31,25 @@ from search.artifact.takedown import TakedownList
 from search.artifact.version import Artifact, current_path
 from search.metrics import ServiceMetrics
 from search.query.log import QueryLog
-from search.query.pipeline import QueryEmbedder, Searcher
+from search.query.pipeline import FanoutFor, QueryEmbedder, Searcher, TextBatcher
 from search.query.result_cache import ResultCache
 from search.query.text_cache import QueryEmbeddingCache
-from search.runtime.batcher import MicroBatcher
 from search.runtime.languages import resolve_language
 from search.runtime.pool import SessionPool
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.runtime.uploads import UploadRejected
-from search.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
+from search.serving import (
+    build_fast_embedder,
+    build_image_pool,
+    build_text_batcher,
+    configure_threads,
+    separate_fast_tower,
+)
 from search.settings import EncoderSettings, Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServiceEncoder", "ServiceState", "build_state", "pin_mismatch", "runtime_options"]
+__all__ = ["RemoteParts", "ServiceEncoder", "ServiceState", "build_state", "pin_mismatch", "runtime_options"]
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -171,6 +176,35 @@ class ServiceEncoder:
         return self.current.text.encode(texts)
 
 
+@dataclass(frozen=True)
+class RemoteParts:
+    """The parts a fleet's ingress runs elsewhere (search/fleet/): the same app and routes, with the query
+    encoder and the shards' search replaced by calls. No Ray here: the fleet builds these from its handles."""
+
+    # (normalised text, phase "full" | "fast", source language or None: the model's default) -> unit vector
+    text: Callable[[str, str, str | None], Awaitable[np.ndarray]]
+    pixels: Callable[[np.ndarray], Awaitable[np.ndarray]]  # preprocessed upload (3, H, W) -> unit vector
+    fanout_for: FanoutFor  # the shards of a batch's version (search.query.pipeline.FanoutFor)
+
+
+class RemoteText:
+    """A query embedder's batcher whose encodes run in the fleet's query-encoder deployment (which batches)."""
+
+    def __init__(self, encode: Callable[[str, str, str | None], Awaitable[np.ndarray]], phase: str):
+        self._encode = encode
+        self.phase = phase
+
+    @property
+    def ready(self) -> bool:
+        return True  # the encoder deployment's own replicas answer for their sessions
+
+    async def encode(self, text: str, language: str | None = None) -> np.ndarray:
+        return np.asarray(await self._encode(text, self.phase, language), dtype=np.float32)
+
+    def close(self) -> None:
+        return None
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -178,13 +212,14 @@ class ServiceState:
     holder: ArtifactHolder
     embedder: QueryEmbedder
     searcher: Searcher
-    batcher: MicroBatcher
+    batcher: TextBatcher
     images: ImageStore
     metrics: ServiceMetrics
     query_log: QueryLog | None = None
     takedowns: TakedownList | None = None
     fast_embedder: QueryEmbedder | None = None  # phase=fast (None: the full embedder)
     image_pool: SessionPool | None = None  # uploads' image session(s); None: encode_image in a thread
+    remote_pixels: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None  # a fleet's encoder deployment
 
     @property
     def identity(self) -> EncoderIdentity:
@@ -225,7 +260,10 @@ class ServiceState:
 
     async def encode_upload(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed upload pixels (3, H, W) -> unit vector, through the image pool (concurrent uploads share
-        batches; a failing session is retried elsewhere) or, without one, the image tower in a thread."""
+        batches; a failing session is retried elsewhere), a fleet's encoder deployment or, without either, the
+        image tower in a thread."""
+        if self.remote_pixels is not None:
+            return np.asarray(await self.remote_pixels(pixels), dtype=np.float32)
         if self.image_pool is None:
             vectors = await asyncio.to_thread(self.encoder.current.image.encode_pixels, pixels[None])
             return np.asarray(vectors[0], dtype=np.float32)
@@ -254,25 +292,29 @@ def _record_reload(metrics: ServiceMetrics, holder_ref: list[ArtifactHolder]) ->
     return on_change
 
 
-def _record_encoder(metrics: ServiceMetrics, options: RuntimeOptions) -> Callable[[RuntimeEncoder], None]:
+def _record_encoder(metrics: ServiceMetrics, load_image: bool) -> Callable[[RuntimeEncoder], None]:
     def on_load(encoder: RuntimeEncoder) -> None:
         identity = encoder.identity
         metrics.encoder.labels(model=identity.model, weights=identity.weights, key=identity.key,
                                precision=encoder.precision).set(1)
-        # the image session loads in the background: text queries are ready without waiting for it
-        threading.Thread(target=lambda: encoder.image, name="image-session", daemon=True).start()
+        if load_image:  # in the background: text queries are ready without waiting for the image session
+            threading.Thread(target=lambda: encoder.image, name="image-session", daemon=True).start()
     return on_load
 
 
-def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> ServiceState:
+def build_state(settings: Settings, encoder: RuntimeEncoder | None = None,
+                remote: RemoteParts | None = None) -> ServiceState:
     """Heavy start-up work (index open, ONNX sessions); call from a worker thread. `encoder` lets a caller
-    that already holds the artifact's runtime encoder share it (tests)."""
+    that already holds the artifact's runtime encoder share it (tests). `remote`: a fleet's ingress, whose
+    query encodes and shard searches run in other deployments (this process keeps the encoder for tokenizing
+    and upload preprocessing, the artifact for metadata, similar-by-id vectors and images)."""
     if settings.store is None:
         raise ValueError("settings.store is required (pass --store STORE)")
     metrics = ServiceMetrics()
     configure_threads(settings)
     options = runtime_options(settings)
-    service_encoder = ServiceEncoder(settings.encoder, options, encoder, on_load=_record_encoder(metrics, options))
+    service_encoder = ServiceEncoder(settings.encoder, options, encoder,
+                                     on_load=_record_encoder(metrics, load_image=remote is None))
     holder_ref: list[ArtifactHolder] = []
     checks: CheckLevel = "full" if settings.reload.verify_checksums else "size"
     holder = ArtifactHolder(Path(settings.store), None, checks, on_change=_record_reload(metrics, holder_ref),
@@ -281,21 +323,30 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None) -> Se
     holder_ref.append(holder)
     service_encoder.prefetch(Path(settings.store))
     holder.reload()
-    batcher = build_text_batcher(service_encoder, settings, metrics)
+    batcher: TextBatcher = build_text_batcher(service_encoder, settings, metrics) if remote is None else \
+        RemoteText(remote.text, "full")
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
     # one encoder per process (see the module docstring): a constant cache namespace is exact
     loaded = service_encoder.loaded
     cache_namespace = loaded.identity.key if loaded is not None else "first-encoder"
     takedowns = TakedownList(Path(settings.store), settings.reload.takedown_check_s)
     embedder = QueryEmbedder(cache_namespace, cache, batcher, metrics)
+    if remote is None:
+        fast_embedder = build_fast_embedder(service_encoder, settings, metrics, embedder)
+    elif separate_fast_tower(service_encoder, settings):  # the same cache keys as build_fast_embedder's
+        fast_embedder = QueryEmbedder(cache_namespace + "#int8", cache, RemoteText(remote.text, "fast"), metrics)
+    else:
+        fast_embedder = embedder
     return ServiceState(
         settings=settings, encoder=service_encoder, holder=holder, embedder=embedder,
-        fast_embedder=build_fast_embedder(service_encoder, settings, metrics, embedder),
-        image_pool=build_image_pool(service_encoder, settings, metrics),
+        fast_embedder=fast_embedder,
+        image_pool=build_image_pool(service_encoder, settings, metrics) if remote is None else None,
+        remote_pixels=remote.pixels if remote is not None else None,
         searcher=Searcher(holder, settings.rank, takedowns,
                           ResultCache.for_rank(settings.cache.results_max_mb, settings.rank.freshness_weight),
                           lambda hit: metrics.page_cache.labels(result="hit" if hit else "miss").inc(),
-                          max_batch=2 * settings.batching.max_batch, on_batch=metrics.search_batch_size.observe),
+                          max_batch=2 * settings.batching.max_batch, on_batch=metrics.search_batch_size.observe,
+                          fanout_for=remote.fanout_for if remote is not None else None),
         batcher=batcher,
         images=ImageStore(settings.images.thumbnail_px, settings.images.thumbnail_cache, takedowns),
         metrics=metrics, takedowns=takedowns,

@@ -15,7 +15,9 @@ ALLOWED = {
     "runtime": {"artifact", "runtime", "settings", "metrics"},
     "query": {"artifact", "runtime", "query", "settings", "metrics"},
     "http": {"artifact", "runtime", "query", "http", "settings", "metrics", "state", "serving"},
+    "fleet": {"artifact", "runtime", "query", "http", "fleet", "settings", "metrics", "state", "serving"},
 }
+RAY_ONLY_IN = SEARCH / "fleet" / "app.py"  # the fleet's deployments; everything else runs without Ray
 FORBIDDEN_EVERYWHERE = {"torch", "torchvision", "open_clip", "indexer"}
 WEB = {"fastapi", "starlette", "uvicorn"}
 
@@ -44,6 +46,8 @@ def test_module_imports_follow_the_layers(path: Path) -> None:
         assert top not in FORBIDDEN_EVERYWHERE, f"{path}: imports {name} (serving never needs the trainer)"
         if layer != "http" and path.name != "cli.py":  # the CLI starts uvicorn
             assert top not in WEB, f"{path}: imports {name} (only search/http/ is web code)"
+        if top == "ray":
+            assert path == RAY_ONLY_IN, f"{path}: imports {name} (only {RAY_ONLY_IN.name} of search/fleet/ uses Ray)"
         if layer is not None and top == "search" and name != "search":
             target = name.split(".")[1]
             assert target in ALLOWED[layer], f"{path}: layer {layer} imports {name}"

@@ -39,26 +39,29 @@ from search.http.shedding import EncodeKind, EntryGate, EntryShedder, LoopLag
 from search.http.uploads import UploadGuard
 from search.query.admission import Admission, MeasuredCost, Overloaded
 from search.query.clean import clean_query
+from search.query.shard import ShardUnavailable
 from search.runtime.pool import PoolUnavailable
 from search.runtime.threads import use_loop_workers
 from search.runtime.towers import RuntimeEncoder
 from search.runtime.uploads import DecodeGate, UploadRejected
 from search.serving import freeze_startup_heap
 from search.settings import Settings
-from search.state import ServiceState, build_state
+from search.state import RemoteParts, ServiceState, build_state
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, encoder: RuntimeEncoder | None = None) -> FastAPI:
+def create_app(settings: Settings, encoder: RuntimeEncoder | None = None,
+               remote: RemoteParts | None = None) -> FastAPI:
     """The encoder comes from the store's artifact; `encoder` lets a caller that already holds that artifact's
-    runtime encoder share it (it must equal the artifact's)."""
+    runtime encoder share it (it must equal the artifact's). `remote`: a fleet's ingress (search/fleet/) runs
+    this same app with the query encodes and the shard searches in other deployments."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state: ServiceState = await asyncio.to_thread(build_state, settings, encoder)
+        state: ServiceState = await asyncio.to_thread(build_state, settings, encoder, remote)
         state.embedder.admission = _admission(settings)
         if state.fast_embedder is not None and state.fast_embedder is not state.embedder:
             state.fast_embedder.admission = _admission(settings)  # its own session: its own queue
@@ -227,6 +230,11 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolUnavailable)
     async def no_encoder(request: Request, exc: PoolUnavailable) -> Response:
         return _error(request, 503, "no encode session is available", str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(ShardUnavailable)
+    async def no_shard(request: Request, exc: ShardUnavailable) -> Response:
+        return _error(request, 503, str(exc), {"shard": exc.shard},
+                      headers={"Retry-After": str(max(1, round(exc.retry_after_s + 0.5)))})
 
     @app.exception_handler(UploadRejected)
     async def bad_upload(request: Request, exc: UploadRejected) -> Response:

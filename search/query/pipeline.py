@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,13 +23,28 @@ from search.query.admission import Admission
 from search.query.batch import Page, RankPolicy, search_batch
 from search.query.lane import SearchLane
 from search.query.result_cache import ResultCache, page_key
+from search.query.shard import ShardFanout
 from search.query.spec import SearchSpec
 from search.query.text_cache import QueryEmbeddingCache, normalize_query
 from search.query.timing import StageTimer
-from search.runtime.batcher import MicroBatcher
 from search.settings import RankSettings
 
-__all__ = ["SearchSpec", "SearchOutcome", "QueryEmbedder", "Searcher"]
+__all__ = ["FanoutFor", "SearchSpec", "SearchOutcome", "QueryEmbedder", "Searcher", "TextBatcher"]
+
+# The shards of one batch's version, searched elsewhere (a fleet's shard deployments): (the leased artifact,
+# the takedowns to apply) -> the fan-out `search_batch` calls. None: the artifact's own shard, in this process.
+FanoutFor = Callable[[Artifact, frozenset[int]], ShardFanout]
+
+
+class TextBatcher(Protocol):
+    """What the query embedder needs of its encoder: the micro-batcher here, or a remote query encoder."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def encode(self, text: str, language: str | None = None) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -44,7 +59,7 @@ class SearchOutcome:
 class QueryEmbedder:
     """Normalised text -> vector, through the cache (single-flight) and the micro-batcher."""
 
-    def __init__(self, encoder_key: str, cache: QueryEmbeddingCache, batcher: MicroBatcher,
+    def __init__(self, encoder_key: str, cache: QueryEmbeddingCache, batcher: TextBatcher,
                  metrics: ServiceMetrics):
         self.encoder_key = encoder_key
         self.cache = cache
@@ -113,8 +128,10 @@ class Searcher:
 
     def __init__(self, holder: ArtifactHolder, rank: RankSettings, takedowns: TakedownList | None = None,
                  pages: ResultCache | None = None, on_page_lookup: Callable[[bool], None] | None = None,
-                 max_batch: int = 64, on_batch: Callable[[int], None] | None = None):
+                 max_batch: int = 64, on_batch: Callable[[int], None] | None = None,
+                 fanout_for: FanoutFor | None = None):
         self.holder = holder
+        self.fanout_for = fanout_for  # None: search the artifact in this process
         self.rank = rank
         self.policy = RankPolicy.from_settings(rank)
         self.takedowns = takedowns
@@ -141,7 +158,12 @@ class Searcher:
     def search_now(self, artifact: Artifact, vectors: np.ndarray, specs: list[SearchSpec],
                    timer: StageTimer | None = None) -> list[Page]:
         """The batch on the calling thread (no lane, no page cache): what the lane runs for each artifact."""
-        return search_batch(artifact, vectors, specs, self.policy, hidden=self.hidden(artifact), timer=timer)
+        hidden = self.hidden(artifact)
+        return search_batch(artifact, vectors, specs, self.policy, hidden=hidden, timer=timer,
+                            fanout=self._fanout(artifact, hidden))
+
+    def _fanout(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout | None:
+        return self.fanout_for(artifact, hidden) if self.fanout_for is not None else None
 
     def _run(self, batch: list[_Search]) -> list[Page | BaseException]:
         """On the lane's thread: one `search_batch` per (artifact, takedown set) in the batch (one, except
@@ -157,7 +179,7 @@ class Searcher:
             try:
                 pages = search_batch(first.artifact, np.stack([batch[i].vector for i in members]),
                                      [batch[i].spec for i in members], self.policy, hidden=first.hidden,
-                                     timer=timer)
+                                     timer=timer, fanout=self._fanout(first.artifact, first.hidden))
             except Exception as exc:  # noqa: BLE001 - answered to this group's requests, the lane goes on
                 pages = [exc] * len(members)  # type: ignore[list-item]
             for i, page in zip(members, pages, strict=True):

@@ -25,7 +25,7 @@ from search.query.filters import Filters
 from search.query.rerank import exact_cosine
 from search.query.timing import StageTimer
 
-__all__ = ["ShardFanout", "ShardQuery", "ShardHits", "ShardSource", "shard_search"]
+__all__ = ["ShardFanout", "ShardQuery", "ShardHits", "ShardSource", "ShardUnavailable", "shard_search"]
 
 
 class ShardSource(Protocol):
@@ -68,6 +68,16 @@ class ShardHits:
     # For the exact cross-shard merge (search.query.merge.trim_to_fetch), None when not sent:
     ann: np.ndarray | None = None  # float32 (m,): each hit's ANN score
     fetched: np.ndarray | None = None  # float32: the ANN scores of every candidate fetched, hidden/filtered too
+
+
+class ShardUnavailable(RuntimeError):
+    """A shard that answered nothing usable (its call failed twice, or no replica of it is running): the whole
+    search fails with this (503 naming the shard) rather than answering a page that silently misses its hits."""
+
+    def __init__(self, shard: str, reason: str, retry_after_s: float = 1.0):
+        super().__init__(f"shard {shard} is unavailable: {reason}")
+        self.shard = shard
+        self.retry_after_s = retry_after_s
 
 
 # One round of a search batch over every shard: (query vectors (nq, D), one ShardQuery per query) -> for each

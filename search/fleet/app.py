@@ -1,0 +1,131 @@
+"""The fleet as one Serve application: `serve run configs/fleet.yaml` (or `serve.run(build_app(args))`).
+
+- `Ingress`: the service's own FastAPI app (`create_app`) with the remote parts injected (`RemoteParts`): text
+  and upload encodes go to `QueryEncoder`, each search batch fans out to every `Shard<i>` through
+  search/fleet/fanout.py; the merge, refetch rounds, metadata, pagination and every route stay the service's.
+- `QueryEncoder`: the session pool, micro-batcher and query cache (search/fleet/parts.py), scaled on its own.
+- `Shard<i>`: `shard_search` over part i of the version the ingress names, returning only `ShardHits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve import Application, Deployment
+from ray.serve.handle import DeploymentHandle
+
+from search.artifact.version import Artifact
+from search.fleet.config import load_fleet
+from search.fleet.fanout import RemoteShard, fan_out
+from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
+from search.http.app import create_app
+from search.query.shard import ShardFanout, ShardHits, ShardQuery
+from search.settings import load_settings
+from search.state import RemoteParts
+
+__all__ = ["Ingress", "QueryEncoder", "Shard", "build_app"]
+
+
+def _settings(store: str, config: str | None) -> Any:
+    return load_settings(config, store=store)
+
+
+class QueryEncoderReplica:
+    def __init__(self, store: str, config: str | None):
+        self.parts: QueryEncoderParts = build_query_encoder(_settings(store, config))
+
+    async def text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
+        return await self.parts.text(text, phase, language)
+
+    async def pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return await self.parts.pixels(pixels)
+
+    def __del__(self) -> None:
+        parts = getattr(self, "parts", None)
+        if parts is not None:
+            parts.close()
+
+
+class ShardReplica:
+    def __init__(self, store: str, config: str | None, index: int):
+        self.server = ShardServer(_settings(store, config), index)
+
+    async def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
+                     hidden: frozenset[int]) -> list[ShardHits]:
+        # FAISS and the rerank release the GIL: concurrent calls of this replica overlap
+        return await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden)
+
+
+class IngressReplica:
+    def __init__(self, store: str, config: str | None, shard_timeout_s: float, encoder: DeploymentHandle,  # type: ignore[type-arg]
+                 shards: list[DeploymentHandle]):  # type: ignore[type-arg]
+        self.settings = _settings(store, config)
+        self.encoder = encoder
+        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle)) for handle in shards]
+        self.timeout_s = shard_timeout_s
+
+    def __serve_build_asgi_app__(self) -> Any:
+        app = create_app(self.settings, remote=RemoteParts(self._text, self._pixels, self._fanout_for))
+        return OneRequestId(app)
+
+    async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
+        return await self.encoder.text.remote(text, phase, language)  # type: ignore[no-any-return]
+
+    async def _pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return await self.encoder.pixels.remote(pixels)  # type: ignore[no-any-return]
+
+    def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
+        return fan_out(self.shards, str(artifact.path), hidden, self.timeout_s)
+
+
+class OneRequestId:
+    """Serve's proxy always echoes the request's X-Request-ID (making one when the client sent none) and hands
+    that id to the app, whose own echo would repeat it: the app's copy is dropped from the response. The app
+    still logs with it and puts it in error bodies and the query log."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:  # Serve reads the app's routes, docs URL and exception handlers
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not any(k == b"x-request-id" for k, _ in scope.get("headers", [])):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_once(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+            await send(message)
+
+        await self.app(scope, receive, send_once)
+
+
+QueryEncoder: Deployment = serve.deployment(name="QueryEncoder")(QueryEncoderReplica)
+Shard: Deployment = serve.deployment(name="Shard")(ShardReplica)
+Ingress: Deployment = serve.deployment(name="Ingress")(serve.ingress()(IngressReplica))
+
+
+def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
+    def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
+        return handle.search.remote(version_dir, vectors, asks, hidden)
+    return call
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The application of configs/fleet.yaml (`args`: search/fleet/config.py); config errors raise here, at
+    deploy, as one line."""
+    fleet, _ = load_fleet(args)
+    store, config = str(fleet.store.resolve()), str(fleet.config.resolve()) if fleet.config else None
+    encoder = QueryEncoder.options(**fleet.encoder.serve_options()).bind(store, config)
+    shard_options = fleet.shards.serve_options()
+    shards = [Shard.options(name=f"Shard{i}", **shard_options).bind(store, config, i)
+              for i in range(fleet.shards.count)]
+    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, fleet.shard_timeout_s,
+                                                                             encoder, shards)
+    return app

@@ -1,0 +1,337 @@
+"""The search fleet (search/fleet/): the fan-out's retry and 503 rules, the fleet args checked at deploy, the
+service app with remote parts injected, and the fleet itself on a local Ray with Serve, queried over HTTP and
+compared page by page with the single-process service on the same store.
+
+The Ray part starts one local Ray (2 CPUs, fractional reservations, small replica counts) for the module and
+shuts Serve and Ray down at the end. Without Ray it skips locally and fails under CI=true (tests/optional.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from search.artifact.version import open_current
+from search.fleet.config import FleetConfigError, load_fleet
+from search.fleet.fanout import RemoteShard, fan_out
+from search.fleet.parts import ShardServer
+from search.http.app import create_app
+from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
+from search.settings import Settings
+from search.state import RemoteParts
+from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for
+
+SCORE_TOL = 2e-3  # float16 rows: the fleet's scores may differ from the service's in the last float16 bits
+
+
+class _Done:
+    """What a finished remote call looks like to the fan-out (a Serve DeploymentResponse that has its value)."""
+
+    def __init__(self, value: Any = None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+    def result(self, *, timeout_s: float | None = None) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _hits(n: int) -> list[ShardHits]:
+    return [ShardHits(np.array([i], np.int64), np.array([0.5], np.float32), None, None, True) for i in range(n)]
+
+
+def _shard(name: str, outcomes: list[_Done], calls: list[str]) -> RemoteShard:
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> _Done:
+        calls.append(name)
+        return outcomes.pop(0)
+    return RemoteShard(name, call)
+
+
+def test_fan_out_calls_every_shard_and_retries_a_failed_call_once() -> None:
+    calls: list[str] = []
+    shards = [_shard("Shard0", [_Done(_hits(2))], calls),
+              _shard("Shard1", [_Done(error=TimeoutError("deadline")), _Done(_hits(2))], calls)]
+    out = fan_out(shards, "v", frozenset(), 1.0)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
+    assert calls == ["Shard0", "Shard1", "Shard1"] and [len(per) for per in out] == [2, 2]
+
+
+def test_a_shard_failing_its_retry_too_stops_the_search_naming_it() -> None:
+    calls: list[str] = []
+    shards = [_shard("Shard0", [_Done(_hits(1))], calls),
+              _shard("Shard1", [_Done(error=RuntimeError("replica died")),
+                                _Done(error=TimeoutError("no replica\nsecond line"))], calls)]
+    with pytest.raises(ShardUnavailable, match="shard Shard1 is unavailable: TimeoutError: no replica$") as info:
+        fan_out(shards, "v", frozenset(), 1.0)(np.zeros((1, 4), np.float32), [ShardQuery(fetch=1)])
+    assert info.value.shard == "Shard1"
+
+
+def test_a_wrong_answer_from_a_shard_is_a_failure_not_a_short_page() -> None:
+    calls: list[str] = []
+    shards = [_shard("Shard0", [_Done(_hits(1)), _Done(_hits(1))], calls)]
+    with pytest.raises(ShardUnavailable, match="expected 2 ShardHits"):
+        fan_out(shards, "v", frozenset(), 1.0)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
+
+
+def _config(settings: Settings, path: Path) -> Path:
+    path.write_text(json.dumps(settings.model_dump(mode="json", exclude={"store"})), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"shards": {"count": 1, "replicas": 2}}, r"^fleet args: shards\.replicas: Extra inputs are not permitted$"),
+    ({"shards": {"count": 2}}, r"^shards\.count is 2 but version \S+ of \S+ has 1 part\(s\)$"),
+    ({"shards": {"count": 1, "num_replicas": 2, "autoscaling_config": {"min_replicas": 1}}},
+     r"^fleet args: shards: Value error, give num_replicas or autoscaling_config, not both$"),
+    ({"store": "/nonexistent/store"}, r"^store /nonexistent/store: .*does not exist"),
+])
+def test_fleet_args_that_cannot_deploy_fail_with_one_line(world: WorldStore, tmp_path: Path,
+                                                           change: dict[str, Any], message: str) -> None:
+    args = {"store": str(world.store), "config": str(_config(settings_for(world), tmp_path / "service.json")),
+            "shards": {"count": 1}, **change}
+    with pytest.raises(FleetConfigError, match=message) as info:
+        load_fleet(args)
+    assert "\n" not in str(info.value)
+
+
+def test_build_app_refuses_a_fleet_that_cannot_deploy(ray_module: Any, world: WorldStore) -> None:
+    from search.fleet.app import build_app
+
+    with pytest.raises(FleetConfigError, match="^shards.count is 3 but"):
+        build_app({"store": str(world.store), "shards": {"count": 3}})
+
+
+def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: WorldStore) -> None:
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "configs" / "fleet.yaml").read_text(encoding="utf-8"))
+    (app,) = shipped["applications"]
+    assert app["import_path"] == "search.fleet.app:build_app"
+    fleet, _ = load_fleet({**app["args"], "store": str(world.store), "config": str(ROOT / app["args"]["config"])})
+    assert fleet.shards.autoscaling_config is not None and fleet.shards.autoscaling_config["min_replicas"] == 2
+    cpus = sum(d.ray_actor_options.num_cpus * (d.autoscaling_config or {}).get("min_replicas", d.num_replicas or 1)
+               * (fleet.shards.count if d is fleet.shards else 1) for d in (fleet.ingress, fleet.encoder, fleet.shards))
+    assert cpus <= 2.0  # the shipped fleet starts on one 2-core machine
+
+
+def test_the_kuberay_manifest_deploys_the_same_application_as_configs_fleet_yaml() -> None:
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "configs" / "fleet.yaml").read_text(encoding="utf-8"))
+    manifest = yaml.safe_load((ROOT / "docs" / "deploy" / "photostock-fleet.rayservice.yaml").read_text("utf-8"))
+    assert manifest["kind"] == "RayService"
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    assert app["args"].pop("store") == "/data/store"
+    (want,) = shipped["applications"]
+    want["args"].pop("store")
+    assert app == want
+
+
+# -- the service app with remote parts injected (no Ray): the seam the ingress uses -----------------------------
+
+def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
+    """Remote parts that run in this process: the text tower, the image tower and a ShardServer per call."""
+    encoder = runtime_for(world)
+    server = ShardServer(settings_for(world), 0)
+
+    async def text(query: str, phase: str, language: str | None = None) -> np.ndarray:
+        return np.asarray(encoder.text.encode([query])[0], np.float32)
+
+    async def pixels(values: np.ndarray) -> np.ndarray:
+        return np.asarray(encoder.image.encode_pixels(values[None])[0], np.float32)
+
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> _Done:
+        if fail:
+            return _Done(error=ConnectionError("no replica of Shard0 is running"))
+        return _Done(server.search(version_dir, qv, asks, hidden))
+
+    return RemoteParts(text, pixels, lambda artifact, hidden: fan_out([RemoteShard("Shard0", call)],
+                                                                      str(artifact.path), hidden, 1.0))
+
+
+def test_every_replica_of_a_shard_gone_answers_503_naming_it_with_retry_after(world: WorldStore) -> None:
+    app = create_app(settings_for(world), encoder=runtime_for(world), remote=_local_remote(world, fail=True))
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        r = client.get("/search", params={"q": world.queries[0]["query"], "k": 5})
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    body = r.json()
+    assert body["error"].startswith("shard Shard0 is unavailable: ConnectionError") and body["detail"] == {
+        "shard": "Shard0"} and body["request_id"] == r.headers["x-request-id"]
+
+
+# -- requests compared between the fleet and the single-process service ---------------------------------------
+
+def _requests(world: WorldStore) -> list[tuple[str, str, dict[str, Any]]]:
+    # queries no other fleet test asks (the fleet's query cache then answers "miss" as a fresh service does)
+    queries = [q["query"] for q in world.queries[-3:]]
+    with open_current(world.store) as artifact:
+        similar = int(artifact.ids[7])
+    upload = (world.image_root / next(iter(world.ids_by_path))).read_bytes()
+    filters = {"licence": ["CC0-1.0"], "orientation": "landscape"}
+    return [
+        *[("GET", "/search", {"params": {"q": q, "k": 7}}) for q in queries],
+        ("GET", "/search", {"params": {"q": queries[0], "k": 5, "offset": 5}}),
+        ("GET", "/search", {"params": {"q": queries[1], "k": 6, "phase": "fast"}}),
+        ("POST", "/search", {"json": {"query": queries[2], "k": 4, "offset": 3, "filters": filters, "dedup": True,
+                                      "diversity": 0.3}}),
+        ("POST", "/search", {"json": {"query": queries[0], "k": 10, "filters": {"orientation": "portrait"}}}),
+        ("GET", f"/search/similar/{similar}", {"params": {"k": 5, "offset": 2}}),
+        ("POST", "/search/image", {"params": {"k": 6, "offset": 1},
+                                   "files": {"file": ("q.jpg", upload, "image/jpeg")}}),
+        ("GET", "/search", {"params": {"q": queries[0], "k": 0}}),  # 422, the same body
+        ("GET", "/search/similar/5", {}),  # 404: no such image
+    ]
+
+
+def _page(response: Any) -> dict[str, Any]:  # httpx's or TestClient's response
+    body = response.json()
+    body.pop("timings_ms", None)
+    body.pop("request_id", None)
+    return {"status": response.status_code, **body}
+
+
+def _assert_same_page(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    if "hits" not in want:
+        assert got == want, what
+        return
+    got_hits, want_hits = got.pop("hits"), want.pop("hits")
+    assert got == want, what
+    assert [h["id"] for h in got_hits] == [h["id"] for h in want_hits], what
+    for g, w in zip(got_hits, want_hits, strict=True):
+        for key in ("score", "similarity"):
+            assert g[key] == pytest.approx(w[key], abs=SCORE_TOL), what
+        assert {k: v for k, v in g.items() if k not in ("score", "similarity")} == \
+            {k: v for k, v in w.items() if k not in ("score", "similarity")}, what
+
+
+def _single_process_pages(world: WorldStore, requests: list[tuple[str, str, dict[str, Any]]],
+                          remote: RemoteParts | None = None) -> list[dict[str, Any]]:
+    app = create_app(settings_for(world), encoder=runtime_for(world), remote=remote)
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        return [_page(client.request(method, path, **kw)) for method, path, kw in requests]
+
+
+def test_the_app_with_remote_parts_answers_the_single_process_pages(world: WorldStore) -> None:
+    requests = _requests(world)
+    want = _single_process_pages(world, requests)
+    got = _single_process_pages(world, requests, remote=_local_remote(world))
+    assert [p["status"] for p in want] == [200] * 9 + [422, 404]
+    for g, w, (method, path, kw) in zip(got, want, requests, strict=True):
+        _assert_same_page(g, w, f"{method} {path} {kw.get('params') or kw.get('json')}")
+
+
+# -- the fleet on a local Ray -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet(ray_module: Any, world: WorldStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fleet app deployed by Serve's Python API on a local 2-CPU Ray, over a private copy of the world's
+    store (the takedown test writes to it); yields its HTTP base URL."""
+    from ray import serve
+
+    from search.fleet.app import build_app
+
+    base = tmp_path_factory.mktemp("fleet")
+    store = copy_store(world, base / "store")
+    # no result-page cache at the ingress: every search reaches the shards (the pages are the same either way)
+    settings = settings_for(world, store)
+    config = _config(settings.model_copy(update={"cache": settings.cache.model_copy(update={"results_max_mb": 0})}),
+                     base / "service.json")
+    small = {"ray_actor_options": {"num_cpus": 0.1}}
+    args = {"store": str(store), "config": str(config), "shard_timeout_s": 30,
+            "ingress": {"num_replicas": 1, **small}, "encoder": {"num_replicas": 1, **small},
+            "shards": {"count": 1, "num_replicas": 2, **small}}
+    ray_module.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="photostock", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray_module.shutdown()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.slow
+def test_fleet_pages_equal_the_single_process_service(fleet: str, world: WorldStore) -> None:
+    requests = _requests(world)
+    want = _single_process_pages(world, requests)
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        got = [_page(client.request(method, path, **kw)) for method, path, kw in requests]
+    for g, w, (method, path, kw) in zip(got, want, requests, strict=True):
+        _assert_same_page(g, w, f"{method} {path} {kw.get('params') or kw.get('json')}")
+
+
+@pytest.mark.slow
+def test_fleet_serves_the_service_api_around_the_search(fleet: str, world: WorldStore) -> None:
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        ready = client.get("/readyz")
+        search = client.get("/search", params={"q": world.queries[0]["query"]}, headers={"X-Request-ID": "fleet-1"})
+        bad = client.get("/search", params={"q": "x", "k": 0})  # no X-Request-ID: Serve's proxy makes one
+        metrics = client.get("/metrics").text
+        page = client.get("/")
+        deployments = client.get("/openapi.json").json()["paths"]
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert search.status_code == 200 and search.headers.get_list("x-request-id") == ["fleet-1"]
+    assert bad.status_code == 422 and [bad.json()["request_id"]] == bad.headers.get_list("x-request-id")
+    assert "server-timing" in search.headers
+    assert 'photostock_request_seconds_count{route="/search",status="200"}' in metrics
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert {"/search", "/search/image", "/search/similar/{image_id}", "/admin/takedown"} <= set(deployments)
+
+
+@pytest.mark.slow
+def test_a_takedown_through_the_fleet_hides_the_image_from_every_shard_at_once(fleet: str, world: WorldStore) -> None:
+    query = {"q": world.queries[1]["query"], "k": 5}
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        before = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+        done = client.post("/admin/takedown", json={"ids": [before[0]], "reason": "fleet test"})
+        during = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+        similar = client.get(f"/search/similar/{before[0]}")
+        client.post("/admin/takedown", json={"ids": [before[0]], "reason": "fleet test", "restore": True})
+        after = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+    assert done.status_code == 200 and done.json()["active"] == 1
+    assert before[0] not in during and during[:4] == before[1:]
+    assert similar.status_code == 404 and after == before
+
+
+@pytest.mark.slow
+def test_a_killed_shard_replica_fails_no_request(fleet: str, world: WorldStore, ray_module: Any) -> None:
+    """One of Shard0's two replicas killed (ray.kill: no graceful exit, like kill -9) while 8 clients search:
+    calls it had or gets before the router learns of it are retried on the other replica, so every request is
+    answered in full and equal to the page before the kill."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+    from ray.serve.schema import ReplicaState
+
+    status = serve.status().applications["photostock"]  # one deployment per shard, two replicas each
+    assert set(status.deployments) == {"Ingress", "QueryEncoder", "Shard0"}
+    assert status.deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
+    replicas = [a for a in ray_module.util.list_named_actors(all_namespaces=True) if "#Shard0#" in a["name"]]
+    assert len(replicas) == 2
+    queries = [{"query": q["query"], "k": 5} for q in world.queries[:8]]
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        want = [[h["id"] for h in client.post("/search", json=q).json()["hits"]] for q in queries]
+    answered = threading.Event()
+
+    def ask(query: dict[str, Any]) -> tuple[int, list[int]]:
+        with httpx.Client(base_url=fleet, timeout=120) as client:  # every search reaches the shards (no page cache)
+            r = client.post("/search", json=query)
+        answered.set()
+        return r.status_code, [h["id"] for h in r.json().get("hits", [])]
+
+    with ThreadPoolExecutor(8) as pool:
+        load = pool.map(ask, queries * 6)
+        assert answered.wait(120)  # the load is running: kill a replica under it
+        ray_module.kill(ray_module.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
+        got = list(load)
+    assert [status for status, _ in got] == [200] * len(got)
+    assert [ids for _, ids in got] == want * 6
