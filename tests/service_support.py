@@ -136,6 +136,18 @@ def copy_store(world: WorldStore, target: Path) -> Path:
     return target
 
 
+def sharded_copy(world: WorldStore, target: Path, shards: int) -> Path:
+    """A private copy of the shared store whose current version is the same catalogue in `shards` parts."""
+    from search.artifact.version import open_current
+
+    store = copy_store(world, target)
+    with open_current(world.store) as artifact:
+        ids = [int(i) for i in artifact.ids]
+    publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite", ids,
+            np.load(store / "vectors.npy"), onnx_cache=world.onnx_cache, shards=shards)
+    return store
+
+
 def runtime_for(world: WorldStore) -> RuntimeEncoder:
     """The runtime encoder of the shared store's current version (loaded once; shared by in-process apps)."""
     key = str(world.store)

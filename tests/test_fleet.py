@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from search.artifact.version import open_current
+from search.artifact.version import current_version, open_current
 from search.fleet.config import FleetConfigError, load_fleet
 from search.fleet.fanout import RemoteShard, fan_out
 from search.fleet.parts import ShardServer
@@ -26,7 +26,7 @@ from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
-from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for
+from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
 SCORE_TOL = 2e-3  # float16 rows: the fleet's scores may differ from the service's in the last float16 bits
 
@@ -266,6 +266,38 @@ def test_fleet_pages_equal_the_single_process_service(fleet: str, world: WorldSt
         got = [_page(client.request(method, path, **kw)) for method, path, kw in requests]
     for g, w, (method, path, kw) in zip(got, want, requests, strict=True):
         _assert_same_page(g, w, f"{method} {path} {kw.get('params') or kw.get('json')}")
+
+
+@pytest.mark.slow
+def test_fleets_of_two_and_three_shards_answer_the_single_process_pages(fleet: str, world: WorldStore,
+                                                                       tmp_path: Path) -> None:
+    """The same catalogue published in 2 and 3 parts, each part a Shard deployment: the ingress merges their
+    answers into the pages the single-process service gives on the unsharded version (ids, order, totals)."""
+    from ray import serve
+
+    from search.fleet.app import build_app
+
+    requests = _requests(world)
+    want = _single_process_pages(world, requests)
+    small = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
+    for shards in (2, 3):
+        store = sharded_copy(world, tmp_path / f"s{shards}", shards)
+        settings = settings_for(world, store)
+        config = _config(settings.model_copy(update={"cache": settings.cache.model_copy(
+            update={"results_max_mb": 0})}), tmp_path / f"service-{shards}.json")
+        args = {"store": str(store), "config": str(config), "shard_timeout_s": 30, "ingress": small,
+                "encoder": small, "shards": {"count": shards, **small}}
+        serve.run(build_app(args), name="photostock-sharded", route_prefix="/sharded")
+        try:
+            with httpx.Client(base_url=f"{fleet}/sharded", timeout=120) as client:
+                got = [_page(client.request(method, path, **kw)) for method, path, kw in requests]
+        finally:
+            serve.delete("photostock-sharded")
+        # the same catalogue republished sharded: another version name, wherever a page or an error names it
+        renamed = [json.loads(json.dumps(g).replace(str(current_version(store)), str(current_version(world.store))))
+                   for g in got]
+        for g, w, (method, path, kw) in zip(renamed, want, requests, strict=True):
+            _assert_same_page(g, dict(w), f"S={shards}: {method} {path} {kw.get('params') or kw.get('json')}")
 
 
 @pytest.mark.slow

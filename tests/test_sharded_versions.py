@@ -29,7 +29,7 @@ from search.query.filters import Filters
 from search.query.spec import SearchSpec
 from search.settings import RankSettings, ReloadSettings, Settings
 from tests.indexer_support import cli, draw, make_tree, rows, run
-from tests.service_support import WorldStore, copy_store, encoder_for, publish, settings_for
+from tests.service_support import WorldStore, copy_store, encoder_for, publish, settings_for, sharded_copy
 
 SHARD_COUNTS = (2, 3)
 SCORE_TOLERANCE = 2e-3  # float16 rows: the scores of one photo may differ in the last bits, never more
@@ -60,19 +60,10 @@ def test_the_shard_rule_is_fixed() -> None:
 
 
 # -- sharded copies of the service world ------------------------------------------------------------------------
-def _publish_sharded(world: WorldStore, target: Path, shards: int) -> Path:
-    store = copy_store(world, target)
-    with open_current(world.store) as artifact:
-        ids = [int(i) for i in artifact.ids]
-    publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite", ids,
-            np.load(store / "vectors.npy"), onnx_cache=world.onnx_cache, shards=shards)
-    return store
-
-
 @pytest.fixture(scope="module")
 def sharded(world: WorldStore, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     base = tmp_path_factory.mktemp("sharded")
-    return {1: world.store, **{s: _publish_sharded(world, base / f"s{s}", s) for s in SHARD_COUNTS}}
+    return {1: world.store, **{s: sharded_copy(world, base / f"s{s}", s) for s in SHARD_COUNTS}}
 
 
 def test_a_sharded_version_lists_its_parts(sharded: dict[int, Path]) -> None:
