@@ -21,7 +21,7 @@ FACTORIES = ["Flat", "HNSW32", "IVF64,Flat", "IVF64,PQ8", "OPQ8_32,IVF64,PQ8"]
 
 
 @pytest.fixture(scope="module", params=FACTORIES)
-def version(request, tmp_path_factory) -> Path:
+def version(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mmap")
     return publish(root / "store", clustered(3000, D, seed=5), config=small_config(factory=request.param)).path
 
