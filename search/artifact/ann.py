@@ -57,9 +57,10 @@ def mmap_flags() -> int:
 
     `IO_FLAG_MMAP_IFC` (in FAISS 1.15) maps every code array FAISS stores as a "maybe owned" vector: IVF
     inverted lists (codes and ids), IndexFlat codes (Flat, the IVF coarse quantizer, HNSW's storage) and the
-    HNSW graph, so Flat, HNSW, IVF-Flat and (OPQ+)IVF-PQ all leave well under 1 MB of private memory per
-    process (benchmarks/replica_memory.py); `IO_FLAG_MMAP` alone maps only the IVF lists. Older builds get
-    that alone. `IO_FLAG_READ_ONLY`: a served index is never written (a published version is immutable).
+    HNSW graph: for Flat, HNSW, IVF-Flat and (OPQ+)IVF-PQ only small parts (OPQ matrix, PQ codebooks) stay in
+    each process's heap (benchmarks/replica_memory.py). `IO_FLAG_MMAP` maps the IVF lists only; builds
+    without IO_FLAG_MMAP_IFC get that. `IO_FLAG_READ_ONLY`: a served index is never written (a published
+    version is immutable).
     """
     import faiss
 
