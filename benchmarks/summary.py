@@ -72,6 +72,10 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
                       ("guarded.after_above_idle_mb", "after MB"),
                       ("peak_ratio_unguarded_over_guarded", "unguarded / guarded peak"),
                       ("meets_target", "target met")],
+    "replica_memory": [("vectors", "vectors"), ("factory", "index"), ("shard_mb.total", "index + vectors MB"),
+                       ("summary.mmap.4.extra_replica_pss_mb", "extra replica PSS MB (mmap)"),
+                       ("summary.mmap.4.ratio_to_index_plus_vectors", "ratio (mmap)"),
+                       ("summary.heap.4.ratio_to_index_plus_vectors", "ratio (heap read)")],
 }
 GENERIC = ("speedup", "ratio", "per_s", "qps", "p50", "p99", "recall")
 

@@ -4,10 +4,14 @@ FAISS labels in an artifact's index are row positions (0..N-1) into the float16 
 to image ids with the id map. Search parameters (nprobe, efSearch) are built per call as
 faiss.SearchParameters objects and passed to `index.search(params=...)`, so concurrent requests with different
 settings never race on a shared, mutable index attribute.
+
+`read_index(path)` is the one way a served index file is read: memory-mapped, so the processes of one node
+share one page-cache copy of it (as they do of the memory-mapped vectors and ids).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +21,8 @@ __all__ = [
     "FAISS_MISSING",
     "FaissMissing",
     "require_faiss",
+    "read_index",
+    "mmap_flags",
     "search_parameters",
     "ann_search",
     "exact_search",
@@ -44,6 +50,31 @@ def require_faiss() -> None:
 
 
 _EXACT_BLOCK_ROWS = 65536
+
+
+def mmap_flags() -> int:
+    """The FAISS read flags that map an index file instead of copying it into the heap.
+
+    `IO_FLAG_MMAP_IFC` (in FAISS 1.15) maps every code array FAISS stores as a "maybe owned" vector: IVF
+    inverted lists (codes and ids), IndexFlat codes (Flat, the IVF coarse quantizer, HNSW's storage) and the
+    HNSW graph: for Flat, HNSW, IVF-Flat and (OPQ+)IVF-PQ only small parts (OPQ matrix, PQ codebooks) stay in
+    each process's heap (benchmarks/replica_memory.py). `IO_FLAG_MMAP` maps the IVF lists only; builds
+    without IO_FLAG_MMAP_IFC get that. `IO_FLAG_READ_ONLY`: a served index is never written (a published
+    version is immutable).
+    """
+    import faiss
+
+    return int(getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)) | int(faiss.IO_FLAG_READ_ONLY)
+
+
+def read_index(path: str | os.PathLike[str]) -> Any:
+    """The FAISS index at `path`, memory-mapped read-only (`mmap_flags`): same search results as a heap read,
+    one page-cache copy per node however many processes open it. FAISS raises RuntimeError for a truncated or
+    garbage file, as the heap read does. The file must stay in place while the index is used (a published
+    version's files do; unlinking one keeps the mapped inode alive)."""
+    import faiss
+
+    return faiss.read_index(os.fspath(path), mmap_flags())
 
 
 def search_parameters(index: Any, params: Mapping[str, Any] | None) -> Any:

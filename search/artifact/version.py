@@ -204,8 +204,9 @@ class MetadataSnapshot:
 
 
 class ShardPart:
-    """One part of a version: its ids and float16 vectors (memory-mapped), its FAISS index (in RAM), its tuned
-    search parameters, and the version's shared metadata. A search.query.shard.ShardSource.
+    """One part of a version: its ids and float16 vectors and its FAISS index (all memory-mapped: one page-cache
+    copy per node, `ann.read_index`), its tuned search parameters, and the version's shared metadata. A
+    search.query.shard.ShardSource.
 
     Checked on open: array types and shapes against the manifest, ids strictly ascending, the index's size and
     dimension, and (sharded versions) every id in the shard the rule (search.artifact.shards) gives it.
@@ -249,10 +250,8 @@ class ShardPart:
         return ids, vectors
 
     def _load_index(self) -> Any:
-        import faiss
-
         try:
-            index = faiss.read_index(str(self.dir / INDEX_FILE))
+            index = ann.read_index(self.dir / INDEX_FILE)
         except RuntimeError as exc:
             raise ArtifactError(f"{self._what}: FAISS cannot read the index ({exc})") from exc
         if index.d != self.manifest.dim or index.ntotal != self.count:
