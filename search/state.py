@@ -185,6 +185,9 @@ class RemoteParts:
     text: Callable[[str, str, str | None], Awaitable[np.ndarray]]
     pixels: Callable[[np.ndarray], Awaitable[np.ndarray]]  # preprocessed upload (3, H, W) -> unit vector
     fanout_for: FanoutFor  # the shards of a batch's version (search.query.pipeline.FanoutFor)
+    # (opened version, version serving or None) -> None, or ArtifactError: the version is not admitted (the
+    # fleet's shards must all have it ready first; search/fleet/switch.py)
+    admit: Callable[[Artifact, str | None], None] | None = None
 
 
 class RemoteText:
@@ -302,6 +305,19 @@ def _record_encoder(metrics: ServiceMetrics, load_image: bool) -> Callable[[Runt
     return on_load
 
 
+def _admit(service_encoder: ServiceEncoder, remote: RemoteParts | None,
+           holder_ref: list[ArtifactHolder]) -> Callable[[Artifact], None]:
+    """The holder's admit hook: the encoder's check, then (a fleet) the remote parts' own."""
+    if remote is None or remote.admit is None:
+        return service_encoder.admit
+    remote_admit = remote.admit
+
+    def admit(artifact: Artifact) -> None:
+        service_encoder.admit(artifact)
+        remote_admit(artifact, holder_ref[0].version if holder_ref else None)
+    return admit
+
+
 def build_state(settings: Settings, encoder: RuntimeEncoder | None = None,
                 remote: RemoteParts | None = None) -> ServiceState:
     """Heavy start-up work (index open, ONNX sessions); call from a worker thread. `encoder` lets a caller
@@ -318,7 +334,7 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None,
     holder_ref: list[ArtifactHolder] = []
     checks: CheckLevel = "full" if settings.reload.verify_checksums else "size"
     holder = ArtifactHolder(Path(settings.store), None, checks, on_change=_record_reload(metrics, holder_ref),
-                            ann_params=settings.rank.ann_params, admit=service_encoder.admit,
+                            ann_params=settings.rank.ann_params, admit=_admit(service_encoder, remote, holder_ref),
                             start_checks=settings.reload.start_checks if checks == "full" else "size")
     holder_ref.append(holder)
     service_encoder.prefetch(Path(settings.store))

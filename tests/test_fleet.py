@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from search.artifact.manifest import ArtifactError
 from search.artifact.version import current_version, open_current
 from search.fleet.config import FleetConfigError, load_fleet
 from search.fleet.fanout import RemoteShard, fan_out
@@ -120,6 +121,19 @@ def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: 
     assert cpus <= 2.0  # the shipped fleet starts on one 2-core machine
 
 
+def test_the_scale_to_zero_variant_keeps_the_ingress_warm(world: WorldStore) -> None:
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "configs" / "fleet-scale-to-zero.yaml").read_text(encoding="utf-8"))
+    (app,) = shipped["applications"]
+    args = {**app["args"], "store": str(world.store), "config": str(ROOT / app["args"]["config"])}
+    fleet, _ = load_fleet(args)
+    assert fleet.ingress.idle_to_zero_s() is None and fleet.ingress.num_replicas == 1
+    assert fleet.encoder.idle_to_zero_s() == fleet.shards.idle_to_zero_s() == 300.0
+    with pytest.raises(FleetConfigError, match="^ingress.autoscaling_config.min_replicas: the ingress stays warm"):
+        load_fleet({**args, "ingress": {"autoscaling_config": {"min_replicas": 0}}})
+
+
 def test_the_kuberay_manifest_deploys_the_same_application_as_configs_fleet_yaml() -> None:
     import yaml
 
@@ -164,6 +178,40 @@ def test_every_replica_of_a_shard_gone_answers_503_naming_it_with_retry_after(wo
     body = r.json()
     assert body["error"].startswith("shard Shard0 is unavailable: ConnectionError") and body["detail"] == {
         "shard": "Shard0"} and body["request_id"] == r.headers["x-request-id"]
+
+
+def test_a_shard_refuses_a_corrupt_part_of_the_next_version_and_keeps_serving_its_own(world: WorldStore,
+                                                                                      tmp_path: Path) -> None:
+    """What a shard answers the ingress's `prepare`: ready for a good next version; for a corrupt part the reason
+    (sha256 of its own files, checked before it reports ready), while the version it serves still searches."""
+    import shutil
+
+    from search.artifact.version import current_path
+    from search.fleet.switch import PartReady, RemotePrepare, prepare_all
+
+    store = copy_store(world, tmp_path / "store")
+    server = ShardServer(settings_for(world, store), 0)
+    serving = current_path(store)
+    good, broken = store / "versions" / "next", store / "versions" / "next-broken"
+    shutil.copytree(serving, good)
+    shutil.copytree(serving, broken)
+    vectors = broken / "vectors.f16.npy"
+    vectors.chmod(0o644)
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    version = current_version(store)
+    assert server.prepare(str(good)) == PartReady(str(version))
+    refused = server.prepare(str(broken))
+    assert refused.error == f"part 0: version {version}: vectors.f16.npy fails its sha256 checksum"
+    shard = RemotePrepare("Shard0", lambda version_dir: _Done(server.prepare(version_dir)))
+    with pytest.raises(ArtifactError, match=r"stays on the version it serves: Shard0 refused it \(part 0: "):
+        prepare_all([shard], str(broken), str(version), 1.0)
+    qv = np.zeros((1, runtime_for(world).dim), np.float32)
+    qv[0, 0] = 1.0
+    (hits,) = server.search(str(serving), qv, [ShardQuery(fetch=3)], frozenset())
+    assert len(hits.ids) == 3
+    server.close()
 
 
 # -- requests compared between the fleet and the single-process service ---------------------------------------
@@ -367,3 +415,135 @@ def test_a_killed_shard_replica_fails_no_request(fleet: str, world: WorldStore, 
         got = list(load)
     assert [status for status, _ in got] == [200] * len(got)
     assert [ids for _, ids in got] == want * 6
+
+
+# -- a fleet whose encoder and shards scale to zero, over a store that gets new versions -------------------------
+
+ZERO = {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_delay_s": 2,
+        "downscale_to_zero_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+
+
+@pytest.fixture(scope="module")
+def zero_fleet(fleet: str, world: WorldStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A second application on the module's Ray: QueryEncoder and Shard0 with min_replicas 0 (they start at
+    zero and go back to zero after 2 s idle), the ingress watching its private store copy every 0.2 s with
+    size checks (the shards check a new part's sha256 themselves). Yields (base URL, store)."""
+    from ray import serve
+
+    from search.fleet.app import build_app
+
+    base = tmp_path_factory.mktemp("zero-fleet")
+    store = copy_store(world, base / "store")
+    settings = settings_for(world, store)
+    settings = settings.model_copy(update={
+        "cache": settings.cache.model_copy(update={"results_max_mb": 0}),
+        "reload": settings.reload.model_copy(update={"watch": True, "poll_s": 0.2, "verify_checksums": False})})
+    small = {"ray_actor_options": {"num_cpus": 0.1}}
+    args = {"store": str(store), "config": str(_config(settings, base / "service.json")), "shard_timeout_s": 30,
+            "cold_start_timeout_s": 120, "ingress": {"num_replicas": 1, **small},
+            "encoder": {"autoscaling_config": ZERO, **small},
+            "shards": {"count": 1, "autoscaling_config": ZERO, **small}}
+    serve.run(build_app(args), name="photostock-zero", route_prefix="/zero")
+    try:
+        yield f"{fleet}/zero", store
+    finally:
+        serve.delete("photostock-zero")
+
+
+def _until(what: str, probe: Any, deadline_s: float = 120.0) -> Any:
+    """Poll `probe` until it returns something true (a condition on a running fleet, not a fixed wait)."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        got = probe()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"not within {deadline_s} s: {what}")
+
+
+@pytest.mark.slow
+def test_the_first_query_after_scale_to_zero_is_answered(zero_fleet: tuple[str, Path], world: WorldStore) -> None:
+    from ray import serve
+    from ray.serve.schema import ReplicaState  # type: ignore[attr-defined]
+
+    url, _ = zero_fleet
+
+    def at_zero() -> bool:
+        deployments = serve.status().applications["photostock-zero"].deployments
+        return all(not deployments[name].replica_states.get(ReplicaState.RUNNING)
+                   for name in ("QueryEncoder", "Shard0"))
+
+    _until("encoder and shard at zero replicas", at_zero)
+    with httpx.Client(base_url=url, timeout=180) as client:
+        ready = client.get("/readyz")  # the ingress stays warm: ready with nothing else running
+        assert at_zero()
+        first = client.get("/search", params={"q": world.queries[3]["query"], "k": 5})
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert first.status_code == 200, first.text
+    assert len(first.json()["hits"]) == 5
+
+
+@pytest.mark.slow
+def test_versions_switch_together_and_a_reload_under_load_fails_no_request(zero_fleet: tuple[str, Path],
+                                                                             world: WorldStore) -> None:
+    """v+1 with a corrupt part (one byte of the rerank vectors changed) keeps the fleet on v with the reason in
+    /readyz (on this tiny store the ingress's own open already hashes files of at most 4 MiB and refuses it; a
+    shard's refusal is tested without Ray below); then a good v+2, published while a client searches in a
+    loop, is switched to with no failed request and the answers change to v+2's."""
+    import shutil
+    import threading
+
+    from indexer.index.publish import flip_current
+    from search.artifact.version import current_path
+    from tests.service_support import encoder_for, publish
+
+    url, store = zero_fleet
+    query = {"q": world.queries[2]["query"], "k": 5}
+    client = httpx.Client(base_url=url, timeout=180)
+    before = [h["id"] for h in client.get("/search", params=query).json()["hits"]]
+    serving = client.get("/readyz").json()["version"]
+
+    current = current_path(store)
+    broken = store / "versions" / f"{current.name}-broken"
+    shutil.copytree(current, broken)
+    vectors = broken / "vectors.f16.npy"
+    vectors.chmod(0o644)
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    flip_current(store, broken)
+    ready = _until("the broken version refused", lambda: (r := client.get("/readyz").json())["last_reload_error"] and r)
+    assert ready["ready"] is True and ready["version"] == serving
+    assert "vectors.f16.npy fails its sha256 checksum" in ready["last_reload_error"], ready
+    assert [h["id"] for h in client.get("/search", params=query).json()["hits"]] == before
+
+    answers: list[tuple[int, list[int]]] = []
+    stop, started = threading.Event(), threading.Event()
+
+    def search_in_a_loop() -> None:
+        with httpx.Client(base_url=url, timeout=180) as loop_client:
+            while not stop.is_set():
+                r = loop_client.get("/search", params=query)
+                answers.append((r.status_code, [h["id"] for h in r.json().get("hits", [])]))
+                started.set()
+
+    thread = threading.Thread(target=search_in_a_loop)
+    thread.start()
+    try:
+        assert started.wait(120)
+        with open_current(world.store) as artifact:
+            ids = [int(i) for i in artifact.ids]
+        keep = [row for row, image_id in enumerate(ids) if image_id != before[0]]  # v+2 lacks v's top hit
+        newer = publish(store, world.image_root, encoder_for(world.checkpoint), store / "metadata.sqlite",
+                        [ids[row] for row in keep], np.load(store / "vectors.npy")[keep], onnx_cache=world.onnx_cache)
+        _until("answers from v+2", lambda: answers and answers[-1][1] and before[0] not in answers[-1][1])
+        switched = client.get("/readyz").json()
+    finally:
+        stop.set()
+        thread.join()
+        client.close()
+    assert switched["version"] == newer and switched["last_reload_error"] is None
+    assert [status for status, _ in answers] == [200] * len(answers)
+    assert answers[0][1] == before and answers[-1][1][:4] == before[1:]

@@ -20,8 +20,9 @@ from ray.serve.handle import DeploymentHandle
 
 from search.artifact.version import Artifact
 from search.fleet.config import load_fleet
-from search.fleet.fanout import RemoteShard, fan_out
+from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
 from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
+from search.fleet.switch import PartReady, RemotePrepare, version_gate
 from search.http.app import create_app
 from search.query.shard import ShardFanout, ShardHits, ShardQuery
 from search.settings import load_settings
@@ -59,17 +60,23 @@ class ShardReplica:
         # FAISS and the rerank release the GIL: concurrent calls of this replica overlap
         return await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden)
 
+    async def prepare(self, version_dir: str) -> PartReady:
+        return await asyncio.to_thread(self.server.prepare, version_dir)
+
 
 class IngressReplica:
-    def __init__(self, store: str, config: str | None, shard_timeout_s: float, encoder: DeploymentHandle,  # type: ignore[type-arg]
+    def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder: DeploymentHandle,  # type: ignore[type-arg]
                  shards: list[DeploymentHandle]):  # type: ignore[type-arg]
         self.settings = _settings(store, config)
         self.encoder = encoder
-        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle)) for handle in shards]
-        self.timeout_s = shard_timeout_s
+        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s))
+                       for handle in shards]
+        self.gate = version_gate([RemotePrepare(handle.deployment_name, _prepare_call(handle)) for handle in shards],
+                                 max(timing.timeout_s, timing.cold_start_timeout_s))
+        self.timing = timing
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = create_app(self.settings, remote=RemoteParts(self._text, self._pixels, self._fanout_for))
+        app = create_app(self.settings, remote=RemoteParts(self._text, self._pixels, self._fanout_for, self.gate))
         return OneRequestId(app)
 
     async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
@@ -79,7 +86,7 @@ class IngressReplica:
         return await self.encoder.pixels.remote(pixels)  # type: ignore[no-any-return]
 
     def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
-        return fan_out(self.shards, str(artifact.path), hidden, self.timeout_s)
+        return fan_out(self.shards, str(artifact.path), hidden, self.timing)
 
 
 class OneRequestId:
@@ -117,6 +124,12 @@ def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
     return call
 
 
+def _prepare_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
+    def call(version_dir: str) -> Any:
+        return handle.prepare.remote(version_dir)
+    return call
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """The application of configs/fleet.yaml (`args`: search/fleet/config.py); config errors raise here, at
     deploy, as one line."""
@@ -126,6 +139,6 @@ def build_app(args: dict[str, Any]) -> Application:
     shard_options = fleet.shards.serve_options()
     shards = [Shard.options(name=f"Shard{i}", **shard_options).bind(store, config, i)
               for i in range(fleet.shards.count)]
-    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, fleet.shard_timeout_s,
-                                                                             encoder, shards)
+    timing = ShardTiming(fleet.shard_timeout_s, fleet.cold_start_timeout_s, fleet.shards.idle_to_zero_s())
+    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, timing, encoder, shards)
     return app

@@ -43,6 +43,15 @@ class DeploymentOptions(_Strict):
             raise ValueError("give num_replicas or autoscaling_config, not both")
         return self
 
+    def idle_to_zero_s(self) -> float | None:
+        """Seconds idle before Serve takes this deployment to zero replicas (min_replicas 0: Serve's
+        downscale_to_zero_delay_s, else downscale_delay_s, default 600); None when it keeps a replica."""
+        scaling = self.autoscaling_config or {}
+        if not scaling or scaling.get("min_replicas", 1) != 0:
+            return None
+        delay = scaling.get("downscale_to_zero_delay_s") or scaling.get("downscale_delay_s", 600.0)
+        return float(delay)
+
     def serve_options(self) -> dict[str, Any]:
         """The keyword arguments of `Deployment.options`."""
         out: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests,
@@ -62,6 +71,9 @@ class FleetArgs(_Strict):
     store: Path
     config: Path | None = None  # the service YAML (configs/service.yaml); None: the defaults
     shard_timeout_s: float = Field(5.0, gt=0)  # one shard call; after a retry that also fails: 503 naming it
+    # a shard call that may wait for a replica to start (shards scaled to zero), and every shard's loading of
+    # the next version before the fleet switches to it
+    cold_start_timeout_s: float = Field(60.0, gt=0)
     ingress: DeploymentOptions = DeploymentOptions()
     encoder: DeploymentOptions = DeploymentOptions()
     shards: ShardOptions
@@ -92,4 +104,7 @@ def load_fleet(args: dict[str, Any]) -> tuple[FleetArgs, Settings]:
     if parts != fleet.shards.count:
         raise FleetConfigError(f"shards.count is {fleet.shards.count} but version {version_dir.name} of "
                                f"{fleet.store} has {parts} part(s)")
+    if fleet.ingress.idle_to_zero_s() is not None:
+        raise FleetConfigError("ingress.autoscaling_config.min_replicas: the ingress stays warm (at least 1); "
+                               "the encoder and the shards may scale to zero")
     return fleet, settings

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from search.artifact.bundle import verify_encoder_files
+from search.artifact.checksums import CheckLevel
 from search.artifact.manifest import ArtifactError, read_manifest
 from search.artifact.version import ShardPart, current_path, open_shard
+from search.fleet.switch import PartReady
 from search.metrics import ServiceMetrics
 from search.query.batch import RankPolicy
 from search.query.pipeline import QueryEmbedder
@@ -41,9 +43,9 @@ def part_count(version_dir: Path) -> int:
     return read_manifest(version_dir).shard_count
 
 
-def open_part(version_dir: Path, index: int) -> ShardPart:
+def open_part(version_dir: Path, index: int, checks: CheckLevel = "size") -> ShardPart:
     """Part `index` of the version (the shard deployment's only way to open its data)."""
-    return open_shard(version_dir, index, checks="size")
+    return open_shard(version_dir, index, checks=checks)
 
 
 class ShardServer:
@@ -61,16 +63,37 @@ class ShardServer:
         self._lock = threading.Lock()
         self.part(str(current_path(settings.store)))  # a part that does not open fails the replica's start
 
-    def part(self, version_dir: str) -> ShardPart:
+    def part(self, version_dir: str, checks: CheckLevel = "size") -> ShardPart:
+        """The part of `version_dir`, opened on first use beside the ones open (outside the lock: the searches
+        of the version serving go on while the next one opens)."""
+        with self._lock:
+            part = self._parts.get(version_dir)
+            if part is not None:
+                self._parts.move_to_end(version_dir)
+                return part
+        opened = open_part(Path(version_dir), self.index, checks)
         with self._lock:
             part = self._parts.get(version_dir)
             if part is None:
-                part = self._parts[version_dir] = open_part(Path(version_dir), self.index)
+                part = self._parts[version_dir] = opened
                 while len(self._parts) > KEEP_VERSIONS:
                     _, old = self._parts.popitem(last=False)
                     old.close()
+            else:
+                opened.close()  # another call opened it meanwhile
             self._parts.move_to_end(version_dir)
             return part
+
+    def prepare(self, version_dir: str) -> PartReady:
+        """Load this shard's part of the next version beside the one serving, checked in full (sha256: the
+        vectors this shard serves, read off the query path) before it reports ready; the reason if not."""
+        try:
+            with self._lock:
+                known = version_dir in self._parts
+            part = self.part(version_dir) if known else self.part(version_dir, "full")
+        except (ArtifactError, OSError) as exc:
+            return PartReady(Path(version_dir).name, f"part {self.index}: {exc}")
+        return PartReady(part.version, None)
 
     def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
                hidden: frozenset[int]) -> list[ShardHits]:
