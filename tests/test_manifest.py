@@ -17,6 +17,7 @@ from search.artifact.manifest import (
     ARTIFACT_FILES,
     MANIFEST_NAME,
     SCHEMA_VERSION,
+    SHARDED_SCHEMA_VERSION,
     ArtifactError,
     EncoderFiles,
     FileEntry,
@@ -80,7 +81,8 @@ def test_a_file_entry_without_a_sample_digest_reads_as_none():
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "schema_version 2 is not supported"),
+    (lambda d: d.update(schema_version=SHARDED_SCHEMA_VERSION + 1), "schema_version 3 is not supported"),
+    (lambda d: d.update(schema_version=SHARDED_SCHEMA_VERSION), "malformed: KeyError: 'sharding'"),
     (lambda d: d.pop("schema_version"), "schema_version None is not supported"),
     (lambda d: d.pop("version"), "malformed: KeyError: 'version'"),
     (lambda d: d.pop("created_at"), "malformed: KeyError: 'created_at'"),
