@@ -395,7 +395,8 @@ def test_a_killed_shard_replica_fails_no_request(fleet: str, world: WorldStore, 
     status = serve.status().applications["photostock"]  # one deployment per shard, two replicas each
     assert set(status.deployments) == {"Ingress", "QueryEncoder", "Shard0"}
     assert status.deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
-    replicas = [a for a in ray_module.util.list_named_actors(all_namespaces=True) if "#Shard0#" in a["name"]]
+    mine = "SERVE_REPLICA::photostock#Shard0#"  # this app's replicas, not another test app's Shard0
+    replicas = [a for a in ray_module.util.list_named_actors(all_namespaces=True) if a["name"].startswith(mine)]
     assert len(replicas) == 2
     queries = [{"query": q["query"], "k": 5} for q in world.queries[:8]]
     with httpx.Client(base_url=fleet, timeout=120) as client:
