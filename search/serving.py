@@ -82,7 +82,7 @@ def build_fast_embedder(text: Any, settings: Settings, metrics: ServiceMetrics,
                        metrics=PoolMetrics(metrics.registry, prefix="photostock_fast_pool"),
                        batch_budget_s=batching.batch_cost_budget_ms / 1000.0)
     batcher = MicroBatcher(text, batching.window_ms / 1000.0, batching.max_batch, pool=pool)
-    return QueryEmbedder(embedder.encoder_key + "#int8", embedder.cache, batcher, metrics)
+    return QueryEmbedder(embedder.encoder_key + "#int8", embedder.cache, batcher, metrics, embedder.normalize)
 
 
 def build_image_pool(encoder: Any, settings: Settings, metrics: ServiceMetrics) -> SessionPool:

@@ -27,13 +27,14 @@ from search.artifact.encoder import EncoderIdentity, encoder_mismatch, weights_l
 from search.artifact.images import ImageStore
 from search.artifact.manifest import ArtifactError, read_manifest
 from search.artifact.reload import ArtifactHolder, NoIndexError, ReloadOutcome
+from search.artifact.specs import TokenizerSpec
 from search.artifact.takedown import TakedownList
 from search.artifact.version import Artifact, current_path
 from search.metrics import ServiceMetrics
 from search.query.log import QueryLog
 from search.query.pipeline import FanoutFor, QueryEmbedder, Searcher, TextBatcher
 from search.query.result_cache import ResultCache
-from search.query.text_cache import QueryEmbeddingCache
+from search.query.text_cache import QueryEmbeddingCache, exact_query, normalize_query
 from search.runtime.languages import resolve_language
 from search.runtime.pool import SessionPool
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
@@ -318,6 +319,16 @@ def _admit(service_encoder: ServiceEncoder, remote: RemoteParts | None,
     return admit
 
 
+def query_normalizer(encoder: RuntimeEncoder | None) -> Callable[[str], str]:
+    """The query cache's key text for this encoder, which is also what it encodes: NFKC and case folded for
+    CLIP's tokenizer (it lowercases what it reads), the text itself for a cased HF tokenizer and before any
+    encoder is loaded (two spellings cost two encodes, never the wrong vector)."""
+    if encoder is not None and isinstance(encoder.bundle.tokenizer, TokenizerSpec):
+        return normalize_query
+    return exact_query
+
+
+
 def build_state(settings: Settings, encoder: RuntimeEncoder | None = None,
                 remote: RemoteParts | None = None) -> ServiceState:
     """Heavy start-up work (index open, ONNX sessions); call from a worker thread. `encoder` lets a caller
@@ -346,11 +357,12 @@ def build_state(settings: Settings, encoder: RuntimeEncoder | None = None,
     loaded = service_encoder.loaded
     cache_namespace = loaded.identity.key if loaded is not None else "first-encoder"
     takedowns = TakedownList(Path(settings.store), settings.reload.takedown_check_s)
-    embedder = QueryEmbedder(cache_namespace, cache, batcher, metrics)
+    embedder = QueryEmbedder(cache_namespace, cache, batcher, metrics, query_normalizer(loaded))
     if remote is None:
         fast_embedder = build_fast_embedder(service_encoder, settings, metrics, embedder)
     elif separate_fast_tower(service_encoder, settings):  # the same cache keys as build_fast_embedder's
-        fast_embedder = QueryEmbedder(cache_namespace + "#int8", cache, RemoteText(remote.text, "fast"), metrics)
+        fast_embedder = QueryEmbedder(cache_namespace + "#int8", cache, RemoteText(remote.text, "fast"), metrics,
+                                      embedder.normalize)
     else:
         fast_embedder = embedder
     return ServiceState(

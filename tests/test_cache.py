@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from search.query.text_cache import QueryEmbeddingCache, normalize_query
+from search.query.text_cache import QueryEmbeddingCache, exact_query, normalize_query
 
 
 async def until(condition, timeout_s: float = 10.0) -> None:
@@ -24,6 +24,13 @@ class FakeTimer:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_exact_query_keeps_what_a_cased_tokenizer_reads():
+    """HF tokenizers read case and NFKC's folds: only whitespace is collapsed in their key text."""
+    assert exact_query("  ein großer\tKreis \n") == "ein großer Kreis"
+    assert exact_query("Kreis") != exact_query("kreis")
+    assert exact_query("ＲＥＤ") == "ＲＥＤ"
 
 
 def test_normalize_query_nfkc_case_whitespace():

@@ -106,6 +106,19 @@ def test_url_holds_query_and_filters_and_back_forward_replay(page, server, world
     other.close()
 
 
+def test_searches_send_the_browser_language(page, server, world):
+    """navigator.language goes out as `lang`; the tiny model takes no source language, so it shows the hits the
+    API gives without one."""
+    query = world.queries[0]["query"]
+    page.goto(server.url + "/")
+    with page.expect_request(lambda r: urlsplit(r.url).path == "/search" and r.method == "GET") as sent:
+        page.fill("#q", query)
+        page.press("#q", "Enter")
+    lang = page.evaluate("navigator.language")
+    assert lang and parse_qs(urlsplit(sent.value.url).query)["lang"] == [lang]
+    _wait_ids(page, _api_ids(server, "/search", q=query))
+
+
 def test_click_a_hit_for_more_like_this(page, server, world):
     from playwright.sync_api import expect
 

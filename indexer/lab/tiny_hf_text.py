@@ -20,7 +20,7 @@ from typing import Any
 
 from indexer.lab.tiny_siglip import CONFIG_FILE, WEIGHTS_FILE, tiny_siglip_config, training_captions
 
-__all__ = ["FAMILIES", "hf_text_config", "write_tiny_hf_text"]
+__all__ = ["FAMILIES", "hf_text_cfg", "hf_text_config", "write_tiny_hf_text", "xlmr_tokenizer"]
 
 CONTEXT_LENGTH = 64
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # XLM-R's and NLLB's ids 0-3
@@ -48,7 +48,8 @@ def hf_text_config(family: str, vocab_size: int, width: int = 32, layers: int = 
     raise ValueError(f"unknown HF text family {family!r} (expected one of {', '.join(FAMILIES)})")
 
 
-def _train_tokenizer(captions: list[str], vocab_size: int) -> Any:
+def train_unigram_tokenizer(captions: list[str], vocab_size: int) -> Any:
+    """XLM-R's layout: a Unigram vocabulary over Metaspace pieces, each text wrapped as `<s> ... </s>`."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.Unigram())
@@ -61,6 +62,24 @@ def _train_tokenizer(captions: list[str], vocab_size: int) -> Any:
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
                                                        special_tokens=[("<s>", 0), ("</s>", 2)])
     return tok
+
+
+def xlmr_tokenizer(captions: list[str], vocab_size: int) -> Any:
+    """The HF fast tokenizer of an XLM-R-style tower, its vocabulary trained here on `captions`."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=train_unigram_tokenizer(captions, vocab_size), bos_token="<s>", eos_token="</s>",
+        cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=CONTEXT_LENGTH)
+
+
+def hf_text_cfg(folder: Path, family: str, pooler: str | None = None, clean: str = "whitespace") -> dict[str, Any]:
+    """open_clip's text_cfg for the family's HF tower whose transformers config is in `folder`."""
+    return {
+        "context_length": CONTEXT_LENGTH, "hf_model_name": str(folder),
+        "hf_tokenizer_name": f"photostock/tiny-{family}", "hf_pooler_type": pooler or FAMILIES[family][0],
+        "hf_proj_type": "linear", "tokenizer_kwargs": {"clean": clean},
+    }
 
 
 def _nllb_tokenizer(captions: list[str], vocab_size: int) -> Any:
@@ -85,8 +104,6 @@ def write_tiny_hf_text(out: Path, family: str = "xlm-roberta", seed: int = 0, vo
     `out`; returns `out`. `pooler` overrides the family's open_clip pooler (refusal tests)."""
     import open_clip
     import torch
-    from transformers import PreTrainedTokenizerFast
-
     if family not in FAMILIES:
         raise ValueError(f"unknown HF text family {family!r} (expected one of {', '.join(FAMILIES)})")
     out = Path(out).resolve()
@@ -94,17 +111,12 @@ def write_tiny_hf_text(out: Path, family: str = "xlm-roberta", seed: int = 0, vo
     if family == "nllb":
         hf = _nllb_tokenizer(training_captions(), vocab_size)
     else:
-        hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-            tokenizer_object=_train_tokenizer(training_captions(), vocab_size), bos_token="<s>", eos_token="</s>",
-            cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=CONTEXT_LENGTH)
+        hf = xlmr_tokenizer(training_captions(), vocab_size)
     hf.save_pretrained(str(out))
     vocab = len(hf)  # the trained pieces and any added tokens (NLLB's languages)
     hf_text_config(family, vocab, width, layers, heads).save_pretrained(str(out))
     config = tiny_siglip_config(vocab, width=width, layers=layers, heads=heads)
-    config["model_cfg"]["text_cfg"] = {
-        "context_length": CONTEXT_LENGTH, "hf_model_name": str(out), "hf_tokenizer_name": f"photostock/tiny-{family}",
-        "hf_pooler_type": pooler or FAMILIES[family][0], "hf_proj_type": "linear", "tokenizer_kwargs": {"clean": clean},
-    }
+    config["model_cfg"]["text_cfg"] = hf_text_cfg(out, family, pooler, clean)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     torch.manual_seed(seed)
     model = open_clip.create_model(f"local-dir:{out}", device="cpu", pretrained_text=False)  # random init

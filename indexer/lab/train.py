@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.lab import world
+from indexer.lab import languages, world
 from indexer.models import registry
 
 CHECKPOINT_FORMAT = 1
@@ -55,10 +55,19 @@ class TrainSettings:
     finetune_hard_share: float = 0.5  # share of a second-stage batch made of whole hard-negative groups
     eval_gallery: int = 600
     eval_seed: int = 1000
+    # "clip": the tiny CLIP, both towers trained. "xlm-roberta": the committed tiny CLIP's image tower, frozen,
+    # with indexer.lab.tiny_multilingual's HF text tower (the result is a model folder, not a checkpoint file).
+    text_tower: str = "clip"
+    # each caption is written in one of these languages (indexer.lab.languages), picked per (seed, step, row)
+    text_languages: tuple[str, ...] = ("en",)
 
     def to_dict(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
         return plain
+
+
+MULTILINGUAL = TrainSettings(text_tower="xlm-roberta", text_languages=("en", "de", "es", "ja", "ru"), steps=200,
+                             warmup_steps=20, lr=2e-3)
 
 
 def _file_digest(path: Path) -> str:
@@ -69,23 +78,35 @@ def _file_digest(path: Path) -> str:
 _NOT_IN_KEY = {"loader_workers", "eval_gallery", "eval_seed"}
 # with no second stage (finetune_steps == 0) none of these matter
 _FINETUNE = {"finetune_steps", "finetune_lr", "finetune_warmup", "finetune_hard_share"}
+# settings added after checkpoints were committed: left out of the key at their defaults, so those keys hold
+_NEWER_DEFAULTS = {"text_tower": "clip", "text_languages": ["en"]}
 
 
 def settings_key(settings: TrainSettings) -> str:
     """Digest of what the weights depend on: world version, trainer settings, model config, tokenizer merges."""
-    payload = {
+    payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "world": world.WORLD_VERSION,
         "settings": {k: v for k, v in settings.to_dict().items()
-                     if k not in _NOT_IN_KEY and not (settings.finetune_steps == 0 and k in _FINETUNE)},
+                     if k not in _NOT_IN_KEY and not (settings.finetune_steps == 0 and k in _FINETUNE)
+                     and _NEWER_DEFAULTS.get(k, _ABSENT) != v},
         "model_config": _file_digest(registry.MODELS_DIR / f"{registry.TINY_MODEL_NAME}.json"),
         "bpe": _file_digest(registry.TINY_BPE),
     }
+    if settings.text_tower != "clip":
+        from indexer.lab.tiny_multilingual import TEXT_TOWER
+
+        payload["text_tower"] = TEXT_TOWER
+        payload["image_tower"] = settings_key(TrainSettings())  # the committed tiny CLIP's
+        payload["languages"] = _file_digest(Path(languages.__file__))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_ABSENT = object()
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("PHOTOSTOCK_CACHE", Path.home() / ".cache" / "photostock"))
+    return registry.cache_dir()
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -173,8 +194,17 @@ class WorldBatches:
             if img_rng.random() < s.jpeg_share:
                 image = world.jpeg_roundtrip(image, int(img_rng.integers(s.jpeg_quality[0], s.jpeg_quality[1] + 1)))
             pixels.append(self.preprocess(image))
-            captions.append(comp.caption)
+            captions.append(self.caption(comp, step, i))
         return torch.stack(pixels), self.tokenizer(captions)
+
+    def caption(self, comp: world.Composition, step: int, row: int) -> str:
+        """The caption in one of the settings' languages (English only: the composition's own caption, so the
+        English model's batches are unchanged)."""
+        langs = self.settings.text_languages
+        if tuple(langs) == ("en",):
+            return comp.caption
+        rng = np.random.default_rng(np.random.SeedSequence([self.settings.seed, 9, step, row]))
+        return languages.caption(**comp.to_dict(), lang=langs[int(rng.integers(len(langs)))])
 
 
 class HardNegativeBatches(WorldBatches):
@@ -224,6 +254,32 @@ def create_tiny_model() -> tuple[Any, Callable[[Any], Any]]:
     return model, preprocess
 
 
+def create_lit_model(folder: Path) -> tuple[Any, Callable[[Any], Any], Any]:
+    """The multilingual model written to `folder` (configs, tokenizer): its image tower loaded from the committed
+    tiny CLIP and frozen, a random-init HF text tower; with its preprocess and tokenizer."""
+    import open_clip
+    from open_clip.factory import load_state_dict
+
+    from indexer.lab.tiny_multilingual import write_folder
+
+    name = f"{registry.LOCAL_DIR_PREFIX}{write_folder(folder)}"
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained_text=False, output_dict=True)
+    tiny = load_state_dict(str(ensure_tiny_checkpoint(TrainSettings())))
+    model.visual.load_state_dict({k[len("visual."):]: v for k, v in tiny.items() if k.startswith("visual.")})
+    model.visual.requires_grad_(False)
+    model.logit_scale.data.copy_(tiny["logit_scale"])
+    tokenizer = open_clip.get_tokenizer(name)
+    pad_id = int(tokenizer.tokenizer.pad_token_id)
+
+    def tokenize(texts: list[str]) -> Any:
+        """The batch cut after its longest caption (the service cuts the same way): the mean pooler ignores pad
+        positions, so only the time spent on them goes."""
+        tokens = tokenizer(texts)
+        return tokens[:, : int((tokens != pad_id).sum(dim=1).max())]
+
+    return model, preprocess, tokenize
+
+
 def _optimizer(model: Any, settings: TrainSettings) -> Any:
     import torch
 
@@ -250,18 +306,26 @@ def base_settings(settings: TrainSettings) -> TrainSettings:
     return replace(settings, finetune_steps=0)
 
 
-def train(settings: TrainSettings, progress: Callable[[int, float], None] | None = None) -> TrainResult:
+def train(settings: TrainSettings, progress: Callable[[int, float], None] | None = None,
+          model_dir: Path | None = None) -> TrainResult:
     """Run `settings.steps` steps of ClipLoss training; deterministic for a fixed seed and thread count.
 
     With `finetune_steps`, start from the first stage's checkpoint (cached or trained) and run only the second.
+    An HF `text_tower` writes its model folder's configs and tokenizer to `model_dir`.
     """
     import open_clip
     import torch
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    model, preprocess = create_tiny_model()
-    tokenizer = registry.tiny_tokenizer()
+    locked = settings.text_tower != "clip"
+    if locked:
+        if model_dir is None or settings.finetune_steps > 0:
+            raise ValueError(f"text_tower {settings.text_tower!r} trains into a model folder, in one stage")
+        model, preprocess, tokenizer = create_lit_model(model_dir)
+    else:
+        model, preprocess = create_tiny_model()
+        tokenizer = registry.tiny_tokenizer()
     if settings.finetune_steps > 0:
         open_clip.load_checkpoint(model, str(ensure_tiny_checkpoint(base_settings(settings))))
         batches: WorldBatches = HardNegativeBatches(settings, preprocess, tokenizer)
@@ -270,6 +334,8 @@ def train(settings: TrainSettings, progress: Callable[[int, float], None] | None
         batches = WorldBatches(settings, preprocess, tokenizer)
         schedule = (settings.lr, settings.warmup_steps, settings.steps)
     model.train()
+    if locked:
+        model.visual.eval()  # frozen: batch norm statistics stay the committed tower's
     # WorldBatches is map-style by step (a Dataset in all but its base class)
     loader: Any = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,  # type: ignore[arg-type]
                                               num_workers=settings.loader_workers,
@@ -349,7 +415,7 @@ def cached_checkpoint_path(settings: TrainSettings) -> Path:
 def train_and_save(settings: TrainSettings, path: Path, evaluate: bool = True,
                    progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train, save to `path`, evaluate the saved file on a freshly written held-out gallery; returns the info."""
-    result = train(settings, progress)
+    result = train(settings, progress, model_dir=path.parent if settings.text_tower != "clip" else None)
     info: dict[str, Any] = {
         "key": settings_key(settings), "settings": settings.to_dict(), "world_version": world.WORLD_VERSION,
         "steps": settings.steps + settings.finetune_steps, "stage_steps": len(result.losses),
@@ -362,7 +428,9 @@ def train_and_save(settings: TrainSettings, path: Path, evaluate: bool = True,
     if evaluate:
         from indexer.lab.evaluation.world_eval import evaluate_checkpoint
 
-        info["metrics"] = evaluate_checkpoint(path, seed=settings.eval_seed, gallery=settings.eval_gallery)
+        model = f"{registry.LOCAL_DIR_PREFIX}{path.parent}" if settings.text_tower != "clip" else "tiny"
+        info["metrics"] = evaluate_checkpoint(path, seed=settings.eval_seed, gallery=settings.eval_gallery,
+                                              model=model)
         save_checkpoint(path, result.state_dict, info)
     return info
 
@@ -381,3 +449,16 @@ def ensure_tiny_checkpoint(settings: TrainSettings | None = None) -> Path:
         return cached
     train_and_save(settings, cached, evaluate=False)
     return cached
+
+
+def ensure_multilingual_folder(settings: TrainSettings = MULTILINGUAL) -> Path:
+    """The committed multilingual model folder if its key matches these settings, else the cache entry, else
+    train into it (the folder's weights file carries the key, as the tiny checkpoint does)."""
+    key = settings_key(settings)
+    committed = registry.tiny_multilingual_folder()
+    for folder in (committed, cache_dir() / f"tiny-multilingual-{key}"):
+        info = checkpoint_info(folder / registry.FOLDER_WEIGHTS)
+        if info is not None and info.get("key") == key:
+            return folder
+    train_and_save(settings, folder / registry.FOLDER_WEIGHTS, evaluate=False)
+    return folder

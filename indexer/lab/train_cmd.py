@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cut-bpe", action="store_true",
                         help="rewrite the tokenizer merges file cut to the world's vocabulary, print its size, exit")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--multilingual", action="store_true",
+                        help="the tiny multilingual model (frozen tiny CLIP image tower, XLM-R-style text tower, "
+                             "captions in en/de/es/ja/ru); --out is then a model folder, written relocatable")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 2 or args.finetune_steps < 0:
         print("error: --steps must be >= 1, --finetune-steps >= 0 and --batch-size >= 2", file=sys.stderr)
         return 2
+    if args.multilingual:
+        return _multilingual(args)
     settings = replace(train.TrainSettings(), steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                        finetune_steps=args.finetune_steps)
     if args.out is None and not args.force:
@@ -47,11 +53,37 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"checkpoint": str(path), "trained_now": False, **(train.checkpoint_info(path) or {})}))
         return 0
     out = args.out or train.cached_checkpoint_path(settings)
+    info = train.train_and_save(settings, out, evaluate=not args.no_eval, progress=_progress(args))
+    print(json.dumps({"checkpoint": str(out), **info}))
+    return 0
 
+
+def _progress(args: argparse.Namespace) -> Callable[[int, float], None]:
     def progress(step: int, loss: float) -> None:
         if not args.quiet and step % 10 == 0:
             print(f"step {step + 1} loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    info = train.train_and_save(settings, out, evaluate=not args.no_eval, progress=progress)
-    print(json.dumps({"checkpoint": str(out), **info}))
+    return progress
+
+
+def _multilingual(args: argparse.Namespace) -> int:
+    """The multilingual model's folder: committed or cached for its settings, else trained (`--force`, `--out`)."""
+    from indexer.models import registry
+
+    if args.finetune_steps:
+        print("error: the multilingual model trains in one stage (no --finetune-steps)", file=sys.stderr)
+        return 2
+    settings = train.MULTILINGUAL
+    if args.seed != train.TrainSettings().seed:
+        settings = replace(settings, seed=args.seed)
+    if args.out is None and not args.force:
+        folder = train.ensure_multilingual_folder(settings)
+        info = train.checkpoint_info(folder / registry.FOLDER_WEIGHTS) or {}
+        print(json.dumps({"folder": str(folder), "trained_now": False, **info}))
+        return 0
+    work = train.cache_dir() / f"tiny-multilingual-{train.settings_key(settings)}"
+    info = train.train_and_save(settings, work / registry.FOLDER_WEIGHTS, evaluate=not args.no_eval,
+                                progress=_progress(args))
+    folder = registry.relocatable_copy(work, args.out) if args.out is not None else work
+    print(json.dumps({"folder": str(folder), **info}))
     return 0

@@ -25,7 +25,20 @@ TINY_ALIASES = {"tiny", TINY_MODEL_NAME}
 TINY_CHECKPOINT = MODELS_DIR / f"{TINY_MODEL_NAME}.pt"
 TINY_BPE = MODELS_DIR / f"{TINY_MODEL_NAME}-bpe.txt.gz"
 
+# The tiny multilingual model (indexer.lab.tiny_multilingual): a committed model folder in open_clip's layout.
+TINY_MULTILINGUAL_NAME = "photostock-tiny-multilingual"
+TINY_MULTILINGUAL_ALIASES = {"tiny-multilingual", TINY_MULTILINGUAL_NAME}
+TINY_MULTILINGUAL_DIR = MODELS_DIR / TINY_MULTILINGUAL_NAME
+FOLDER_WEIGHTS = "open_clip_pytorch_model.bin"
+# hf_model_name of a committed folder: the folder itself (placed_folder makes it absolute)
+HF_MODEL_HERE = "."
+
 _registered = False
+
+
+def cache_dir() -> Path:
+    """Where trained models and placed folders are kept between runs (PHOTOSTOCK_CACHE overrides)."""
+    return Path(os.environ.get("PHOTOSTOCK_CACHE", Path.home() / ".cache" / "photostock"))
 
 
 def register_project_models() -> None:
@@ -90,8 +103,60 @@ HUB_PATTERNS = [CONFIG_FILE, "open_clip_*.bin", "open_clip_*.safetensors", *TOKE
 
 
 def is_model_folder(model: str) -> bool:
-    """`local-dir:` or `hf-hub:`: the model is a folder of files, not a name in open_clip's registry."""
-    return model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX))
+    """`local-dir:`, `hf-hub:` or the tiny multilingual model: a folder of files, not a name in open_clip's
+    registry."""
+    return model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)) or model in TINY_MULTILINGUAL_ALIASES
+
+
+def _with_hf_model_name(folder: Path, name: str) -> None:
+    config_path = folder / CONFIG_FILE
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = name
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def relocatable_copy(src: Path, dst: Path) -> Path:
+    """Copy a model folder whose HF text config sits in the folder itself, its hf_model_name written as "." so
+    the copy can be committed and moved (placed_folder undoes it)."""
+    import shutil
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    _with_hf_model_name(dst, HF_MODEL_HERE)
+    return dst
+
+
+def placed_folder(src: Path) -> Path:
+    """A relocatable folder copied under the cache with hf_model_name set to the copy's absolute path:
+    transformers resolves a relative name against the working directory, not the folder. The copy's name holds
+    a digest of the source files, so an updated folder is placed anew and an unchanged one is reused."""
+    import shutil
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in src.iterdir() if p.is_file()):
+        digest.update(f"{file.name}:{file_sha256(file)}\n".encode())
+    dst = cache_dir() / "folders" / f"{src.name}-{digest.hexdigest()[:16]}"
+    if (dst / CONFIG_FILE).is_file():
+        return dst
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    _with_hf_model_name(tmp, str(dst))
+    try:
+        os.replace(tmp, dst)
+    except OSError:  # placed meanwhile by another process: theirs is the same bytes
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def tiny_multilingual_folder() -> Path:
+    """The committed multilingual folder (PHOTOSTOCK_TINY_MULTILINGUAL points elsewhere), placed for loading."""
+    src = Path(os.environ.get("PHOTOSTOCK_TINY_MULTILINGUAL", TINY_MULTILINGUAL_DIR))
+    if not (src / CONFIG_FILE).is_file():
+        return src
+    config = json.loads((src / CONFIG_FILE).read_text(encoding="utf-8"))
+    relocatable = config["model_cfg"]["text_cfg"].get("hf_model_name") == HF_MODEL_HERE
+    return placed_folder(src) if relocatable else src
 
 
 @dataclass(frozen=True)
@@ -120,7 +185,14 @@ class ModelFolder:
 
 
 def model_folder(model: str) -> ModelFolder:
-    """Resolve and check `local-dir:DIR` or `hf-hub:org/repo` (fetched through huggingface_hub's cache)."""
+    """Resolve and check `local-dir:DIR` or `hf-hub:org/repo` (fetched through huggingface_hub's cache), or the
+    tiny multilingual model's committed folder."""
+    if model in TINY_MULTILINGUAL_ALIASES:
+        path = tiny_multilingual_folder()
+        if not (path / FOLDER_WEIGHTS).is_file():
+            raise WeightsUnavailableError(f"The tiny multilingual model's folder {path} has no {FOLDER_WEIGHTS}: "
+                                          "run `python -m indexer train --multilingual`")
+        return check_model_folder(path, TINY_MULTILINGUAL_NAME, model)
     if model.startswith(LOCAL_DIR_PREFIX):
         path = Path(model[len(LOCAL_DIR_PREFIX):]).expanduser()
         return check_model_folder(path.resolve(), f"{LOCAL_DIR_PREFIX}{path.resolve().name}", model)

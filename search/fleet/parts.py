@@ -31,7 +31,7 @@ from search.runtime.pool import SessionPool
 from search.runtime.towers import RuntimeEncoder
 from search.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
 from search.settings import Settings
-from search.state import ServiceEncoder, pin_mismatch, runtime_options
+from search.state import ServiceEncoder, pin_mismatch, query_normalizer, runtime_options
 
 __all__ = ["QueryEncoderParts", "ShardServer", "build_query_encoder", "open_part", "part_count"]
 
@@ -147,6 +147,7 @@ def build_query_encoder(settings: Settings) -> QueryEncoderParts:
     metrics = ServiceMetrics()
     encoder = ServiceEncoder(settings.encoder, options, RuntimeEncoder.load(bundle, options))
     cache = QueryEmbeddingCache(settings.cache.maxsize, settings.cache.ttl_s)
-    full = QueryEmbedder(bundle.identity.key, cache, build_text_batcher(encoder, settings, metrics), metrics)
+    full = QueryEmbedder(bundle.identity.key, cache, build_text_batcher(encoder, settings, metrics), metrics,
+                         query_normalizer(encoder.loaded))  # the ingress's rule: a cased tokenizer reads the text
     return QueryEncoderParts(full, build_fast_embedder(encoder, settings, metrics, full),
                              build_image_pool(encoder, settings, metrics))

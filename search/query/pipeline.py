@@ -60,8 +60,9 @@ class QueryEmbedder:
     """Normalised text -> vector, through the cache (single-flight) and the micro-batcher."""
 
     def __init__(self, encoder_key: str, cache: QueryEmbeddingCache, batcher: TextBatcher,
-                 metrics: ServiceMetrics):
+                 metrics: ServiceMetrics, normalize: Callable[[str], str] = normalize_query):
         self.encoder_key = encoder_key
+        self.normalize = normalize  # the key text, which is also what the encoder reads: it must encode alike
         self.cache = cache
         self.batcher = batcher
         self.metrics = metrics
@@ -71,7 +72,7 @@ class QueryEmbedder:
         """The cache key: the encoder, the source language when the query names one other than the model's
         default (the same words in two languages are two vectors), and the normalised text."""
         owner = self.encoder_key if language is None else f"{self.encoder_key}|lang={language}"
-        return (owner, normalize_query(text))
+        return (owner, self.normalize(text))
 
     def cached(self, text: str, language: str | None = None) -> bool:
         """The query's vector is in the cache (a lookup only: no stats, no compute)."""
@@ -102,7 +103,7 @@ class QueryEmbedder:
 
     async def warm(self, texts: list[str]) -> int:
         """Encode frequent queries into the cache at start; returns how many were added."""
-        fresh = [t for t in dict.fromkeys(normalize_query(t) for t in texts if t.strip())
+        fresh = [t for t in dict.fromkeys(self.normalize(t) for t in texts if t.strip())
                  if self.cache.get((self.encoder_key, t)) is None]
         vectors = await asyncio.gather(*(self.batcher.encode(t) for t in fresh))
         for text, vector in zip(fresh, vectors, strict=True):

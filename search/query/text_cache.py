@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from cachetools import TTLCache
 
-__all__ = ["normalize_query", "CacheStats", "QueryEmbeddingCache"]
+__all__ = ["normalize_query", "exact_query", "CacheStats", "QueryEmbeddingCache"]
 
 _SPACE = re.compile(r"\s+")
 
@@ -25,6 +25,13 @@ _SPACE = re.compile(r"\s+")
 def normalize_query(text: str) -> str:
     """NFKC, case-folded, whitespace collapsed: queries that encode alike share one cache key."""
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def exact_query(text: str) -> str:
+    """Whitespace collapsed only: the key text for a cased tokenizer (HF towers: XLM-R, NLLB, SigLIP), whose tokens
+    change with case and with NFKC's and casefold's folds ("Kreis" and "kreis", "groß" and "gross" are two
+    vectors), so only texts that encode alike share one."""
+    return _SPACE.sub(" ", text).strip()
 
 
 @dataclass

@@ -81,11 +81,15 @@ def per_language(encoder: Any, queries: list[dict[str, Any]], paths: list[str], 
     return out
 
 
-def evaluate_checkpoint(checkpoint: Path, seed: int, gallery: int, size: int = 128) -> dict[str, Any]:
-    """Write a held-out gallery to a temporary folder and evaluate the tiny model loaded from `checkpoint`."""
+def evaluate_checkpoint(checkpoint: Path, seed: int, gallery: int, size: int = 128,
+                        model: str = "tiny") -> dict[str, Any]:
+    """Write a held-out gallery to a temporary folder and evaluate the tiny model loaded from `checkpoint` (or
+    the model folder `model`, `local-dir:DIR`, whose weights file `checkpoint` is)."""
+    from indexer.models import registry
     from indexer.models.clip import load_encoder
 
-    encoder = load_encoder("tiny", pretrained=str(checkpoint), device="cpu")
+    folder = registry.is_model_folder(model)
+    encoder = load_encoder(model, pretrained=None if folder else str(checkpoint), device="cpu")
     with tempfile.TemporaryDirectory(prefix="photostock-eval-") as tmp:
         world.write_world(Path(tmp), seed=seed, gallery=gallery, size=(size, size))
         return evaluate_world(encoder, Path(tmp))

@@ -66,8 +66,13 @@ function filterBody(filters) {
   return body;
 }
 
+// The browser's language (BCP-47) as the query's `lang`: a model that needs a source language (NLLB) reads the
+// query in it; other models ignore it.
+const LANG = navigator.language || "";
+
 function request(search, offset, phase = "full") {
   const paging = `k=${PAGE}&offset=${offset}` + (phase === "fast" ? "&phase=fast" : "");
+  const lang = LANG ? `&lang=${encodeURIComponent(LANG)}` : "";
   if (search.mode === "similar") return fetch(`/search/similar/${encodeURIComponent(search.id)}?${paging}`);
   if (search.mode === "image") {
     const data = new FormData();
@@ -76,11 +81,11 @@ function request(search, offset, phase = "full") {
   }
   const filters = filterBody(search.filters);
   if (Object.keys(filters).length === 0) {
-    return fetch(`/search?q=${encodeURIComponent(search.query)}&${paging}`);
+    return fetch(`/search?q=${encodeURIComponent(search.query)}&${paging}${lang}`);
   }
   return fetch("/search" + (phase === "fast" ? "?phase=fast" : ""), { method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ query: search.query, k: PAGE, offset, filters }) });
+    body: JSON.stringify({ query: search.query, k: PAGE, offset, filters, ...(LANG ? { lang: LANG } : {}) }) });
 }
 
 function errorText(status, body) {
