@@ -27,29 +27,18 @@ from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
+from tests.fleet_support import Done
 from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
 SCORE_TOL = 2e-3  # float16 rows: the fleet's scores may differ from the service's in the last float16 bits
-
-
-class _Done:
-    """What a finished remote call looks like to the fan-out (a Serve DeploymentResponse that has its value)."""
-
-    def __init__(self, value: Any = None, error: BaseException | None = None):
-        self.value, self.error = value, error
-
-    def result(self, *, timeout_s: float | None = None) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 def _hits(n: int) -> list[ShardHits]:
     return [ShardHits(np.array([i], np.int64), np.array([0.5], np.float32), None, None, True) for i in range(n)]
 
 
-def _shard(name: str, outcomes: list[_Done], calls: list[str]) -> RemoteShard:
-    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> _Done:
+def _shard(name: str, outcomes: list[Done], calls: list[str]) -> RemoteShard:
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Done:
         calls.append(name)
         return outcomes.pop(0)
     return RemoteShard(name, call)
@@ -57,17 +46,17 @@ def _shard(name: str, outcomes: list[_Done], calls: list[str]) -> RemoteShard:
 
 def test_fan_out_calls_every_shard_and_retries_a_failed_call_once() -> None:
     calls: list[str] = []
-    shards = [_shard("Shard0", [_Done(_hits(2))], calls),
-              _shard("Shard1", [_Done(error=TimeoutError("deadline")), _Done(_hits(2))], calls)]
+    shards = [_shard("Shard0", [Done(_hits(2))], calls),
+              _shard("Shard1", [Done(error=TimeoutError("deadline")), Done(_hits(2))], calls)]
     out = fan_out(shards, "v", frozenset(), 1.0)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
     assert calls == ["Shard0", "Shard1", "Shard1"] and [len(per) for per in out] == [2, 2]
 
 
 def test_a_shard_failing_its_retry_too_stops_the_search_naming_it() -> None:
     calls: list[str] = []
-    shards = [_shard("Shard0", [_Done(_hits(1))], calls),
-              _shard("Shard1", [_Done(error=RuntimeError("replica died")),
-                                _Done(error=TimeoutError("no replica\nsecond line"))], calls)]
+    shards = [_shard("Shard0", [Done(_hits(1))], calls),
+              _shard("Shard1", [Done(error=RuntimeError("replica died")),
+                                Done(error=TimeoutError("no replica\nsecond line"))], calls)]
     with pytest.raises(ShardUnavailable, match="shard Shard1 is unavailable: TimeoutError: no replica$") as info:
         fan_out(shards, "v", frozenset(), 1.0)(np.zeros((1, 4), np.float32), [ShardQuery(fetch=1)])
     assert info.value.shard == "Shard1"
@@ -75,7 +64,7 @@ def test_a_shard_failing_its_retry_too_stops_the_search_naming_it() -> None:
 
 def test_a_wrong_answer_from_a_shard_is_a_failure_not_a_short_page() -> None:
     calls: list[str] = []
-    shards = [_shard("Shard0", [_Done(_hits(1)), _Done(_hits(1))], calls)]
+    shards = [_shard("Shard0", [Done(_hits(1)), Done(_hits(1))], calls)]
     with pytest.raises(ShardUnavailable, match="expected 2 ShardHits"):
         fan_out(shards, "v", frozenset(), 1.0)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
 
@@ -161,10 +150,10 @@ def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
     async def pixels(values: np.ndarray) -> np.ndarray:
         return np.asarray(encoder.image.encode_pixels(values[None])[0], np.float32)
 
-    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> _Done:
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Done:
         if fail:
-            return _Done(error=ConnectionError("no replica of Shard0 is running"))
-        return _Done(server.search(version_dir, qv, asks, hidden))
+            return Done(error=ConnectionError("no replica of Shard0 is running"))
+        return Done(server.search(version_dir, qv, asks, hidden))
 
     return RemoteParts(text, pixels, lambda artifact, hidden: fan_out([RemoteShard("Shard0", call)],
                                                                       str(artifact.path), hidden, 1.0))
@@ -204,7 +193,7 @@ def test_a_shard_refuses_a_corrupt_part_of_the_next_version_and_keeps_serving_it
     assert server.prepare(str(good)) == PartReady(str(version))
     refused = server.prepare(str(broken))
     assert refused.error == f"part 0: version {version}: vectors.f16.npy fails its sha256 checksum"
-    shard = RemotePrepare("Shard0", lambda version_dir: _Done(server.prepare(version_dir)))
+    shard = RemotePrepare("Shard0", lambda version_dir: Done(server.prepare(version_dir)))
     with pytest.raises(ArtifactError, match=r"stays on the version it serves: Shard0 refused it \(part 0: "):
         prepare_all([shard], str(broken), str(version), 1.0)
     qv = np.zeros((1, runtime_for(world).dim), np.float32)

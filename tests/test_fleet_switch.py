@@ -4,27 +4,16 @@ call after idle gets the cold-start budget."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from search.artifact.manifest import ArtifactError
 from search.fleet.fanout import ShardTiming, Warmth
 from search.fleet.switch import PartReady, RemotePrepare, prepare_all, refusals, version_gate
+from tests.fleet_support import Done
 
 
-class _Done:
-    def __init__(self, value: Any = None, error: BaseException | None = None):
-        self.value, self.error = value, error
-
-    def result(self, *, timeout_s: float | None = None) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def _shard(name: str, answer: _Done, asked: list[str]) -> RemotePrepare:
-    def call(version_dir: str) -> _Done:
+def _shard(name: str, answer: Done, asked: list[str]) -> RemotePrepare:
+    def call(version_dir: str) -> Done:
         asked.append(f"{name}:{version_dir}")
         return answer
     return RemotePrepare(name, call)
@@ -32,15 +21,15 @@ def _shard(name: str, answer: _Done, asked: list[str]) -> RemotePrepare:
 
 def test_every_shard_ready_admits_the_version() -> None:
     asked: list[str] = []
-    shards = [_shard(f"Shard{i}", _Done(PartReady("v2")), asked) for i in range(3)]
+    shards = [_shard(f"Shard{i}", Done(PartReady("v2")), asked) for i in range(3)]
     prepare_all(shards, "/store/versions/v2", "v2", 1.0)
     assert asked == [f"Shard{i}:/store/versions/v2" for i in range(3)]
 
 
 def test_one_shard_refusing_keeps_the_fleet_on_its_version_naming_every_reason() -> None:
-    shards = [_shard("Shard0", _Done(PartReady("v2")), []),
-              _shard("Shard1", _Done(PartReady("v2", "part 1: checksum mismatch in vectors.f16.npy")), []),
-              _shard("Shard2", _Done(error=TimeoutError("no replica\nmore")), [])]
+    shards = [_shard("Shard0", Done(PartReady("v2")), []),
+              _shard("Shard1", Done(PartReady("v2", "part 1: checksum mismatch in vectors.f16.npy")), []),
+              _shard("Shard2", Done(error=TimeoutError("no replica\nmore")), [])]
     with pytest.raises(ArtifactError) as info:
         prepare_all(shards, "/store/versions/v2", "v2", 1.0)
     assert str(info.value) == (
@@ -59,7 +48,7 @@ def test_the_gate_asks_the_shards_only_when_a_version_already_serves() -> None:
         path, version = "/store/versions/v2", "v2"
 
     asked: list[str] = []
-    gate = version_gate([_shard("Shard0", _Done(PartReady("v1", "broken")), asked)], 1.0)
+    gate = version_gate([_shard("Shard0", Done(PartReady("v1", "broken")), asked)], 1.0)
     gate(Opened(), None)  # type: ignore[arg-type]  # the first version: each replica opened it at its start
     assert asked == []
     with pytest.raises(ArtifactError, match="Shard0 refused it"):

@@ -7,7 +7,6 @@ batched equals one by one. Poolers and architectures the runtime does not serve 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -21,9 +20,9 @@ from indexer.models.clip import load_encoder
 from indexer.models.export import export_bundle, hf_text_spec
 from search.artifact.bundle import SPEC_FILE, EncoderBundle
 from search.artifact.encoder import EncoderNotServableError
-from search.runtime.batcher import MicroBatcher
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from tests.test_text_families import CORPUS, _random_texts
+from tests.text_support import micro_batched
 
 POOLS = {"xlm-roberta": "mean", "nllb": "cls"}
 
@@ -115,24 +114,7 @@ def test_mixed_lengths_in_one_batch_equal_one_by_one(runtime) -> None:
 
 def test_micro_batcher_equals_one_by_one(runtime) -> None:
     text = runtime["fp32"].text
-    batcher = MicroBatcher(text, window_s=0.003, max_batch=8, calibrate=True)
-    calls: list[tuple[int, ...]] = []
-    inner = text.encode_token_ids
-
-    def recording(tokens: np.ndarray) -> np.ndarray:
-        calls.append(tuple(tokens.shape))
-        return inner(tokens)
-
-    for member in batcher.pool.members:
-        member.run = recording
-
-    async def all_at_once() -> list[np.ndarray]:
-        return list(await asyncio.gather(*(batcher.encode(t) for t in CORPUS)))
-
-    try:
-        got = np.stack(asyncio.run(all_at_once()))
-    finally:
-        batcher.close()
+    got, calls = micro_batched(text, CORPUS)
     np.testing.assert_allclose(got, np.concatenate([text.encode([t]) for t in CORPUS]), atol=1e-5, rtol=0)
     assert calls and max(shape[0] for shape in calls) > 1  # mixed lengths really shared a batch
 

@@ -5,7 +5,6 @@ runtime cannot serve exactly are refused with the reason; a model folder missing
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import shutil
@@ -23,10 +22,10 @@ from indexer.models.export import export_bundle, text_parts
 from search.artifact.bundle import SPEC_FILE, TOKENIZER_FILE, EncoderBundle
 from search.artifact.encoder import EncoderNotServableError, WeightsUnavailableError
 from search.artifact.specs import HFTokenizerSpec
-from search.runtime.batcher import MicroBatcher
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.tokenizer import HFTextTokenizer
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+from tests.text_support import micro_batched
 
 CORPUS = [
     "a small red circle on a grass background",
@@ -144,24 +143,7 @@ def test_the_graph_takes_only_the_full_context(runtime) -> None:
 
 def test_micro_batcher_pads_per_spec_and_equals_one_by_one(runtime) -> None:
     text = runtime["fp32"].text
-    batcher = MicroBatcher(text, window_s=0.003, max_batch=8, calibrate=True)
-    calls: list[tuple[int, ...]] = []
-    inner = text.encode_token_ids
-
-    def recording(tokens: np.ndarray) -> np.ndarray:
-        calls.append(tuple(tokens.shape))
-        return inner(tokens)
-
-    for member in batcher.pool.members:
-        member.run = recording
-
-    async def all_at_once() -> list[np.ndarray]:
-        return list(await asyncio.gather(*(batcher.encode(t) for t in CORPUS)))
-
-    try:
-        got = np.stack(asyncio.run(all_at_once()))
-    finally:
-        batcher.close()
+    got, calls = micro_batched(text, CORPUS)
     np.testing.assert_allclose(got, text.encode(CORPUS), atol=1e-5, rtol=0)
     assert calls and all(shape[1] == 64 for shape in calls)
     assert max(shape[0] for shape in calls) > 1  # mixed lengths really shared a batch
