@@ -9,6 +9,7 @@ shuts Serve and Ray down at the end. Without Ray it skips locally and fails unde
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,6 @@ def test_a_shard_refuses_a_corrupt_part_of_the_next_version_and_keeps_serving_it
                                                                                       tmp_path: Path) -> None:
     """What a shard answers the ingress's `prepare`: ready for a good next version; for a corrupt part the reason
     (sha256 of its own files, checked before it reports ready), while the version it serves still searches."""
-    import shutil
 
     from search.artifact.version import current_path
     from search.fleet.switch import PartReady, RemotePrepare, prepare_all
@@ -183,12 +183,7 @@ def test_a_shard_refuses_a_corrupt_part_of_the_next_version_and_keeps_serving_it
     serving = current_path(store)
     good, broken = store / "versions" / "next", store / "versions" / "next-broken"
     shutil.copytree(serving, good)
-    shutil.copytree(serving, broken)
-    vectors = broken / "vectors.f16.npy"
-    vectors.chmod(0o644)
-    data = bytearray(vectors.read_bytes())
-    data[-1] ^= 0xFF
-    vectors.write_bytes(bytes(data))
+    _corrupt_copy(serving, broken)
     version = current_version(store)
     assert server.prepare(str(good)) == PartReady(str(version))
     refused = server.prepare(str(broken))
@@ -262,6 +257,16 @@ def test_the_app_with_remote_parts_answers_the_single_process_pages(world: World
     assert [p["status"] for p in want] == [200] * 9 + [422, 404]
     for g, w, (method, path, kw) in zip(got, want, requests, strict=True):
         _assert_same_page(g, w, f"{method} {path} {kw.get('params') or kw.get('json')}")
+
+
+def _corrupt_copy(version: Path, target: Path) -> None:
+    """A copy of a version whose vectors file has its last byte flipped: its size is right, its sha256 is not."""
+    shutil.copytree(version, target)
+    vectors = target / "vectors.f16.npy"
+    vectors.chmod(0o644)
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF
+    vectors.write_bytes(bytes(data))
 
 
 # -- the fleet on a local Ray -----------------------------------------------------------------------------------
@@ -482,7 +487,6 @@ def test_versions_switch_together_and_a_reload_under_load_fails_no_request(zero_
     /readyz (on this tiny store the ingress's own open already hashes files of at most 4 MiB and refuses it; a
     shard's refusal is tested without Ray below); then a good v+2, published while a client searches in a
     loop, is switched to with no failed request and the answers change to v+2's."""
-    import shutil
     import threading
 
     from indexer.index.publish import flip_current
@@ -497,12 +501,7 @@ def test_versions_switch_together_and_a_reload_under_load_fails_no_request(zero_
 
     current = current_path(store)
     broken = store / "versions" / f"{current.name}-broken"
-    shutil.copytree(current, broken)
-    vectors = broken / "vectors.f16.npy"
-    vectors.chmod(0o644)
-    data = bytearray(vectors.read_bytes())
-    data[-1] ^= 0xFF
-    vectors.write_bytes(bytes(data))
+    _corrupt_copy(current, broken)
     flip_current(store, broken)
     ready = _until("the broken version refused", lambda: (r := client.get("/readyz").json())["last_reload_error"] and r)
     assert ready["ready"] is True and ready["version"] == serving

@@ -22,7 +22,7 @@ from search.artifact.bundle import SPEC_FILE, EncoderBundle
 from search.artifact.encoder import EncoderNotServableError
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from tests.test_text_families import CORPUS, _random_texts
-from tests.text_support import micro_batched
+from tests.text_support import cosines, exported_bundle, micro_batched, runtime_encoders
 
 POOLS = {"xlm-roberta": "mean", "nllb": "cls"}
 
@@ -44,19 +44,12 @@ def encoder(folder: Path):
 
 @pytest.fixture(scope="module")
 def bundle(encoder, tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
-    store = tmp_path_factory.mktemp("store")
-    files = export_bundle(encoder, store, cache_dir=store / "cache")
-    directory = store / files.dir
-    return EncoderBundle.from_spec(directory, json.loads((directory / SPEC_FILE).read_text()), dict(files.files))
+    return exported_bundle(encoder, tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
 def runtime(bundle: EncoderBundle) -> dict[str, RuntimeEncoder]:
-    return {p: RuntimeEncoder.load(bundle, RuntimeOptions(text_precision=p)) for p in ("fp32", "int8")}
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.asarray((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    return runtime_encoders(bundle)
 
 
 def test_folder_loads_an_hf_text_tower_with_the_familys_pooler(encoder, family: str) -> None:
@@ -76,7 +69,7 @@ def test_encoder_json_and_graph_take_the_attention_mask(bundle: EncoderBundle, r
     tokens = text.tokenize(["a red circle"])  # full context: mostly padding
     masked = text.session.run(None, {"tokens": tokens, "attention_mask": (tokens != 1).astype(np.int64)})[0]
     unmasked = text.session.run(None, {"tokens": tokens, "attention_mask": np.ones_like(tokens)})[0]
-    assert _cosines(masked, unmasked).max() < 0.9999  # the graph applies the mask it is given
+    assert cosines(masked, unmasked).max() < 0.9999  # the graph applies the mask it is given
 
 
 def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:
@@ -92,7 +85,7 @@ def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:
 def test_service_embedding_equals_open_clip_encode_text(encoder, runtime, precision: str, floor: float) -> None:
     texts = CORPUS + _random_texts(40, seed=7)
     assert runtime[precision].precision == precision
-    cos = _cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
+    cos = cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
     assert cos.min() >= floor, (precision, float(cos.min()), texts[int(cos.argmin())])
 
 
@@ -156,13 +149,12 @@ def test_an_unchecked_architecture_is_refused_with_the_reason(tmp_path: Path) ->
         hf_text_spec(tower, None)
 
 
-@pytest.fixture(scope="module")
-def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """`python -m indexer build --model local-dir:DIR` (XLM-R tower) over six drawn images: (folder, images, store)."""
+def _build_store(base: Path, family: str) -> tuple[Path, Path, Path]:
+    """`python -m indexer build --model local-dir:DIR` (a tiny `family` tower) over six drawn images:
+    (folder, images, store)."""
     from tests.indexer_support import cli, make_tree
 
-    base = tmp_path_factory.mktemp("built")
-    folder = write_tiny_hf_text(base / "tiny-xlmr", "xlm-roberta", seed=4)
+    folder = write_tiny_hf_text(base / f"tiny-{family}", family, seed=4)
     images, store = base / "images", base / "store"
     make_tree(images, 6)
     built = cli("build", "--images", str(images), "--store", str(store), "--model", f"local-dir:{folder}",
@@ -170,6 +162,12 @@ def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)["counts"]["indexed"] == 6
     return folder, images, store
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """`python -m indexer build --model local-dir:DIR` (XLM-R tower) over six drawn images: (folder, images, store)."""
+    return _build_store(tmp_path_factory.mktemp("built"), "xlm-roberta")
 
 
 def test_an_hf_tower_store_serves_with_torch_and_transformers_unimportable(built_store, tmp_path: Path) -> None:
@@ -233,7 +231,7 @@ def test_configured_pool_members_and_the_solo_session_feed_the_mask(runtime, bun
     want = runtime["fp32"].text.encode(CORPUS)
     fp32, int8 = build_members(text, configs, max_batch=8)
     np.testing.assert_allclose(fp32.run(cut), want, atol=1e-5, rtol=0)
-    assert _cosines(int8.run(cut), want).min() >= 0.995
+    assert cosines(int8.run(cut), want).min() >= 0.995
     (own,) = build_members(text, [], max_batch=8, solo_threads=2)
     assert own.solo is not None
     np.testing.assert_allclose(own.solo(cut), want, atol=1e-5, rtol=0)
@@ -296,7 +294,7 @@ def test_tokens_and_embedding_in_a_source_language_equal_nllbs(nllb, code: str) 
     assert (got[:, 0] == hf.convert_tokens_to_ids(code)).all()  # the CLS pooler reads the language token
     with torch.inference_mode():
         reference = encoder.model.encode_text(torch.as_tensor(want), normalize=True).numpy()
-    assert _cosines(runtime_encoder.text.encode_token_ids(got), reference).min() >= 0.9999
+    assert cosines(runtime_encoder.text.encode_token_ids(got), reference).min() >= 0.9999
 
 
 def test_a_language_changes_nllbs_tokens_and_a_model_without_languages_ignores_it(runtime, family: str) -> None:
@@ -310,15 +308,7 @@ def test_a_language_changes_nllbs_tokens_and_a_model_without_languages_ignores_i
 
 @pytest.fixture(scope="module")
 def nllb_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from tests.indexer_support import cli, make_tree
-
-    base = tmp_path_factory.mktemp("built-nllb")
-    folder = write_tiny_hf_text(base / "tiny-nllb", "nllb", seed=4)
-    images, store = base / "images", base / "store"
-    make_tree(images, 6)
-    built = cli("build", "--images", str(images), "--store", str(store), "--model", f"local-dir:{folder}",
-                "--device", "cpu", "--batch-size", "4", "--workers", "1")
-    assert built.returncode == 0, built.stderr
+    folder, _, store = _build_store(tmp_path_factory.mktemp("built-nllb"), "nllb")
     return folder, store
 
 

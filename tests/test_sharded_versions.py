@@ -25,11 +25,10 @@ from search.artifact.shards import SHARD_RULE, mix64, shard_of
 from search.artifact.version import open_current, open_shard, open_version
 from search.http.app import create_app
 from search.query.batch import RankPolicy, search_batch
-from search.query.filters import Filters
-from search.query.spec import SearchSpec
 from search.settings import RankSettings, ReloadSettings, Settings
 from tests.indexer_support import cli, draw, make_tree, rows, run
 from tests.service_support import WorldStore, copy_store, encoder_for, publish, settings_for, sharded_copy
+from tests.test_search_batch import SPECS  # the same mixed specs, over sharded versions
 
 SHARD_COUNTS = (2, 3)
 SCORE_TOLERANCE = 2e-3  # float16 rows: the scores of one photo may differ in the last bits, never more
@@ -91,22 +90,6 @@ def test_a_sharded_version_lists_its_parts(sharded: dict[int, Path]) -> None:
                 for got, want in zip(artifact.exact_search(q, 9), plain_artifact.exact_search(q, 9), strict=True):
                     np.testing.assert_allclose(got, want, atol=SCORE_TOLERANCE)
                 np.testing.assert_array_equal(artifact.search(q, 9).ids, plain_artifact.search(q, 9).ids)
-
-
-SPECS = [
-    SearchSpec(k=5),
-    SearchSpec(k=3, offset=4),
-    SearchSpec(k=10, dedup=True),
-    SearchSpec(k=6, diversity=0.5),
-    SearchSpec(k=4, filters=Filters(licence=("CC0-1.0",))),
-    SearchSpec(k=4, filters=Filters(orientation="portrait")),  # nothing matches: fetches grow to everything
-    SearchSpec(k=8, filters=Filters(created_after="2024-06-01"), min_score=0.0),
-    SearchSpec(k=5, offset=30),
-    SearchSpec(k=5, phase="fast"),
-    SearchSpec(k=4, phase="fast", filters=Filters(licence=("CC-BY-4.0",)), min_score=0.05),
-    SearchSpec(k=5, exclude_id=13),
-    SearchSpec(k=7, offset=2, dedup=True, diversity=0.3, filters=Filters(licence=("CC0-1.0", "CC-BY-4.0"))),
-]
 
 
 @pytest.mark.parametrize("rank", [RankSettings(), RankSettings(popularity_weight=0.3, overfetch=2)])

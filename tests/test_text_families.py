@@ -18,14 +18,14 @@ from open_clip.tokenizer import HFTokenizer
 
 from indexer.lab.tiny_siglip import write_tiny_siglip
 from indexer.models.clip import load_encoder
-from indexer.models.export import export_bundle, text_parts
-from search.artifact.bundle import SPEC_FILE, TOKENIZER_FILE, EncoderBundle
+from indexer.models.export import text_parts
+from search.artifact.bundle import TOKENIZER_FILE, EncoderBundle
 from search.artifact.encoder import EncoderNotServableError, WeightsUnavailableError
 from search.artifact.specs import HFTokenizerSpec
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.tokenizer import HFTextTokenizer
-from search.runtime.towers import RuntimeEncoder, RuntimeOptions
-from tests.text_support import micro_batched
+from search.runtime.towers import RuntimeEncoder
+from tests.text_support import cosines, exported_bundle, micro_batched, runtime_encoders
 
 CORPUS = [
     "a small red circle on a grass background",
@@ -64,15 +64,12 @@ def encoder(folder: Path):
 
 @pytest.fixture(scope="module")
 def bundle(encoder, tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
-    store = tmp_path_factory.mktemp("store")
-    files = export_bundle(encoder, store, cache_dir=store / "cache")
-    directory = store / files.dir
-    return EncoderBundle.from_spec(directory, json.loads((directory / SPEC_FILE).read_text()), dict(files.files))
+    return exported_bundle(encoder, tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
 def runtime(bundle: EncoderBundle) -> dict[str, RuntimeEncoder]:
-    return {p: RuntimeEncoder.load(bundle, RuntimeOptions(text_precision=p)) for p in ("fp32", "int8")}
+    return runtime_encoders(bundle)
 
 
 def test_folder_loads_through_open_clip_local_dir_as_a_siglip_style_tower(encoder, folder: Path) -> None:
@@ -115,14 +112,10 @@ def test_strip_sep_token_zeroes_the_separator_as_open_clip_does(bundle: EncoderB
     assert eos not in tokens[0].tolist() and tokens.shape == (1, 64)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.asarray((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
-
-
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.9999), ("int8", 0.995)])
 def test_service_embedding_equals_open_clip_encode_text(encoder, runtime, precision: str, floor: float) -> None:
     texts = CORPUS + _random_texts(40, seed=7)
-    cos = _cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
+    cos = cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
     assert cos.min() >= floor, (precision, float(cos.min()), texts[int(cos.argmin())])
 
 
