@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,11 +98,8 @@ def search_batch(artifact: Artifact, vectors: np.ndarray, specs: Sequence[Search
         again = []
         for j, i in enumerate(active):
             parts = trim_to_fetch([hits[j] for hits in per_shard], fetch[i])
-            if specs[i].phase == "fast":  # ANN order as it is: no rerank stage
+            with timer.stage("rerank") if specs[i].phase != "fast" else nullcontext():  # fast: ANN order as is
                 ranked[i] = merge_ranked(parts, specs[i], policy.weights, policy.dedup_threshold)
-            else:
-                with timer.stage("rerank"):
-                    ranked[i] = merge_ranked(parts, specs[i], policy.weights, policy.dedup_threshold)
             if not satisfied(ranked[i], parts, specs[i]):
                 fetch[i] = min(n, fetch[i] * 4)
                 again.append(i)
