@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from search.artifact.manifest import ArtifactError
 from search.artifact.version import current_version, open_current
 from search.fleet.config import FleetConfigError, load_fleet
-from search.fleet.fanout import RemoteShard, fan_out
+from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
 from search.fleet.parts import ShardServer
 from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
@@ -31,6 +31,7 @@ from search.state import RemoteParts
 from tests.fleet_support import Done
 from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
+ONE_SECOND = ShardTiming(1.0, 1.0)  # per call, and for a cold shard
 SCORE_TOL = 2e-3  # float16 rows: the fleet's scores may differ from the service's in the last float16 bits
 
 
@@ -49,7 +50,7 @@ def test_fan_out_calls_every_shard_and_retries_a_failed_call_once() -> None:
     calls: list[str] = []
     shards = [_shard("Shard0", [Done(_hits(2))], calls),
               _shard("Shard1", [Done(error=TimeoutError("deadline")), Done(_hits(2))], calls)]
-    out = fan_out(shards, "v", frozenset(), 1.0)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
+    out = fan_out(shards, "v", frozenset(), ONE_SECOND)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
     assert calls == ["Shard0", "Shard1", "Shard1"] and [len(per) for per in out] == [2, 2]
 
 
@@ -59,7 +60,7 @@ def test_a_shard_failing_its_retry_too_stops_the_search_naming_it() -> None:
               _shard("Shard1", [Done(error=RuntimeError("replica died")),
                                 Done(error=TimeoutError("no replica\nsecond line"))], calls)]
     with pytest.raises(ShardUnavailable, match="shard Shard1 is unavailable: TimeoutError: no replica$") as info:
-        fan_out(shards, "v", frozenset(), 1.0)(np.zeros((1, 4), np.float32), [ShardQuery(fetch=1)])
+        fan_out(shards, "v", frozenset(), ONE_SECOND)(np.zeros((1, 4), np.float32), [ShardQuery(fetch=1)])
     assert info.value.shard == "Shard1"
 
 
@@ -67,7 +68,7 @@ def test_a_wrong_answer_from_a_shard_is_a_failure_not_a_short_page() -> None:
     calls: list[str] = []
     shards = [_shard("Shard0", [Done(_hits(1)), Done(_hits(1))], calls)]
     with pytest.raises(ShardUnavailable, match="expected 2 ShardHits"):
-        fan_out(shards, "v", frozenset(), 1.0)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
+        fan_out(shards, "v", frozenset(), ONE_SECOND)(np.zeros((2, 4), np.float32), [ShardQuery(fetch=1)] * 2)
 
 
 def _config(settings: Settings, path: Path) -> Path:
@@ -157,7 +158,7 @@ def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
         return Done(server.search(version_dir, qv, asks, hidden))
 
     return RemoteParts(text, pixels, lambda artifact, hidden: fan_out([RemoteShard("Shard0", call)],
-                                                                      str(artifact.path), hidden, 1.0))
+                                                                      str(artifact.path), hidden, ONE_SECOND))
 
 
 def test_every_replica_of_a_shard_gone_answers_503_naming_it_with_retry_after(world: WorldStore) -> None:

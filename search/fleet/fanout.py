@@ -76,11 +76,8 @@ class RemoteShard:
 
 
 def fan_out(shards: Sequence[RemoteShard], version_dir: str, hidden: frozenset[int],
-            timing: ShardTiming | float) -> ShardFanout:
-    """The fan-out `search_batch` calls for one batch over `version_dir`'s parts (`timing`: a ShardTiming, or
-    one per-call deadline in seconds)."""
-    if not isinstance(timing, ShardTiming):
-        timing = ShardTiming(float(timing), float(timing))
+            timing: ShardTiming) -> ShardFanout:
+    """The fan-out `search_batch` calls for one batch over `version_dir`'s parts."""
 
     def fanout(qv: np.ndarray, asks: Sequence[ShardQuery]) -> Sequence[Sequence[ShardHits]]:
         args = (version_dir, qv, list(asks), hidden)
