@@ -8,7 +8,7 @@ from typing import Any
 from indexer.lab.evaluation import ranking
 from indexer.lab.evaluation.datasets import EvalDataset
 
-__all__ = ["mode_rows", "markdown_table", "worst_queries", "group_rows"]
+__all__ = ["mode_rows", "markdown_table", "worst_queries", "group_rows", "language_rows"]
 
 TABLE_COLUMNS = ("R@1", "R@5", "R@10", "nDCG@10", "MRR", "mAP", "ms_per_query")
 
@@ -24,6 +24,28 @@ def group_rows(report: Mapping[str, Any], mode: str = "exact",
     """Seen vs unseen compositions for one mode (world datasets only; empty otherwise)."""
     groups = report.get("text_to_image_by_group", {})
     return [{"group": g, **{c: groups[g][mode].get(c) for c in columns}} for g in groups if mode in groups[g]]
+
+
+def language_rows(report: Mapping[str, Any], modes: Sequence[str] | None = None,
+                  ks: Sequence[int] = ranking.DEFAULT_KS) -> list[dict[str, Any]]:
+    """One row per query language (empty when the queries have no translations): R@K of each mode, each
+    approximate mode's R@max(K) minus exact's, and the served mode's (ann_rerank, else http) gap to English."""
+    by_language = report.get("text_to_image_by_language", {})
+    rows: list[dict[str, Any]] = []
+    for lang, section in by_language.items():
+        present = [m for m in (modes or section) if isinstance(section.get(m), Mapping) and not m.startswith("gap")]
+        row: dict[str, Any] = {"lang": lang, "queries": section[present[0]]["queries"] if present else 0}
+        row.update({f"{m} R@{k}": section[m][f"R@{k}"] for m in present for k in ks})
+        top = max(ks)
+        if "exact" in present:
+            row.update({f"{m} - exact R@{top}": round(section[m][f"R@{top}"] - section["exact"][f"R@{top}"], 4)
+                        for m in present if m != "exact"})
+        served = next((m for m in ("ann_rerank", "http", *present) if m in present), None)
+        gap = section.get("gap_to_en", {}).get(served)
+        if gap is not None:
+            row[f"{served} gap to en R@{top}"] = gap[f"R@{top}"]
+        rows.append(row)
+    return rows
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ class TextQuery:
     text: str
     relevant: frozenset[str]  # image paths relative to the image root
     unseen: bool | None = None  # world only: the composition was held out of training
+    # world only: the same query in each language (BCP-47 -> text, English included); empty elsewhere
+    translations: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class EvalDataset:
     # image -> the other images that count as relevant when it is the query (image->image); may be empty
     image_groups: dict[str, frozenset[str]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages the queries are also asked in, in first-seen order (English first in the world)."""
+        return tuple(dict.fromkeys(lang for q in self.queries for lang in q.translations))
 
     def limit(self, max_queries: int | None) -> EvalDataset:
         """The first `max_queries` text queries (deterministic), for quick runs."""
@@ -71,7 +79,8 @@ def load_world(world_dir: str | Path) -> EvalDataset:
             raise DatasetError(f"{path} not found: is {world_dir} a world written by `python -m indexer world`?")
     images = tuple(r["path"] for r in _jsonl(metadata))
     records = _jsonl(queries_file)
-    queries = tuple(TextQuery(r["query"], frozenset(r["relevant"]), bool(r["unseen"])) for r in records)
+    queries = tuple(TextQuery(r["query"], frozenset(r["relevant"]), bool(r["unseen"]), dict(r.get("translations", {})))
+                    for r in records)
     groups: dict[str, frozenset[str]] = {}
     for q in queries:
         for relevant in q.relevant:

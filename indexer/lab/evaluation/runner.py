@@ -26,7 +26,7 @@ from search.artifact.encoder import encoder_mismatch
 from search.artifact.version import Artifact, ArtifactError
 
 __all__ = ["MODES", "ModeRun", "StoreView", "encode_queries", "run_mode", "run_http", "evaluate_store",
-           "param_name", "sweep_param"]
+           "param_name", "sweep_param", "with_gap_to"]
 
 MODES = ("exact", "ann", "ann_rerank")
 ENCODE_BATCH = 256
@@ -101,15 +101,17 @@ def _drop_self(ids: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def run_http(url: str, texts: Sequence[str], k: int, timeout_s: float = 60.0) -> ModeRun:
-    """Text queries through a running service (POST /search); the service's answer is ANN + rerank."""
+def run_http(url: str, texts: Sequence[str], k: int, timeout_s: float = 60.0, lang: str | None = None) -> ModeRun:
+    """Text queries through a running service (POST /search, in language `lang` when given: models that take a
+    source language need it); the service's answer is ANN + rerank."""
     import httpx
 
     ranked: list[list[str]] = []
+    body: dict[str, Any] = {"k": k} if lang is None else {"k": k, "lang": lang}
     start = time.perf_counter()
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s) as client:
         for text in texts:
-            response = client.post("/search", json={"query": text, "k": k})
+            response = client.post("/search", json={"query": text, **body})
             if response.status_code != 200:
                 raise RuntimeError(f"{url}/search answered {response.status_code} for {text!r}: {response.text[:300]}")
             ranked.append([hit["path"] for hit in response.json()["hits"]])
@@ -165,6 +167,9 @@ def evaluate_store(dataset: EvalDataset, view: StoreView, encoder: ClipEncoder |
     t2i.update(_ann_recall(runs, depth))
     report["text_to_image"] = t2i
     report["text_to_image_by_group"] = _by_group(dataset, runs, n_items, ks)
+    if dataset.languages:
+        report["text_to_image_by_language"] = _by_language(dataset, view, encoder, modes, depth, params, candidates,
+                                                           http_url, ks)
     if dataset.image_groups and inprocess:
         report["image_to_image"] = _image_to_image(dataset, view, inprocess, depth, params, candidates, ks)
     if keep_runs:
@@ -182,6 +187,47 @@ def _by_group(dataset: EvalDataset, runs: dict[str, ModeRun], n_items: int, ks: 
             out[name] = {m: ranking.score_run([r.ranked[i] for i in idx], qrels, ks, n_items=n_items)
                          for m, r in runs.items()}
     return out
+
+
+def _by_language(dataset: EvalDataset, view: StoreView, encoder: ClipEncoder | None, modes: Sequence[str], k: int,
+                 params: Mapping[str, Any] | None, candidates: int | None, http_url: str | None,
+                 ks: Sequence[int]) -> dict[str, Any]:
+    """World only: the same queries asked in each language of their translations (the gallery stays captioned
+    in English), every mode per language, each mode's loss against exact search, and each language's R@K gap
+    to English, so a multilingual model's weak language and the index's loss in it are numbers."""
+    n_items = len(view.id_of)
+    out: dict[str, Any] = {}
+    for lang in dataset.languages:
+        asked = [q for q in dataset.queries if lang in q.translations]
+        texts = [q.translations[lang] for q in asked]
+        runs: dict[str, ModeRun] = {}
+        if http_url:
+            runs["http"] = run_http(http_url, texts, k, lang=lang)
+        inprocess = [m for m in modes if m != "http"]
+        if inprocess:
+            if encoder is None:
+                raise ValueError("in-process modes need the encoder")
+            vectors = encode_queries(encoder, texts)
+            for mode in inprocess:
+                runs[mode] = run_mode(view, vectors, mode, k, params, candidates)
+        section: dict[str, Any] = {m: _mode_report(r, [set(q.relevant) for q in asked], n_items, ks)
+                                   for m, r in runs.items()}
+        section.update(_ann_recall(runs, k))
+        out[lang] = section
+    return with_gap_to(out, "en", ks)
+
+
+def with_gap_to(by_language: dict[str, Any], reference: str, ks: Sequence[int]) -> dict[str, Any]:
+    """Each language's section gains gap_to_<reference>: {mode: {R@K: reference R@K - this language's}} (positive
+    means worse than the reference); unchanged when the reference language was not asked."""
+    ref = by_language.get(reference)
+    if ref is None:
+        return by_language
+    modes = [m for m, scores in ref.items() if isinstance(scores, Mapping)]
+    for section in by_language.values():
+        section[f"gap_to_{reference}"] = {m: {f"R@{k}": round(ref[m][f"R@{k}"] - section[m][f"R@{k}"], 4) for k in ks}
+                                          for m in modes if m in section}
+    return by_language
 
 
 def _image_to_image(dataset: EvalDataset, view: StoreView, modes: Sequence[str], k: int,
