@@ -14,7 +14,8 @@ from tests.service_support import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {
-    "relevance_eval.ipynb": {"relevance_modes", "recall_latency", "worst_queries", "seen_vs_unseen"},
+    "relevance_eval.ipynb": {"relevance_modes", "recall_latency", "worst_queries", "seen_vs_unseen",
+                             "relevance_per_language"},
     "latency_and_cache.ipynb": {"latency_stages", "cache_hit_rate"},
 }
 

@@ -18,7 +18,8 @@ from indexer.lab.evaluation.datasets import EvalDataset
 from indexer.models.clip import ClipEncoder
 from search.artifact.version import Artifact, open_current
 
-__all__ = ["WorldContext", "world_context", "evaluate", "sweep", "latency_records", "hit_rate_curves"]
+__all__ = ["WorldContext", "world_context", "multilingual_context", "evaluate", "sweep", "latency_records",
+           "hit_rate_curves"]
 
 NLIST = 16
 
@@ -42,6 +43,24 @@ def world_context(workdir: Path, gallery: int = 300, size: int = 64, seed: int =
     index = {"factory": f"IVF{NLIST},Flat", "recall_queries": 100, "latency_queries": 20}
     dataset, store = stores.prepare_world_store(workdir, encoder, seed=seed, gallery=gallery, size=(size, size),
                                                 index=index)
+    return _context(dataset, store, encoder, checkpoint)
+
+
+def multilingual_context(workdir: Path, gallery: int = 300, size: int = 64, seed: int = 1000) -> WorldContext:
+    """The same world indexed by the committed tiny multilingual model (its own store under WORKDIR, built on
+    first use), for relevance per query language: the gallery is captioned in English only."""
+    from indexer.models import registry
+    from indexer.models.clip import load_encoder
+
+    workdir = Path(workdir) / f"world-{seed}-{gallery}-{size}-multilingual"
+    encoder = load_encoder("tiny-multilingual", device="cpu")
+    index = {"factory": f"IVF{NLIST},Flat", "recall_queries": 100, "latency_queries": 20}
+    dataset, store = stores.prepare_world_store(workdir, encoder, seed=seed, gallery=gallery, size=(size, size),
+                                                index=index)
+    return _context(dataset, store, encoder, str(registry.tiny_multilingual_folder() / registry.FOLDER_WEIGHTS))
+
+
+def _context(dataset: EvalDataset, store: Path, encoder: ClipEncoder, checkpoint: str) -> WorldContext:
     artifact = open_current(store, expect_encoder=encoder.identity)
     return WorldContext(dataset, store, encoder, checkpoint, artifact, runner.StoreView(artifact))
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["save", "metric_bars", "recall_latency", "worst_gallery", "latency_bars", "hit_rate"]
+__all__ = ["save", "metric_bars", "language_bars", "recall_latency", "worst_gallery", "latency_bars", "hit_rate"]
 
 def save(fig: Any, name: str, out_dir: Path) -> Path:
     """Write `fig` as OUT_DIR/NAME.png (the folder is created)."""
@@ -47,6 +47,27 @@ def metric_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("R@
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return fig
+
+
+def language_bars(rows: Sequence[Mapping[str, Any]], modes: Sequence[str] = ("exact", "ann_rerank"),
+                  ks: Sequence[int] = (1, 5, 10), title: str = "") -> Any:
+    """One panel per K: R@K per query language (analysis.language_rows), one bar per mode side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(ks), figsize=(3.4 * len(ks), 3.2), sharey=True, squeeze=False)
+    width = 0.8 / max(len(modes), 1)
+    langs = [str(r["lang"]) for r in rows]
+    for ax, k in zip(axes[0], ks, strict=True):
+        for i, mode in enumerate(modes):
+            ax.bar([j + i * width for j in range(len(rows))], [r.get(f"{mode} R@{k}") or 0.0 for r in rows], width,
+                   label=mode)
+        ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(rows))], langs)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"R@{k}")
+    axes[0][0].set_ylabel("text -> image")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 
