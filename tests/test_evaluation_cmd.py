@@ -103,6 +103,7 @@ def test_cli_karpathy_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert report["text_to_image"]["exact"]["queries"] == 7
     assert report["text_to_image"]["exact"]["R@10"] == 1.0  # 4 images, 10 results: every query finds its image
     assert "image_to_image" not in report  # Karpathy captions define no image->image relevance
+    assert "text_to_image_by_language" not in report  # nor translations of the queries
 
 
 @pytest.mark.parametrize("argv, message", [
