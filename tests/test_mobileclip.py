@@ -198,3 +198,38 @@ def test_a_store_built_with_it_answers_searches_as_open_clip_ranks(folders, enco
         response = client.get("/search", params={"q": query, "k": 6})
         assert response.status_code == 200, response.text
         assert [hit["id"] for hit in response.json()["hits"]] == want[0].tolist()
+
+
+def test_a_checkpoint_file_gets_the_preprocess_its_models_published_weights_agree_on() -> None:
+    from indexer.models.clip import checkpoint_preprocess
+
+    openai_mean, openai_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    for model in ("MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP-B", "MobileCLIP2-S0", "MobileCLIP2-B"):
+        assert checkpoint_preprocess(model) == {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
+                                                "interpolation": "bilinear", "resize_mode": "shortest"}, model
+    assert checkpoint_preprocess("MobileCLIP2-S4") == {"mean": openai_mean, "std": openai_std,
+                                                       "interpolation": "bilinear", "resize_mode": "shortest"}
+    # CLIP's own checkpoints keep open_clip's defaults (so their stores' identities do not change); where the
+    # tags disagree (ViT-L-14's mean) nothing is forced
+    assert checkpoint_preprocess("ViT-B-32") == {"mean": openai_mean, "std": openai_std, "interpolation": "bicubic",
+                                                 "resize_mode": "shortest"}
+    assert "mean" not in checkpoint_preprocess("ViT-L-14") and checkpoint_preprocess("photostock-tiny") == {}
+
+
+def test_load_encoder_applies_it_to_open_clips_transform_and_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny CLIP given published MobileCLIP-style weights (one tag in open_clip's own table) and loaded from
+    its checkpoint file: open_clip's transform and the published identity both take MobileCLIP's preprocess."""
+    from open_clip import pretrained
+
+    from indexer.models.export import preprocess_spec
+    from indexer.models.registry import TINY_MODEL_NAME, tiny_checkpoint_path
+
+    plain = load_encoder("tiny", pretrained=str(tiny_checkpoint_path()), device="cpu")
+    monkeypatch.setitem(pretrained._PRETRAINED, TINY_MODEL_NAME, {"mobile": pretrained._mccfg(hf_hub="none/none/")})
+    mobile = load_encoder("tiny", pretrained=str(tiny_checkpoint_path()), device="cpu")
+    assert preprocess_spec(plain).mean != (0.0, 0.0, 0.0) and preprocess_spec(plain).interpolation == "bicubic"
+    spec = preprocess_spec(mobile)
+    assert spec.mean == (0.0, 0.0, 0.0) and spec.std == (1.0, 1.0, 1.0) and spec.interpolation == "bilinear"
+    assert mobile.identity.key != plain.identity.key  # another preprocess is another encoder
+    image = _images()[2]
+    np.testing.assert_allclose(ImagePreprocess(spec)(image), mobile.preprocess(image).numpy(), atol=1e-5, rtol=0)
