@@ -233,3 +233,25 @@ def test_load_encoder_applies_it_to_open_clips_transform_and_the_identity(monkey
     assert mobile.identity.key != plain.identity.key  # another preprocess is another encoder
     image = _images()[2]
     np.testing.assert_allclose(ImagePreprocess(spec)(image), mobile.preprocess(image).numpy(), atol=1e-5, rtol=0)
+
+
+def test_publish_refuses_an_export_that_does_not_reproduce_open_clip(encoders, bundles, tmp_path: Path) -> None:
+    """A stale export cache (here the causal tower's graph where the bidirectional one's belongs) is caught by
+    comparing the graphs with open_clip's own encode_text/encode_image, before any store file is written."""
+    import shutil
+
+    from indexer.models.export import export_bundle, export_key
+    from search.artifact.bundle import IMAGE_FILE, TEXT_FILE
+    from search.artifact.encoder import EncoderNotServableError
+
+    cached = tmp_path / "cache" / export_key(encoders["S"])
+    cached.mkdir(parents=True)
+    shutil.copyfile(bundles["B"].path(TEXT_FILE), cached / "text.onnx")
+    shutil.copyfile(bundles["S"].path(IMAGE_FILE), cached / "image.onnx")
+    store = tmp_path / "store"
+    with pytest.raises(EncoderNotServableError, match=r"exported text tower .* does not reproduce open_clip's "
+                                                      r"encode_text \(cosine 0\.\d+ < 0\.9999\)"):
+        export_bundle(encoders["S"], store, cache_dir=tmp_path / "cache")
+    assert not (store / "encoders").exists() or not any((store / "encoders").iterdir())
+    shutil.copyfile(bundles["S"].path(TEXT_FILE), cached / "text.onnx")  # the right graph passes
+    assert export_bundle(encoders["S"], store, cache_dir=tmp_path / "cache").files
