@@ -8,6 +8,7 @@ pretrained config equals open_clip's, image embeddings equal `encode_image`, and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -174,21 +175,29 @@ def test_image_embedding_equals_open_clip_encode_image(encoders, runtimes) -> No
     np.testing.assert_allclose(runtime.encode_images(images[:1]), got[:1], atol=1e-5, rtol=0)  # batch of one
 
 
-def test_a_store_built_with_it_answers_searches_as_open_clip_ranks(folders, encoders, bundles,
-                                                                   tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-
+@pytest.fixture(scope="module")
+def built_store(folders, encoders, bundles, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Six drawn images built and published with the S folder by the indexer's own pipeline: (images, store)."""
     from indexer.run.pipeline import run_build
-    from search.artifact.version import open_current
-    from search.http.app import create_app
-    from search.settings import ReloadSettings, RuntimeSettings, Settings
     from tests.indexer_support import make_tree, settings
 
-    images, store = tmp_path / "images", tmp_path / "store"
+    base = tmp_path_factory.mktemp("built")
+    images, store = base / "images", base / "store"
     make_tree(images, 6)
     cache = bundles["S"].directory.parents[1] / "cache"  # the towers exported once, by the bundle fixture
     build = settings(model=f"local-dir:{folders['S']}", pretrained=None, workers=1, onnx_cache_dir=str(cache))
     assert run_build(images, store, build, encoders["S"])["counts"]["indexed"] == 6
+    return images, store
+
+
+def test_a_store_built_with_it_answers_searches_as_open_clip_ranks(encoders, built_store) -> None:
+    from fastapi.testclient import TestClient
+
+    from search.artifact.version import open_current
+    from search.http.app import create_app
+    from search.settings import ReloadSettings, RuntimeSettings, Settings
+
+    _, store = built_store
     query = "a Small red Circle 東京"
     with open_current(store) as artifact:
         assert artifact.manifest.encoder == encoders["S"].identity
@@ -198,6 +207,25 @@ def test_a_store_built_with_it_answers_searches_as_open_clip_ranks(folders, enco
         response = client.get("/search", params={"q": query, "k": 6})
         assert response.status_code == 200, response.text
         assert [hit["id"] for hit in response.json()["hits"]] == want[0].tolist()
+
+
+def test_the_store_serves_with_torch_timm_and_open_clip_unimportable(built_store, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.indexer_support import REPO
+
+    images, store = built_store
+    image = sorted(images.rglob("*.png"))[0]
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_probe.py")), str(store), str(image),
+                          "a small red circle"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["text"]["status"] == 200 and report["text"]["hits"], report
+    assert report["image"]["status"] == 200 and report["image"]["hits"], report
+    assert report["imported"] == []
 
 
 def test_a_checkpoint_file_gets_the_preprocess_its_models_published_weights_agree_on() -> None:
