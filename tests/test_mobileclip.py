@@ -123,6 +123,17 @@ def test_micro_batcher_feeds_the_full_context_and_equals_one_by_one(runtimes) ->
     assert max(shape[0] for shape in calls) > 1  # mixed lengths really shared a batch
 
 
+def test_the_image_graph_is_fastvits_fused_inference_form(encoders, bundles) -> None:
+    """The exported FastViT has its re-parameterisable branches folded (fewer convolutions than the training
+    form open_clip runs); test_image_embedding_equals_open_clip_encode_image holds it equal."""
+    import onnx
+    import torch
+
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in encoders["S"].model.visual.modules())
+    graph = onnx.load(str(bundles["S"].path("image.onnx"))).graph
+    assert 0 < sum(node.op_type == "Conv" for node in graph.node) < convs
+
+
 def _images() -> list[Image.Image]:
     rng = np.random.default_rng(1)
     out = []

@@ -368,7 +368,21 @@ def _image_tower_module(model: Any) -> Any:
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return F.normalize(self.visual(pixels), dim=-1)
 
-    return NormalisedImageTower(model.visual).eval()
+    return NormalisedImageTower(_inference_form(model.visual)).eval()
+
+
+def _inference_form(visual: Any) -> Any:
+    """A timm trunk with re-parameterisable blocks (MobileOne/FastViT branches: MobileCLIP's image towers) as a
+    fused copy: each block's parallel convolutions and batch norms folded into one convolution, the same function
+    to float rounding (the publish check holds the export to open_clip's own encode_image) at fewer operations.
+    Every other tower is exported as it is."""
+    from open_clip.timm_model import TimmModel
+
+    if not isinstance(visual, TimmModel) or not any(hasattr(m, "reparameterize") for m in visual.modules()):
+        return visual
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(visual)
 
 
 def _image_size(encoder: Any) -> tuple[int, int]:
