@@ -5,10 +5,13 @@ Families: `clip-tiny` (the committed tiny CLIP: causal, EOT pooled, batches cut 
 and `siglip-tiny` (the random-init SigLIP-style folder of indexer/lab/tiny_siglip.py: bidirectional, pooled at
 the last of 64 positions, every row fed at the full context), `xlmr-tiny` and `nllb-tiny` (the random-init HF
 text towers of indexer/lab/tiny_hf_text.py: XLM-R mean pooler, NLLB-style M2M100 encoder with the CLS pooler;
-tokens and attention mask fed, batches cut after the longest real row). `--large` adds ViT-B-32 (random init) and a
+tokens and attention mask fed, batches cut after the longest real row), and `mobileclip-tiny` (the random-init
+MobileCLIP2-S0-shaped folder of indexer/lab/tiny_mobileclip.py: CLIP tokenizer, no causal mask, pooled at the
+end-of-text token, every row fed at the full 77-token context). `--large` adds ViT-B-32 (random init), a
 random-init text tower of ViT-B-16-SigLIP's shape (width 768, 12 layers, 12 heads, vocabulary 32000, context
-64; toy image tower). Each family is exported to an encoder folder as a publish would and loaded by
-search.runtime.towers.RuntimeEncoder at the chosen precision.
+64; toy image tower) and one of MobileCLIP-S*'s shape (width 512, 12 layers, 8 heads, context 77). Each family
+is exported to an encoder folder as a publish would and loaded by search.runtime.towers.RuntimeEncoder at the
+chosen precision.
 
 Per family:
   - one_query: p50/p95 of a bare `session.run` on the query's prepared tokens, of the bare path with the
@@ -19,7 +22,7 @@ Per family:
     (window 0: one text per batch), so the micro-batching gain reads beside the bare session's own.
 
     .venv/bin/python benchmarks/text_families.py [--runs 200] [--queries 320] [--text-precision int8|fp32]
-        [--large]
+        [--large] [--only mobileclip-tiny,MobileCLIP-S-shaped]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,33 +57,44 @@ def _queries(n: int) -> list[str]:
     return out
 
 
-def _encoders(large: bool, work: Path) -> dict[str, Any]:
-    """family -> a loaded open_clip encoder (torch), exported below."""
+def _encoders(large: bool, work: Path, only: set[str] | None = None) -> dict[str, Any]:
+    """family -> a loaded open_clip encoder (torch), exported below; `only` keeps the named families."""
     import torch
 
     from indexer.lab.tiny_hf_text import write_tiny_hf_text
+    from indexer.lab.tiny_mobileclip import write_tiny_mobileclip
     from indexer.lab.tiny_siglip import write_tiny_siglip
     from indexer.models.clip import load_encoder
 
-    out: dict[str, Any] = {"clip-tiny": load_encoder("tiny", device="cpu")}
-    folder = work / "siglip-tiny"
-    if not (folder / "open_clip_config.json").is_file():
-        write_tiny_siglip(folder)
-    out["siglip-tiny"] = load_encoder(f"local-dir:{folder}", device="cpu")
-    for name, hf_family in (("xlmr-tiny", "xlm-roberta"), ("nllb-tiny", "nllb")):
-        folder = work / name
-        if not (folder / "open_clip_config.json").is_file():
-            write_tiny_hf_text(folder, hf_family)
-        out[name] = load_encoder(f"local-dir:{folder}", device="cpu")
-    if large:
+    def folder_model(name: str, write: Callable[[Path], Any]) -> Callable[[], Any]:
+        def load() -> Any:
+            folder = work / name
+            if not (folder / "open_clip_config.json").is_file():
+                write(folder)
+            return load_encoder(f"local-dir:{folder}", device="cpu")
+        return load
+
+    def random_vit_b_32() -> Any:
         torch.manual_seed(0)
-        out["ViT-B-32"] = load_encoder("ViT-B-32", pretrained="random", device="cpu")
-        folder = work / "siglip-b16-text"
-        if not (folder / "open_clip_config.json").is_file():
-            write_tiny_siglip(folder, width=768, layers=12, heads=12, text_vocab_size=32000, vision_width=32,
-                              vision_layers=1)
-        out["ViT-B-16-SigLIP-shaped"] = load_encoder(f"local-dir:{folder}", device="cpu")
-    return out
+        return load_encoder("ViT-B-32", pretrained="random", device="cpu")
+
+    families: dict[str, Callable[[], Any]] = {
+        "clip-tiny": lambda: load_encoder("tiny", device="cpu"),
+        "siglip-tiny": folder_model("siglip-tiny", write_tiny_siglip),
+        "xlmr-tiny": folder_model("xlmr-tiny", lambda f: write_tiny_hf_text(f, "xlm-roberta")),
+        "nllb-tiny": folder_model("nllb-tiny", lambda f: write_tiny_hf_text(f, "nllb")),
+        "mobileclip-tiny": folder_model("mobileclip-tiny", write_tiny_mobileclip),
+    }
+    if large:
+        families["ViT-B-32"] = random_vit_b_32
+        families["ViT-B-16-SigLIP-shaped"] = folder_model("siglip-b16-text", lambda f: write_tiny_siglip(
+            f, width=768, layers=12, heads=12, text_vocab_size=32000, vision_width=32, vision_layers=1))
+        families["MobileCLIP-S-shaped"] = folder_model("mobileclip-s-text", lambda f: write_tiny_mobileclip(
+            f, width=512, layers=12, heads=8, embed_dim=512, image_size=64))
+    unknown = (only or set()) - set(families)
+    if unknown:
+        raise SystemExit(f"unknown families {sorted(unknown)} (known: {', '.join(families)})")
+    return {name: load() for name, load in families.items() if only is None or name in only}
 
 
 def _runtime(encoder: Any, store: Path, precision: str) -> Any:
@@ -161,7 +176,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--queries", type=int, default=320)
     parser.add_argument("--text-precision", choices=("int8", "fp32"), default="int8")
-    parser.add_argument("--large", action="store_true", help="add ViT-B-32 and a ViT-B-16-SigLIP-shaped tower")
+    parser.add_argument("--large", action="store_true",
+                        help="add ViT-B-32 and ViT-B-16-SigLIP- and MobileCLIP-S-shaped text towers")
+    parser.add_argument("--only", help="comma-separated families to run (default: all)")
     parser.add_argument("--work", type=Path, default=OUT / "text_families")
     args = parser.parse_args()
 
@@ -171,7 +188,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"benchmark": "text_families", "machine": machine(), "runs": args.runs,
                               "queries": args.queries, "text_precision": args.text_precision, "families": {}}
-    for name, encoder in _encoders(args.large, args.work).items():
+    only = set(args.only.split(",")) if args.only else None
+    for name, encoder in _encoders(args.large, args.work, only).items():
         runtime = _runtime(encoder, args.work / "store", args.text_precision)
         result["families"][name] = {"model": encoder.identity.model, **family(runtime, args.runs, args.queries)}
     np.set_printoptions(suppress=True)

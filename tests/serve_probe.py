@@ -1,6 +1,6 @@
 """Run as a script by the serving tests: start the search service (create_app + uvicorn) in this process with
-torch, torchvision, open_clip, transformers and sentencepiece imports blocked, send one text and one image query
-over HTTP, and print a JSON report (statuses, hit ids, which blocked modules got imported). Uses only the
+torch, torchvision, open_clip, timm, transformers and sentencepiece imports blocked, send one text and one image
+query over HTTP, and print a JSON report (statuses, hit ids, which blocked modules got imported). Uses only the
 standard library besides the service itself, so it runs in a virtualenv holding nothing but the `serve` extra.
 
 usage: python serve_probe.py STORE IMAGE QUERY
@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-BLOCKED = ("torch", "torchvision", "open_clip", "transformers", "sentencepiece")
+BLOCKED = ("torch", "torchvision", "open_clip", "timm", "transformers", "sentencepiece")
 
 
 class _Blocker(importlib.abc.MetaPathFinder):

@@ -21,8 +21,7 @@ from indexer.models.export import export_bundle, hf_text_spec
 from search.artifact.bundle import SPEC_FILE, EncoderBundle
 from search.artifact.encoder import EncoderNotServableError
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
-from tests.test_text_families import CORPUS, _random_texts
-from tests.text_support import cosines, exported_bundle, micro_batched, runtime_encoders
+from tests.text_support import CORPUS, cosines, exported_bundle, micro_batched, random_texts, runtime_encoders
 
 POOLS = {"xlm-roberta": "mean", "nllb": "cls"}
 
@@ -73,7 +72,7 @@ def test_encoder_json_and_graph_take_the_attention_mask(bundle: EncoderBundle, r
 
 
 def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:
-    texts = CORPUS + _random_texts(200, seed=11)
+    texts = CORPUS + random_texts(200, seed=11)
     expected = np.asarray(encoder.tokenize(texts))
     got = runtime["fp32"].text.tokenize(texts)
     assert got.shape == expected.shape == (len(texts), 64)
@@ -83,7 +82,7 @@ def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:
 
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.9999), ("int8", 0.995)])
 def test_service_embedding_equals_open_clip_encode_text(encoder, runtime, precision: str, floor: float) -> None:
-    texts = CORPUS + _random_texts(40, seed=7)
+    texts = CORPUS + random_texts(40, seed=7)
     assert runtime[precision].precision == precision
     cos = cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
     assert cos.min() >= floor, (precision, float(cos.min()), texts[int(cos.argmin())])
@@ -281,7 +280,7 @@ def test_tokens_and_embedding_in_a_source_language_equal_nllbs(nllb, code: str) 
 
     encoder, runtime_encoder = nllb
     assert runtime_encoder.default_language == "eng_Latn" and len(runtime_encoder.languages) == 202
-    texts = CORPUS + _random_texts(60, seed=13)
+    texts = CORPUS + random_texts(60, seed=13)
     hf = encoder.tokenizer.tokenizer
     try:
         hf.src_lang = code
@@ -376,7 +375,7 @@ def test_nllbs_legacy_template_puts_the_language_last_and_equals_transformers(tm
     assert isinstance(spec, HFTokenizerSpec) and spec.language_position == "suffix"
     write_tokenizer(reference, tmp_path / "tokenizer.json")
     mine = HFTextTokenizer.load(HFTokenizerSpec.from_dict(spec.to_dict()), tmp_path / "tokenizer.json")
-    texts = CORPUS + _random_texts(40, seed=17)
+    texts = CORPUS + random_texts(40, seed=17)
     for code in ("eng_Latn", "kor_Hang", "heb_Hebr"):
         reference.tokenizer.src_lang = code
         assert mine([LangText(t, code) for t in texts]).tolist() == reference(texts).numpy().tolist(), code

@@ -6,7 +6,6 @@ runtime cannot serve exactly are refused with the reason; a model folder missing
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import zlib
 from pathlib import Path
@@ -25,31 +24,7 @@ from search.artifact.specs import HFTokenizerSpec
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.tokenizer import HFTextTokenizer
 from search.runtime.towers import RuntimeEncoder
-from tests.text_support import cosines, exported_bundle, micro_batched, runtime_encoders
-
-CORPUS = [
-    "a small red circle on a grass background",
-    "A Small RED Circle On A GRASS Background",
-    "東京の夜景 北京烤鸭 서울 풍경",
-    "نجمة حمراء صغيرة على الرمل مرحبا",
-    "emoji 😀🐱‍👤 👩🏽‍🚀 🇫🇷 ❤️ ✨✨",
-    "cafe\u0301 nai\u0308ve e\u0301te\u0301 n\u0303 combining ̷̧m̴a̵r̸k̶s̷",
-    "Ünïcödé café naïve ＦＵＬＬＷＩＤＴＨ ﬁ",
-    ("a large blue star on a sky background, " * 10)[:300],
-    "x" * 300,
-    "большой зелёный крест на траве",
-    "HTML &amp; entities &lt;b&gt; it's DON'T",
-    "tabs\tand\nnewlines  spaces ",
-    "red",
-    "",
-]
-
-
-def _random_texts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    pools = [range(0x20, 0x7F), range(0xA0, 0x250), range(0x300, 0x370), range(0x4E00, 0x4E80),
-             range(0x1F600, 0x1F650), range(0x0600, 0x0650), [0x09, 0x0A, 0x20, 0x3000, 0x200B]]
-    return ["".join(chr(rng.choice(rng.choice(pools))) for _ in range(rng.randint(0, 120))) for _ in range(n)]
+from tests.text_support import CORPUS, cosines, exported_bundle, micro_batched, random_texts, runtime_encoders
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +63,7 @@ def test_encoder_json_says_hf_tokenizer_full_context_and_no_trim(bundle: Encoder
 
 
 def test_tokens_equal_open_clip_token_for_token(encoder, runtime) -> None:
-    texts = CORPUS + _random_texts(200)
+    texts = CORPUS + random_texts(200)
     expected = np.asarray(encoder.tokenize(texts))
     got = runtime["fp32"].text.tokenize(texts)
     assert got.shape == expected.shape == (len(texts), 64)
@@ -101,7 +76,7 @@ def test_every_clean_rule_equals_open_clips_hf_tokenizer(folder: Path, bundle: E
     reference = HFTokenizer(str(folder), context_length=64, clean=clean)
     spec = HFTokenizerSpec.from_dict({**bundle.tokenizer.to_dict(), "clean": clean})
     mine = HFTextTokenizer.load(spec, bundle.path(TOKENIZER_FILE))
-    texts = CORPUS + _random_texts(100, seed=zlib.crc32(clean.encode()))  # str hash varies per process
+    texts = CORPUS + random_texts(100, seed=zlib.crc32(clean.encode()))  # str hash varies per process
     assert mine(texts).tolist() == reference(texts).numpy().tolist()
 
 
@@ -114,7 +89,7 @@ def test_strip_sep_token_zeroes_the_separator_as_open_clip_does(bundle: EncoderB
 
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.9999), ("int8", 0.995)])
 def test_service_embedding_equals_open_clip_encode_text(encoder, runtime, precision: str, floor: float) -> None:
-    texts = CORPUS + _random_texts(40, seed=7)
+    texts = CORPUS + random_texts(40, seed=7)
     cos = cosines(runtime[precision].encode_texts(texts), encoder.encode_texts(texts))
     assert cos.min() >= floor, (precision, float(cos.min()), texts[int(cos.argmin())])
 

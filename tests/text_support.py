@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,35 @@ import numpy as np
 from search.artifact.bundle import SPEC_FILE, EncoderBundle
 from search.runtime.batcher import MicroBatcher
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
+
+# the hostile corpus every family's tokens and embeddings are checked over: CJK, Arabic, emoji (ZWJ sequences, flags),
+# combining marks, mixed case, fullwidth forms and ligatures, 300-character strings, HTML entities, odd whitespace,
+# the empty string
+CORPUS = [
+    "a small red circle on a grass background",
+    "A Small RED Circle On A GRASS Background",
+    "東京の夜景 北京烤鸭 서울 풍경",
+    "نجمة حمراء صغيرة على الرمل مرحبا",
+    "emoji 😀🐱‍👤 👩🏽‍🚀 🇫🇷 ❤️ ✨✨",
+    "cafe\u0301 nai\u0308ve e\u0301te\u0301 n\u0303 combining ̷̧m̴a̵r̸k̶s̷",
+    "Ünïcödé café naïve ＦＵＬＬＷＩＤＴＨ ﬁ",
+    ("a large blue star on a sky background, " * 10)[:300],
+    "x" * 300,
+    "большой зелёный крест на траве",
+    "HTML &amp; entities &lt;b&gt; it's DON'T",
+    "tabs\tand\nnewlines  spaces ",
+    "red",
+    "",
+]
+
+
+def random_texts(n: int, seed: int = 0) -> list[str]:
+    """`n` strings of 0-120 characters drawn from ASCII, Latin, combining marks, CJK, emoji, Arabic and odd
+    whitespace (seeded: the same texts every run)."""
+    rng = random.Random(seed)
+    pools = [range(0x20, 0x7F), range(0xA0, 0x250), range(0x300, 0x370), range(0x4E00, 0x4E80),
+             range(0x1F600, 0x1F650), range(0x0600, 0x0650), [0x09, 0x0A, 0x20, 0x3000, 0x200B]]
+    return ["".join(chr(rng.choice(rng.choice(pools))) for _ in range(rng.randint(0, 120))) for _ in range(n)]
 
 
 def exported_bundle(encoder: Any, store: Path) -> EncoderBundle:

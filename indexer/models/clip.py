@@ -26,7 +26,7 @@ from search.artifact.encoder import (
     weights_label,
 )
 
-__all__ = ["ClipEncoder", "load_encoder", "resolve_checkpoint", "resolve_device"]
+__all__ = ["ClipEncoder", "checkpoint_preprocess", "load_encoder", "resolve_checkpoint", "resolve_device"]
 
 
 def resolve_device(device: str = "auto") -> Any:
@@ -116,8 +116,10 @@ def load_encoder(model: str, pretrained: str | None = None, device: str = "auto"
     checkpoint = resolve_checkpoint(spec.model_name, spec.pretrained)
     # a checkpoint file goes through open_clip's own loading (strict, weights only); passing None and loading
     # afterwards would make create_model log "No pretrained weights loaded ... initialized randomly"
+    forced = checkpoint_preprocess(spec.model_name) if is_checkpoint_path(spec.pretrained) else {}
     net, _, preprocess = open_clip.create_model_and_transforms(
-        spec.model_name, pretrained=str(checkpoint) if checkpoint is not None else None, device="cpu")
+        spec.model_name, pretrained=str(checkpoint) if checkpoint is not None else None, device="cpu",
+        **{f"image_{key}": value for key, value in forced.items()})
     net = net.to(torch_device).float().eval()
     tokenizer = spec.tokenizer() if spec.tokenizer else open_clip.get_tokenizer(spec.model_name)
     identity = EncoderIdentity(
@@ -160,6 +162,29 @@ def _text_dim(net: Any) -> int:
     if projection is None:  # no projection, or an HF text tower (its own `proj`): the tower says its width
         return int(getattr(text, "output_dim", None) or (text.width if text is not None else net.transformer.width))
     return int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[1])
+
+
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def checkpoint_preprocess(model_name: str) -> dict[str, Any]:
+    """The image preprocess settings every published weight set (pretrained tag) of `model_name` agrees on, for
+    its weights given as a checkpoint file.
+
+    open_clip applies a tag's preprocess only when it downloads that tag itself; the same weights passed as a
+    file would get CLIP's defaults (OpenAI mean/std, bicubic), which MobileCLIP (mean 0, std 1, bilinear),
+    SigLIP (0.5, squash) and others were not trained with. A setting the tags disagree on (ViT-L-14's mean) is
+    left to open_clip's default; a model without tags (the tiny CLIP) gets nothing."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    cfgs = [open_clip.get_pretrained_cfg(model_name, tag) for tag in tags]
+    agreed: dict[str, Any] = {}
+    for key in PREPROCESS_KEYS:
+        values = {json.dumps(cfg.get(key), default=list) for cfg in cfgs}
+        if len(values) == 1 and cfgs[0].get(key) is not None:
+            agreed[key] = cfgs[0][key]
+    return agreed
 
 
 def resolve_checkpoint(model_name: str, pretrained: str | None) -> Path | None:

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,9 @@ from search.artifact.specs import AnyTokenizerSpec, HFTokenizerSpec, PreprocessS
 from search.runtime.towers import token_lengths
 
 __all__ = [
+    "EXPORT_COSINE_FLOOR",
     "bundle_key",
+    "check_exports",
     "check_servable",
     "default_cache_dir",
     "export_bundle",
@@ -123,7 +126,8 @@ def export_tower(encoder: Any, cache_dir: Path, name: str, tower: Callable[[Any]
 @dataclass(frozen=True)
 class TextParts:
     """The pieces of an open_clip text tower the export runs, whichever model class holds them: CLIP keeps them
-    on the model itself (`text_pool_type`, `text_eos_id`), CustomTextCLIP (SigLIP, SigLIP2) on `model.text`."""
+    on the model itself (`text_pool_type`, `text_eos_id`), CustomTextCLIP (SigLIP, SigLIP2, MobileCLIP) on
+    `model.text`."""
 
     source: Any  # the module holding token_embedding, positional_embedding, transformer, ln_final, text_projection
     pool_type: str
@@ -174,7 +178,9 @@ def _is_causal(mask: Any) -> bool:
 
 
 def trim_is_exact(model: Any) -> bool:
-    """True when dropping trailing padding cannot change the pooled feature (causal mask + EOT pooling)."""
+    """True when dropping trailing padding cannot change the pooled feature (causal mask + EOT pooling: CLIP,
+    MobileCLIP-B). Without a causal mask every position attends to the padding, so the padding length is part
+    of the model and the tower is fed the full context (SigLIP's last pool, MobileCLIP-S*/MobileCLIP2's EOT)."""
     text = getattr(model, "text", None)
     source = model if text is None else text
     mask = getattr(source, "attn_mask", None)
@@ -362,15 +368,34 @@ def _image_tower_module(model: Any) -> Any:
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return F.normalize(self.visual(pixels), dim=-1)
 
-    return NormalisedImageTower(model.visual).eval()
+    return NormalisedImageTower(_inference_form(model.visual)).eval()
+
+
+def _inference_form(visual: Any) -> Any:
+    """A timm trunk with re-parameterisable blocks (MobileOne/FastViT branches: MobileCLIP's image towers) as a
+    fused copy: each block's parallel convolutions and batch norms folded into one convolution, the same function
+    to float rounding (the publish check holds the export to open_clip's own encode_image) at fewer operations.
+    Every other tower is exported as it is."""
+    from open_clip.timm_model import TimmModel
+
+    if not isinstance(visual, TimmModel) or not any(hasattr(m, "reparameterize") for m in visual.modules()):
+        return visual
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(visual)
+
+
+def _image_size(encoder: Any) -> tuple[int, int]:
+    """(height, width) the image tower takes (open_clip towers keep an int or a pair)."""
+    size = getattr(encoder.model.visual, "image_size", 224)
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def export_image_tower(encoder: Any, cache_dir: Path) -> Path:
     """Export (once) the image tower to `cache_dir/<export key>/image.onnx` with a dynamic batch axis."""
     import torch
 
-    size = getattr(encoder.model.visual, "image_size", 224)  # open_clip towers: an int or (height, width)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    height, width = _image_size(encoder)
     # batch 3 in the example: a batch of 1 or 2 can let the tracer fold the batch size into reshapes
     sample = torch.zeros((3, 3, height, width), dtype=torch.float32)
     return export_tower(encoder, cache_dir, "image", _image_tower_module, (sample,), ["pixels"], ["features"],
@@ -491,6 +516,48 @@ def check_servable(encoder: Any) -> None:
         raise EncoderNotServableError(str(exc)) from exc
 
 
+# -- the exports checked against open_clip --------------------------------------------------------------------
+EXPORT_COSINE_FLOOR = 0.9999
+_CHECK_TEXTS = ("a photo of a cat", "A Small RED Circle 東京の夜景 مرحبا 😀", "x",
+                "a large blue star on a sky background " * 9)
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+def check_exports(encoder: Any, text_path: Path, image_path: Path) -> None:
+    """EncoderNotServableError when the fp32 graphs do not reproduce open_clip's own `encode_text` and
+    `encode_image` (cosine below EXPORT_COSINE_FLOOR on a few texts fed as the runtime feeds them, and on random
+    pixels): a tower whose export is not exact (an op the tracer fixed to its example, a stale export cache) is
+    refused at publish, never served approximately. The reference runs in float32 on the CPU, as the export."""
+    import torch
+
+    from search.runtime.sessions import ort_session
+    from search.runtime.towers import OnnxTextEncoder
+
+    spec = text_spec(encoder)
+    tokens = np.asarray(encoder.tokenize(list(_CHECK_TEXTS)), dtype=np.int64)
+    text = OnnxTextEncoder(SimpleNamespace(context_length=tokens.shape[1]), ort_session(text_path, 1), encoder.dim,
+                           spec.trim, spec.pool_type, spec.eos_id, spec.mask_pad_id)
+    pixels = np.random.default_rng(0).standard_normal((3, 3, *_image_size(encoder))).astype(np.float32)
+    model = encoder.model.float().cpu()
+    try:
+        with torch.no_grad():
+            want_text = model.encode_text(torch.from_numpy(tokens)).numpy()
+            want_image = model.encode_image(torch.from_numpy(pixels)).numpy()
+    finally:
+        encoder.model.to(encoder.device)
+    got_image = ort_session(image_path, 1).run(None, {"pixels": pixels})[0]
+    for tower, got, want, path in (("text", text.encode_token_ids(tokens), want_text, text_path),
+                                   ("image", got_image, want_image, image_path)):
+        cosine = _min_cosine(np.asarray(got, np.float64), np.asarray(want, np.float64))
+        if not cosine >= EXPORT_COSINE_FLOOR:
+            raise EncoderNotServableError(
+                f"the exported {tower} tower ({path}) does not reproduce open_clip's encode_{tower} (cosine "
+                f"{cosine:.5f} < {EXPORT_COSINE_FLOOR}): the runtime cannot serve it exactly")
+
+
 # -- int8 ---------------------------------------------------------------------------------------------------
 # ONNX Runtime's quantizer logs this (on the root logger) for any model that has not been through its
 # `quant_pre_process`. The int8 tower is measured as quantised here, without that step (benchmarks/int8_towers.py
@@ -567,8 +634,10 @@ def export_bundle(encoder: Any, store: Path, cache_dir: Path | None = None, int8
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _link_or_copy(export_text_tower(encoder, cache), tmp / TEXT_FILE)
-        _link_or_copy(export_image_tower(encoder, cache), tmp / IMAGE_FILE)
+        text_path, image_path = export_text_tower(encoder, cache), export_image_tower(encoder, cache)
+        check_exports(encoder, text_path, image_path)  # the reason, before the folder exists
+        _link_or_copy(text_path, tmp / TEXT_FILE)
+        _link_or_copy(image_path, tmp / IMAGE_FILE)
         names = [TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE]
         if int8_text:
             quantize_int8(tmp / TEXT_FILE, tmp / TEXT_INT8_FILE, reduce_range=hf_int8_reduce_range(encoder))
