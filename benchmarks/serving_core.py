@@ -7,7 +7,8 @@ the bare ONNX session encode of the same kind of queries, and the bare artifact 
 fast-phase top-10 overlap with the full top-10, and (--profile) a py-spy profile of the server under load.
 
     .venv/bin/python benchmarks/serving_core.py [--n 1000000] [--vectors clustered|isotropic] [--duration 10]
-        [--profile]
+        [--profile] [--only RUN ...]
+`--only` runs the named runs alone (short checks; each run then shows its ANN + rerank over the bare call).
 `targets` prints each target of the serving-core issue beside its baseline from the same run; `--profile`
 records where the event loop's and each thread's CPU goes under 16-connection misses (benchmarks/cpu_profile.py).
 Prints one JSON object (also written to benchmarks/out/serving_core.json).
@@ -288,6 +289,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=0,
                         help="rank.ann_params nprobe for service and bare ANN (0: the manifest's tuned value)")
     parser.add_argument("--work", type=Path, default=OUT / "serving")
+    parser.add_argument("--only", nargs="+", metavar="RUN",
+                        help="only these runs (e.g. hit_c1_no_page_cache miss_full_c1); no ratios or targets then")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -317,6 +320,9 @@ def main() -> None:
                                ("miss_full_c1_no_batching", "miss", "full", 1)],
         (True, True, True): [("miss_full_c16_pool2cpu", "miss", "full", 16)],
     }
+    if args.only:
+        plan = {config: kept for config, scenarios in plan.items()
+                if (kept := [s for s in scenarios if s[0] in args.only])}
     runs: dict[str, Any] = {}
     for (batching, pool, pages), scenarios in plan.items():
         settings = scenario_settings(base, batching, pool, pages)
@@ -338,7 +344,7 @@ def main() -> None:
                              searches_per_search_batch=round(lane_rows / lane_batches, 2) if lane_batches else None,
                              load_average=round(os.getloadavg()[0], 2))
                 runs[name] = stats
-            if batching and not pool and pages:
+            if batching and not pool and pages and not args.only:
                 result["fast_top10_overlap_with_full"] = overlap(server.url, args.overlap_queries)
                 if args.profile:  # where the loop's and each thread's CPU goes under 16-connection misses
                     result["profile_c16_miss"] = profile_process(
@@ -346,6 +352,14 @@ def main() -> None:
                         lambda: wrk(server.url, script, args.duration, 16, "miss", "full", 5))
     result["runs"] = runs
     bare = result["bare"]
+    if args.only:
+        for run in runs.values():  # the in-service ANN + rerank against the bare call of the same run
+            stages = run["stage_means_ms"]
+            run["ann_rerank_over_bare"] = round((stages.get("ann", 0) + stages.get("rerank", 0))
+                                                / bare["bare_ann_rerank_mean_ms"], 2)
+        finish(result)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     c1 = runs["miss_full_c1"]["stage_means_ms"]
     result["ratios"] = {
         "in_service_encode_minus_bare_ms": round(c1.get("encode", 0) - bare["bare_encode_one_query_mean_ms"], 3),
@@ -365,11 +379,16 @@ def main() -> None:
         "bare_encode_ceiling_qps": round(1000 / bare["bare_encode_batch16_per_query_ms"], 1),
     }
     result["targets"] = targets(bare, runs)
+    finish(result)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(result: dict[str, Any]) -> None:
+    """Print the result and write it to benchmarks/out/serving_core.json."""
     text = json.dumps(result, indent=2)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving_core.json").write_text(text)
     print(text)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

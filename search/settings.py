@@ -62,7 +62,7 @@ class ThreadSettings(_Strict):
     ort_intra_op: int = Field(0, ge=0)
     ort_inter_op: int = Field(1, ge=1)
     ort_spinning: bool = False  # spinning intra-op threads slow the FAISS search that follows an encode
-    faiss_omp: int = Field(0, ge=0)
+    faiss_omp: int = Field(1, ge=0)  # FAISS's team on each searching thread (0: all cores; why 1: threads.py)
     loop_workers: int = Field(0, ge=0)  # the event loop's default executor (uploads, admin; searches: the search lane)
     solo_intra_op: int = Field(1, ge=0)  # a lone query on an idle pool: a session with this many threads (0: all
     # cores; 1: no solo session, the default until a quiet machine measures it: benchmarks/README.md, issue 20)

@@ -5,7 +5,9 @@ search lane turns concurrent searches into such batches."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,6 +140,36 @@ def test_concurrent_searches_share_one_lane_batch_and_answer_as_alone(world, tmp
     assert sizes[0] == len(SPECS) and sizes[1:] == [1] * len(SPECS)  # one batch, then lone searches
     _same(together, one_by_one)
     assert all(taken not in {h["id"] for h in page.hits} for page in together)
+
+
+def test_the_search_lane_runs_faiss_with_the_budgets_team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenMP keeps FAISS's team size per thread: the budget applied on the start-up thread reaches the lane's
+    thread only because the lane applies it there (a team of every core cost 8-15 ms per query on 2 loaded cores
+    against 0.3 ms: benchmarks/README.md, issue 20)."""
+    import threading
+
+    import faiss
+
+    from search.runtime import threads
+
+    def on_new_thread(fn: Callable[[], Any]) -> Any:
+        seen: list[Any] = []
+        thread = threading.Thread(target=lambda: seen.append(fn()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    monkeypatch.setattr(threads, "_PROCESS", [])  # this test's budget only
+    default = on_new_thread(faiss.omp_get_max_threads)
+    on_new_thread(lambda: threads.configure_process(threads.resolve_budget(faiss_omp=default + 1)))
+    assert on_new_thread(faiss.omp_get_max_threads) == default  # the start-up thread's setting stays there
+    searcher = Searcher(ArtifactHolder(tmp_path, None), RankSettings())
+    searcher.lane.run = lambda batch: [faiss.omp_get_max_threads()] * len(batch)  # type: ignore[list-item]
+    try:
+        team = asyncio.run(searcher.lane.submit(None))  # type: ignore[arg-type]
+    finally:
+        searcher.close()
+    assert team == default + 1
 
 
 def test_the_service_freezes_its_start_up_heap(world) -> None:

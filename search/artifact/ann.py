@@ -25,6 +25,7 @@ __all__ = [
     "mmap_flags",
     "search_parameters",
     "ann_search",
+    "search_prepared",
     "exact_search",
     "rerank",
     "recall_at_k",
@@ -125,13 +126,19 @@ def _as_queries(queries: np.ndarray) -> np.ndarray:
 def ann_search(index: Any, queries: np.ndarray, k: int,
                params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) from the ANN index with per-call parameters; missing results are label -1."""
+    return search_prepared(index, queries, k, search_parameters(index, params))
+
+
+def search_prepared(index: Any, queries: np.ndarray, k: int, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`ann_search` with the faiss.SearchParameters object (or None) from `search_parameters` built once: a
+    served part reuses it for every call (building one costs ~40 us, a sixth of a 200k-vector IVF search)."""
     q = _as_queries(queries)
     if q.shape[1] != index.d:
         raise ValueError(f"query dimension {q.shape[1]} != index dimension {index.d}")
     k = int(k)
     if k <= 0:
         raise ValueError("k must be positive")
-    scores, labels = index.search(q, k, params=search_parameters(index, params))
+    scores, labels = index.search(q, k, params=prepared)
     return np.asarray(scores), np.asarray(labels)
 
 

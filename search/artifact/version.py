@@ -228,6 +228,7 @@ class ShardPart:
         self._owns_metadata = owns_metadata
         self.ids, self.vectors = self._load_arrays()
         self.index = self._load_index()
+        self._search_params: dict[tuple[tuple[str, Any], ...], Any] = {}  # `_prepared`'s
 
     def _load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         n, dim, what = self.count, self.manifest.dim, self._what
@@ -275,7 +276,18 @@ class ShardPart:
     def ann_rows(self, queries: np.ndarray, k: int,
                  params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """ANN stage by row position of this part (-1 where fewer than k); `params` default: its tuned ones."""
-        return ann.ann_search(self.index, queries, k, self.search_params if params is None else params)
+        return ann.search_prepared(self.index, queries, k, self._prepared(params))
+
+    def _prepared(self, params: Mapping[str, Any] | None) -> Any:
+        """The faiss.SearchParameters for `params` (None: the tuned ones), built once per distinct set: a
+        service passes one or two sets for its whole life. Read-only in a search, so threads share them."""
+        key = tuple(sorted((self.index_info.params if params is None else params).items()))
+        prepared = self._search_params.get(key, self)  # self: not built yet (None is a built "nothing to set")
+        if prepared is self:
+            if len(self._search_params) >= 16:  # callers with ever-new sets: no unbounded growth
+                self._search_params.clear()
+            prepared = self._search_params[key] = ann.search_parameters(self.index, dict(key))
+        return prepared
 
     def ann_search(self, queries: np.ndarray, k: int,
                    params: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -303,9 +315,8 @@ class ShardPart:
     def search(self, queries: np.ndarray, k: int, params: Mapping[str, Any] | None = None,
                candidates: int | None = None) -> SearchResult:
         """ANN over-fetch of `candidates` (default: the tuned count, at least k), then exact float16 rerank."""
-        params = self.search_params if params is None else params
         fetch = max(int(k), int(candidates if candidates is not None else self.rerank_candidates))
-        ann_s, ann_rows = ann.ann_search(self.index, queries, fetch, params)
+        ann_s, ann_rows = self.ann_rows(queries, fetch, params)
         exact_s, rows = ann.rerank(self.vectors, queries, ann_rows, k)
         ann_of = np.full(rows.shape, np.nan, dtype=np.float32)
         for q in range(rows.shape[0]):

@@ -28,6 +28,7 @@ from search.query.shard import ShardHits, ShardQuery, shard_search
 from search.query.text_cache import QueryEmbeddingCache
 from search.query.timing import StageTimer
 from search.runtime.pool import SessionPool
+from search.runtime.threads import use_faiss_threads
 from search.runtime.towers import RuntimeEncoder
 from search.serving import build_fast_embedder, build_image_pool, build_text_batcher, configure_threads
 from search.settings import Settings
@@ -97,6 +98,7 @@ class ShardServer:
 
     def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
                hidden: frozenset[int]) -> list[ShardHits]:
+        use_faiss_threads()  # the replica's executor threads vary; OpenMP keeps FAISS's team per thread (~1 µs)
         return shard_search(self.part(version_dir), vectors, asks, hidden=hidden, params=self.params)
 
     def close(self) -> None:

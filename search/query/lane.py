@@ -28,11 +28,14 @@ class SearchLane(Generic[T, R]):
     each (a failing item fails alone)."""
 
     def __init__(self, run: Callable[[list[T]], Sequence[R | BaseException]], max_batch: int = 64,
-                 on_batch: Callable[[int], None] | None = None, name: str = "search-lane"):
+                 on_batch: Callable[[int], None] | None = None, name: str = "search-lane",
+                 initializer: Callable[[], None] | None = None):
+        """`initializer` runs once on the lane's thread before its first batch (per-thread settings such as
+        FAISS's OpenMP team, which a setting made on another thread does not reach)."""
         self.run = run
         self.max_batch = max(1, max_batch)
         self.on_batch = on_batch or (lambda size: None)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=initializer)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._busy = False
         self._scheduled = False

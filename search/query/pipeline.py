@@ -27,6 +27,7 @@ from search.query.shard import ShardFanout
 from search.query.spec import SearchSpec
 from search.query.text_cache import QueryEmbeddingCache, normalize_query
 from search.query.timing import StageTimer
+from search.runtime.threads import use_faiss_threads
 from search.settings import RankSettings
 
 __all__ = ["FanoutFor", "SearchSpec", "SearchOutcome", "QueryEmbedder", "Searcher", "TextBatcher"]
@@ -138,7 +139,8 @@ class Searcher:
         self.takedowns = takedowns
         self.pages = pages  # exact result-page cache (None: every search runs ANN + rerank)
         self.on_page_lookup = on_page_lookup or (lambda hit: None)
-        self.lane: SearchLane[_Search, Page] = SearchLane(self._run, max_batch=max_batch, on_batch=on_batch)
+        self.lane: SearchLane[_Search, Page] = SearchLane(self._run, max_batch=max_batch, on_batch=on_batch,
+                                                          initializer=use_faiss_threads)
 
     async def search(self, vector: np.ndarray, spec: SearchSpec, timer: StageTimer) -> SearchOutcome:
         with self.holder.lease() as artifact:

@@ -16,7 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["ThreadBudget", "apply_faiss_threads", "configure_process", "process_budget", "resolve_budget",
-           "session_options", "use_loop_workers"]
+           "session_options", "use_faiss_threads", "use_loop_workers"]
 
 _PROCESS: list[ThreadBudget] = []  # the budget this process was configured with (threads are process-wide)
 
@@ -40,10 +40,13 @@ def _cores() -> int:
 
 
 def resolve_budget(ort_intra_op: int = 0, ort_inter_op: int = 1, ort_spinning: bool = False,
-                   faiss_omp: int = 0, loop_workers: int = 0) -> ThreadBudget:
+                   faiss_omp: int = 1, loop_workers: int = 0) -> ThreadBudget:
     """0 means: ONNX Runtime gets all cores this process may use but one, which stays with the event loop (on
     2 cores under 2x overload: admitted p99 117 vs 214 ms, rejections 6.6 vs 9.0 ms, at +0.6 ms for one int8
-    12-token encode; benchmarks/README.md); FAISS all cores (encode and search take turns, never spin)."""
+    12-token encode; benchmarks/README.md); FAISS all cores. FAISS's default is one thread: it splits a search
+    over its queries, and a team whose helper slept since the last search (an idle gap between requests) waits
+    for it to be scheduled again: 8-15 ms for one query against 0.3 ms alone on 2 loaded cores, and slower at
+    every batch size up to 64 (benchmarks/lane_ann.py; benchmarks/README.md, issue 20)."""
     cores = _cores()
     return ThreadBudget(ort_intra_op=ort_intra_op or max(1, cores - 1), ort_inter_op=max(1, ort_inter_op),
                         ort_spinning=ort_spinning, faiss_omp=faiss_omp or cores,
@@ -67,17 +70,26 @@ def session_options(budget: ThreadBudget | None) -> Any:
 
 
 def apply_faiss_threads(budget: ThreadBudget) -> None:
-    """FAISS's OpenMP team size for this process (a global in FAISS; set once at start-up)."""
+    """FAISS's OpenMP team size for the calling thread. OpenMP (libgomp) keeps the team size per thread: a
+    thread that never set it uses every core, so each thread that runs FAISS sets it (`use_faiss_threads`)."""
     import faiss
 
     faiss.omp_set_num_threads(budget.faiss_omp)
-    log.info("thread budget: %s", budget)
+
+
+def use_faiss_threads() -> None:
+    """Give the calling thread the process budget's FAISS team (nothing configured: FAISS's default): the
+    initializer of the threads that search (the search lane's, the loop's executor)."""
+    budget = process_budget()
+    if budget is not None:
+        apply_faiss_threads(budget)
 
 
 def configure_process(budget: ThreadBudget) -> None:
     """Make `budget` the process's: FAISS's OpenMP team now, ONNX sessions created from here on."""
     _PROCESS[:] = [budget]
     apply_faiss_threads(budget)
+    log.info("thread budget: %s", budget)
 
 
 def process_budget() -> ThreadBudget | None:
@@ -92,4 +104,5 @@ def use_loop_workers(loop: Any) -> None:
 
     budget = process_budget()
     if budget is not None:
-        loop.set_default_executor(ThreadPoolExecutor(budget.loop_workers, thread_name_prefix="search"))
+        loop.set_default_executor(ThreadPoolExecutor(budget.loop_workers, thread_name_prefix="search",
+                                                     initializer=use_faiss_threads))
