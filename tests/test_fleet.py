@@ -8,6 +8,7 @@ shuts Serve and Ray down at the end. Without Ray it skips locally and fails unde
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator, Sequence
@@ -22,13 +23,15 @@ from fastapi.testclient import TestClient
 from search.artifact.manifest import ArtifactError
 from search.artifact.version import current_version, open_current
 from search.fleet.config import FleetConfigError, load_fleet
-from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
+from search.fleet.deadline import call_with_deadline
+from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
+from search.fleet.hedge import HedgeRule
 from search.fleet.parts import ShardServer
 from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
-from tests.fleet_support import Done
+from tests.fleet_support import Done, Stuck, StuckAwaitable
 from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
 ONE_SECOND = ShardTiming(1.0, 1.0)  # per call, and for a cold shard
@@ -82,6 +85,9 @@ def _config(settings: Settings, path: Path) -> Path:
     ({"shards": {"count": 1, "num_replicas": 2, "autoscaling_config": {"min_replicas": 1}}},
      r"^fleet args: shards: Value error, give num_replicas or autoscaling_config, not both$"),
     ({"store": "/nonexistent/store"}, r"^store /nonexistent/store: .*does not exist"),
+    ({"hedge": {"min_samples": 300}},
+     r"^fleet args: hedge: Value error, min_samples 300 exceeds window 200: the p95 would never be used$"),
+    ({"encoder_timeout_s": 0}, r"^fleet args: encoder_timeout_s: Input should be greater than 0$"),
 ])
 def test_fleet_args_that_cannot_deploy_fail_with_one_line(world: WorldStore, tmp_path: Path,
                                                            change: dict[str, Any], message: str) -> None:
@@ -107,6 +113,7 @@ def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: 
     assert app["import_path"] == "search.fleet.app:build_app"
     fleet, _ = load_fleet({**app["args"], "store": str(world.store), "config": str(ROOT / app["args"]["config"])})
     assert fleet.shards.autoscaling_config is not None and fleet.shards.autoscaling_config["min_replicas"] == 2
+    assert fleet.hedge is not None and fleet.hedge.rule() == HedgeRule()  # the YAML spells out the defaults
     cpus = sum(d.ray_actor_options.num_cpus * (d.autoscaling_config or {}).get("min_replicas", d.num_replicas or 1)
                * (fleet.shards.count if d is fleet.shards else 1) for d in (fleet.ingress, fleet.encoder, fleet.shards))
     assert cpus <= 2.0  # the shipped fleet starts on one 2-core machine
@@ -159,6 +166,70 @@ def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
 
     return RemoteParts(text, pixels, lambda artifact, hidden: fan_out([RemoteShard("Shard0", call)],
                                                                       str(artifact.path), hidden, ONE_SECOND))
+
+
+def _slow_remote(world: WorldStore, encoder_stuck: int) -> tuple[RemoteParts, list[Stuck], list[StuckAwaitable]]:
+    """Remote parts whose shard has a replica that never answers (every batch's first call goes to it, its
+    second to the other: Serve's router would pick the replica the first call does not occupy), and whose
+    encoder's first `encoder_stuck` out of every 2 calls never answer. Hedge after 10 ms; deadlines 60 s for
+    shards, 0.2 s for the encoder. Returns the parts and the stuck calls made."""
+    import itertools
+
+    local = _local_remote(world)
+    server = ShardServer(settings_for(world), 0)
+    stuck: list[Stuck] = []
+    stuck_encodes: list[StuckAwaitable] = []
+    shard_calls, encoder_calls = itertools.count(), itertools.count()
+
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
+        if next(shard_calls) % 2 == 0:
+            stuck.append(Stuck())
+            return stuck[-1]
+        return Done(server.search(version_dir, qv, asks, hidden))
+
+    shard = RemoteShard("Shard0", call)
+    timing = ShardTiming(60.0, 60.0, hedge=HedgeRule(min_samples=10**6, window=10**6, default_s=0.01))
+    warmth, encoder_timing = Warmth(None), ShardTiming(0.2, 0.2)
+
+    async def text(query: str, phase: str, language: str | None = None) -> np.ndarray:
+        async def encode() -> np.ndarray:
+            return await local.text(query, phase, language)
+
+        def start() -> Any:
+            if next(encoder_calls) % 2 < encoder_stuck:
+                stuck_encodes.append(StuckAwaitable())
+                return stuck_encodes[-1]
+            return asyncio.ensure_future(encode())  # awaitable, with cancel(), as a DeploymentResponse
+
+        return await call_with_deadline("QueryEncoder", start, warmth, encoder_timing)  # type: ignore[no-any-return]
+
+    parts = RemoteParts(text, local.pixels, lambda artifact, hidden: fan_out([shard], str(artifact.path), hidden,
+                                                                             timing))
+    return parts, stuck, stuck_encodes
+
+
+def test_a_slow_shard_replica_is_hedged_and_a_stuck_encoder_call_retried_the_pages_unchanged(
+        world: WorldStore) -> None:
+    requests = _requests(world)
+    want = _single_process_pages(world, requests)
+    remote, stuck, stuck_encodes = _slow_remote(world, encoder_stuck=1)
+    got = _single_process_pages(world, requests, remote=remote)
+    for g, w, (method, path, kw) in zip(got, want, requests, strict=True):
+        _assert_same_page(g, w, f"{method} {path} {kw.get('params') or kw.get('json')}")
+    assert len(stuck) >= 8 and all(call.cancelled.wait(10) for call in stuck)  # each lost to its hedge
+    assert stuck_encodes and all(call.cancelled.wait(10) for call in stuck_encodes)  # each passed its deadline
+
+
+def test_an_encoder_that_does_not_answer_gives_503_naming_it_with_retry_after(world: WorldStore) -> None:
+    remote, _, stuck_encodes = _slow_remote(world, encoder_stuck=2)
+    app = create_app(settings_for(world), encoder=runtime_for(world), remote=remote)
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        r = client.get("/search", params={"q": world.queries[0]["query"], "k": 5})
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    body = r.json()
+    assert body["error"] == "query encoder QueryEncoder is unavailable: TimeoutError: no answer within 0.2 s"
+    assert body["detail"] == {"encoder": "QueryEncoder"} and body["request_id"] == r.headers["x-request-id"]
+    assert len(stuck_encodes) == 2  # the call and its one retry
 
 
 def test_every_replica_of_a_shard_gone_answers_503_naming_it_with_retry_after(world: WorldStore) -> None:

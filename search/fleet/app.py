@@ -20,7 +20,9 @@ from ray.serve.handle import DeploymentHandle
 
 from search.artifact.version import Artifact
 from search.fleet.config import load_fleet
+from search.fleet.deadline import call_with_deadline
 from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
+from search.fleet.hedge import LatencyWindow
 from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
 from search.fleet.switch import PartReady, RemotePrepare, version_gate
 from search.http.app import create_app
@@ -65,12 +67,15 @@ class ShardReplica:
 
 
 class IngressReplica:
-    def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder: DeploymentHandle,  # type: ignore[type-arg]
-                 shards: list[DeploymentHandle]):  # type: ignore[type-arg]
+    def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder_timing: ShardTiming,
+                 encoder: DeploymentHandle, shards: list[DeploymentHandle]):  # type: ignore[type-arg]
         self.settings = _settings(store, config)
         self.encoder = encoder
-        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s))
-                       for handle in shards]
+        self.encoder_timing = encoder_timing
+        self.encoder_warmth = Warmth(encoder_timing.idle_s)
+        window = timing.hedge.window if timing.hedge is not None else 1
+        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s),
+                                   LatencyWindow(window)) for handle in shards]
         self.gate = version_gate([RemotePrepare(handle.deployment_name, _prepare_call(handle)) for handle in shards],
                                  max(timing.timeout_s, timing.cold_start_timeout_s))
         self.timing = timing
@@ -80,10 +85,14 @@ class IngressReplica:
         return OneRequestId(app)
 
     async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
-        return await self.encoder.text.remote(text, phase, language)  # type: ignore[no-any-return]
+        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
+                                        lambda: self.encoder.text.remote(text, phase, language),
+                                        self.encoder_warmth, self.encoder_timing)
 
     async def _pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await self.encoder.pixels.remote(pixels)  # type: ignore[no-any-return]
+        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
+                                        lambda: self.encoder.pixels.remote(pixels),
+                                        self.encoder_warmth, self.encoder_timing)
 
     def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
         return fan_out(self.shards, str(artifact.path), hidden, self.timing)
@@ -139,6 +148,9 @@ def build_app(args: dict[str, Any]) -> Application:
     shard_options = fleet.shards.serve_options()
     shards = [Shard.options(name=f"Shard{i}", **shard_options).bind(store, config, i)
               for i in range(fleet.shards.count)]
-    timing = ShardTiming(fleet.shard_timeout_s, fleet.cold_start_timeout_s, fleet.shards.idle_to_zero_s())
-    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, timing, encoder, shards)
+    timing = ShardTiming(fleet.shard_timeout_s, fleet.cold_start_timeout_s, fleet.shards.idle_to_zero_s(),
+                         fleet.hedge.rule() if fleet.hedge is not None else None)
+    encoder_timing = ShardTiming(fleet.encoder_timeout_s, fleet.cold_start_timeout_s, fleet.encoder.idle_to_zero_s())
+    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, timing, encoder_timing,
+                                                                             encoder, shards)
     return app
