@@ -59,16 +59,19 @@ def _replicas(name: str, answers: list[Any], calls: list[Any]) -> RemoteShard:
     return RemoteShard(name, call)
 
 
-def _search(shard: RemoteShard | list[RemoteShard], timing: ShardTiming, n: int = 2) -> Sequence[Sequence[ShardHits]]:
+def _search(shard: RemoteShard | list[RemoteShard], timing: ShardTiming, n: int = 2,
+            kinds: list[tuple[str, str]] | None = None) -> Sequence[Sequence[ShardHits]]:
     shards = shard if isinstance(shard, list) else [shard]
-    return fan_out(shards, "v", frozenset(), timing)(np.zeros((n, 4), np.float32), [ShardQuery(fetch=1)] * n)
+    count = (lambda name, kind: kinds.append((name, kind))) if kinds is not None else None
+    return fan_out(shards, "v", frozenset(), timing, count)(np.zeros((n, 4), np.float32), [ShardQuery(fetch=1)] * n)
 
 
 def test_a_call_past_the_p95_is_hedged_and_the_first_answer_wins() -> None:
     stuck, fast, calls = Stuck(), Done(_hits(2)), list[Any]()
-    shard = _replicas("Shard0", [stuck, fast], calls)
-    out = _search(shard, ShardTiming(60.0, 60.0, hedge=SOON))
+    shard, kinds = _replicas("Shard0", [stuck, fast], calls), list[tuple[str, str]]()
+    out = _search(shard, ShardTiming(60.0, 60.0, hedge=SOON), kinds=kinds)
     assert calls == [stuck, fast] and [len(per) for per in out] == [2]
+    assert kinds == [("Shard0", "first"), ("Shard0", "hedge")]
     assert stuck.cancelled.wait(10)  # the loser is cancelled, not left to its 60 s deadline
     assert not fast.cancelled
     assert shard.latency.hedge_after_s(HedgeRule(min_samples=1)) < 60  # the winner's time is in the window
@@ -77,8 +80,10 @@ def test_a_call_past_the_p95_is_hedged_and_the_first_answer_wins() -> None:
 def test_a_hedged_shard_whose_two_calls_fail_is_still_retried_once() -> None:
     calls: list[Any] = []
     shard = _replicas("Shard0", [Stuck(), Done(error=RuntimeError("replica died")), Done(_hits(2))], calls)
-    out = _search(shard, ShardTiming(0.2, 0.2, hedge=SOON))  # the stuck first call passes its 0.2 s deadline
+    kinds = list[tuple[str, str]]()
+    out = _search(shard, ShardTiming(0.2, 0.2, hedge=SOON), kinds=kinds)  # the stuck first passes its deadline
     assert len(calls) == 3 and [len(per) for per in out] == [2]
+    assert [kind for _, kind in kinds] == ["first", "hedge", "retry"]
 
 
 def test_a_hedged_shard_fails_with_503_only_when_its_retry_fails_too() -> None:

@@ -79,10 +79,12 @@ class IngressReplica:
         self.gate = version_gate([RemotePrepare(handle.deployment_name, _prepare_call(handle)) for handle in shards],
                                  max(timing.timeout_s, timing.cold_start_timeout_s))
         self.timing = timing
+        self.service_app: Any = None  # the service app (its state holds the metrics the fan-out counts calls in)
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = create_app(self.settings, remote=RemoteParts(self._text, self._pixels, self._fanout_for, self.gate))
-        return OneRequestId(app)
+        remote = RemoteParts(self._text, self._pixels, self._fanout_for, self.gate)
+        self.service_app = create_app(self.settings, remote=remote)
+        return OneRequestId(self.service_app)
 
     async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
         return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
@@ -95,7 +97,12 @@ class IngressReplica:
                                         self.encoder_warmth, self.encoder_timing)
 
     def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
-        return fan_out(self.shards, str(artifact.path), hidden, self.timing)
+        return fan_out(self.shards, str(artifact.path), hidden, self.timing, self._count)
+
+    def _count(self, shard: str, kind: str) -> None:
+        service = getattr(getattr(self.service_app, "state", None), "service", None)  # built at the app's start
+        if service is not None:
+            service.metrics.shard_calls.labels(shard=shard, kind=kind).inc()
 
 
 class OneRequestId:

@@ -34,7 +34,7 @@ from search.query.shard import ShardFanout, ShardHits, ShardQuery, ShardUnavaila
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pending", "RemoteShard", "ShardTiming", "Warmth", "fan_out"]
+__all__ = ["CallCounter", "Pending", "RemoteShard", "ShardTiming", "Warmth", "fan_out"]
 
 
 class Pending(Protocol):
@@ -100,15 +100,19 @@ def _waiters() -> ThreadPoolExecutor:
         return _pool
 
 
+CallCounter = Callable[[str, str], None]  # (shard name, "first" | "hedge" | "retry"): one call made
+
+
 def fan_out(shards: Sequence[RemoteShard], version_dir: str, hidden: frozenset[int],
-            timing: ShardTiming) -> ShardFanout:
-    """The fan-out `search_batch` calls for one batch over `version_dir`'s parts."""
+            timing: ShardTiming, count: CallCounter | None = None) -> ShardFanout:
+    """The fan-out `search_batch` calls for one batch over `version_dir`'s parts (`count`: told of every call
+    made, for the ingress's metrics)."""
 
     def fanout(qv: np.ndarray, asks: Sequence[ShardQuery]) -> Sequence[Sequence[ShardHits]]:
         args = (version_dir, qv, list(asks), hidden)
         budgets = [shard.warmth.budget(timing) for shard in shards]  # before the calls: a cold shard's wait
-        calls = [_ShardCalls(shard, args, len(asks), budget, timing) for shard, budget in zip(shards, budgets,
-                                                                                                 strict=True)]
+        calls = [_ShardCalls(shard, args, len(asks), budget, timing, count)
+                 for shard, budget in zip(shards, budgets, strict=True)]
         try:
             while True:
                 now = time.monotonic()
@@ -136,17 +140,19 @@ class _ShardCalls:
     """One shard's calls for one batch: the first, at most one hedge, at most one retry."""
 
     def __init__(self, shard: RemoteShard, args: tuple[Any, ...], asked: int, first_s: float,
-                 timing: ShardTiming):
-        self.shard, self.args, self.asked, self.timing = shard, args, asked, timing
+                 timing: ShardTiming, count: CallCounter | None):
+        self.shard, self.args, self.asked, self.timing, self.count = shard, args, asked, timing, count
         self.calls: list[_Call] = []
         self.hits: list[ShardHits] = []
         self.retried = False
         warm = first_s <= timing.timeout_s
         self.hedge_at = (time.monotonic() + shard.latency.hedge_after_s(timing.hedge)
                          if timing.hedge is not None and warm else None)
-        self._start(first_s)
+        self._start(first_s, "first")
 
-    def _start(self, timeout_s: float) -> None:
+    def _start(self, timeout_s: float, kind: str) -> None:
+        if self.count is not None:
+            self.count(self.shard.name, kind)
         started = time.monotonic()
         pending = self.shard.call(*self.args)
         self.calls.append(_Call(pending, _waiters().submit(_settle, pending, timeout_s, self.asked, started)))
@@ -174,11 +180,11 @@ class _ShardCalls:
                 raise ShardUnavailable(self.shard.name, _one_line(last)) from last
             log.warning("shard %s failed (%s); retrying once", self.shard.name, _one_line(last))
             self.retried, self.hedge_at = True, None
-            self._start(self.timing.timeout_s)
+            self._start(self.timing.timeout_s, "retry")
         elif self.hedge_at is not None and now >= self.hedge_at:
             log.debug("shard %s has not answered by its p95; hedging", self.shard.name)
             self.hedge_at = None
-            self._start(self.timing.timeout_s)
+            self._start(self.timing.timeout_s, "hedge")
         return False
 
     def cancel_outstanding(self) -> None:
