@@ -4,7 +4,13 @@ The synthetic-world store with the real tiny encoder; the same service settings 
 off, so every request runs the search; the query-vector cache warmed, so the figure is the search path's hops,
 not the encode). The single-process service is `python -m search serve` in a subprocess; the fleet runs on a
 local 2-CPU Ray (ingress, query encoder, 2 replicas of Shard0, fractional CPUs) deployed with `serve.run`.
-Both are asked the same sequence of GET /search requests, one at a time.
+Both are asked the same sequence of GET /search requests, one at a time, each followed by a GET /healthz.
+Where the added time goes: `added_p50_split_ms` (the proxy's hop, from /healthz; the time inside the ingress
+against the single process's, from the pages' own `timings_ms.total`) and `handle_calls` (one Shard0 search
+through a handle, through the ingress's fan-out over that handle, and in this process; a no-op Serve deployment's
+handle call, answered on its replica's loop or from a thread: Serve's cost of one hop here, and of the thread;
+the same no-op call carrying a shard's 100-candidate answer there and back, with float32 rows and with the
+float16 rows the wire sends (search/fleet/wire.py), and the answer's pickled size either way).
 
 Cold start (`--only cold_start` runs only this): a second fleet application whose QueryEncoder and Shard0 scale to
 zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with shorter delays); once Serve
@@ -24,8 +30,10 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import pickle
 import signal
 import statistics
 import subprocess
@@ -36,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402 - puts the repository root on the path
@@ -46,22 +55,85 @@ from search.settings import CacheSettings  # noqa: E402
 from tests.service_support import free_port, running_server, settings_for, world_store  # noqa: E402
 
 
-def _latencies(url: str, queries: list[str], n: int) -> list[float]:
+def _latencies(url: str, queries: list[str], n: int) -> dict[str, list[float]]:
+    """Milliseconds per GET /search as the client sees it (`search`), the service's own total for it (its body's
+    timings_ms: from the route to the page, inside the app), and per GET /healthz right after (`healthz`: the
+    HTTP path with no search behind it)."""
+    out: dict[str, list[float]] = {"search": [], "in_app": [], "healthz": []}
     with httpx.Client(base_url=url, timeout=60) as client:
         for q in queries:  # warm the query-vector cache (and the connection)
             assert client.get("/search", params={"q": q, "k": 10}).status_code == 200
-        out = []
         for i in range(n):
             start = time.perf_counter()
             r = client.get("/search", params={"q": queries[i % len(queries)], "k": 10})
-            out.append((time.perf_counter() - start) * 1000)
+            out["search"].append((time.perf_counter() - start) * 1000)
             assert r.status_code == 200, r.text
+            out["in_app"].append(r.json()["timings_ms"]["total"])
+            start = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            out["healthz"].append((time.perf_counter() - start) * 1000)
     return out
 
 
-def _summary(ms: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(ms, n=100)
-    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(cuts[98], 2)}
+def _summary(ms: dict[str, list[float]]) -> dict[str, float]:
+    cuts = statistics.quantiles(ms["search"], n=100)
+    return {"p50_ms": round(statistics.median(ms["search"]), 2), "p99_ms": round(cuts[98], 2),
+            "in_app_p50_ms": round(statistics.median(ms["in_app"]), 2),
+            "healthz_p50_ms": round(statistics.median(ms["healthz"]), 2)}
+
+
+def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, float | int]:
+    """Where a shard call's time goes: the same search in this process (`ShardServer`), through a handle to the
+    fleet's Shard0, and a no-op Serve deployment's handle call with the same query vector (Serve's own cost
+    of one hop on this machine). Medians in ms."""
+    from ray import serve
+
+    from search.artifact.version import current_path
+    from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
+    from search.fleet.parts import ShardServer
+    from search.fleet.wire import to_wire
+    from search.query.shard import ShardQuery
+
+    @serve.deployment(name="Echo", ray_actor_options={"num_cpus": 0.1})
+    class Echo:
+        async def echo(self, value: Any) -> Any:
+            return value
+
+        async def echo_in_thread(self, value: Any) -> Any:  # as a replica that runs its work off its loop
+            return await asyncio.to_thread(lambda: value)
+
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    echo = serve.get_deployment_handle("Echo", app_name="echo")
+    shard = serve.get_deployment_handle("Shard0", app_name=app)
+    server = ShardServer(settings, 0)
+    version_dir = str(current_path(store))
+    qv = np.load(store / "vectors.npy")[:1].astype(np.float32)
+    asks = [ShardQuery(fetch=100)]
+    hits32 = server.search(version_dir, qv, asks, frozenset())
+    hits16 = to_wire(hits32)
+    fanout = fan_out([RemoteShard("Shard0", lambda *a: shard.search.remote(*a))], version_dir, frozenset(),
+                     ShardTiming(5.0, 5.0))
+    times: dict[str, list[float]] = {name: [] for name in ("in_process_search", "shard_handle_call",
+                                                           "shard_fan_out", "noop_handle_call",
+                                                           "noop_handle_call_to_thread")}
+    for i in range(n + 20):  # the first 20: warm-up
+        for name, call in (("in_process_search", lambda: server.search(version_dir, qv, asks, frozenset())),
+                           ("shard_handle_call", lambda: shard.search.remote(version_dir, qv, asks,
+                                                                             frozenset()).result()),
+                           ("shard_fan_out", lambda: fanout(qv, asks)),  # the ingress's fan-out over it
+                           ("noop_handle_call", lambda: echo.echo.remote(qv).result()),
+                           ("noop_handle_call_to_thread", lambda: echo.echo_in_thread.remote(qv).result()),
+                           # a shard's answer sent there and back: float32 rows, and float16 as the wire has them
+                           ("echo_answer_float32", lambda: echo.echo.remote(hits32).result()),
+                           ("echo_answer_float16", lambda: echo.echo.remote(hits16).result())):
+            start = time.perf_counter()
+            call()
+            if i >= 20:
+                times[name].append((time.perf_counter() - start) * 1000)
+    server.close()
+    serve.delete("echo")
+    return {"answer_bytes_float32": len(pickle.dumps(hits32)), "answer_bytes_float16": len(pickle.dumps(hits16)),
+            **{f"{name}_p50_ms": round(statistics.median(ms), 2) for name, ms in times.items()}}
 
 
 ZERO = {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_delay_s": 2,
@@ -164,7 +236,7 @@ def main() -> None:
     settings = settings_for(world).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
     queries = [q["query"] for q in world.queries[:20]]
     config = base / "service.json"
-    single: list[float] = []
+    single: dict[str, list[float]] = {}
     if args.only in (None, "latency"):
         with running_server(settings, base / "server.json") as server:
             single = _latencies(server.url, queries, args.requests)
@@ -189,9 +261,16 @@ def main() -> None:
         if args.only in (None, "latency"):
             fleet = _latencies(f"http://127.0.0.1:{port}", queries, args.requests)
             one, many = _summary(single), _summary(fleet)
+            calls = _handle_calls(world.store, settings, "photostock", args.requests)
             out.update({"requests": args.requests, "connections": 1, "single_process": one, "fleet": many,
                         "added_p50_ms": round(many["p50_ms"] - one["p50_ms"], 2),
-                        "added_p99_ms": round(many["p99_ms"] - one["p99_ms"], 2)})
+                        "added_p99_ms": round(many["p99_ms"] - one["p99_ms"], 2),
+                        "handle_calls": calls,
+                        # the added p50 split: the proxy's hop (same for every route), the shard call inside the
+                        # ingress (its in-app total against the single process's), and the rest
+                        "added_p50_split_ms": {
+                            "proxy_hop": round(many["healthz_p50_ms"] - one["healthz_p50_ms"], 2),
+                            "in_ingress": round(many["in_app_p50_ms"] - one["in_app_p50_ms"], 2)}})
         if args.only in (None, "kill"):
             out["kill_under_load"] = _kill_under_load(f"http://127.0.0.1:{port}", "photostock", args.kill_seconds,
                                                       16, base)

@@ -270,6 +270,26 @@ def test_a_shard_refuses_a_corrupt_part_of_the_next_version_and_keeps_serving_it
     server.close()
 
 
+def test_a_shard_answer_travels_as_float16_and_arrives_as_the_same_float32_rows(world: WorldStore) -> None:
+    import pickle
+
+    from search.artifact.version import current_path
+    from search.fleet.wire import from_wire, to_wire
+
+    server = ShardServer(settings_for(world), 0)
+    qv = np.load(world.store / "vectors.npy")[:2].astype(np.float32)
+    hits = server.search(str(current_path(world.store)), qv, [ShardQuery(fetch=20), ShardQuery(fetch=5, exact=False)],
+                         frozenset())
+    server.close()
+    wire = to_wire(hits)
+    back = from_wire(pickle.loads(pickle.dumps(wire)))
+    assert hits[0].vectors is not None and hits[0].vectors.dtype == np.float32 and hits[1].vectors is None
+    assert back[0].vectors is not None and back[0].vectors.dtype == np.float32
+    assert np.array_equal(back[0].vectors, hits[0].vectors) and back[1].vectors is None  # exact, not close
+    assert [b.ids.tolist() for b in back] == [h.ids.tolist() for h in hits]
+    assert len(pickle.dumps(wire)) < 0.7 * len(pickle.dumps(hits))
+
+
 # -- requests compared between the fleet and the single-process service ---------------------------------------
 
 def _requests(world: WorldStore) -> list[tuple[str, str, dict[str, Any]]]:

@@ -25,6 +25,7 @@ from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
 from search.fleet.hedge import LatencyWindow
 from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
 from search.fleet.switch import PartReady, RemotePrepare, version_gate
+from search.fleet.wire import from_wire, to_wire
 from search.http.app import create_app
 from search.query.shard import ShardFanout, ShardHits, ShardQuery
 from search.settings import load_settings
@@ -60,7 +61,7 @@ class ShardReplica:
     async def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
                      hidden: frozenset[int]) -> list[ShardHits]:
         # FAISS and the rerank release the GIL: concurrent calls of this replica overlap
-        return await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden)
+        return to_wire(await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden))
 
     async def prepare(self, version_dir: str) -> PartReady:
         return await asyncio.to_thread(self.server.prepare, version_dir)
@@ -134,9 +135,22 @@ Shard: Deployment = serve.deployment(name="Shard")(ShardReplica)
 Ingress: Deployment = serve.deployment(name="Ingress")(serve.ingress()(IngressReplica))
 
 
+class WireAnswer:
+    """A shard call whose answer is widened back from the wire (search/fleet/wire.py) when it arrives."""
+
+    def __init__(self, response: Any):
+        self.response = response
+
+    def result(self, *, timeout_s: float | None = None) -> list[ShardHits]:
+        return from_wire(self.response.result(timeout_s=timeout_s))
+
+    def cancel(self) -> None:
+        self.response.cancel()
+
+
 def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
     def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
-        return handle.search.remote(version_dir, vectors, asks, hidden)
+        return WireAnswer(handle.search.remote(version_dir, vectors, asks, hidden))
     return call
 
 
