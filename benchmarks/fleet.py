@@ -10,7 +10,8 @@ against the single process's, from the pages' own `timings_ms.total`) and `handl
 through a handle, through the ingress's fan-out over that handle, and in this process; a no-op Serve deployment's
 handle call, answered on its replica's loop or from a thread: Serve's cost of one hop here, and of the thread;
 the same no-op call carrying a shard's 100-candidate answer there and back, with float32 rows and with the
-float16 rows the wire sends (search/fleet/wire.py), and the answer's pickled size either way).
+float16 rows the wire sends (search/fleet/wire.py), also at the production shape (100 candidates at D = 512),
+and the answers' pickled sizes).
 
 Cold start (`--only cold_start` runs only this): a second fleet application whose QueryEncoder and Shard0 scale to
 zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with shorter delays); once Serve
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +113,13 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
     asks = [ShardQuery(fetch=100)]
     hits32 = server.search(version_dir, qv, asks, frozenset())
     hits16 = to_wire(hits32)
+    rows = np.random.default_rng(0).standard_normal((100, 512)).astype(np.float16).astype(np.float32)
+    wide32 = [replace(hits32[0], ids=np.arange(100, dtype=np.int64), similarity=np.zeros(100, np.float32),
+                      vectors=rows)]  # the production shape: 100 candidates at D = 512
+    wide16 = to_wire(wide32)
     fanout = fan_out([RemoteShard("Shard0", lambda *a: shard.search.remote(*a))], version_dir, frozenset(),
                      ShardTiming(5.0, 5.0))
-    times: dict[str, list[float]] = {name: [] for name in ("in_process_search", "shard_handle_call",
-                                                           "shard_fan_out", "noop_handle_call",
-                                                           "noop_handle_call_to_thread")}
+    times: dict[str, list[float]] = {}
     for i in range(n + 20):  # the first 20: warm-up
         for name, call in (("in_process_search", lambda: server.search(version_dir, qv, asks, frozenset())),
                            ("shard_handle_call", lambda: shard.search.remote(version_dir, qv, asks,
@@ -125,14 +129,18 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
                            ("noop_handle_call_to_thread", lambda: echo.echo_in_thread.remote(qv).result()),
                            # a shard's answer sent there and back: float32 rows, and float16 as the wire has them
                            ("echo_answer_float32", lambda: echo.echo.remote(hits32).result()),
-                           ("echo_answer_float16", lambda: echo.echo.remote(hits16).result())):
+                           ("echo_answer_float16", lambda: echo.echo.remote(hits16).result()),
+                           ("echo_answer_d512_float32", lambda: echo.echo.remote(wide32).result()),
+                           ("echo_answer_d512_float16", lambda: echo.echo.remote(wide16).result())):
             start = time.perf_counter()
             call()
             if i >= 20:
-                times[name].append((time.perf_counter() - start) * 1000)
+                times.setdefault(name, []).append((time.perf_counter() - start) * 1000)
     server.close()
     serve.delete("echo")
     return {"answer_bytes_float32": len(pickle.dumps(hits32)), "answer_bytes_float16": len(pickle.dumps(hits16)),
+            "answer_d512_bytes_float32": len(pickle.dumps(wide32)),
+            "answer_d512_bytes_float16": len(pickle.dumps(wide16)),
             **{f"{name}_p50_ms": round(statistics.median(ms), 2) for name, ms in times.items()}}
 
 
