@@ -467,6 +467,57 @@ def test_a_takedown_through_the_fleet_hides_the_image_from_every_shard_at_once(f
     assert similar.status_code == 404 and after == before
 
 
+def _replica_pids(app: str, deployment: str) -> list[int]:
+    """The processes of a deployment's replicas (Ray titles each `ray::ServeReplica:<app>:<deployment>`)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:{deployment}"
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if (cmd := p.info["cmdline"] or []) and cmd[0].startswith("ray::") and cmd[0].endswith(title)]
+
+
+def _shard_calls(client: httpx.Client, kind: str) -> float:
+    """The ingress's shard calls of one kind so far (photostock_shard_calls_total in /metrics)."""
+    lines = [line for line in client.get("/metrics").text.splitlines()
+             if line.startswith("photostock_shard_calls_total{") and f'kind="{kind}"' in line]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+@pytest.mark.slow
+def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore) -> None:
+    """One of Shard0's two replica processes stopped (SIGSTOP: alive but answering nothing, as a replica in a
+    long pause): every search is answered by the hedge to the other replica, far within the 30 s shard deadline
+    (no deadline and retry needed), with the pages it gave before; /metrics counts the hedges."""
+    import os
+    import signal
+    import time
+
+    from ray import serve
+    from ray.serve.schema import ReplicaState
+
+    deployments = serve.status().applications["photostock"].deployments
+    assert deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
+    pids = _replica_pids("photostock", "Shard0")
+    assert len(pids) == 2
+    queries = [{"q": q["query"], "k": 5} for q in world.queries[10:26]]  # no other fleet test asks these
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        want = [[h["id"] for h in client.get("/search", params=q).json()["hits"]] for q in queries]
+        hedges, retries = _shard_calls(client, "hedge"), _shard_calls(client, "retry")
+        got, slowest = [], 0.0
+        os.kill(pids[0], signal.SIGSTOP)
+        try:
+            for q in queries:  # one at a time: about half of the first calls go to the stopped replica
+                start = time.perf_counter()
+                r = client.get("/search", params=q)
+                slowest = max(slowest, time.perf_counter() - start)
+                got.append((r.status_code, [h["id"] for h in r.json().get("hits", [])]))
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+        assert _shard_calls(client, "hedge") > hedges and _shard_calls(client, "retry") == retries
+    assert got == [(200, ids) for ids in want]
+    assert slowest < 10.0, slowest  # a hedged answer, not the 30 s deadline
+
+
 @pytest.mark.slow
 def test_a_killed_shard_replica_fails_no_request(fleet: str, world: WorldStore, ray_module: Any) -> None:
     """One of Shard0's two replicas killed (ray.kill: no graceful exit, like kill -9) while 8 clients search:
