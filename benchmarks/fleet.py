@@ -18,6 +18,10 @@ zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with
 reports both at zero replicas, one GET /search with a query not asked before is timed from send to answer (the
 encoder and the shard replicas start, load the encoder and open the part).
 
+`--direct-ingress`: Ray started with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, experimental in
+Ray 2.60), where the ingress replica serves HTTP on its own port: the fleet is measured through the proxy and at
+that port in the same run (`fleet_direct_ingress`).
+
 Kill under load (`--only kill` runs only this): wrk (as benchmarks/http_load.py drives it) with 16 connections
 asks the S = 1 fleet one GET /search over and over (query vector cached, page cache off: every request reaches
 a shard) for `--kill-seconds`; a third of the way in, one of Shard0's two replica processes gets SIGKILL (kill -9).
@@ -82,6 +86,17 @@ def _summary(ms: dict[str, list[float]]) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(ms["search"]), 2), "p99_ms": round(cuts[98], 2),
             "in_app_p50_ms": round(statistics.median(ms["in_app"]), 2),
             "healthz_p50_ms": round(statistics.median(ms["healthz"]), 2)}
+
+
+def _direct_port() -> int:
+    """The HTTP port Serve's direct ingress gave the ingress replica (from its 30000-31000 range)."""
+    import psutil
+
+    ports = sorted({c.laddr.port for c in psutil.net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port < 31000})
+    if len(ports) != 1:
+        raise RuntimeError(f"expected one direct-ingress port, found {ports}")
+    return ports[0]
 
 
 def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, float | int]:
@@ -238,6 +253,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--kill-seconds", type=int, default=9)
     parser.add_argument("--only", choices=["latency", "cold_start", "kill"], default=None)
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="start Ray with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1) and "
+                             "measure the fleet both through the proxy and at the ingress replica's own port")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     world = world_store(base)
@@ -256,6 +274,8 @@ def main() -> None:
     from search.fleet.app import build_app
 
     small = {"ray_actor_options": {"num_cpus": 0.1}}
+    if args.direct_ingress:  # read by Serve in every Ray process the local cluster starts
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
     try:
         port = free_port()
@@ -279,6 +299,11 @@ def main() -> None:
                         "added_p50_split_ms": {
                             "proxy_hop": round(many["healthz_p50_ms"] - one["healthz_p50_ms"], 2),
                             "in_ingress": round(many["in_app_p50_ms"] - one["in_app_p50_ms"], 2)}})
+            if args.direct_ingress:
+                direct = _summary(_latencies(f"http://127.0.0.1:{_direct_port()}", queries, args.requests))
+                out.update({"fleet_direct_ingress": direct,
+                            "added_p50_ms_direct_ingress": round(direct["p50_ms"] - one["p50_ms"], 2),
+                            "added_p99_ms_direct_ingress": round(direct["p99_ms"] - one["p99_ms"], 2)})
         if args.only in (None, "kill"):
             out["kill_under_load"] = _kill_under_load(f"http://127.0.0.1:{port}", "photostock", args.kill_seconds,
                                                       16, base)
