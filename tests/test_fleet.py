@@ -519,6 +519,35 @@ def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore)
 
 
 @pytest.mark.slow
+def test_a_stopped_query_encoder_gives_503_naming_it_not_a_hang(fleet: str, world: WorldStore) -> None:
+    """The QueryEncoder's one replica stopped (SIGSTOP): a query whose vector is not cached waits the encoder
+    deadline twice (the call, then its one retry; 5 s each, the default) and answers 503 naming the encoder with
+    Retry-After; a cached query still answers; once the replica runs again, the query is answered."""
+    import os
+    import signal
+    import time
+
+    (pid,) = _replica_pids("photostock", "QueryEncoder")
+    cached, fresh = world.queries[30]["query"], world.queries[31]["query"]  # no other fleet test asks these
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        assert client.get("/search", params={"q": cached, "k": 3}).status_code == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.perf_counter()
+            refused = client.get("/search", params={"q": fresh, "k": 3})
+            waited = time.perf_counter() - start
+            still = client.get("/search", params={"q": cached, "k": 3})
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        later = client.get("/search", params={"q": fresh, "k": 3})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert refused.json()["error"] == "query encoder QueryEncoder is unavailable: TimeoutError: no answer within 5 s"
+    assert refused.json()["detail"] == {"encoder": "QueryEncoder"}
+    assert 10.0 <= waited < 60.0, waited  # two deadlines, then the answer: no hang
+    assert still.status_code == 200 and later.status_code == 200
+
+
+@pytest.mark.slow
 def test_a_killed_shard_replica_fails_no_request(fleet: str, world: WorldStore, ray_module: Any) -> None:
     """One of Shard0's two replicas killed (ray.kill: no graceful exit, like kill -9) while 8 clients search:
     calls it had or gets before the router learns of it are retried on the other replica, so every request is
