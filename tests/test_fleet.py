@@ -172,7 +172,7 @@ def _slow_remote(world: WorldStore, encoder_stuck: int) -> tuple[RemoteParts, li
     """Remote parts whose shard has a replica that never answers (every batch's first call goes to it, its
     second to the other: Serve's router would pick the replica the first call does not occupy), and whose
     encoder's first `encoder_stuck` out of every 2 calls never answer. Hedge after 10 ms; deadlines 60 s for
-    shards, 0.2 s for the encoder. Returns the parts and the stuck calls made."""
+    shards, 0.5 s for the encoder. Returns the parts and the stuck calls made."""
     import itertools
 
     local = _local_remote(world)
@@ -189,7 +189,7 @@ def _slow_remote(world: WorldStore, encoder_stuck: int) -> tuple[RemoteParts, li
 
     shard = RemoteShard("Shard0", call)
     timing = ShardTiming(60.0, 60.0, hedge=HedgeRule(min_samples=10**6, window=10**6, default_s=0.01))
-    warmth, encoder_timing = Warmth(None), ShardTiming(0.2, 0.2)
+    warmth, encoder_timing = Warmth(None), ShardTiming(0.5, 0.5)
 
     async def text(query: str, phase: str, language: str | None = None) -> np.ndarray:
         async def encode() -> np.ndarray:
@@ -227,7 +227,7 @@ def test_an_encoder_that_does_not_answer_gives_503_naming_it_with_retry_after(wo
         r = client.get("/search", params={"q": world.queries[0]["query"], "k": 5})
     assert r.status_code == 503 and r.headers["retry-after"] == "2"
     body = r.json()
-    assert body["error"] == "query encoder QueryEncoder is unavailable: TimeoutError: no answer within 0.2 s"
+    assert body["error"] == "query encoder QueryEncoder is unavailable: TimeoutError: no answer within 0.5 s"
     assert body["detail"] == {"encoder": "QueryEncoder"} and body["request_id"] == r.headers["x-request-id"]
     assert len(stuck_encodes) == 2  # the call and its one retry
 
