@@ -4,53 +4,159 @@ The synthetic-world store with the real tiny encoder; the same service settings 
 off, so every request runs the search; the query-vector cache warmed, so the figure is the search path's hops,
 not the encode). The single-process service is `python -m search serve` in a subprocess; the fleet runs on a
 local 2-CPU Ray (ingress, query encoder, 2 replicas of Shard0, fractional CPUs) deployed with `serve.run`.
-Both are asked the same sequence of GET /search requests, one at a time.
+Both are asked the same sequence of GET /search requests, one at a time, each followed by a GET /healthz.
+Where the added time goes: `added_p50_split_ms` (the proxy's hop, from /healthz; the time inside the ingress
+against the single process's, from the pages' own `timings_ms.total`) and `handle_calls` (one Shard0 search
+through a handle, through the ingress's fan-out over that handle, and in this process; a no-op Serve deployment's
+handle call, answered on its replica's loop or from a thread: Serve's cost of one hop here, and of the thread;
+the same no-op call carrying a shard's 100-candidate answer there and back, with float32 rows and with the
+float16 rows the wire sends (search/fleet/wire.py), also at the production shape (100 candidates at D = 512),
+and the answers' pickled sizes).
 
 Cold start (`--only cold_start` runs only this): a second fleet application whose QueryEncoder and Shard0 scale to
 zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with shorter delays); once Serve
 reports both at zero replicas, one GET /search with a query not asked before is timed from send to answer (the
-encoder and the shard replicas start, load the encoder and open the part). Prints one JSON object.
+encoder and the shard replicas start, load the encoder and open the part).
 
-    .venv/bin/python benchmarks/fleet.py [--requests 200] [--only latency|cold_start]
+`--direct-ingress`: Ray started with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, experimental in
+Ray 2.60), where the ingress replica serves HTTP on its own port: the fleet is measured through the proxy and at
+that port in the same run (`fleet_direct_ingress`).
+
+Kill under load (`--only kill` runs only this): wrk (as benchmarks/http_load.py drives it) with 16 connections
+asks the S = 1 fleet one GET /search over and over (query vector cached, page cache off: every request reaches
+a shard) for `--kill-seconds`; a third of the way in, one of Shard0's two replica processes gets SIGKILL (kill -9).
+Reports wrk's requests, failures (socket errors + non-2xx) and latency, the ingress's shard calls by kind
+(first, hedge, retry; its /metrics) before and after the kill, and the replicas Serve runs afterwards.
+Prints one JSON object.
+
+    .venv/bin/python benchmarks/fleet.py [--requests 200] [--kill-seconds 9] [--only latency|cold_start|kill]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import pickle
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402 - puts the repository root on the path
+from http_load import LUA  # noqa: E402
 
 from search.artifact.version import open_current  # noqa: E402
 from search.settings import CacheSettings  # noqa: E402
 from tests.service_support import free_port, running_server, settings_for, world_store  # noqa: E402
 
 
-def _latencies(url: str, queries: list[str], n: int) -> list[float]:
+def _latencies(url: str, queries: list[str], n: int) -> dict[str, list[float]]:
+    """Milliseconds per GET /search as the client sees it (`search`), the service's own total for it (its body's
+    timings_ms: from the route to the page, inside the app), and per GET /healthz right after (`healthz`: the
+    HTTP path with no search behind it)."""
+    out: dict[str, list[float]] = {"search": [], "in_app": [], "healthz": []}
     with httpx.Client(base_url=url, timeout=60) as client:
         for q in queries:  # warm the query-vector cache (and the connection)
             assert client.get("/search", params={"q": q, "k": 10}).status_code == 200
-        out = []
         for i in range(n):
             start = time.perf_counter()
             r = client.get("/search", params={"q": queries[i % len(queries)], "k": 10})
-            out.append((time.perf_counter() - start) * 1000)
+            out["search"].append((time.perf_counter() - start) * 1000)
             assert r.status_code == 200, r.text
+            out["in_app"].append(r.json()["timings_ms"]["total"])
+            start = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            out["healthz"].append((time.perf_counter() - start) * 1000)
     return out
 
 
-def _summary(ms: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(ms, n=100)
-    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(cuts[98], 2)}
+def _summary(ms: dict[str, list[float]]) -> dict[str, float]:
+    cuts = statistics.quantiles(ms["search"], n=100)
+    return {"p50_ms": round(statistics.median(ms["search"]), 2), "p99_ms": round(cuts[98], 2),
+            "in_app_p50_ms": round(statistics.median(ms["in_app"]), 2),
+            "healthz_p50_ms": round(statistics.median(ms["healthz"]), 2)}
+
+
+def _direct_port() -> int:
+    """The HTTP port Serve's direct ingress gave the ingress replica (from its 30000-31000 range)."""
+    import psutil
+
+    ports = sorted({c.laddr.port for c in psutil.net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port < 31000})
+    if len(ports) != 1:
+        raise RuntimeError(f"expected one direct-ingress port, found {ports}")
+    return ports[0]
+
+
+def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, float | int]:
+    """Where a shard call's time goes: the same search in this process (`ShardServer`), through a handle to the
+    fleet's Shard0, and a no-op Serve deployment's handle call with the same query vector (Serve's own cost
+    of one hop on this machine). Medians in ms."""
+    from ray import serve
+
+    from search.artifact.version import current_path
+    from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
+    from search.fleet.parts import ShardServer
+    from search.fleet.wire import to_wire
+    from search.query.shard import ShardQuery
+
+    @serve.deployment(name="Echo", ray_actor_options={"num_cpus": 0.1})
+    class Echo:
+        async def echo(self, value: Any) -> Any:
+            return value
+
+        async def echo_in_thread(self, value: Any) -> Any:  # as a replica that runs its work off its loop
+            return await asyncio.to_thread(lambda: value)
+
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    echo = serve.get_deployment_handle("Echo", app_name="echo")
+    shard = serve.get_deployment_handle("Shard0", app_name=app)
+    server = ShardServer(settings, 0)
+    version_dir = str(current_path(store))
+    qv = np.load(store / "vectors.npy")[:1].astype(np.float32)
+    asks = [ShardQuery(fetch=100)]
+    hits32 = server.search(version_dir, qv, asks, frozenset())
+    hits16 = to_wire(hits32)
+    rows = np.random.default_rng(0).standard_normal((100, 512)).astype(np.float16).astype(np.float32)
+    wide32 = [replace(hits32[0], ids=np.arange(100, dtype=np.int64), similarity=np.zeros(100, np.float32),
+                      vectors=rows)]  # the production shape: 100 candidates at D = 512
+    wide16 = to_wire(wide32)
+    fanout = fan_out([RemoteShard("Shard0", lambda *a: shard.search.remote(*a))], version_dir, frozenset(),
+                     ShardTiming(5.0, 5.0))
+    times: dict[str, list[float]] = {}
+    for i in range(n + 20):  # the first 20: warm-up
+        for name, call in (("in_process_search", lambda: server.search(version_dir, qv, asks, frozenset())),
+                           ("shard_handle_call", lambda: shard.search.remote(version_dir, qv, asks,
+                                                                             frozenset()).result()),
+                           ("shard_fan_out", lambda: fanout(qv, asks)),  # the ingress's fan-out over it
+                           ("noop_handle_call", lambda: echo.echo.remote(qv).result()),
+                           ("noop_handle_call_to_thread", lambda: echo.echo_in_thread.remote(qv).result()),
+                           # a shard's answer sent there and back: float32 rows, and float16 as the wire has them
+                           ("echo_answer_float32", lambda: echo.echo.remote(hits32).result()),
+                           ("echo_answer_float16", lambda: echo.echo.remote(hits16).result()),
+                           ("echo_answer_d512_float32", lambda: echo.echo.remote(wide32).result()),
+                           ("echo_answer_d512_float16", lambda: echo.echo.remote(wide16).result())):
+            start = time.perf_counter()
+            call()
+            if i >= 20:
+                times.setdefault(name, []).append((time.perf_counter() - start) * 1000)
+    server.close()
+    serve.delete("echo")
+    return {"answer_bytes_float32": len(pickle.dumps(hits32)), "answer_bytes_float16": len(pickle.dumps(hits16)),
+            "answer_d512_bytes_float32": len(pickle.dumps(wide32)),
+            "answer_d512_bytes_float16": len(pickle.dumps(wide16)),
+            **{f"{name}_p50_ms": round(statistics.median(ms), 2) for name, ms in times.items()}}
 
 
 ZERO = {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_delay_s": 2,
@@ -81,18 +187,83 @@ def _cold_start(url: str, app: str, query: str) -> dict[str, float]:
     return {"readyz_at_zero_s": round(ready_s, 3), "first_answer_s": round(first_s, 2)}
 
 
+def _replica_pids(app: str, deployment: str) -> list[int]:
+    """The processes of `deployment`'s replicas in Serve application `app` (Ray titles each replica process
+    `ray::ServeReplica:<app>:<deployment>`)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:{deployment}"
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::") and cmdline.split()[0].endswith(title):
+            out.append(proc.info["pid"])
+    return out
+
+
+def _shard_calls(url: str) -> dict[str, int]:
+    """The ingress's shard calls so far by kind (photostock_shard_calls_total in /metrics)."""
+    out: dict[str, int] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("photostock_shard_calls_total{"):
+            labels, value = line.rsplit(" ", 1)
+            kind = labels.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = out.get(kind, 0) + int(float(value))
+    return out
+
+
+def _kill_under_load(url: str, app: str, seconds: int, connections: int, work: Path) -> dict[str, Any]:
+    """wrk at `connections` over `seconds`; one Shard0 replica process SIGKILLed a third of the way in."""
+    from ray import serve
+    from ray.serve.schema import ReplicaState  # type: ignore[attr-defined]
+
+    script = work / "report.lua"
+    script.write_text(LUA, encoding="utf-8")
+    pids = _replica_pids(app, "Shard0")
+    if len(pids) != 2:
+        raise RuntimeError(f"expected 2 Shard0 replica processes, found {pids}")
+    wrk = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
+                            url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PHOTOSTOCK_MODE": "hit"})
+    time.sleep(seconds / 3)  # the load is running: kill one replica under it
+    before = _shard_calls(url)
+    os.kill(pids[0], signal.SIGKILL)
+    killed_at = time.perf_counter()
+    stdout, stderr = wrk.communicate(timeout=seconds + 60)
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk failed ({wrk.returncode}): {stdout}\n{stderr}")
+    stats = json.loads(next(line for line in stdout.splitlines() if line.startswith("JSON "))[5:])
+    after = _shard_calls(url)
+    end = time.monotonic() + 120
+    while (running := serve.status().applications[app].deployments["Shard0"].replica_states.get(
+            ReplicaState.RUNNING, 0)) < 2 and time.monotonic() < end:
+        time.sleep(0.2)
+    return {"connections": connections, "duration_s": seconds, "killed": "1 of 2 Shard0 replicas (SIGKILL)",
+            "requests": stats["requests"], "failed": stats["errors"] + stats["non2xx"],
+            "qps": round(stats["requests"] / stats["seconds"], 1),
+            **{k: round(stats[k], 1) for k in ("p50_ms", "p99_ms", "max_ms")},
+            "shard_calls_before_kill": before,
+            "shard_calls_after_kill": {k: v - before.get(k, 0) for k, v in after.items()},
+            "shard0_replicas_running_after": running,
+            "replacement_running_after_s": round(time.perf_counter() - killed_at, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--only", choices=["latency", "cold_start"], default=None)
+    parser.add_argument("--kill-seconds", type=int, default=9)
+    parser.add_argument("--only", choices=["latency", "cold_start", "kill"], default=None)
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="start Ray with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1) and "
+                             "measure the fleet both through the proxy and at the ingress replica's own port")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     world = world_store(base)
     settings = settings_for(world).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
     queries = [q["query"] for q in world.queries[:20]]
     config = base / "service.json"
-    single: list[float] = []
-    if args.only != "cold_start":
+    single: dict[str, list[float]] = {}
+    if args.only in (None, "latency"):
         with running_server(settings, base / "server.json") as server:
             single = _latencies(server.url, queries, args.requests)
     config.write_text(json.dumps(settings.model_dump(mode="json", exclude={"store"})), encoding="utf-8")
@@ -103,22 +274,40 @@ def main() -> None:
     from search.fleet.app import build_app
 
     small = {"ray_actor_options": {"num_cpus": 0.1}}
+    if args.direct_ingress:  # read by Serve in every Ray process the local cluster starts
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         out: dict[str, Any] = {"benchmark": "fleet", "shards": 1}
-        if args.only != "cold_start":
+        if args.only in (None, "latency", "kill"):
             serve.run(build_app({"store": str(world.store), "config": str(config),
                                  "ingress": {"num_replicas": 1, **small}, "encoder": {"num_replicas": 1, **small},
                                  "shards": {"count": 1, "num_replicas": 2, **small}}), name="photostock",
                       route_prefix="/")
+        if args.only in (None, "latency"):
             fleet = _latencies(f"http://127.0.0.1:{port}", queries, args.requests)
             one, many = _summary(single), _summary(fleet)
+            calls = _handle_calls(world.store, settings, "photostock", args.requests)
             out.update({"requests": args.requests, "connections": 1, "single_process": one, "fleet": many,
                         "added_p50_ms": round(many["p50_ms"] - one["p50_ms"], 2),
-                        "added_p99_ms": round(many["p99_ms"] - one["p99_ms"], 2)})
-        if args.only != "latency":
+                        "added_p99_ms": round(many["p99_ms"] - one["p99_ms"], 2),
+                        "handle_calls": calls,
+                        # the added p50 split: the proxy's hop (same for every route), the shard call inside the
+                        # ingress (its in-app total against the single process's), and the rest
+                        "added_p50_split_ms": {
+                            "proxy_hop": round(many["healthz_p50_ms"] - one["healthz_p50_ms"], 2),
+                            "in_ingress": round(many["in_app_p50_ms"] - one["in_app_p50_ms"], 2)}})
+            if args.direct_ingress:
+                direct = _summary(_latencies(f"http://127.0.0.1:{_direct_port()}", queries, args.requests))
+                out.update({"fleet_direct_ingress": direct,
+                            "added_p50_ms_direct_ingress": round(direct["p50_ms"] - one["p50_ms"], 2),
+                            "added_p99_ms_direct_ingress": round(direct["p99_ms"] - one["p99_ms"], 2)})
+        if args.only in (None, "kill"):
+            out["kill_under_load"] = _kill_under_load(f"http://127.0.0.1:{port}", "photostock", args.kill_seconds,
+                                                      16, base)
+        if args.only in (None, "cold_start"):
             serve.run(build_app({"store": str(world.store), "config": str(config), "cold_start_timeout_s": 120,
                                  "ingress": {"num_replicas": 1, **small},
                                  "encoder": {"autoscaling_config": ZERO, **small},

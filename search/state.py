@@ -50,7 +50,8 @@ from search.settings import EncoderSettings, Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RemoteParts", "ServiceEncoder", "ServiceState", "build_state", "pin_mismatch", "runtime_options"]
+__all__ = ["EncoderUnavailable", "RemoteParts", "ServiceEncoder", "ServiceState", "build_state", "pin_mismatch",
+           "runtime_options"]
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -189,6 +190,16 @@ class RemoteParts:
     # (opened version, version serving or None) -> None, or ArtifactError: the version is not admitted (the
     # fleet's shards must all have it ready first; search/fleet/switch.py)
     admit: Callable[[Artifact, str | None], None] | None = None
+
+
+class EncoderUnavailable(RuntimeError):
+    """The fleet's query encoder answered nothing in time (its call and one retry failed or passed their
+    deadline): the request answers 503 naming it, with Retry-After, rather than waiting without end."""
+
+    def __init__(self, encoder: str, reason: str, retry_after_s: float = 1.0):
+        super().__init__(f"query encoder {encoder} is unavailable: {reason}")
+        self.encoder = encoder
+        self.retry_after_s = retry_after_s
 
 
 class RemoteText:

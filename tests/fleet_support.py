@@ -1,8 +1,10 @@
-"""Shared by the fleet tests that run without Ray: a finished remote call as the fan-out and the version gate
-see it."""
+"""Shared by the fleet tests that run without Ray: remote calls as the fan-out, the version gate and the
+encoder deadline see them."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 
@@ -11,8 +13,57 @@ class Done:
 
     def __init__(self, value: Any = None, error: BaseException | None = None):
         self.value, self.error = value, error
+        self.cancelled = False
 
     def result(self, *, timeout_s: float | None = None) -> Any:
         if self.error is not None:
             raise self.error
         return self.value
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Stuck:
+    """A call to a replica that does not answer: its result waits until its deadline (TimeoutError) or until
+    it is cancelled (then the error Serve raises for a cancelled call)."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def result(self, *, timeout_s: float | None = None) -> Any:
+        if self.cancelled.wait(timeout_s):
+            raise RuntimeError("call cancelled")
+        raise TimeoutError("no answer before the deadline")
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class StuckAwaitable:
+    """An awaitable call (as the ingress awaits the encoder's) that never answers until cancelled."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.cancelled = threading.Event()
+
+    def __await__(self) -> Any:
+        return self.future.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Answered:
+    """An awaitable call that answers `value` at once."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __await__(self) -> Any:
+        async def value() -> Any:
+            return self.value
+        return value().__await__()
+
+    def cancel(self) -> None:
+        return None

@@ -8,6 +8,7 @@ shuts Serve and Ray down at the end. Without Ray it skips locally and fails unde
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator, Sequence
@@ -22,13 +23,15 @@ from fastapi.testclient import TestClient
 from search.artifact.manifest import ArtifactError
 from search.artifact.version import current_version, open_current
 from search.fleet.config import FleetConfigError, load_fleet
-from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
+from search.fleet.deadline import call_with_deadline
+from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
+from search.fleet.hedge import HedgeRule
 from search.fleet.parts import ShardServer
 from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
-from tests.fleet_support import Done
+from tests.fleet_support import Done, Stuck, StuckAwaitable
 from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
 ONE_SECOND = ShardTiming(1.0, 1.0)  # per call, and for a cold shard
@@ -82,6 +85,9 @@ def _config(settings: Settings, path: Path) -> Path:
     ({"shards": {"count": 1, "num_replicas": 2, "autoscaling_config": {"min_replicas": 1}}},
      r"^fleet args: shards: Value error, give num_replicas or autoscaling_config, not both$"),
     ({"store": "/nonexistent/store"}, r"^store /nonexistent/store: .*does not exist"),
+    ({"hedge": {"min_samples": 300}},
+     r"^fleet args: hedge: Value error, min_samples 300 exceeds window 200: the p95 would never be used$"),
+    ({"encoder_timeout_s": 0}, r"^fleet args: encoder_timeout_s: Input should be greater than 0$"),
 ])
 def test_fleet_args_that_cannot_deploy_fail_with_one_line(world: WorldStore, tmp_path: Path,
                                                            change: dict[str, Any], message: str) -> None:
@@ -107,6 +113,7 @@ def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: 
     assert app["import_path"] == "search.fleet.app:build_app"
     fleet, _ = load_fleet({**app["args"], "store": str(world.store), "config": str(ROOT / app["args"]["config"])})
     assert fleet.shards.autoscaling_config is not None and fleet.shards.autoscaling_config["min_replicas"] == 2
+    assert fleet.hedge is not None and fleet.hedge.rule() == HedgeRule()  # the YAML spells out the defaults
     cpus = sum(d.ray_actor_options.num_cpus * (d.autoscaling_config or {}).get("min_replicas", d.num_replicas or 1)
                * (fleet.shards.count if d is fleet.shards else 1) for d in (fleet.ingress, fleet.encoder, fleet.shards))
     assert cpus <= 2.0  # the shipped fleet starts on one 2-core machine
@@ -161,6 +168,70 @@ def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
                                                                       str(artifact.path), hidden, ONE_SECOND))
 
 
+def _slow_remote(world: WorldStore, encoder_stuck: int) -> tuple[RemoteParts, list[Stuck], list[StuckAwaitable]]:
+    """Remote parts whose shard has a replica that never answers (every batch's first call goes to it, its
+    second to the other: Serve's router would pick the replica the first call does not occupy), and whose
+    encoder's first `encoder_stuck` out of every 2 calls never answer. Hedge after 10 ms; deadlines 60 s for
+    shards, 0.5 s for the encoder. Returns the parts and the stuck calls made."""
+    import itertools
+
+    local = _local_remote(world)
+    server = ShardServer(settings_for(world), 0)
+    stuck: list[Stuck] = []
+    stuck_encodes: list[StuckAwaitable] = []
+    shard_calls, encoder_calls = itertools.count(), itertools.count()
+
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
+        if next(shard_calls) % 2 == 0:
+            stuck.append(Stuck())
+            return stuck[-1]
+        return Done(server.search(version_dir, qv, asks, hidden))
+
+    shard = RemoteShard("Shard0", call)
+    timing = ShardTiming(60.0, 60.0, hedge=HedgeRule(min_samples=10**6, window=10**6, default_s=0.01))
+    warmth, encoder_timing = Warmth(None), ShardTiming(0.5, 0.5)
+
+    async def text(query: str, phase: str, language: str | None = None) -> np.ndarray:
+        async def encode() -> np.ndarray:
+            return await local.text(query, phase, language)
+
+        def start() -> Any:
+            if next(encoder_calls) % 2 < encoder_stuck:
+                stuck_encodes.append(StuckAwaitable())
+                return stuck_encodes[-1]
+            return asyncio.ensure_future(encode())  # awaitable, with cancel(), as a DeploymentResponse
+
+        return await call_with_deadline("QueryEncoder", start, warmth, encoder_timing)  # type: ignore[no-any-return]
+
+    parts = RemoteParts(text, local.pixels, lambda artifact, hidden: fan_out([shard], str(artifact.path), hidden,
+                                                                             timing))
+    return parts, stuck, stuck_encodes
+
+
+def test_a_slow_shard_replica_is_hedged_and_a_stuck_encoder_call_retried_the_pages_unchanged(
+        world: WorldStore) -> None:
+    requests = _requests(world)
+    want = _single_process_pages(world, requests)
+    remote, stuck, stuck_encodes = _slow_remote(world, encoder_stuck=1)
+    got = _single_process_pages(world, requests, remote=remote)
+    for g, w, (method, path, kw) in zip(got, want, requests, strict=True):
+        _assert_same_page(g, w, f"{method} {path} {kw.get('params') or kw.get('json')}")
+    assert len(stuck) >= 8 and all(call.cancelled.wait(10) for call in stuck)  # each lost to its hedge
+    assert stuck_encodes and all(call.cancelled.wait(10) for call in stuck_encodes)  # each passed its deadline
+
+
+def test_an_encoder_that_does_not_answer_gives_503_naming_it_with_retry_after(world: WorldStore) -> None:
+    remote, _, stuck_encodes = _slow_remote(world, encoder_stuck=2)
+    app = create_app(settings_for(world), encoder=runtime_for(world), remote=remote)
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        r = client.get("/search", params={"q": world.queries[0]["query"], "k": 5})
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    body = r.json()
+    assert body["error"] == "query encoder QueryEncoder is unavailable: TimeoutError: no answer within 0.5 s"
+    assert body["detail"] == {"encoder": "QueryEncoder"} and body["request_id"] == r.headers["x-request-id"]
+    assert len(stuck_encodes) == 2  # the call and its one retry
+
+
 def test_every_replica_of_a_shard_gone_answers_503_naming_it_with_retry_after(world: WorldStore) -> None:
     app = create_app(settings_for(world), encoder=runtime_for(world), remote=_local_remote(world, fail=True))
     with TestClient(app, client=("127.0.0.1", 5000)) as client:
@@ -197,6 +268,26 @@ def test_a_shard_refuses_a_corrupt_part_of_the_next_version_and_keeps_serving_it
     (hits,) = server.search(str(serving), qv, [ShardQuery(fetch=3)], frozenset())
     assert len(hits.ids) == 3
     server.close()
+
+
+def test_a_shard_answer_travels_as_float16_and_arrives_as_the_same_float32_rows(world: WorldStore) -> None:
+    import pickle
+
+    from search.artifact.version import current_path
+    from search.fleet.wire import from_wire, to_wire
+
+    server = ShardServer(settings_for(world), 0)
+    qv = np.load(world.store / "vectors.npy")[:2].astype(np.float32)
+    hits = server.search(str(current_path(world.store)), qv, [ShardQuery(fetch=20), ShardQuery(fetch=5, exact=False)],
+                         frozenset())
+    server.close()
+    wire = to_wire(hits)
+    back = from_wire(pickle.loads(pickle.dumps(wire)))
+    assert hits[0].vectors is not None and hits[0].vectors.dtype == np.float32 and hits[1].vectors is None
+    assert back[0].vectors is not None and back[0].vectors.dtype == np.float32
+    assert np.array_equal(back[0].vectors, hits[0].vectors) and back[1].vectors is None  # exact, not close
+    assert [b.ids.tolist() for b in back] == [h.ids.tolist() for h in hits]
+    assert len(pickle.dumps(wire)) < 0.7 * len(pickle.dumps(hits))
 
 
 # -- requests compared between the fleet and the single-process service ---------------------------------------
@@ -374,6 +465,86 @@ def test_a_takedown_through_the_fleet_hides_the_image_from_every_shard_at_once(f
     assert done.status_code == 200 and done.json()["active"] == 1
     assert before[0] not in during and during[:4] == before[1:]
     assert similar.status_code == 404 and after == before
+
+
+def _replica_pids(app: str, deployment: str) -> list[int]:
+    """The processes of a deployment's replicas (Ray titles each `ray::ServeReplica:<app>:<deployment>`)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:{deployment}"
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if (cmd := p.info["cmdline"] or []) and cmd[0].startswith("ray::") and cmd[0].endswith(title)]
+
+
+def _shard_calls(client: httpx.Client, kind: str) -> float:
+    """The ingress's shard calls of one kind so far (photostock_shard_calls_total in /metrics)."""
+    lines = [line for line in client.get("/metrics").text.splitlines()
+             if line.startswith("photostock_shard_calls_total{") and f'kind="{kind}"' in line]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+@pytest.mark.slow
+def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore) -> None:
+    """One of Shard0's two replica processes stopped (SIGSTOP: alive but answering nothing, as a replica in a
+    long pause): every search is answered by the hedge to the other replica, far within the 30 s shard deadline
+    (no deadline and retry needed), with the pages it gave before; /metrics counts the hedges."""
+    import os
+    import signal
+    import time
+
+    from ray import serve
+    from ray.serve.schema import ReplicaState
+
+    deployments = serve.status().applications["photostock"].deployments
+    assert deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
+    pids = _replica_pids("photostock", "Shard0")
+    assert len(pids) == 2
+    queries = [{"q": q["query"], "k": 5} for q in world.queries[10:26]]  # no other fleet test asks these
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        want = [[h["id"] for h in client.get("/search", params=q).json()["hits"]] for q in queries]
+        hedges, retries = _shard_calls(client, "hedge"), _shard_calls(client, "retry")
+        got, slowest = [], 0.0
+        os.kill(pids[0], signal.SIGSTOP)
+        try:
+            for q in queries:  # one at a time: about half of the first calls go to the stopped replica
+                start = time.perf_counter()
+                r = client.get("/search", params=q)
+                slowest = max(slowest, time.perf_counter() - start)
+                got.append((r.status_code, [h["id"] for h in r.json().get("hits", [])]))
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+        assert _shard_calls(client, "hedge") > hedges and _shard_calls(client, "retry") == retries
+    assert got == [(200, ids) for ids in want]
+    assert slowest < 10.0, slowest  # a hedged answer, not the 30 s deadline
+
+
+@pytest.mark.slow
+def test_a_stopped_query_encoder_gives_503_naming_it_not_a_hang(fleet: str, world: WorldStore) -> None:
+    """The QueryEncoder's one replica stopped (SIGSTOP): a query whose vector is not cached waits the encoder
+    deadline twice (the call, then its one retry; 5 s each, the default) and answers 503 naming the encoder with
+    Retry-After; a cached query still answers; once the replica runs again, the query is answered."""
+    import os
+    import signal
+    import time
+
+    (pid,) = _replica_pids("photostock", "QueryEncoder")
+    cached, fresh = world.queries[30]["query"], world.queries[31]["query"]  # no other fleet test asks these
+    with httpx.Client(base_url=fleet, timeout=120) as client:
+        assert client.get("/search", params={"q": cached, "k": 3}).status_code == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.perf_counter()
+            refused = client.get("/search", params={"q": fresh, "k": 3})
+            waited = time.perf_counter() - start
+            still = client.get("/search", params={"q": cached, "k": 3})
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        later = client.get("/search", params={"q": fresh, "k": 3})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert refused.json()["error"] == "query encoder QueryEncoder is unavailable: TimeoutError: no answer within 5 s"
+    assert refused.json()["detail"] == {"encoder": "QueryEncoder"}
+    assert 10.0 <= waited < 60.0, waited  # two deadlines, then the answer: no hang
+    assert still.status_code == 200 and later.status_code == 200
 
 
 @pytest.mark.slow

@@ -20,9 +20,12 @@ from ray.serve.handle import DeploymentHandle
 
 from search.artifact.version import Artifact
 from search.fleet.config import load_fleet
+from search.fleet.deadline import call_with_deadline
 from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
+from search.fleet.hedge import LatencyWindow
 from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
 from search.fleet.switch import PartReady, RemotePrepare, version_gate
+from search.fleet.wire import from_wire, to_wire
 from search.http.app import create_app
 from search.query.shard import ShardFanout, ShardHits, ShardQuery
 from search.settings import load_settings
@@ -58,35 +61,49 @@ class ShardReplica:
     async def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
                      hidden: frozenset[int]) -> list[ShardHits]:
         # FAISS and the rerank release the GIL: concurrent calls of this replica overlap
-        return await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden)
+        return to_wire(await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden))
 
     async def prepare(self, version_dir: str) -> PartReady:
         return await asyncio.to_thread(self.server.prepare, version_dir)
 
 
 class IngressReplica:
-    def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder: DeploymentHandle,  # type: ignore[type-arg]
-                 shards: list[DeploymentHandle]):  # type: ignore[type-arg]
+    def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder_timing: ShardTiming,
+                 encoder: DeploymentHandle, shards: list[DeploymentHandle]):  # type: ignore[type-arg]
         self.settings = _settings(store, config)
         self.encoder = encoder
-        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s))
-                       for handle in shards]
+        self.encoder_timing = encoder_timing
+        self.encoder_warmth = Warmth(encoder_timing.idle_s)
+        window = timing.hedge.window if timing.hedge is not None else 1
+        self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s),
+                                   LatencyWindow(window)) for handle in shards]
         self.gate = version_gate([RemotePrepare(handle.deployment_name, _prepare_call(handle)) for handle in shards],
                                  max(timing.timeout_s, timing.cold_start_timeout_s))
         self.timing = timing
+        self.service_app: Any = None  # the service app (its state holds the metrics the fan-out counts calls in)
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = create_app(self.settings, remote=RemoteParts(self._text, self._pixels, self._fanout_for, self.gate))
-        return OneRequestId(app)
+        remote = RemoteParts(self._text, self._pixels, self._fanout_for, self.gate)
+        self.service_app = create_app(self.settings, remote=remote)
+        return OneRequestId(self.service_app)
 
     async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
-        return await self.encoder.text.remote(text, phase, language)  # type: ignore[no-any-return]
+        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
+                                        lambda: self.encoder.text.remote(text, phase, language),
+                                        self.encoder_warmth, self.encoder_timing)
 
     async def _pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await self.encoder.pixels.remote(pixels)  # type: ignore[no-any-return]
+        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
+                                        lambda: self.encoder.pixels.remote(pixels),
+                                        self.encoder_warmth, self.encoder_timing)
 
     def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
-        return fan_out(self.shards, str(artifact.path), hidden, self.timing)
+        return fan_out(self.shards, str(artifact.path), hidden, self.timing, self._count)
+
+    def _count(self, shard: str, kind: str) -> None:
+        service = getattr(getattr(self.service_app, "state", None), "service", None)  # built at the app's start
+        if service is not None:
+            service.metrics.shard_calls.labels(shard=shard, kind=kind).inc()
 
 
 class OneRequestId:
@@ -118,9 +135,22 @@ Shard: Deployment = serve.deployment(name="Shard")(ShardReplica)
 Ingress: Deployment = serve.deployment(name="Ingress")(serve.ingress()(IngressReplica))
 
 
+class WireAnswer:
+    """A shard call whose answer is widened back from the wire (search/fleet/wire.py) when it arrives."""
+
+    def __init__(self, response: Any):
+        self.response = response
+
+    def result(self, *, timeout_s: float | None = None) -> list[ShardHits]:
+        return from_wire(self.response.result(timeout_s=timeout_s))
+
+    def cancel(self) -> None:
+        self.response.cancel()
+
+
 def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
     def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
-        return handle.search.remote(version_dir, vectors, asks, hidden)
+        return WireAnswer(handle.search.remote(version_dir, vectors, asks, hidden))
     return call
 
 
@@ -139,6 +169,9 @@ def build_app(args: dict[str, Any]) -> Application:
     shard_options = fleet.shards.serve_options()
     shards = [Shard.options(name=f"Shard{i}", **shard_options).bind(store, config, i)
               for i in range(fleet.shards.count)]
-    timing = ShardTiming(fleet.shard_timeout_s, fleet.cold_start_timeout_s, fleet.shards.idle_to_zero_s())
-    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, timing, encoder, shards)
+    timing = ShardTiming(fleet.shard_timeout_s, fleet.cold_start_timeout_s, fleet.shards.idle_to_zero_s(),
+                         fleet.hedge.rule() if fleet.hedge is not None else None)
+    encoder_timing = ShardTiming(fleet.encoder_timeout_s, fleet.cold_start_timeout_s, fleet.encoder.idle_to_zero_s())
+    app: Application = Ingress.options(**fleet.ingress.serve_options()).bind(store, config, timing, encoder_timing,
+                                                                             encoder, shards)
     return app

@@ -10,10 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from search.artifact.manifest import ArtifactError
 from search.artifact.version import current_path
+from search.fleet.hedge import HedgeRule
 from search.fleet.parts import part_count
 from search.settings import Settings, load_settings
 
-__all__ = ["DeploymentOptions", "FleetArgs", "FleetConfigError", "ShardOptions", "load_fleet"]
+__all__ = ["DeploymentOptions", "FleetArgs", "FleetConfigError", "HedgeOptions", "ShardOptions", "load_fleet"]
 
 
 class FleetConfigError(ValueError):
@@ -63,6 +64,28 @@ class DeploymentOptions(_Strict):
         return out
 
 
+class HedgeOptions(_Strict):
+    """When a shard call that has not answered gets a second call (search/fleet/hedge.py); `hedge: null` in
+    the YAML turns hedging off (a failed or late call is still retried once)."""
+
+    quantile: float = Field(0.95, gt=0, le=1)  # hedge after this quantile of the shard's measured answer times
+    window: int = Field(200, ge=1)  # answer times kept per shard
+    min_samples: int = Field(20, ge=1)  # fewer answers than this: wait default_ms
+    floor_ms: float = Field(5.0, ge=0)  # never hedge sooner
+    default_ms: float = Field(50.0, gt=0)  # the wait before the window has min_samples answers
+
+    @model_validator(mode="after")
+    def _reachable(self) -> HedgeOptions:
+        if self.min_samples > self.window:
+            raise ValueError(f"min_samples {self.min_samples} exceeds window {self.window}: the p95 would never "
+                             "be used")
+        return self
+
+    def rule(self) -> HedgeRule:
+        return HedgeRule(quantile=self.quantile, window=self.window, min_samples=self.min_samples,
+                         floor_s=self.floor_ms / 1000, default_s=self.default_ms / 1000)
+
+
 class ShardOptions(DeploymentOptions):
     count: int = Field(ge=1)  # must equal the parts of the store's current version
 
@@ -71,6 +94,8 @@ class FleetArgs(_Strict):
     store: Path
     config: Path | None = None  # the service YAML (configs/service.yaml); None: the defaults
     shard_timeout_s: float = Field(5.0, gt=0)  # one shard call; after a retry that also fails: 503 naming it
+    encoder_timeout_s: float = Field(5.0, gt=0)  # one query-encoder call; after a retry that also fails: 503
+    hedge: HedgeOptions | None = HedgeOptions()  # None: shard calls are not hedged
     # a shard call that may wait for a replica to start (shards scaled to zero), and every shard's loading of
     # the next version before the fleet switches to it
     cold_start_timeout_s: float = Field(60.0, gt=0)

@@ -1,14 +1,20 @@
 """The ingress's fan-out over remote shards (no Ray here: a shard is a function that starts a call and
-returns something with `.result(timeout_s=...)`, as a Serve DeploymentResponse does).
+returns something with `.result(timeout_s=...)` and `.cancel()`, as a Serve DeploymentResponse does).
 
-Every shard is called at once; a call that fails or passes its deadline is made once more (Serve routes it to
-a replica that is up); a shard whose second call fails too stops the search with ShardUnavailable (503 naming
-the shard), never a page missing that shard's hits.
+Every shard is called at once. Per shard and batch, at most three calls:
+- the first call, with the shard's deadline;
+- a hedge: when the first has not answered by the shard's measured p95 (search/fleet/hedge.py), a second call,
+  which Serve routes to the replica with the shorter queue; the first answer wins, the other call is cancelled;
+- one retry, when every call made so far failed or passed its deadline.
+A shard whose calls all fail stops the search with ShardUnavailable (503 naming the shard), never a page
+missing that shard's hits. Waiting on the calls happens in a small thread pool (each waiter blocks on one
+call's `.result`), so one fan-out thread follows every shard's calls and hedge times at once.
 
 A shard deployment that may scale to zero (autoscaling min_replicas 0) has no replica after it idles: its next
 call waits for one to start. `Warmth` tells such a call apart (no answer for half the deployment's delay to
 zero) and gives it the cold-start budget instead of the per-call deadline, so the first query after idle is
-answered, not retried into a 503; the budget stays bounded.
+answered, not retried into a 503; the budget stays bounded. A cold call is not hedged (a second call would
+wait for the same starting replica).
 """
 
 from __future__ import annotations
@@ -17,31 +23,36 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from search.fleet.hedge import HedgeRule, LatencyWindow
 from search.query.shard import ShardFanout, ShardHits, ShardQuery, ShardUnavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pending", "RemoteShard", "ShardTiming", "Warmth", "fan_out"]
+__all__ = ["CallCounter", "Pending", "RemoteShard", "ShardTiming", "Warmth", "fan_out"]
 
 
 class Pending(Protocol):
     def result(self, *, timeout_s: float | None = None) -> Any: ...
 
+    def cancel(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class ShardTiming:
-    """How long the ingress waits for a shard: `timeout_s` per call (then one retry, then 503), or
-    `cold_start_timeout_s` for a call that may wait for a replica to start (`idle_s`: the shards' delay to zero
-    replicas; None: they never scale to zero)."""
+    """How long the ingress waits for a remote part: `timeout_s` per call (then one retry, then 503), or
+    `cold_start_timeout_s` for a call that may wait for a replica to start (`idle_s`: the part's delay to zero
+    replicas; None: it never scales to zero). `hedge`: when a shard call gets a second one (None: never)."""
 
     timeout_s: float
     cold_start_timeout_s: float
     idle_s: float | None = None
+    hedge: HedgeRule | None = None
 
 
 class Warmth:
@@ -73,36 +84,127 @@ class RemoteShard:
     name: str  # the deployment's name, as a 503 reports it
     call: Callable[[str, np.ndarray, Sequence[ShardQuery], frozenset[int]], Pending]  # (version dir, ...) -> call
     warmth: Warmth = field(default_factory=lambda: Warmth(None))  # idle_s None: it keeps a replica, always warm
+    latency: LatencyWindow = field(default_factory=LatencyWindow)  # its answered calls' times (the hedge's p95)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _waiters() -> ThreadPoolExecutor:
+    """The threads that wait on shard calls (started on the first fan-out, not at import)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=128, thread_name_prefix="shard-call")
+        return _pool
+
+
+CallCounter = Callable[[str, str], None]  # (shard name, "first" | "hedge" | "retry"): one call made
 
 
 def fan_out(shards: Sequence[RemoteShard], version_dir: str, hidden: frozenset[int],
-            timing: ShardTiming) -> ShardFanout:
-    """The fan-out `search_batch` calls for one batch over `version_dir`'s parts."""
+            timing: ShardTiming, count: CallCounter | None = None) -> ShardFanout:
+    """The fan-out `search_batch` calls for one batch over `version_dir`'s parts (`count`: told of every call
+    made, for the ingress's metrics)."""
 
     def fanout(qv: np.ndarray, asks: Sequence[ShardQuery]) -> Sequence[Sequence[ShardHits]]:
         args = (version_dir, qv, list(asks), hidden)
         budgets = [shard.warmth.budget(timing) for shard in shards]  # before the calls: a cold shard's wait
-        pending = [shard.call(*args) for shard in shards]  # all shards at once
-        return [_answer(shard, first, args, len(asks), budget, timing.timeout_s)
-                for shard, first, budget in zip(shards, pending, budgets, strict=True)]
+        calls = [_ShardCalls(shard, args, len(asks), budget, timing, count)
+                 for shard, budget in zip(shards, budgets, strict=True)]
+        try:
+            while True:
+                now = time.monotonic()
+                open_ = [c for c in calls if not c.step(now)]
+                if not open_:
+                    return [c.hits for c in calls]
+                hedges = [c.hedge_at for c in open_ if c.hedge_at is not None]
+                wait([f for c in open_ for f in c.unseen()], return_when=FIRST_COMPLETED,
+                     timeout=max(0.0, min(hedges) - now) if hedges else None)
+        except BaseException:
+            for c in calls:
+                c.cancel_outstanding()
+            raise
     return fanout
 
 
-def _answer(shard: RemoteShard, first: Pending, args: tuple[Any, ...], asked: int, first_s: float,
-            timeout_s: float) -> list[ShardHits]:
-    """The shard's hits, from its first call (`first_s`: its budget) or its one retry."""
+@dataclass
+class _Call:
+    pending: Pending
+    answer: Future[tuple[list[ShardHits], float]]  # the hits and the seconds from call to answer
+    failed: bool = False  # seen failed by `step` (a call that finished after `step` looked is waited on)
+
+
+class _ShardCalls:
+    """One shard's calls for one batch: the first, at most one hedge, at most one retry."""
+
+    def __init__(self, shard: RemoteShard, args: tuple[Any, ...], asked: int, first_s: float,
+                 timing: ShardTiming, count: CallCounter | None):
+        self.shard, self.args, self.asked, self.timing, self.count = shard, args, asked, timing, count
+        self.calls: list[_Call] = []
+        self.hits: list[ShardHits] = []
+        self.retried = False
+        warm = first_s <= timing.timeout_s
+        self.hedge_at = (time.monotonic() + shard.latency.hedge_after_s(timing.hedge)
+                         if timing.hedge is not None and warm else None)
+        self._start(first_s, "first")
+
+    def _start(self, timeout_s: float, kind: str) -> None:
+        if self.count is not None:
+            self.count(self.shard.name, kind)
+        started = time.monotonic()
+        pending = self.shard.call(*self.args)
+        self.calls.append(_Call(pending, _waiters().submit(_settle, pending, timeout_s, self.asked, started)))
+
+    def unseen(self) -> list[Future[tuple[list[ShardHits], float]]]:
+        """The calls whose end `step` has not handled yet: the fan-out waits for the first of them."""
+        return [c.answer for c in self.calls if not c.failed]
+
+    def step(self, now: float) -> bool:
+        """True once the shard has answered; starts the hedge or the retry when due; ShardUnavailable when
+        its calls (retry included) all failed."""
+        for call in self.calls:
+            done = call.answer.done()  # read once: a call may end while this runs
+            if done and call.answer.exception() is None:
+                self.hits, seconds = call.answer.result()
+                self.shard.latency.add(seconds)
+                self.shard.warmth.answered()
+                self.cancel_outstanding()
+                return True
+            call.failed = done
+        if all(call.failed for call in self.calls):  # every call so far failed or passed its deadline
+            last = self.calls[-1].answer.exception()
+            assert last is not None
+            if self.retried:
+                raise ShardUnavailable(self.shard.name, _one_line(last)) from last
+            log.warning("shard %s failed (%s); retrying once", self.shard.name, _one_line(last))
+            self.retried, self.hedge_at = True, None
+            self._start(self.timing.timeout_s, "retry")
+        elif self.hedge_at is not None and now >= self.hedge_at:
+            log.debug("shard %s has not answered by its p95; hedging", self.shard.name)
+            self.hedge_at = None
+            self._start(self.timing.timeout_s, "hedge")
+        return False
+
+    def cancel_outstanding(self) -> None:
+        """Cancel the calls still running (the hedge's loser, or the rest after a 503), off this thread: a
+        Serve cancel may wait for the call's replica assignment."""
+        for call in self.calls:
+            if not call.answer.done():
+                _waiters().submit(_cancel, call.pending)
+
+
+def _settle(pending: Pending, timeout_s: float, asked: int, started: float) -> tuple[list[ShardHits], float]:
+    hits = _checked(pending.result(timeout_s=timeout_s), asked)
+    return hits, time.monotonic() - started
+
+
+def _cancel(pending: Pending) -> None:
     try:
-        hits = _checked(first.result(timeout_s=first_s), asked)
-        shard.warmth.answered()
-        return hits
-    except Exception as exc:  # noqa: BLE001 - any failure of the first call earns the one retry
-        log.warning("shard %s failed (%s); retrying once", shard.name, _one_line(exc))
-    try:
-        hits = _checked(shard.call(*args).result(timeout_s=timeout_s), asked)
-        shard.warmth.answered()
-        return hits
-    except Exception as exc:  # noqa: BLE001 - reported as the shard's unavailability
-        raise ShardUnavailable(shard.name, _one_line(exc)) from exc
+        pending.cancel()
+    except Exception as exc:  # noqa: BLE001 - a call that cannot be cancelled ends at its deadline anyway
+        log.debug("cancelling a shard call failed: %s", _one_line(exc))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -46,7 +46,7 @@ from search.runtime.towers import RuntimeEncoder
 from search.runtime.uploads import DecodeGate, UploadRejected
 from search.serving import freeze_startup_heap
 from search.settings import Settings
-from search.state import RemoteParts, ServiceState, build_state
+from search.state import EncoderUnavailable, RemoteParts, ServiceState, build_state
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,11 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShardUnavailable)
     async def no_shard(request: Request, exc: ShardUnavailable) -> Response:
         return _error(request, 503, str(exc), {"shard": exc.shard},
+                      headers={"Retry-After": str(max(1, round(exc.retry_after_s + 0.5)))})
+
+    @app.exception_handler(EncoderUnavailable)
+    async def no_remote_encoder(request: Request, exc: EncoderUnavailable) -> Response:
+        return _error(request, 503, str(exc), {"encoder": exc.encoder},
                       headers={"Retry-After": str(max(1, round(exc.retry_after_s + 0.5)))})
 
     @app.exception_handler(UploadRejected)
