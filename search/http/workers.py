@@ -24,8 +24,6 @@ from search.settings import Settings
 
 __all__ = ["WorkerConfig", "serve_workers", "worker_settings"]
 
-STARTUP_WAIT_S = 1800.0  # a worker loads the index and the encoder sessions before it is ready
-
 log = logging.getLogger("uvicorn.error")
 
 
@@ -64,15 +62,15 @@ class WorkerConfig(uvicorn.Config):
 
 class _AnnouncingMultiprocess(Multiprocess):
     """uvicorn's supervisor that logs "Uvicorn running on ..." once every worker has started (operators and
-    tests wait for that line; the workers serve a socket bound beforehand, for which uvicorn logs none)."""
+    tests wait for that line; the workers serve a socket bound beforehand, for which uvicorn logs none). Checked
+    in the supervisor's own loop, so a stop signal during the workers' start-up is handled at once."""
 
     started = False
 
-    def init_processes(self) -> None:
-        super().init_processes()
-        for process in self.processes:
-            if not process.wait_until_ready(STARTUP_WAIT_S, self.should_exit):
-                return  # its exit is uvicorn's to handle: a start-up failure stops the supervisor
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        if self.started or self.should_exit.is_set() or not all(p.is_ready() for p in self.processes):
+            return
         self.started = True
         host, port = self.sockets[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
