@@ -1,4 +1,5 @@
-"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000] [--log-format json]`;
+"""`python -m search serve --store STORE [--config FILE] [--host 127.0.0.1] [--port 8000] [--workers N]
+[--log-format json]`;
 `python -m search hash-key < key.txt` prints the digest to put in access.api_keys_file.
 
 `serve` checks what can fail in one line before the slow start-up (index load, ONNX sessions): a missing FAISS
@@ -28,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="service YAML (default configs/service.yaml)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help=f"default: $PORT, else {DEFAULT_PORT}")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes on the port, each with its share of the cores (default: server.workers)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", choices=["text", "json"], default=None, help="default: logging.format")
     sub.add_parser("hash-key", help="print the sha256 digest of an API key read from stdin (for the key file)")
@@ -100,6 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         require_faiss()
         port = _port(args)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
     except (FaissMissing, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,8 +122,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     with sock:
         settings = load_settings(args.config, store=args.store)
+        server = settings.server if args.workers is None else settings.server.model_copy(
+            update={"workers": args.workers})
         settings = settings.model_copy(update={"access": settings.access.model_copy(
-            update={"bind_host": args.host})})
-        configure_logging(args.log_level, args.log_format or settings.logging.format)
-        started = serve(create_app(settings), sock, settings.server, args.log_level)
+            update={"bind_host": args.host}), "server": server})
+        log_format = args.log_format or settings.logging.format
+        configure_logging(args.log_level, log_format)
+        if server.workers > 1:
+            from search.http.workers import serve_workers
+
+            started = serve_workers(settings, sock, args.log_level, log_format)
+        else:
+            started = serve(create_app(settings), sock, settings.server, args.log_level)
     return 0 if started else 3  # 3: start-up failed, as uvicorn.run exits

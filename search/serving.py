@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def configure_threads(settings: Settings) -> ThreadBudget:
     """Resolve and apply the `threads` section (FAISS now; ONNX sessions created after this)."""
     t = settings.threads
-    budget = resolve_budget(t.ort_intra_op, t.ort_inter_op, t.ort_spinning, t.faiss_omp, t.loop_workers)
+    budget = resolve_budget(t.ort_intra_op, t.ort_inter_op, t.ort_spinning, t.faiss_omp, t.loop_workers, t.cores)
     configure_process(budget)
     return budget
 
@@ -54,8 +54,8 @@ def build_text_batcher(text: Any, settings: Settings, metrics: ServiceMetrics) -
 def solo_threads(settings: Settings) -> int:
     """Intra-op threads of the lone-query session (1: none): `threads.solo_intra_op`, 0 = every core this process
     may use, and none when that is no more than the load-time sessions already have."""
-    budget = resolve_budget(settings.threads.ort_intra_op)
-    cores = resolve_budget(ort_intra_op=0, faiss_omp=0).faiss_omp
+    budget = resolve_budget(settings.threads.ort_intra_op, cores=settings.threads.cores)
+    cores = resolve_budget(ort_intra_op=0, faiss_omp=0, cores=settings.threads.cores).faiss_omp
     solo = settings.threads.solo_intra_op or cores
     return solo if solo > budget.ort_intra_op else 1
 

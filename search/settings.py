@@ -64,6 +64,8 @@ class ThreadSettings(_Strict):
     ort_spinning: bool = False  # spinning intra-op threads slow the FAISS search that follows an encode
     faiss_omp: int = Field(1, ge=0)  # FAISS's team on each searching thread (0: all cores; why 1: threads.py)
     loop_workers: int = Field(0, ge=0)  # the event loop's default executor (uploads, admin; searches: the search lane)
+    cores: int = Field(0, ge=0)  # the cores the zeros above mean (0: this process's; `server.workers` > 1 sets
+    # each worker's share: search/http/workers.py)
     solo_intra_op: int = Field(1, ge=0)  # a lone query on an idle pool: a session with this many threads (0: all
     # cores; 1: no solo session, the default until a quiet machine measures it: benchmarks/README.md, issue 20)
 
@@ -134,6 +136,7 @@ class ServerSettings(_Strict):
     keep_alive_timeout_s: float = Field(5.0, gt=0)  # idle keep-alive connection closed after this
     max_connections: int = Field(1000, ge=1)  # open connections + requests in progress; beyond: 503 at once
     backlog: int = Field(2048, ge=1)  # connections the kernel queues before uvicorn accepts them
+    workers: int = Field(1, ge=1)  # worker processes on the one port (uvicorn's supervisor; search/http/workers.py)
 
 
 class TrafficSettings(_Strict):

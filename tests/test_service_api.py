@@ -4,6 +4,7 @@ tiny encoder (search, cache hits, filters, similar/image search, images, health,
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -164,7 +165,7 @@ def test_images_and_thumbnails_are_served_by_id(client, world):
 
 
 def test_health_ready_docs_and_page(client, world):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}
     ready = client.get("/readyz").json()
     assert ready["ready"] and ready["vectors"] == len(world.ids_by_path) and ready["last_reload_error"] is None
     assert client.get("/docs").status_code == 200

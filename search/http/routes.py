@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -214,9 +215,9 @@ async def get_image(request: Request, image_id: ImageId, thumb: bool = False) ->
     return FileResponse(path)
 
 
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness (pid: the worker process that answered, with server.workers > 1)")
+async def healthz() -> dict[str, str | int]:
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @router.get("/readyz", response_model=Ready, summary="Readiness: index loaded, version, last reload error")

@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from search.settings import ServerSettings
 
-__all__ = ["header_timeout_protocol", "serve"]
+__all__ = ["header_timeout_protocol", "serve", "uvicorn_options"]
 
 
 def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
@@ -67,13 +67,17 @@ def serve(app: Any, sock: socket.socket, server: ServerSettings, log_level: str)
     stopped, with the `server:` settings applied. False when the app's start-up failed."""
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
-                            proxy_headers=False,  # only the app's own ProxyHeadersMiddleware (access.trusted_proxies)
-                            server_header=False, http=header_timeout_protocol(server.header_timeout_s),
-                            timeout_keep_alive=server.keep_alive_timeout_s,  # type: ignore[arg-type]
-                            limit_concurrency=server.max_connections, backlog=server.backlog)
+                            http=header_timeout_protocol(server.header_timeout_s), **uvicorn_options(server))
     instance = _AnnouncingServer(config)
     instance.run(sockets=[sock])
     return bool(instance.started)
+
+
+def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
+    """uvicorn's options from the `server:` settings (one process or each worker of several)."""
+    return {"proxy_headers": False,  # only the app's own ProxyHeadersMiddleware (access.trusted_proxies)
+            "server_header": False, "timeout_keep_alive": server.keep_alive_timeout_s,
+            "limit_concurrency": server.max_connections, "backlog": server.backlog}
 
 
 class _AnnouncingServer(uvicorn.Server):

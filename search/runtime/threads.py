@@ -15,7 +15,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ThreadBudget", "apply_faiss_threads", "configure_process", "process_budget", "resolve_budget",
+__all__ = ["ThreadBudget", "apply_faiss_threads", "available_cores", "configure_process", "process_budget",
+           "resolve_budget",
            "session_options", "use_faiss_threads", "use_loop_workers"]
 
 _PROCESS: list[ThreadBudget] = []  # the budget this process was configured with (threads are process-wide)
@@ -32,7 +33,8 @@ class ThreadBudget:
     loop_workers: int
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -40,14 +42,15 @@ def _cores() -> int:
 
 
 def resolve_budget(ort_intra_op: int = 0, ort_inter_op: int = 1, ort_spinning: bool = False,
-                   faiss_omp: int = 1, loop_workers: int = 0) -> ThreadBudget:
+                   faiss_omp: int = 1, loop_workers: int = 0, cores: int = 0) -> ThreadBudget:
     """0 means: ONNX Runtime gets all cores this process may use but one, which stays with the event loop (on
     2 cores under 2x overload: admitted p99 117 vs 214 ms, rejections 6.6 vs 9.0 ms, at +0.6 ms for one int8
     12-token encode; benchmarks/README.md); FAISS all cores. FAISS's default is one thread: it splits a search
     over its queries, and a team whose helper slept since the last search (an idle gap between requests) waits
     for it to be scheduled again: 8-15 ms for one query against 0.3 ms alone on 2 loaded cores, and slower at
-    every batch size up to 64 (benchmarks/lane_ann.py; benchmarks/README.md, issue 20)."""
-    cores = _cores()
+    every batch size up to 64 (benchmarks/lane_ann.py; benchmarks/README.md, issue 20). `cores` (0: the process's
+    affinity) is this process's share when several worker processes split the node (search/http/workers.py)."""
+    cores = cores or available_cores()
     return ThreadBudget(ort_intra_op=ort_intra_op or max(1, cores - 1), ort_inter_op=max(1, ort_inter_op),
                         ort_spinning=ort_spinning, faiss_omp=faiss_omp or cores,
                         loop_workers=loop_workers or min(32, cores + 4))
