@@ -21,7 +21,15 @@ from indexer.models.export import export_bundle, hf_text_spec
 from search.artifact.bundle import SPEC_FILE, EncoderBundle
 from search.artifact.encoder import EncoderNotServableError
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
-from tests.text_support import CORPUS, cosines, exported_bundle, micro_batched, random_texts, runtime_encoders
+from tests.text_support import (
+    CORPUS,
+    cosines,
+    exported_bundle,
+    micro_batched,
+    random_texts,
+    runtime_encoders,
+    serve_probe_report,
+)
 
 POOLS = {"xlm-roberta": "mean", "nllb": "cls"}
 
@@ -170,22 +178,8 @@ def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 
 
 def test_an_hf_tower_store_serves_with_torch_and_transformers_unimportable(built_store, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.indexer_support import REPO
-
     _, images, store = built_store
-    image = sorted(images.rglob("*.png"))[0]
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_probe.py")), str(store), str(image),
-                          "a small red circle 東京"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["text"]["status"] == 200 and report["text"]["hits"], report
-    assert report["image"]["status"] == 200 and report["image"]["hits"], report
-    assert report["imported"] == []
+    serve_probe_report(store, sorted(images.rglob("*.png"))[0], "a small red circle 東京", tmp_path)
 
 
 def test_the_service_ranks_as_open_clip_does(built_store) -> None:

@@ -8,7 +8,6 @@ pretrained config equals open_clip's, image embeddings equal `encode_image`, and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,15 @@ from search.artifact.bundle import EncoderBundle
 from search.artifact.specs import PreprocessSpec, TokenizerSpec
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.towers import RuntimeEncoder
-from tests.text_support import CORPUS, cosines, exported_bundle, micro_batched, random_texts, runtime_encoders
+from tests.text_support import (
+    CORPUS,
+    cosines,
+    exported_bundle,
+    micro_batched,
+    random_texts,
+    runtime_encoders,
+    serve_probe_report,
+)
 
 VARIANTS = {"S": False, "B": True}  # MobileCLIP-S*/MobileCLIP2 (no causal mask), MobileCLIP-B (causal)
 
@@ -221,22 +228,8 @@ def test_a_store_built_with_it_answers_searches_as_open_clip_ranks(encoders, bui
 
 
 def test_the_store_serves_with_torch_timm_and_open_clip_unimportable(built_store, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.indexer_support import REPO
-
     images, store = built_store
-    image = sorted(images.rglob("*.png"))[0]
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_probe.py")), str(store), str(image),
-                          "a small red circle"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["text"]["status"] == 200 and report["text"]["hits"], report
-    assert report["image"]["status"] == 200 and report["image"]["hits"], report
-    assert report["imported"] == []
+    serve_probe_report(store, sorted(images.rglob("*.png"))[0], "a small red circle", tmp_path)
 
 
 def test_a_checkpoint_file_gets_the_preprocess_its_models_published_weights_agree_on() -> None:

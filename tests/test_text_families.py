@@ -24,7 +24,15 @@ from search.artifact.specs import HFTokenizerSpec
 from search.runtime.preprocess import ImagePreprocess
 from search.runtime.tokenizer import HFTextTokenizer
 from search.runtime.towers import RuntimeEncoder
-from tests.text_support import CORPUS, cosines, exported_bundle, micro_batched, random_texts, runtime_encoders
+from tests.text_support import (
+    CORPUS,
+    cosines,
+    exported_bundle,
+    micro_batched,
+    random_texts,
+    runtime_encoders,
+    serve_probe_report,
+)
 
 
 @pytest.fixture(scope="module")
@@ -217,22 +225,8 @@ def test_build_from_a_folder_publishes_a_store_the_service_answers_from(encoder,
 
 
 def test_the_store_serves_with_torch_transformers_and_sentencepiece_unimportable(built_store, tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.indexer_support import REPO
-
     images, store = built_store
-    image = sorted(images.rglob("*.png"))[0]
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_probe.py")), str(store), str(image),
-                          "a small red circle"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["text"]["status"] == 200 and report["text"]["hits"], report
-    assert report["image"]["status"] == 200 and report["image"]["hits"], report
-    assert report["imported"] == []
+    serve_probe_report(store, sorted(images.rglob("*.png"))[0], "a small red circle", tmp_path)
 
 
 def test_build_with_a_folder_missing_a_file_exits_2_with_one_line(folder: Path, tmp_path: Path,

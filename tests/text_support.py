@@ -87,3 +87,23 @@ def micro_batched(text: Any, corpus: Sequence[str]) -> tuple[np.ndarray, list[tu
         return np.stack(asyncio.run(all_at_once())), calls
     finally:
         batcher.close()
+
+
+def serve_probe_report(store: Path, image: Path, query: str, cwd: Path) -> dict[str, Any]:
+    """Run tests/serve_probe.py (the serving runtime with torch, transformers, sentencepiece, timm and open_clip
+    made unimportable) against a store, asserting it answered text and image searches and imported none of them."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.indexer_support import REPO
+
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_probe.py")), str(store), str(image),
+                          query], capture_output=True, text=True, cwd=cwd, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["text"]["status"] == 200 and report["text"]["hits"], report
+    assert report["image"]["status"] == 200 and report["image"]["hits"], report
+    assert report["imported"] == []
+    return report
