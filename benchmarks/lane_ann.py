@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine  # noqa: E402
-from serving_store import build  # noqa: E402
+from serving_store import add_store_arguments, build  # noqa: E402
 
 
 def p50_ms(xs: list[float]) -> float:
@@ -102,10 +102,7 @@ def back_to_back(artifact: Any, queries: Any, nq: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--factory", default="OPQ64_256,IVF4096,PQ64")
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--vectors", choices=("clustered", "isotropic"), default="clustered")
+    add_store_arguments(parser)
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each search")
     parser.add_argument("--nq", type=int, default=1, help="queries per search batch")

@@ -45,12 +45,18 @@ def text_encoder(store: Path, precision: str = "int8") -> Any:
         return RuntimeEncoder.load(artifact.encoder_bundle, RuntimeOptions(text_precision=precision)).text  # type: ignore[arg-type]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--factory", default="OPQ64_256,IVF4096,PQ64")
+
+def add_store_arguments(parser: argparse.ArgumentParser, n: int = 1_000_000,
+                        factory: str = "OPQ64_256,IVF4096,PQ64") -> None:
+    """The store's shape (--n, --factory, --model, --vectors), named alike by every script that builds or reuses it."""
+    parser.add_argument("--n", type=int, default=n)
+    parser.add_argument("--factory", default=factory)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--vectors", choices=("clustered", "isotropic"), default="clustered")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_store_arguments(parser)
     parser.add_argument("--work", type=Path, default=OUT / "serving")
     args = parser.parse_args()
     out = build(args.n, args.factory, args.model, args.work, args.vectors)

@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine  # noqa: E402
 from serving_core import LUA, wrk  # noqa: E402
-from serving_store import build  # noqa: E402
+from serving_store import add_store_arguments, build  # noqa: E402
 
 from tests.service_support import running_server  # noqa: E402
 
@@ -48,10 +48,7 @@ def pss_mb(pids: list[int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200_000)
-    parser.add_argument("--factory", default="OPQ64_256,IVF1024,PQ64")
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--vectors", choices=("clustered", "isotropic"), default="clustered")
+    add_store_arguments(parser, n=200_000, factory="OPQ64_256,IVF1024,PQ64")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--duration", type=int, default=6)
