@@ -48,6 +48,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/query/admission.py": ("tests/test_admission_rules.py",),
     "search/query/merge.py": ("tests/test_search_batch.py", "-k", "not freezes"),
     "search/query/batch.py": ("tests/test_search_batch.py", "-k", "not freezes"),
+    "search/query/lane.py": ("tests/test_search_lane.py",),
     "search/artifact/checksums.py": ("tests/test_manifest.py", "tests/test_checksums.py",
                                      "-k", "not test_start and not test_service"),
     "search/artifact/manifest.py": ("tests/test_manifest.py",),

@@ -119,3 +119,40 @@ def test_recall_at_k():
     assert np.isnan(recall_at_k(np.zeros((0, 3)), np.zeros((0, 3)), 3))
     with pytest.raises(ValueError, match="^found and truth must have one row per query$"):
         recall_at_k(np.zeros((1, 3)), np.zeros((2, 3)), 3)
+
+
+def _tied(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n float16 rows that are one of three unit vectors (many exact ties), and a query scoring them 1, 0.5, 0.25."""
+    rows = np.eye(4, dtype=np.float16)[:3][np.random.default_rng(seed).integers(0, 3, n)]
+    return rows, np.array([[1.0, 0.5, 0.25, 0.0]], np.float32)
+
+
+def test_exact_search_breaks_ties_across_blocks_by_row_and_answers_float32():
+    rows, query = _tied()
+    scores, found = exact_search(rows, query, 40, block_rows=1)  # every row its own block
+    expect = np.argsort(-(rows.astype(np.float32) @ query[0]), kind="stable")[:40]
+    assert found.tolist() == [expect.tolist()]  # an earlier block's row wins a tie with a later one
+    assert scores.dtype == np.float32 and found.dtype == np.int64
+    padded_s, padded = exact_search(rows[:2], query, 4)
+    assert padded_s.dtype == np.float32 and padded.dtype == np.int64 and padded[0, 2:].tolist() == [-1, -1]
+
+
+def test_rerank_breaks_ties_by_row_skips_empty_rows_and_refuses_mismatched_input():
+    rows, query = _tied()
+    queries = np.repeat(query, 3, axis=0)
+    candidates = np.stack([np.full(60, -1), np.arange(60)[::-1], np.arange(60)])  # none, then all (any order)
+    scores, found = rerank(rows, queries, candidates, 20)
+    expect = np.argsort(-(rows.astype(np.float32) @ query[0]), kind="stable")[:20].tolist()
+    assert found[0].tolist() == [-1] * 20 and np.isneginf(scores[0]).all()
+    assert found[1].tolist() == expect and found[2].tolist() == expect  # a row after an empty one is reranked
+    assert scores.dtype == np.float32 and found.dtype == np.int64
+    _, narrow = rerank(rows, query, np.array([[2, 1]], np.int32), 2)
+    assert narrow.dtype == np.int64
+    with pytest.raises(ValueError):
+        rerank(rows, queries, candidates[:2], 5)  # a candidate row per query
+
+
+def test_recall_counts_label_zero_and_is_zero_on_zero_width():
+    assert recall_at_k(np.array([[0, 5]]), np.array([[0, 7]]), 2) == 0.5  # label 0 is a row like any other
+    assert recall_at_k(np.array([[7, 0]]), np.array([[0, 7]]), 2) == 1.0
+    assert recall_at_k(np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64), 3) == 0.0  # nothing to find

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta, timezone
@@ -35,6 +36,7 @@ from search.artifact.manifest import (
     FileEntry,
     IndexInfo,
     Manifest,
+    read_manifest,
     write_manifest,
 )
 from search.artifact.version import current_version
@@ -380,3 +382,44 @@ def test_a_failed_publish_leaves_current_and_the_versions_folder_as_they_were(tm
                         {}, {})
     assert current_version(store) == good.name
     assert sorted(p.name for p in (store / "versions").iterdir()) == [good.name]
+
+
+def test_a_tuned_index_carries_its_chosen_figures_into_the_manifest(tmp_path: Path):
+    """An IVF-PQ index (Flat's figures are IndexInfo's defaults): the manifest holds the tuning's chosen search
+    parameters, rerank depth, recalls and latency, all different from those defaults."""
+    vectors = np.random.default_rng(0).standard_normal((300, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12, 40],
+                     budget={"target_recall": 0.9})
+    version = publish_version(tmp_path / "store", np.arange(1, 301), vectors, _db(tmp_path / "live.sqlite"),
+                              ENCODER, tmp_path, config, {}, {})
+    index = read_manifest(version.path).index
+    assert index.factory == "IVF4,PQ2x4" and index.params and index.params.keys() == {"nprobe"}
+    chosen = [t for t in index.tuning if (t["params"], t["rerank_candidates"]) ==
+              (index.params, index.rerank_candidates)]
+    assert len(chosen) == 1, index.tuning
+    assert (index.recall_at_10, index.recall_at_10_raw, index.latency_ms) == \
+        (chosen[0]["recall_at_10"], chosen[0]["recall_at_10_raw"], chosen[0]["latency_ms"])
+    assert index.rerank_candidates in (12, 40) and index.recall_at_10_raw < index.recall_at_10 < 1.0
+    assert index.recall_queries == 20 and index.selection["target_met"] is True
+
+
+def test_a_publish_killed_while_building_leaves_only_a_temporary_that_remove_temporaries_clears(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """What a SIGKILL during the index build leaves (the store copied at that moment): one `versions/.tmp-<name>-*`
+    folder that no listing counts as a version and remove_temporaries removes."""
+    store, killed = tmp_path / "store", tmp_path / "killed"
+    build = publish._build_into
+
+    def build_then_copy(folder: Path, config: IndexConfig) -> object:
+        built = build(folder, config)
+        shutil.copytree(store, killed, symlinks=True)
+        return built
+
+    monkeypatch.setattr(publish, "_build_into", build_then_copy)
+    version = publish_version(store, np.array([1, 2]), _unit(2), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
+                              _config(), {}, {})
+    assert list_versions(killed) == [] and current_version(killed) is None
+    (left,) = remove_temporaries(killed)
+    assert left.startswith(f"versions/.tmp-{version.name}-"), left
+    assert list((killed / "versions").iterdir()) == []
