@@ -7,7 +7,8 @@ module's run takes seconds to minutes, not the whole suite per mutant.
 
 Prints one JSON object: per module the mutants, killed, survived (incl. mutants no selected test reaches),
 timeout, equivalent (matched in benchmarks/mutation_equivalent.json) and score = killed / (total - equivalent),
-where a timed-out mutant counts as killed (its tests did not pass; it is also reported under timeout),
+where a timed-out or crashed mutant counts as killed (its tests did not pass; it is also reported under timeout
+or crashed),
 plus every survivor that is not listed as equivalent (module, function, the line before and after).
 
 Each module runs in a scratch copy of the working tree (git's tracked and untracked, non-ignored files), never
@@ -49,6 +50,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/query/merge.py": ("tests/test_search_batch.py", "-k", "not freezes"),
     "search/query/batch.py": ("tests/test_search_batch.py", "-k", "not freezes"),
     "search/query/lane.py": ("tests/test_search_lane.py",),
+    "search/query/shard.py": ("tests/test_search_batch.py", "-k", "not freezes"),
     "search/artifact/checksums.py": ("tests/test_manifest.py", "tests/test_checksums.py",
                                      "-k", "not test_start and not test_service"),
     "search/artifact/manifest.py": ("tests/test_manifest.py",),
@@ -77,6 +79,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 # mutmut's exit codes per mutant, as its own `mutmut.stats.status_by_exit_code` reads them.
 _KILLED = {1, 3, 37}
 _TIMEOUT = {36, -24, 24, 152, 255}
+_CRASHED = {-11, -6}  # SIGSEGV / SIGABRT in the tests' process (e.g. FAISS given None): the tests did not pass
 _SURVIVED = {0, 5, 33}  # 5/33: no selected test reaches the mutated function
 
 
@@ -197,7 +200,7 @@ def run_module(module: str, tests: tuple[str, ...], max_children: int, per_funct
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         if patterns:  # only the chosen mutants were run
             codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
-        survivors = sorted(k for k, v in codes.items() if v in _SURVIVED or v not in _KILLED | _TIMEOUT)
+        survivors = sorted(k for k, v in codes.items() if v in _SURVIVED or v not in _KILLED | _TIMEOUT | _CRASHED)
         described = _describe(repo, module, survivors)
     finally:
         if not keep:
@@ -206,11 +209,12 @@ def run_module(module: str, tests: tuple[str, ...], max_children: int, per_funct
     unlisted = [m for m in described.values() if m.key() not in equivalent]
     total = len(codes)
     timeout = sum(v in _TIMEOUT for v in codes.values())
-    killed = sum(v in _KILLED for v in codes.values()) + timeout
+    crashed = sum(v in _CRASHED for v in codes.values())
+    killed = sum(v in _KILLED for v in codes.values()) + timeout + crashed
     denominator = total - len(listed)
     return {
         "module": module, "tests": list(tests), "mutants": total, "killed": killed,
-        "survived": len(survivors), "timeout": timeout, "equivalent": len(listed),
+        "survived": len(survivors), "timeout": timeout, "crashed": crashed, "equivalent": len(listed),
         "score": round(killed / denominator, 4) if denominator else 1.0,
         "seconds": round(time.perf_counter() - started, 1),
         "survivors": [m.__dict__ for m in sorted(unlisted, key=Mutant.key)],
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threshold": THRESHOLD,
         "modules": modules,
         "total": {"mutants": total, "killed": killed, "survived": sum(m["survived"] for m in modules),
-                  "timeout": sum(m["timeout"] for m in modules), "equivalent": listed,
+                  "timeout": sum(m["timeout"] for m in modules), "crashed": sum(m["crashed"] for m in modules),
+                  "equivalent": listed,
                   "score": round(killed / (total - listed), 4) if total - listed else 1.0},
     }
     print(json.dumps(report, indent=2))
