@@ -423,3 +423,71 @@ def test_a_publish_killed_while_building_leaves_only_a_temporary_that_remove_tem
     (left,) = remove_temporaries(killed)
     assert left.startswith(f"versions/.tmp-{version.name}-"), left
     assert list((killed / "versions").iterdir()) == []
+
+
+def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from search.artifact.checksums import file_entry
+    from search.artifact.manifest import SHARDED_SCHEMA_VERSION, shard_dir_name
+    from search.artifact.shards import SHARD_RULE, shard_of
+
+    vectors = np.random.default_rng(2).standard_normal((400, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(1, 401)
+    config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12, 40],
+                     budget={"target_recall": 0.95}, shards=2)  # seeded: the parts tune to different figures
+    with caplog.at_level("INFO", logger=publish.log.name):
+        version = publish_version(tmp_path / "store", ids[::-1], vectors[::-1], _db(tmp_path / "live.sqlite"),
+                                  ENCODER, tmp_path, config, {"indexed": 400}, {"encode_s": 1.0})
+    manifest = read_manifest(version.path)
+    whole, parts = manifest.index, [entry.index for entry in manifest.shards]
+    assert caplog.messages == [f"published {version.name} (IVF4,PQ2x4, 2 shards, recall@10 "
+                               f"{whole.recall_at_10:.4f}) and pruned []"]
+    assert manifest.schema_version == SHARDED_SCHEMA_VERSION
+    assert manifest.sharding == {"rule": SHARD_RULE, "shards": 2} and len(manifest.shards) == 2
+    owner = shard_of(ids, 2)
+    for shard, entry in enumerate(manifest.shards):
+        folder = version.path / entry.dir
+        assert entry.dir == shard_dir_name(shard) and entry.vectors == int((owner == shard).sum()) > 0
+        assert np.load(folder / "ids.npy").tolist() == ids[owner == shard].tolist()  # ascending, by the rule
+        np.testing.assert_array_equal(np.load(folder / "vectors.f16.npy"), vectors[owner == shard].astype(np.float16))
+        assert entry.files == {f: file_entry(folder / f) for f in ("index.faiss", "vectors.f16.npy", "ids.npy")}
+        assert entry.index.factory == "IVF4,PQ2x4" and entry.index.params
+    # the whole version's summary: what a search over every part asks, and the worst part's figures
+    assert len({p.params["nprobe"] for p in parts}) == len({p.recall_at_10_raw for p in parts}) == 2
+    assert (whole.factory, whole.metric, whole.tuning) == ("IVF4,PQ2x4", "ip", [])
+    assert whole.params == {"nprobe": max(p.params["nprobe"] for p in parts)}
+    assert whole.rerank_candidates == max(p.rerank_candidates for p in parts)
+    assert whole.recall_at_10 == min(p.recall_at_10 for p in parts) < 1.0
+    assert whole.recall_at_10_raw == min(p.recall_at_10_raw for p in parts)
+    assert whole.recall_queries == sum(p.recall_queries for p in parts) == 40
+    assert whole.latency_ms == {k: max(p.latency_ms[k] for p in parts) for k in parts[0].latency_ms}
+    assert whole.bytes_per_vector == pytest.approx(
+        sum(p.bytes_per_vector * e.vectors for p, e in zip(parts, manifest.shards, strict=True)) / 400)
+    assert whole.selection["shards"] == 2 and whole.selection["target_met"] is True
+    assert whole.selection["factory"] == parts[0].selection["factory"]
+    assert manifest.counts == {"indexed": 400, "vectors": 400} and manifest.encoder == ENCODER
+    assert manifest.files == {"metadata.sqlite": file_entry(version.path / "metadata.sqlite")}
+    assert manifest.timings["encode_s"] == 1.0 and manifest.timings["publish_s"] > 0
+    assert manifest.timings["index_build_s"] > 0 and manifest.encoder_files is None
+    assert manifest.image_root == str(tmp_path.resolve())
+
+
+def test_a_sharded_publish_takes_part_0s_chosen_factory_for_every_part(tmp_path: Path):
+    vectors = _unit(40)
+    version = publish_version(tmp_path / "store", np.arange(1, 41), vectors, _db(tmp_path / "live.sqlite"), ENCODER,
+                              tmp_path, _config(factory=None, shards=3), {}, {})
+    first, *rest = [entry.index for entry in read_manifest(version.path).shards]
+    assert first.factory == "Flat" and first.selection["reason"].startswith("exact search fits")
+    for later in rest:
+        assert later.factory == "Flat"
+        assert later.selection["reason"] == f"part 0's choice ({first.selection['reason']})"
+
+
+def test_too_many_shards_for_the_vectors_is_refused_before_anything_is_written(tmp_path: Path):
+    store = tmp_path / "store"
+    with pytest.raises(ValueError, match=r"^8 shards for 3 vectors leaves shard\(s\) \[.*\] empty: use fewer "
+                                         r"shards$"):
+        publish_version(store, np.array([1, 2, 3]), _unit(3), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
+                        _config(shards=8), {}, {})
+    assert not store.exists()

@@ -18,7 +18,7 @@ from search.query.filters import Filters
 from search.query.merge import merge_ranked, satisfied, trim_to_fetch
 from search.query.pipeline import Searcher
 from search.query.rerank import Ranked
-from search.query.shard import ShardHits, ShardQuery, shard_search
+from search.query.shard import ShardHits, ShardQuery, ShardUnavailable, shard_search
 from search.query.spec import SearchSpec
 from search.query.timing import StageTimer
 from search.settings import RankSettings
@@ -224,3 +224,11 @@ def test_a_page_is_final_when_full_or_when_every_shard_is_exhausted() -> None:
     assert satisfied(three, [open_], spec)  # offset + k results
     assert not satisfied(three[:2], [open_, done], spec)
     assert satisfied(three[:2], [done, done], spec)
+
+
+def test_an_unavailable_shard_names_itself_and_when_to_retry() -> None:
+    """What the 503 says (search/http/app.py): the shard, the reason, and a one-second retry unless told."""
+    down = ShardUnavailable("2", "both calls timed out")
+    assert str(down) == "shard 2 is unavailable: both calls timed out"
+    assert (down.shard, down.retry_after_s) == ("2", 1.0)
+    assert ShardUnavailable("0", "no replica is running", retry_after_s=5.0).retry_after_s == 5.0
