@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -75,6 +76,25 @@ def _version(store: Path, name: str, encoder_dir: str | None = None) -> Path:
     return path
 
 
+def _encoder_folder(store: Path) -> EncoderFiles:
+    """A store's encoder folder as the export writes it (`encoders/<key>`: the spec, tokenizer and ONNX files; the
+    graphs here are placeholder bytes, which publishing only checksums)."""
+    from search.artifact.bundle import TextSpec
+    from search.artifact.checksums import file_entry
+    from search.artifact.specs import PreprocessSpec, TokenizerSpec
+
+    folder = store / "encoders" / "synthetic-0"
+    folder.mkdir(parents=True)
+    spec = {"format": 1, "identity": ENCODER.to_dict(),
+            "tokenizer": TokenizerSpec(16, 1, 2, "lower", "x+", {"<start>": 1}).to_dict(),
+            "preprocess": PreprocessSpec((32, 32), "squash", "bilinear", (0.5,) * 3, (0.5,) * 3).to_dict(),
+            "text": TextSpec(True, "argmax", None).to_dict()}
+    (folder / "encoder.json").write_text(json.dumps(spec))
+    for name in ("tokenizer.json", "text.onnx", "image.onnx"):
+        (folder / name).write_bytes(name.encode())
+    return EncoderFiles("encoders/synthetic-0", {f.name: file_entry(f) for f in sorted(folder.iterdir())})
+
+
 # -- input checks: a clear ValueError before anything is written ---------------------------------------------
 @pytest.mark.parametrize(("ids", "vectors", "message"), [
     (np.array([[1, 2]]), _unit(2), "ids must be a 1-D integer array"),
@@ -90,6 +110,7 @@ def _version(store: Path, name: str, encoder_dir: str | None = None) -> Path:
     (np.array([1, 2]), np.array([[1, 0, 0, 0], [np.inf, 0, 0, 0]], np.float32), "NaN or infinity"),
     (np.array([5, 7]), np.array([[1, 0, 0, 0], [0.5, 0, 0, 0]], np.float32), "id 7 has norm 0.5000"),
     (np.array([7, 5]), np.array([[1, 0, 0, 0], [1.5, 0, 0, 0]], np.float32), "id 5 has norm 1.5000"),
+    (np.array([1, 2]), np.array([[1, 0, 0, 0], [300, 0, 0, 0]], np.float32), "id 2 has norm 300.0000"),  # not inf
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, ids, vectors, message):
     store = tmp_path / "store"
@@ -436,10 +457,13 @@ def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
     ids = np.arange(1, 401)
     config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12, 40],
                      budget={"target_recall": 0.95}, shards=2)  # seeded: the parts tune to different figures
+    encoder_files = _encoder_folder(tmp_path / "store")
     with caplog.at_level("INFO", logger=publish.log.name):
         version = publish_version(tmp_path / "store", ids[::-1], vectors[::-1], _db(tmp_path / "live.sqlite"),
-                                  ENCODER, tmp_path, config, {"indexed": 400}, {"encode_s": 1.0})
+                                  ENCODER, tmp_path, config, {"indexed": 400}, {"encode_s": 1.0}, encoder_files)
     manifest = read_manifest(version.path)
+    assert manifest.encoder_files == encoder_files and (tmp_path / "store" / encoder_files.dir).is_dir()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in version.path.rglob("*") if p.is_file()} == {0o444}
     whole, parts = manifest.index, [entry.index for entry in manifest.shards]
     assert caplog.messages == [f"published {version.name} (IVF4,PQ2x4, 2 shards, recall@10 "
                                f"{whole.recall_at_10:.4f}) and pruned []"]
@@ -469,7 +493,7 @@ def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
     assert manifest.counts == {"indexed": 400, "vectors": 400} and manifest.encoder == ENCODER
     assert manifest.files == {"metadata.sqlite": file_entry(version.path / "metadata.sqlite")}
     assert manifest.timings["encode_s"] == 1.0 and manifest.timings["publish_s"] > 0
-    assert manifest.timings["index_build_s"] > 0 and manifest.encoder_files is None
+    assert manifest.timings["index_build_s"] > 0
     assert manifest.image_root == str(tmp_path.resolve())
 
 
@@ -486,8 +510,44 @@ def test_a_sharded_publish_takes_part_0s_chosen_factory_for_every_part(tmp_path:
 
 def test_too_many_shards_for_the_vectors_is_refused_before_anything_is_written(tmp_path: Path):
     store = tmp_path / "store"
-    with pytest.raises(ValueError, match=r"^8 shards for 3 vectors leaves shard\(s\) \[.*\] empty: use fewer "
-                                         r"shards$"):
+    from search.artifact.shards import shard_of
+
+    empty = sorted(set(range(8)) - set(shard_of(np.array([1, 2, 3]), 8).tolist()))
+    message = f"8 shards for 3 vectors leaves shard(s) {empty} empty: use fewer shards"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         publish_version(store, np.array([1, 2, 3]), _unit(3), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
                         _config(shards=8), {}, {})
     assert not store.exists()
+
+
+def test_a_version_lists_its_encoder_folder_which_pruning_then_keeps(tmp_path: Path):
+    store = tmp_path / "store"
+    encoder_files = _encoder_folder(store)
+    version = publish_version(store, np.array([1, 2]), _unit(2), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
+                              _config(), {}, {}, encoder_files)
+    assert read_manifest(version.path).encoder_files == encoder_files
+    assert sorted(p.name for p in (store / encoder_files.dir).iterdir()) == sorted(encoder_files.files)
+
+
+def test_a_version_whose_bytes_change_before_the_final_check_is_never_published(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The last step before the rename reads every byte back against the manifest's checksums (a same-size
+    change that a size check would pass): the publish fails and `current` stays where it was."""
+    from search.artifact.manifest import ArtifactError
+
+    store, db = tmp_path / "store", _db(tmp_path / "live.sqlite")
+    good = publish_version(store, np.array([1, 2]), _unit(2), db, ENCODER, tmp_path, _config(), {}, {})
+    copy_takedowns = publish._copy_takedowns
+
+    def copy_then_damage(store_: Path, version_dir: Path) -> None:
+        copy_takedowns(store_, version_dir)
+        path = version_dir / "vectors.f16.npy"
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF  # the last row's value: same size
+        path.write_bytes(bytes(data))
+
+    monkeypatch.setattr(publish, "_copy_takedowns", copy_then_damage)
+    with pytest.raises(ArtifactError, match="vectors.f16.npy"):
+        publish_version(store, np.array([1, 2]), _unit(2, seed=1), db, ENCODER, tmp_path, _config(), {}, {})
+    assert current_version(store) == good.name and list_versions(store) == [good.name]
+    assert sorted(p.name for p in (store / "versions").iterdir()) == [good.name]
