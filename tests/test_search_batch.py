@@ -13,7 +13,7 @@ import pytest
 from search.artifact.reload import ArtifactHolder
 from search.artifact.takedown import TakedownList, apply_takedowns
 from search.artifact.version import Artifact, open_current
-from search.query.batch import Page, RankPolicy, first_fetch, search_batch
+from search.query.batch import Page, RankPolicy, first_fetch, search_batch, shard_query
 from search.query.filters import Filters
 from search.query.merge import merge_ranked, satisfied, trim_to_fetch
 from search.query.pipeline import Searcher
@@ -103,6 +103,16 @@ def test_the_first_fetch_is_the_rerank_depth_or_the_overfetched_page_and_fast_fe
     assert first_fetch(SearchSpec(k=5, phase="fast"), policy, 200, 1000) == 6  # the page + the query image
     assert first_fetch(SearchSpec(k=5, phase="fast", filters=licence), policy, 200, 1000) == 24
     assert first_fetch(SearchSpec(k=5, phase="fast"), policy, 200, 4) == 4
+
+def test_a_fast_query_asks_shards_for_ann_scores_above_its_cutoff_and_a_full_one_for_exact_rows() -> None:
+    signals = RankPolicy.from_settings(RankSettings(popularity_weight=0.2))
+    licence = Filters(licence=("CC0-1.0",))
+    fast = shard_query(SearchSpec(k=5, phase="fast", filters=licence, min_score=0.3, exclude_id=7), 24, signals)
+    assert fast == ShardQuery(fetch=24, filters=licence, exclude_id=7, exact=False, min_ann_score=0.3, metadata=False)
+    full = shard_query(SearchSpec(k=5, min_score=0.3), 200, signals)
+    assert full == ShardQuery(fetch=200, exact=True, min_ann_score=None, metadata=True)  # the cutoff: after rerank
+    plain = RankPolicy.from_settings(RankSettings(popularity_weight=0.0, freshness_weight=0.0))
+    assert not shard_query(SearchSpec(k=5), 200, plain).metadata
 
 def test_a_shard_answers_ids_exact_scores_and_rows_for_the_merge(world) -> None:
     with open_current(world.store) as artifact:
