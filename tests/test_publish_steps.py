@@ -447,7 +447,9 @@ def test_a_publish_killed_while_building_leaves_only_a_temporary_that_remove_tem
 
 
 def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    import time
+
     from search.artifact.checksums import file_entry
     from search.artifact.manifest import SHARDED_SCHEMA_VERSION, shard_dir_name
     from search.artifact.shards import SHARD_RULE, shard_of
@@ -458,10 +460,25 @@ def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
     config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12, 40],
                      budget={"target_recall": 0.95}, shards=2)  # seeded: the parts tune to different figures
     encoder_files = _encoder_folder(tmp_path / "store")
+    built: list[dict[str, float]] = []
+    build = publish.build_index
+
+    def build_and_note(*args: object, **kwargs: object) -> object:
+        done = build(*args, **kwargs)  # type: ignore[arg-type]
+        built.append(done.timings)
+        return done
+
+    monkeypatch.setattr(publish, "build_index", build_and_note)
+    started = time.perf_counter()
     with caplog.at_level("INFO", logger=publish.log.name):
         version = publish_version(tmp_path / "store", ids[::-1], vectors[::-1], _db(tmp_path / "live.sqlite"),
                                   ENCODER, tmp_path, config, {"indexed": 400}, {"encode_s": 1.0}, encoder_files)
+    elapsed = time.perf_counter() - started
     manifest = read_manifest(version.path)
+    assert manifest.version == version.name and datetime.fromisoformat(manifest.created_at).utcoffset() == timedelta(0)
+    assert len(built) == 2 and {f"index_{k}" for k in built[0]} <= set(manifest.timings)
+    for key in built[0]:  # each part's build and tuning time, summed
+        assert manifest.timings[f"index_{key}"] == pytest.approx(sum(b[key] for b in built))
     assert manifest.encoder_files == encoder_files and (tmp_path / "store" / encoder_files.dir).is_dir()
     assert {stat.S_IMODE(p.stat().st_mode) for p in version.path.rglob("*") if p.is_file()} == {0o444}
     whole, parts = manifest.index, [entry.index for entry in manifest.shards]
@@ -488,24 +505,28 @@ def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
     assert whole.latency_ms == {k: max(p.latency_ms[k] for p in parts) for k in parts[0].latency_ms}
     assert whole.bytes_per_vector == pytest.approx(
         sum(p.bytes_per_vector * e.vectors for p, e in zip(parts, manifest.shards, strict=True)) / 400)
-    assert whole.selection["shards"] == 2 and whole.selection["target_met"] is True
-    assert whole.selection["factory"] == parts[0].selection["factory"]
+    assert whole.selection == {**parts[0].selection, "shards": 2, "target_met": True}  # part 0's, for 2 parts
     assert manifest.counts == {"indexed": 400, "vectors": 400} and manifest.encoder == ENCODER
     assert manifest.files == {"metadata.sqlite": file_entry(version.path / "metadata.sqlite")}
-    assert manifest.timings["encode_s"] == 1.0 and manifest.timings["publish_s"] > 0
-    assert manifest.timings["index_build_s"] > 0
+    assert manifest.timings["encode_s"] == 1.0 and 0 < manifest.timings["publish_s"] <= elapsed
     assert manifest.image_root == str(tmp_path.resolve())
 
 
 def test_a_sharded_publish_takes_part_0s_chosen_factory_for_every_part(tmp_path: Path):
-    vectors = _unit(40)
-    version = publish_version(tmp_path / "store", np.arange(1, 41), vectors, _db(tmp_path / "live.sqlite"), ENCODER,
-                              tmp_path, _config(factory=None, shards=3), {}, {})
-    first, *rest = [entry.index for entry in read_manifest(version.path).shards]
-    assert first.factory == "Flat" and first.selection["reason"].startswith("exact search fits")
-    for later in rest:
-        assert later.factory == "Flat"
-        assert later.selection["reason"] == f"part 0's choice ({first.selection['reason']})"
+    """Part 0 (3500 vectors) is too slow to scan within 5 us and gets a graph; part 1 (300) alone would be Flat,
+    but every part of a version shares part 0's factory."""
+    from search.artifact.shards import shard_of
+
+    candidates = np.arange(1, 8001)
+    owner = shard_of(candidates, 2)
+    ids = np.concatenate([candidates[owner == 0][:3500], candidates[owner == 1][:300]])
+    config = _config(factory=None, shards=2, budget={"latency_ms": 0.005}, recall_queries=20)
+    version = publish_version(tmp_path / "store", ids, _unit(len(ids)), _db(tmp_path / "live.sqlite"), ENCODER,
+                              tmp_path, config, {}, {})
+    first, second = [entry.index for entry in read_manifest(version.path).shards]
+    assert first.factory == second.factory == "HNSW32"
+    assert first.selection["reason"].startswith("exact search too slow")
+    assert second.selection["reason"] == f"part 0's choice ({first.selection['reason']})"
 
 
 def test_too_many_shards_for_the_vectors_is_refused_before_anything_is_written(tmp_path: Path):
@@ -517,6 +538,10 @@ def test_too_many_shards_for_the_vectors_is_refused_before_anything_is_written(t
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         publish_version(store, np.array([1, 2, 3]), _unit(3), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
                         _config(shards=8), {}, {})
+    assert not store.exists()
+    with pytest.raises(ValueError, match=r"^2 shards for 1 vectors leaves shard\(s\) \[[01]\] empty"):
+        publish_version(store, np.array([1]), _unit(1), _db(tmp_path / "one.sqlite"), ENCODER, tmp_path,
+                        _config(shards=2), {}, {})
     assert not store.exists()
 
 
@@ -533,6 +558,7 @@ def test_a_version_whose_bytes_change_before_the_final_check_is_never_published(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The last step before the rename reads every byte back against the manifest's checksums (a same-size
     change that a size check would pass): the publish fails and `current` stays where it was."""
+    from search.artifact import checksums
     from search.artifact.manifest import ArtifactError
 
     store, db = tmp_path / "store", _db(tmp_path / "live.sqlite")
@@ -547,7 +573,20 @@ def test_a_version_whose_bytes_change_before_the_final_check_is_never_published(
         path.write_bytes(bytes(data))
 
     monkeypatch.setattr(publish, "_copy_takedowns", copy_then_damage)
+    monkeypatch.setattr(checksums, "ALWAYS_HASHED_BYTES", 0)  # as for a large version: only "full" reads it all
     with pytest.raises(ArtifactError, match="vectors.f16.npy"):
         publish_version(store, np.array([1, 2]), _unit(2, seed=1), db, ENCODER, tmp_path, _config(), {}, {})
     assert current_version(store) == good.name and list_versions(store) == [good.name]
     assert sorted(p.name for p in (store / "versions").iterdir()) == [good.name]
+
+
+def test_a_sharded_version_misses_its_recall_target_when_a_part_does(tmp_path: Path):
+    vectors = np.random.default_rng(2).standard_normal((400, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12], budget={"target_recall": 0.999},
+                     shards=2)
+    version = publish_version(tmp_path / "store", np.arange(1, 401), vectors, _db(tmp_path / "live.sqlite"), ENCODER,
+                              tmp_path, config, {}, {})
+    manifest = read_manifest(version.path)
+    assert [entry.index.selection["target_met"] for entry in manifest.shards].count(False) >= 1
+    assert manifest.index.selection["target_met"] is False
