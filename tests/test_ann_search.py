@@ -7,6 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
+from search.artifact import ann
 from search.artifact.ann import ann_search, exact_search, recall_at_k, rerank, search_parameters
 
 
@@ -119,3 +120,90 @@ def test_recall_at_k():
     assert np.isnan(recall_at_k(np.zeros((0, 3)), np.zeros((0, 3)), 3))
     with pytest.raises(ValueError, match="^found and truth must have one row per query$"):
         recall_at_k(np.zeros((1, 3)), np.zeros((2, 3)), 3)
+
+
+def _tied(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n float16 rows that are one of three unit vectors (many exact ties), and a query scoring them 1, 0.5, 0.25."""
+    rows = np.eye(4, dtype=np.float16)[:3][np.random.default_rng(seed).integers(0, 3, n)]
+    return rows, np.array([[1.0, 0.5, 0.25, 0.0]], np.float32)
+
+
+def test_exact_search_breaks_ties_across_blocks_by_row_and_answers_float32():
+    rows, query = _tied()
+    scores, found = exact_search(rows, query, 40, block_rows=1)  # every row its own block
+    expect = np.argsort(-(rows.astype(np.float32) @ query[0]), kind="stable")[:40]
+    assert found.tolist() == [expect.tolist()]  # an earlier block's row wins a tie with a later one
+    assert scores.dtype == np.float32 and found.dtype == np.int64
+    padded_s, padded = exact_search(rows[:2], query, 4)
+    assert padded_s.dtype == np.float32 and padded.dtype == np.int64 and padded[0, 2:].tolist() == [-1, -1]
+
+
+def test_rerank_breaks_ties_by_row_skips_empty_rows_and_refuses_mismatched_input():
+    rows, query = _tied()
+    queries = np.repeat(query, 3, axis=0)
+    candidates = np.stack([np.full(60, -1), np.arange(60)[::-1], np.arange(60)])  # none, then all (any order)
+    scores, found = rerank(rows, queries, candidates, 20)
+    expect = np.argsort(-(rows.astype(np.float32) @ query[0]), kind="stable")[:20].tolist()
+    assert found[0].tolist() == [-1] * 20 and np.isneginf(scores[0]).all()
+    assert found[1].tolist() == expect and found[2].tolist() == expect  # a row after an empty one is reranked
+    assert scores.shape == found.shape == (3, 20) and scores.dtype == np.float32 and found.dtype == np.int64
+    _, narrow = rerank(rows, query, np.array([[2, 1]], np.int32), 2)
+    assert narrow.dtype == np.int64
+    one_s, one = rerank(rows, query, np.array([[-1, 7, -1]]), 2)  # a single candidate is reranked too
+    assert one.tolist() == [[7, -1]] and one_s[0, 0] == float(rows[7].astype(np.float32) @ query[0])
+    with pytest.raises(ValueError):
+        rerank(rows, queries, candidates[:2], 5)  # a candidate row per query
+
+
+def test_recall_counts_label_zero_and_is_zero_on_zero_width():
+    assert recall_at_k(np.array([[0, 5]]), np.array([[0, 7]]), 2) == 0.5  # label 0 is a row like any other
+    assert recall_at_k(np.array([[7, 0]]), np.array([[0, 7]]), 2) == 1.0
+    assert recall_at_k(np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64), 3) == 0.0  # nothing to find
+
+
+def test_exact_search_top_1_is_the_best_row_in_every_block(vectors):
+    queries = _unit(20, seed=3)
+    for block_rows in (7, 300):
+        _, top = exact_search(vectors.astype(np.float16), queries, 1, block_rows=block_rows)
+        expect = np.argmax(queries @ vectors.astype(np.float16).astype(np.float32).T, axis=1)
+        assert top[:, 0].tolist() == expect.tolist()
+
+
+def _mapped_files() -> set[str]:
+    with open("/proc/self/maps") as fh:
+        return {line.split(maxsplit=5)[5].strip() for line in fh if len(line.split(maxsplit=5)) == 6}
+
+
+def test_read_index_maps_a_flat_index_read_only_with_the_same_answers(vectors, tmp_path):
+    flat = _index("Flat", vectors)
+    path = tmp_path / "index.faiss"
+    faiss.write_index(flat, str(path))
+    mapped = ann.read_index(path)
+    assert str(path.resolve()) in _mapped_files()  # Flat codes too (IO_FLAG_MMAP alone maps only IVF lists)
+    queries = _unit(10, seed=5)
+    np.testing.assert_array_equal(mapped.search(queries, 5)[1], flat.search(queries, 5)[1])
+    assert ann.mmap_flags() & faiss.IO_FLAG_READ_ONLY
+
+
+def test_require_faiss_names_the_extras_only_when_faiss_itself_is_missing(monkeypatch):
+    import builtins
+    import sys
+
+    ann.require_faiss()  # installed: nothing to say
+    real_import = builtins.__import__
+    missing = {"name": "faiss"}
+
+    def fake_import(name, *args, **kwargs):
+        if name == "faiss":
+            raise ModuleNotFoundError(f"No module named {missing['name']!r}", name=missing["name"])
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "faiss")
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ann.FaissMissing) as refused:
+        ann.require_faiss()
+    assert str(refused.value) == ann.FAISS_MISSING and "faiss-cpu" in str(refused.value)
+    missing["name"] = "libfaiss_dependency"  # faiss is there, something it imports is not: the real error
+    with pytest.raises(ModuleNotFoundError) as broken:
+        ann.require_faiss()
+    assert broken.value.name == "libfaiss_dependency"

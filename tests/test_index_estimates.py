@@ -157,6 +157,16 @@ def test_fallback_reasons_name_what_breaks():
     assert (tiny.kind, tiny.search_param, tiny.train_size) == ("ivfpq", "nprobe", 262144)
 
 
+
+def test_the_over_time_fallback_takes_a_code_whose_ram_equals_the_allowance_and_rejections_keep_estimates():
+    slow = _choose(1_000_000, 512, build_seconds=1)
+    edge = _choose(1_000_000, 512, build_seconds=1, small_index_bytes=0,
+                   bytes_per_vector=slow.estimates["bytes_per_vector"])  # RAM exactly at the allowance fits
+    assert (edge.factory, edge.within_budget, edge.estimates) == (slow.factory, False, slow.estimates)
+    hnsw = slow.rejected[1]
+    assert hnsw["factory"] == "HNSW32" and hnsw["estimates"]["bytes_per_vector"] > slow.estimates["bytes_per_vector"]
+    assert all(set(r) == {"factory", "why", "estimates"} for r in slow.rejected)
+
 def test_ram_allowance_is_the_larger_of_per_vector_and_small_index():
     budget = IndexBudget(bytes_per_vector=10, small_index_bytes=1000)
     assert budget.ram_allowance(50) == 1000.0 and budget.ram_allowance(101) == 1010.0

@@ -124,3 +124,5 @@ def test_config_loads_from_yaml_and_rejects_unknown_keys(tmp_path: Path) -> None
         IndexConfig.load(bad)
     with pytest.raises(ValueError, match="keep_versions"):
         IndexConfig.from_dict({"keep_versions": 0})
+    with pytest.raises(ValueError, match="^shards must be at least 1$"):
+        IndexConfig.from_dict({"shards": 0})

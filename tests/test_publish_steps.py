@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta, timezone
@@ -35,6 +37,7 @@ from search.artifact.manifest import (
     FileEntry,
     IndexInfo,
     Manifest,
+    read_manifest,
     write_manifest,
 )
 from search.artifact.version import current_version
@@ -73,6 +76,25 @@ def _version(store: Path, name: str, encoder_dir: str | None = None) -> Path:
     return path
 
 
+def _encoder_folder(store: Path) -> EncoderFiles:
+    """A store's encoder folder as the export writes it (`encoders/<key>`: the spec, tokenizer and ONNX files; the
+    graphs here are placeholder bytes, which publishing only checksums)."""
+    from search.artifact.bundle import TextSpec
+    from search.artifact.checksums import file_entry
+    from search.artifact.specs import PreprocessSpec, TokenizerSpec
+
+    folder = store / "encoders" / "synthetic-0"
+    folder.mkdir(parents=True)
+    spec = {"format": 1, "identity": ENCODER.to_dict(),
+            "tokenizer": TokenizerSpec(16, 1, 2, "lower", "x+", {"<start>": 1}).to_dict(),
+            "preprocess": PreprocessSpec((32, 32), "squash", "bilinear", (0.5,) * 3, (0.5,) * 3).to_dict(),
+            "text": TextSpec(True, "argmax", None).to_dict()}
+    (folder / "encoder.json").write_text(json.dumps(spec))
+    for name in ("tokenizer.json", "text.onnx", "image.onnx"):
+        (folder / name).write_bytes(name.encode())
+    return EncoderFiles("encoders/synthetic-0", {f.name: file_entry(f) for f in sorted(folder.iterdir())})
+
+
 # -- input checks: a clear ValueError before anything is written ---------------------------------------------
 @pytest.mark.parametrize(("ids", "vectors", "message"), [
     (np.array([[1, 2]]), _unit(2), "ids must be a 1-D integer array"),
@@ -88,6 +110,7 @@ def _version(store: Path, name: str, encoder_dir: str | None = None) -> Path:
     (np.array([1, 2]), np.array([[1, 0, 0, 0], [np.inf, 0, 0, 0]], np.float32), "NaN or infinity"),
     (np.array([5, 7]), np.array([[1, 0, 0, 0], [0.5, 0, 0, 0]], np.float32), "id 7 has norm 0.5000"),
     (np.array([7, 5]), np.array([[1, 0, 0, 0], [1.5, 0, 0, 0]], np.float32), "id 5 has norm 1.5000"),
+    (np.array([1, 2]), np.array([[1, 0, 0, 0], [300, 0, 0, 0]], np.float32), "id 2 has norm 300.0000"),  # not inf
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, ids, vectors, message):
     store = tmp_path / "store"
@@ -380,3 +403,190 @@ def test_a_failed_publish_leaves_current_and_the_versions_folder_as_they_were(tm
                         {}, {})
     assert current_version(store) == good.name
     assert sorted(p.name for p in (store / "versions").iterdir()) == [good.name]
+
+
+def test_a_tuned_index_carries_its_chosen_figures_into_the_manifest(tmp_path: Path):
+    """An IVF-PQ index (Flat's figures are IndexInfo's defaults): the manifest holds the tuning's chosen search
+    parameters, rerank depth, recalls and latency, all different from those defaults."""
+    vectors = np.random.default_rng(0).standard_normal((300, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12, 40],
+                     budget={"target_recall": 0.9})
+    version = publish_version(tmp_path / "store", np.arange(1, 301), vectors, _db(tmp_path / "live.sqlite"),
+                              ENCODER, tmp_path, config, {}, {})
+    index = read_manifest(version.path).index
+    assert index.factory == "IVF4,PQ2x4" and index.params and index.params.keys() == {"nprobe"}
+    chosen = [t for t in index.tuning if (t["params"], t["rerank_candidates"]) ==
+              (index.params, index.rerank_candidates)]
+    assert len(chosen) == 1, index.tuning
+    assert (index.recall_at_10, index.recall_at_10_raw, index.latency_ms) == \
+        (chosen[0]["recall_at_10"], chosen[0]["recall_at_10_raw"], chosen[0]["latency_ms"])
+    assert index.rerank_candidates in (12, 40) and index.recall_at_10_raw < index.recall_at_10 < 1.0
+    assert index.recall_queries == 20 and index.selection["target_met"] is True
+
+
+def test_a_publish_killed_while_building_leaves_only_a_temporary_that_remove_temporaries_clears(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """What a SIGKILL during the index build leaves (the store copied at that moment): one `versions/.tmp-<name>-*`
+    folder that no listing counts as a version and remove_temporaries removes."""
+    store, killed = tmp_path / "store", tmp_path / "killed"
+    build = publish._build_into
+
+    def build_then_copy(folder: Path, config: IndexConfig) -> object:
+        built = build(folder, config)
+        shutil.copytree(store, killed, symlinks=True)
+        return built
+
+    monkeypatch.setattr(publish, "_build_into", build_then_copy)
+    version = publish_version(store, np.array([1, 2]), _unit(2), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
+                              _config(), {}, {})
+    assert list_versions(killed) == [] and current_version(killed) is None
+    (left,) = remove_temporaries(killed)
+    assert left.startswith(f"versions/.tmp-{version.name}-"), left
+    assert list((killed / "versions").iterdir()) == []
+
+
+def test_a_sharded_publish_writes_each_part_by_the_rule_and_sums_the_parts_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    import time
+
+    from search.artifact.checksums import file_entry
+    from search.artifact.manifest import SHARDED_SCHEMA_VERSION, shard_dir_name
+    from search.artifact.shards import SHARD_RULE, shard_of
+
+    vectors = np.random.default_rng(2).standard_normal((400, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(1, 401)
+    config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12, 40],
+                     budget={"target_recall": 0.95}, shards=2)  # seeded: the parts tune to different figures
+    encoder_files = _encoder_folder(tmp_path / "store")
+    built: list[dict[str, float]] = []
+    build = publish.build_index
+
+    def build_and_note(*args: object, **kwargs: object) -> object:
+        done = build(*args, **kwargs)  # type: ignore[arg-type]
+        built.append(done.timings)
+        return done
+
+    monkeypatch.setattr(publish, "build_index", build_and_note)
+    started = time.perf_counter()
+    with caplog.at_level("INFO", logger=publish.log.name):
+        version = publish_version(tmp_path / "store", ids[::-1], vectors[::-1], _db(tmp_path / "live.sqlite"),
+                                  ENCODER, tmp_path, config, {"indexed": 400}, {"encode_s": 1.0}, encoder_files)
+    elapsed = time.perf_counter() - started
+    manifest = read_manifest(version.path)
+    assert manifest.version == version.name and datetime.fromisoformat(manifest.created_at).utcoffset() == timedelta(0)
+    assert len(built) == 2 and {f"index_{k}" for k in built[0]} <= set(manifest.timings)
+    for key in built[0]:  # each part's build and tuning time, summed
+        assert manifest.timings[f"index_{key}"] == pytest.approx(sum(b[key] for b in built))
+    assert manifest.encoder_files == encoder_files and (tmp_path / "store" / encoder_files.dir).is_dir()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in version.path.rglob("*") if p.is_file()} == {0o444}
+    whole, parts = manifest.index, [entry.index for entry in manifest.shards]
+    assert caplog.messages == [f"published {version.name} (IVF4,PQ2x4, 2 shards, recall@10 "
+                               f"{whole.recall_at_10:.4f}) and pruned []"]
+    assert manifest.schema_version == SHARDED_SCHEMA_VERSION
+    assert manifest.sharding == {"rule": SHARD_RULE, "shards": 2} and len(manifest.shards) == 2
+    owner = shard_of(ids, 2)
+    for shard, entry in enumerate(manifest.shards):
+        folder = version.path / entry.dir
+        assert entry.dir == shard_dir_name(shard) and entry.vectors == int((owner == shard).sum()) > 0
+        assert np.load(folder / "ids.npy").tolist() == ids[owner == shard].tolist()  # ascending, by the rule
+        np.testing.assert_array_equal(np.load(folder / "vectors.f16.npy"), vectors[owner == shard].astype(np.float16))
+        assert entry.files == {f: file_entry(folder / f) for f in ("index.faiss", "vectors.f16.npy", "ids.npy")}
+        assert entry.index.factory == "IVF4,PQ2x4" and entry.index.params
+    # the whole version's summary: what a search over every part asks, and the worst part's figures
+    assert len({p.params["nprobe"] for p in parts}) == len({p.recall_at_10_raw for p in parts}) == 2
+    assert (whole.factory, whole.metric, whole.tuning) == ("IVF4,PQ2x4", "ip", [])
+    assert whole.params == {"nprobe": max(p.params["nprobe"] for p in parts)}
+    assert whole.rerank_candidates == max(p.rerank_candidates for p in parts)
+    assert whole.recall_at_10 == min(p.recall_at_10 for p in parts) < 1.0
+    assert whole.recall_at_10_raw == min(p.recall_at_10_raw for p in parts)
+    assert whole.recall_queries == sum(p.recall_queries for p in parts) == 40
+    assert whole.latency_ms == {k: max(p.latency_ms[k] for p in parts) for k in parts[0].latency_ms}
+    assert whole.bytes_per_vector == pytest.approx(
+        sum(p.bytes_per_vector * e.vectors for p, e in zip(parts, manifest.shards, strict=True)) / 400)
+    assert whole.selection == {**parts[0].selection, "shards": 2, "target_met": True}  # part 0's, for 2 parts
+    assert manifest.counts == {"indexed": 400, "vectors": 400} and manifest.encoder == ENCODER
+    assert manifest.files == {"metadata.sqlite": file_entry(version.path / "metadata.sqlite")}
+    assert manifest.timings["encode_s"] == 1.0 and 0 < manifest.timings["publish_s"] <= elapsed
+    assert manifest.image_root == str(tmp_path.resolve())
+
+
+def test_a_sharded_publish_takes_part_0s_chosen_factory_for_every_part(tmp_path: Path):
+    """Part 0 (3500 vectors) is too slow to scan within 5 us and gets a graph; part 1 (300) alone would be Flat,
+    but every part of a version shares part 0's factory."""
+    from search.artifact.shards import shard_of
+
+    candidates = np.arange(1, 8001)
+    owner = shard_of(candidates, 2)
+    ids = np.concatenate([candidates[owner == 0][:3500], candidates[owner == 1][:300]])
+    config = _config(factory=None, shards=2, budget={"latency_ms": 0.005}, recall_queries=20)
+    version = publish_version(tmp_path / "store", ids, _unit(len(ids)), _db(tmp_path / "live.sqlite"), ENCODER,
+                              tmp_path, config, {}, {})
+    first, second = [entry.index for entry in read_manifest(version.path).shards]
+    assert first.factory == second.factory == "HNSW32"
+    assert first.selection["reason"].startswith("exact search too slow")
+    assert second.selection["reason"] == f"part 0's choice ({first.selection['reason']})"
+
+
+def test_too_many_shards_for_the_vectors_is_refused_before_anything_is_written(tmp_path: Path):
+    store = tmp_path / "store"
+    from search.artifact.shards import shard_of
+
+    empty = sorted(set(range(8)) - set(shard_of(np.array([1, 2, 3]), 8).tolist()))
+    message = f"8 shards for 3 vectors leaves shard(s) {empty} empty: use fewer shards"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        publish_version(store, np.array([1, 2, 3]), _unit(3), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
+                        _config(shards=8), {}, {})
+    assert not store.exists()
+    with pytest.raises(ValueError, match=r"^2 shards for 1 vectors leaves shard\(s\) \[[01]\] empty"):
+        publish_version(store, np.array([1]), _unit(1), _db(tmp_path / "one.sqlite"), ENCODER, tmp_path,
+                        _config(shards=2), {}, {})
+    assert not store.exists()
+
+
+def test_a_version_lists_its_encoder_folder_which_pruning_then_keeps(tmp_path: Path):
+    store = tmp_path / "store"
+    encoder_files = _encoder_folder(store)
+    version = publish_version(store, np.array([1, 2]), _unit(2), _db(tmp_path / "live.sqlite"), ENCODER, tmp_path,
+                              _config(), {}, {}, encoder_files)
+    assert read_manifest(version.path).encoder_files == encoder_files
+    assert sorted(p.name for p in (store / encoder_files.dir).iterdir()) == sorted(encoder_files.files)
+
+
+def test_a_version_whose_bytes_change_before_the_final_check_is_never_published(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The last step before the rename reads every byte back against the manifest's checksums (a same-size
+    change that a size check would pass): the publish fails and `current` stays where it was."""
+    from search.artifact import checksums
+    from search.artifact.manifest import ArtifactError
+
+    store, db = tmp_path / "store", _db(tmp_path / "live.sqlite")
+    good = publish_version(store, np.array([1, 2]), _unit(2), db, ENCODER, tmp_path, _config(), {}, {})
+    copy_takedowns = publish._copy_takedowns
+
+    def copy_then_damage(store_: Path, version_dir: Path) -> None:
+        copy_takedowns(store_, version_dir)
+        path = version_dir / "vectors.f16.npy"
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF  # the last row's value: same size
+        path.write_bytes(bytes(data))
+
+    monkeypatch.setattr(publish, "_copy_takedowns", copy_then_damage)
+    monkeypatch.setattr(checksums, "ALWAYS_HASHED_BYTES", 0)  # as for a large version: only "full" reads it all
+    with pytest.raises(ArtifactError, match="vectors.f16.npy"):
+        publish_version(store, np.array([1, 2]), _unit(2, seed=1), db, ENCODER, tmp_path, _config(), {}, {})
+    assert current_version(store) == good.name and list_versions(store) == [good.name]
+    assert sorted(p.name for p in (store / "versions").iterdir()) == [good.name]
+
+
+def test_a_sharded_version_misses_its_recall_target_when_a_part_does(tmp_path: Path):
+    vectors = np.random.default_rng(2).standard_normal((400, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    config = _config(factory="IVF4,PQ2x4", recall_queries=20, rerank_candidates=[12], budget={"target_recall": 0.999},
+                     shards=2)
+    version = publish_version(tmp_path / "store", np.arange(1, 401), vectors, _db(tmp_path / "live.sqlite"), ENCODER,
+                              tmp_path, config, {}, {})
+    manifest = read_manifest(version.path)
+    assert [entry.index.selection["target_met"] for entry in manifest.shards].count(False) >= 1
+    assert manifest.index.selection["target_met"] is False

@@ -15,11 +15,12 @@ import pytest
 from search.artifact.reload import ArtifactHolder
 from search.artifact.takedown import TakedownList, apply_takedowns
 from search.artifact.version import Artifact, open_current
-from search.query.batch import Page, RankPolicy, search_batch
+from search.query.batch import Page, RankPolicy, first_fetch, search_batch, shard_query
 from search.query.filters import Filters
-from search.query.merge import merge_ranked
+from search.query.merge import merge_ranked, satisfied, trim_to_fetch
 from search.query.pipeline import Searcher
-from search.query.shard import ShardQuery, shard_search
+from search.query.rerank import Ranked
+from search.query.shard import ShardHits, ShardQuery, ShardUnavailable, shard_search
 from search.query.spec import SearchSpec
 from search.query.timing import StageTimer
 from search.settings import RankSettings
@@ -94,6 +95,26 @@ def test_fetch_sizes_never_mix_in_one_faiss_call(tmp_path: Path, factory: str) -
         alone = [search_batch(artifact, q[i:i + 1], [s], policy)[0] for i, s in enumerate(specs)]
         _same(batched, alone)
 
+
+def test_the_first_fetch_is_the_rerank_depth_or_the_overfetched_page_and_fast_fetches_the_page() -> None:
+    policy = RankPolicy.from_settings(RankSettings(overfetch=4))
+    licence = Filters(licence=("CC0-1.0",))
+    assert first_fetch(SearchSpec(k=5), policy, 200, 1000) == 200  # the rerank depth
+    assert first_fetch(SearchSpec(k=20, offset=40), policy, 200, 1000) == 240  # 4 x (offset + k)
+    assert first_fetch(SearchSpec(k=20, offset=40), policy, 200, 100) == 100  # never past the index
+    assert first_fetch(SearchSpec(k=5, phase="fast"), policy, 200, 1000) == 6  # the page + the query image
+    assert first_fetch(SearchSpec(k=5, phase="fast", filters=licence), policy, 200, 1000) == 24
+    assert first_fetch(SearchSpec(k=5, phase="fast"), policy, 200, 4) == 4
+
+def test_a_fast_query_asks_shards_for_ann_scores_above_its_cutoff_and_a_full_one_for_exact_rows() -> None:
+    signals = RankPolicy.from_settings(RankSettings(popularity_weight=0.2))
+    licence = Filters(licence=("CC0-1.0",))
+    fast = shard_query(SearchSpec(k=5, phase="fast", filters=licence, min_score=0.3, exclude_id=7), 24, signals)
+    assert fast == ShardQuery(fetch=24, filters=licence, exclude_id=7, exact=False, min_ann_score=0.3, metadata=False)
+    full = shard_query(SearchSpec(k=5, min_score=0.3), 200, signals)
+    assert full == ShardQuery(fetch=200, exact=True, min_ann_score=None, metadata=True)  # the cutoff: after rerank
+    plain = RankPolicy.from_settings(RankSettings(popularity_weight=0.0, freshness_weight=0.0))
+    assert not shard_query(SearchSpec(k=5), 200, plain).metadata
 
 def test_a_shard_answers_ids_exact_scores_and_rows_for_the_merge(world) -> None:
     with open_current(world.store) as artifact:
@@ -188,3 +209,68 @@ def test_the_service_freezes_its_start_up_heap(world) -> None:
             assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+# -- the cross-shard merge's rules, on hand-made shard answers --------------------------------------------------
+def _hits(ids: list[int], ann: list[float], fetched: list[float] | None = None, *, metas: bool = False,
+          exhausted: bool = True) -> ShardHits:
+    """A shard's answer whose exact scores are its ANN scores; `fetched` adds hidden/filtered candidates' scores."""
+    sims = np.asarray(ann, np.float32)
+    vectors = np.eye(16, dtype=np.float32)[np.asarray(ids, np.int64) % 16]
+    return ShardHits(np.asarray(ids, np.int64), sims, vectors, [{"id": i} for i in ids] if metas else None,
+                     exhausted, sims.copy(), np.asarray(ann if fetched is None else fetched, np.float32))
+
+
+def test_trim_to_fetch_keeps_the_global_top_fetch_by_ann_score() -> None:
+    a = _hits([1, 2, 3], [0.9, 0.5, 0.4], [0.9, 0.8, 0.5, 0.4], metas=True)  # 0.8: a hidden candidate
+    b = _hits([10, 11], [0.85, 0.3])
+    one, two = trim_to_fetch([a, b], 3)  # the top 3 of 0.9, 0.85, 0.8 (hidden), ...: the cut is 0.85
+    assert one.ids.tolist() == [1] and two.ids.tolist() == [10]
+    assert one.similarity.tolist() == pytest.approx([0.9]) and two.similarity.tolist() == pytest.approx([0.85])
+    assert one.vectors is not None and a.vectors is not None and one.vectors.tolist() == a.vectors[:1].tolist()
+    assert one.metas == [{"id": 1}] and two.metas is None
+    assert one.ann is not None and one.ann.tolist() == pytest.approx([0.9])
+    assert one.fetched is not None and one.fetched.tolist() == pytest.approx([0.9, 0.8])
+    assert two.fetched is not None and two.fetched.tolist() == pytest.approx([0.85])
+    assert not one.exhausted and not two.exhausted  # a larger fetch finds more
+    assert trim_to_fetch([a, b], 4)[0].ids.tolist() == [1, 2]  # cut 0.5: the hidden 0.8 is one of the 4
+
+
+def test_trim_to_fetch_keeps_ties_and_leaves_small_or_single_answers_alone() -> None:
+    a, b = _hits([1, 2], [0.9, 0.2]), _hits([5, 6], [0.9, 0.1])
+    assert [p.ids.tolist() for p in trim_to_fetch([a, b], 1)] == [[1], [5]]  # both tied with the cut
+    for parts, fetch in (([a, b], 4), ([a], 1)):  # no more than fetch; one shard
+        same = trim_to_fetch(parts, fetch)
+        assert same == parts and all(p.exhausted for p in same)
+    without = ShardHits(a.ids, a.similarity, a.vectors, None, True)  # no ANN scores sent: nothing to cut by
+    assert trim_to_fetch([without, b], 1) == [without, b]
+    assert trim_to_fetch([a, b], 3)[1].ids.tolist() == [5]  # 4 > 3 candidates: cut at 0.2
+
+
+def test_the_fast_merge_sorts_shards_by_ann_score_and_keeps_one_shards_order() -> None:
+    fast = SearchSpec(k=3, phase="fast")
+    weights = RankPolicy.from_settings(RankSettings()).weights
+    a, b = _hits([4, 2], [0.3, 0.7]), _hits([9, 8], [0.7, 0.5])  # a is not in score order: kept alone
+    assert [r.id for r in merge_ranked([a], fast, weights, 0.9)] == [4, 2]
+    merged = merge_ranked([a, b], fast, weights, 0.9)
+    assert [r.id for r in merged] == [2, 9, 8, 4]  # the tie 0.7 keeps the shards' order
+    assert merged[0].id == 2 and merged[0].score == merged[0].similarity == pytest.approx(0.7)
+    assert merge_ranked([], fast, weights, 0.9) == [] and merge_ranked([], SearchSpec(k=3), weights, 0.9) == []
+    assert merge_ranked([_hits([], [])], SearchSpec(k=3), weights, 0.9) == []
+
+
+def test_a_page_is_final_when_full_or_when_every_shard_is_exhausted() -> None:
+    spec = SearchSpec(k=2, offset=1)
+    three = [Ranked(i, 0.5, 0.5) for i in range(3)]
+    open_, done = _hits([1], [0.5], exhausted=False), _hits([2], [0.4])
+    assert satisfied(three, [open_], spec)  # offset + k results
+    assert not satisfied(three[:2], [open_, done], spec)
+    assert satisfied(three[:2], [done, done], spec)
+
+
+def test_an_unavailable_shard_names_itself_and_when_to_retry() -> None:
+    """What the 503 says (search/http/app.py): the shard, the reason, and a one-second retry unless told."""
+    down = ShardUnavailable("2", "both calls timed out")
+    assert str(down) == "shard 2 is unavailable: both calls timed out"
+    assert (down.shard, down.retry_after_s) == ("2", 1.0)
+    assert ShardUnavailable("0", "no replica is running", retry_after_s=5.0).retry_after_s == 5.0

@@ -10,6 +10,7 @@ import json
 import shutil
 import stat
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,19 @@ def test_the_shard_rule_is_fixed() -> None:
     assert shard_of(np.arange(12), 1).tolist() == [0] * 12
     with pytest.raises(ValueError, match="at least 1"):
         shard_of(np.arange(3), 0)
+
+
+def test_the_shard_rule_takes_int64_ids_and_answers_int64_shards() -> None:
+    """Shards are int64 whatever S (they index arrays); one id alone (a 0-d array) hashes without an overflow
+    warning, to the same value as in an array; an id outside int64 is refused, never wrapped."""
+    for shards in (1, 3):
+        assert shard_of(np.arange(5), shards).dtype == np.int64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert int(mix64(np.array(1, np.int64))) == 0x910A2DEC89025CC1
+        assert int(shard_of(np.array(11, np.int64), 3)) == 0
+    with pytest.raises(OverflowError):
+        mix64(np.array([2**63], dtype=object))  # e.g. ids parsed from JSON
 
 
 # -- sharded copies of the service world ------------------------------------------------------------------------
