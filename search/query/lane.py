@@ -80,6 +80,9 @@ class SearchLane(Generic[T, R]):
             results: Sequence[R | BaseException] = job.result()
         except BaseException as exc:  # noqa: BLE001 - the batch's own failure goes to each of its requests
             results = [exc] * len(batch)
+        if len(results) != len(batch):  # a broken `run`: every request hears of it, none waits forever
+            results = [RuntimeError(f"the search batch answered {len(results)} results for {len(batch)} "
+                                    "queries")] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
