@@ -229,3 +229,26 @@ def test_a_closed_lane_refuses_new_searches() -> None:
     refused = asyncio.run(go())
     assert all(isinstance(r[0], RuntimeError) for r in refused), refused
     assert run.batches == []
+
+
+def test_the_initializer_runs_on_the_lanes_thread_before_its_first_batch() -> None:
+    """Per-thread settings (FAISS's OpenMP team) only reach the lane if set on its own thread, before it searches."""
+    events: list[tuple[str, str]] = []
+    run = Doubler()
+
+    def first(items: list[int]) -> Sequence[int | BaseException]:
+        events.append(("batch", threading.current_thread().name))
+        return run(items)
+
+    lane: SearchLane[int, int] = SearchLane(
+        first, initializer=lambda: events.append(("init", threading.current_thread().name)))
+
+    async def go() -> list[int]:
+        return [await lane.submit(1), await lane.submit(2)]
+
+    try:
+        assert asyncio.run(go()) == [2, 4]
+    finally:
+        lane.close()
+    assert [kind for kind, _ in events] == ["init", "batch", "batch"]  # once, first
+    assert len({thread for _, thread in events}) == 1 and events[0][1].startswith("search-lane")
