@@ -486,8 +486,11 @@ def _shard_calls(client: httpx.Client, kind: str) -> float:
 @pytest.mark.slow
 def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore) -> None:
     """One of Shard0's two replica processes stopped (SIGSTOP: alive but answering nothing, as a replica in a
-    long pause): every search is answered by the hedge to the other replica, far within the 30 s shard deadline
-    (no deadline and retry needed), with the pages it gave before; /metrics counts the hedges."""
+    long pause): every search is answered far within the 30 s shard deadline (no deadline and retry needed), with
+    the pages it gave before. A first call that Serve's router sends to the stopped replica is answered by the
+    hedge to the other one; the router may also avoid it (its queue-length probe goes unanswered), so how many
+    calls were hedged depends on Serve's routing and is not asserted here (tests/test_fleet_hedge.py pins the
+    hedge itself): a call left on the stopped replica without a hedge would wait the 30 s deadline and fail."""
     import os
     import signal
     import time
@@ -513,9 +516,10 @@ def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore)
                 got.append((r.status_code, [h["id"] for h in r.json().get("hits", [])]))
         finally:
             os.kill(pids[0], signal.SIGCONT)
-        assert _shard_calls(client, "hedge") > hedges and _shard_calls(client, "retry") == retries
+        hedged = _shard_calls(client, "hedge") - hedges
+        assert _shard_calls(client, "retry") == retries, hedged
     assert got == [(200, ids) for ids in want]
-    assert slowest < 10.0, slowest  # a hedged answer, not the 30 s deadline
+    assert slowest < 10.0, (slowest, hedged)  # a hedged (or well-routed) answer, not the 30 s deadline
 
 
 @pytest.mark.slow
