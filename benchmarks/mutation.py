@@ -52,6 +52,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/query/batch.py": ("tests/test_search_batch.py", "-k", "not freezes"),
     "search/query/lane.py": ("tests/test_search_lane.py",),
     "search/query/shard.py": ("tests/test_search_batch.py", "-k", "not freezes"),
+    "search/query/log.py": ("tests/test_evaluation_query_log.py",),
+    "search/query/examples.py": ("tests/test_example_queries.py",),
     "search/artifact/checksums.py": ("tests/test_manifest.py", "tests/test_checksums.py",
                                      "-k", "not test_start and not test_service"),
     "search/artifact/manifest.py": ("tests/test_manifest.py",),
