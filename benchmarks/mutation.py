@@ -63,6 +63,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/artifact/ann.py": ("tests/test_ann_search.py",),
     "search/artifact/shards.py": ("tests/test_sharded_versions.py", "-k", "shard_rule"),
     "search/artifact/images.py": ("tests/test_image_store.py",),
+    "search/artifact/bundle.py": ("tests/test_encoder_files.py",),
     "indexer/index/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
     "indexer/storage/shards.py": ("tests/test_publish_steps.py",),
     "indexer/index/publish.py": ("tests/test_publish_steps.py",),
