@@ -52,7 +52,7 @@ def test_a_listed_folder_verifies_into_its_bundle(version: tuple[Path, Manifest]
     path, manifest = version
     assert manifest.encoder_files is not None
     for level in ("size", "sampled", "full"):
-        bundle = verify_encoder_files(path, manifest, level)  # type: ignore[arg-type]
+        bundle = verify_encoder_files(path, manifest, level)
         assert bundle is not None
         folder = (path.parent.parent / "encoders" / "synthetic-0").resolve()
         assert bundle.directory == folder and bundle.path("text.onnx") == folder / "text.onnx"
@@ -97,8 +97,8 @@ def test_listed_files_are_checked_at_the_level_asked(version: tuple[Path, Manife
         verify_encoder_files(path, manifest, "full")
     (folder / "text.int8.onnx").write_bytes(b"int8")
     assert manifest.encoder_files is not None
-    listed = {**manifest.encoder_files.files, "text.int8.onnx": FileEntry(5, "0" * 64)}  # optional, still checked
-    with pytest.raises(ArtifactError, match="encoder file: text.int8.onnx has 4 bytes"):
+    listed = {**manifest.encoder_files.files, "text.int8.onnx": FileEntry("0" * 64, 5)}  # optional, still checked
+    with pytest.raises(ArtifactError, match="encoder file: text.int8.onnx has 4 bytes, manifest says 5"):
         verify_encoder_files(path, _with_files(manifest, files=listed), "size")
 
 
