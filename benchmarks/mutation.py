@@ -64,6 +64,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "search/artifact/shards.py": ("tests/test_sharded_versions.py", "-k", "shard_rule"),
     "search/artifact/images.py": ("tests/test_image_store.py",),
     "search/artifact/bundle.py": ("tests/test_encoder_files.py",),
+    "search/artifact/version.py": ("tests/test_version_files.py", "tests/test_artifact.py", "-k", "not tiny_encoder"),
+    "search/artifact/reload.py": ("tests/test_artifact_holder.py",),
     "indexer/index/index_select.py": ("tests/test_index_estimates.py", "tests/test_index_select.py"),
     "indexer/storage/shards.py": ("tests/test_publish_steps.py",),
     "indexer/index/publish.py": ("tests/test_publish_steps.py",),
@@ -75,6 +77,12 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "search/artifact/takedown.py": ("read_takedowns", "apply_takedowns", "_write_atomic", "TakedownList.__init__",
                                     "TakedownList.hidden", "TakedownList.invalidate", "TakedownList._refresh",
                                     "TakedownList._version_copy"),  # resolve_refs: tests/test_takedown.py
+    "search/artifact/version.py": ("current_link", "current_version", "current_path", "_read_checked",
+                                   "check_version_files", "MetadataSnapshot.__init__", "MetadataSnapshot.conn",
+                                   "MetadataSnapshot.metadata", "MetadataSnapshot.close"),
+    "search/artifact/reload.py": ("_Slot.__init__", "_Slot.retire", "ArtifactHolder.__init__", "ArtifactHolder.version",
+                                  "ArtifactHolder.lease", "ArtifactHolder.reload", "ArtifactHolder._swap",
+                                  "ArtifactHolder.close", "_fingerprint", "_current_target"),
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "query": tuple(m for m in MODULES if m.startswith("search/query/")),
