@@ -83,7 +83,8 @@ def test_close_while_leased_leaves_the_closing_to_the_lease(tmp_path: Path) -> N
     assert leased._connections == []
 
 
-def test_a_refused_version_keeps_the_old_one_and_is_retried_only_when_worth_it(tmp_path: Path) -> None:
+def test_a_refused_version_keeps_the_old_one_and_is_retried_only_when_worth_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = tmp_path / "store"
     good = _publish(store, 1)
     changes: list[ReloadOutcome] = []
@@ -93,7 +94,9 @@ def test_a_refused_version_keeps_the_old_one_and_is_retried_only_when_worth_it(t
     bad.mkdir(parents=True)
     (bad / "notes.txt").write_text("no manifest here")
     _point_current(store, "versions/broken")
-    refused = holder.reload()
+    with caplog.at_level(logging.ERROR, logger="search.artifact.reload"):
+        refused = holder.reload()
+    assert [m for m in caplog.messages if m.startswith(f"index reload refused, still serving {good.name}: ")]
     assert not refused.loaded and refused.version == good.name and refused.error is not None
     assert "manifest" in refused.error and holder.last_error == refused.error
     assert holder.version == good.name
