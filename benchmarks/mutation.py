@@ -77,11 +77,15 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
                                     "TakedownList.hidden", "TakedownList.invalidate", "TakedownList._refresh",
                                     "TakedownList._version_copy"),  # resolve_refs: tests/test_takedown.py
     "search/artifact/version.py": ("current_link", "current_version", "current_path", "_read_checked",
-                                   "check_version_files", "MetadataSnapshot.__init__", "MetadataSnapshot.conn",
+                                   "check_version_files", "_check_part_files", "open_version", "open_current",
+                                   "MetadataSnapshot.__init__", "MetadataSnapshot.conn",
                                    "MetadataSnapshot.metadata", "MetadataSnapshot.close"),
     "search/artifact/reload.py": ("_Slot.__init__", "_Slot.retire", "ArtifactHolder.__init__", "ArtifactHolder.version",
                                   "ArtifactHolder.lease", "ArtifactHolder.reload", "ArtifactHolder._swap",
-                                  "ArtifactHolder.close", "_fingerprint", "_current_target"),
+                                  "ArtifactHolder.close", "ArtifactHolder._start_background_check",
+                                  "ArtifactHolder._background_check", "ArtifactHolder.wait_checked",
+                                  "ArtifactHolder._unload", "ArtifactHolder._admit", "ArtifactHolder._check_params",
+                                  "_fingerprint", "_current_target"),
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "query": tuple(m for m in MODULES if m.startswith("search/query/")),

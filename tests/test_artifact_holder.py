@@ -7,7 +7,9 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from indexer.index.publish import PublishedVersion
 from search.artifact.checksums import file_entry
 from search.artifact.manifest import ArtifactError
 from search.artifact.reload import ArtifactHolder, NoIndexError, ReloadOutcome, _current_target, _fingerprint
-from search.artifact.version import Artifact, current_link
+from search.artifact.version import Artifact, check_version_files, current_link
 from tests.artifact_support import clustered, identity, publish
 
 IDS = np.array([3, 6, 9, 12], np.int64)
@@ -241,7 +243,8 @@ def test_admit_and_ann_params_may_refuse_a_version(tmp_path: Path, caplog: pytes
     params = ArtifactHolder(store, ann_params={"nprobe": 4})
     outcome = params.reload()
     assert outcome.loaded is False and outcome.error is not None
-    assert outcome.error.startswith(f"version {published.name}: configured rank.ann_params do not apply (")
+    assert outcome.error == (f"version {published.name}: configured rank.ann_params do not apply (IndexFlatIP takes no "
+                             "search parameters, got ['nprobe'])")
     assert ArtifactHolder(store, ann_params={}).reload().loaded
 
 
@@ -252,3 +255,62 @@ def test_no_current_version_is_an_outcome_not_an_exception(tmp_path: Path) -> No
     assert outcome.error is not None and "no index version has been published" in outcome.error
     assert holder.reload().error == outcome.error  # no fingerprint to remember: tried again, same answer
     assert holder.unchanged_skips == 0
+
+
+def test_a_late_check_failure_unloads_only_the_version_it_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    store = tmp_path / "store"
+    first = _publish(store, 1)
+    gate, entered = threading.Event(), threading.Event()
+    real = check_version_files
+
+    def gated(path: Path, manifest: Any, checks: Any) -> Any:
+        if path == first.path.resolve():  # hold the background check of the first version at the gate
+            entered.set()
+            assert gate.wait(30)
+        return real(path, manifest, checks)
+
+    monkeypatch.setattr("search.artifact.reload.check_version_files", gated)
+    _with_big_unsampled_change(first.path)
+    holder = ArtifactHolder(store, checks="full", start_checks="size")
+    with caplog.at_level(logging.INFO, logger="search.artifact.reload"):
+        assert holder.reload().loaded
+        assert entered.wait(30)
+        assert holder.background_check == "running" and holder.wait_checked(0) is False
+        checkers = [t for t in threading.enumerate() if t.name == "artifact-check"]
+        assert len(checkers) == 1 and checkers[0].daemon
+        second = _publish(store, 2)
+        assert holder.reload() == ReloadOutcome(True, second.name)  # a full check (first was not yet checked)
+        gate.set()
+        assert holder.wait_checked(30)
+    assert (holder.background_check, holder.version) == ("failed", second.name)  # the newer one stays
+    assert not [m for m in caplog.messages if "unloaded" in m]
+    holder.close()
+
+    caplog.clear()
+    gate.clear()
+    entered.clear()
+    _point_current(store, f"versions/{first.name}")
+    alone = ArtifactHolder(store, checks="full", start_checks="size")
+    with caplog.at_level(logging.INFO, logger="search.artifact.reload"):
+        assert alone.reload().loaded
+        assert entered.wait(30)
+        with alone.lease() as served:
+            pass
+        gate.set()
+        assert alone.wait_checked(30)
+    assert alone.version is None and served._connections == []  # unloaded and closed
+    with pytest.raises(NoIndexError, match="found by the full check after start"), alone.lease():
+        pass
+    unloaded = [m for m in caplog.messages if m.startswith(f"index version {first.name} unloaded: ")]
+    assert len(unloaded) == 1 and "big.bin fails its sha256" in unloaded[0]
+
+
+def test_a_passed_background_check_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = tmp_path / "store"
+    published = _publish(store, 1)
+    holder = ArtifactHolder(store, checks="full", start_checks="size")
+    with caplog.at_level(logging.INFO, logger="search.artifact.reload"):
+        assert holder.reload().loaded and holder.wait_checked(30)
+    assert f"index version {published.name} passed its full checks" in caplog.messages
+    holder.close()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ from search.artifact.version import (
     current_link,
     current_path,
     current_version,
+    open_current,
+    open_shard,
     open_version,
 )
 from tests.artifact_support import clustered, identity, publish, small_config
@@ -148,3 +152,68 @@ def test_an_unreadable_snapshot_is_refused(tmp_path: Path) -> None:
     (tmp_path / "metadata.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(ArtifactError, match="^version v9: metadata snapshot unreadable \\("):
         MetadataSnapshot(tmp_path, "v9")
+
+
+def _edit_manifest(version_dir: Path, edit: Any) -> None:
+    manifest_file = version_dir / "manifest.json"
+    manifest_file.chmod(0o644)
+    data = json.loads(manifest_file.read_text())
+    edit(data)
+    manifest_file.write_text(json.dumps(data))
+
+
+def test_open_checks_at_the_level_asked_and_carries_the_encoder_bundle(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    published = publish(store, clustered(4, 8), np.arange(1, 5, dtype=np.int64))
+    folder = store / "encoders" / "e"
+    folder.mkdir(parents=True)
+    spec = {"format": 1, "identity": published.manifest.encoder.to_dict(),
+            "tokenizer": TokenizerSpec(16, 1, 2, "lower", "x+", {"<start>": 1}).to_dict(),
+            "preprocess": PreprocessSpec((32, 32), "squash", "bilinear", (0.5,) * 3, (0.5,) * 3).to_dict(),
+            "text": TextSpec(True, "argmax", 7).to_dict()}
+    (folder / "encoder.json").write_text(json.dumps(spec))
+    for name in ("tokenizer.json", "text.onnx", "image.onnx"):
+        (folder / name).write_bytes(name.encode())
+    files = {f.name: dataclasses.asdict(file_entry(f)) for f in sorted(folder.iterdir())}
+    big = _big_file(published.path)
+    _edit_manifest(published.path, lambda d: d.update(
+        encoder_files={"dir": "encoders/e", "files": files},
+        files={**d["files"], "big.bin": dataclasses.asdict(file_entry(big))}))
+    with open_current(store) as artifact:
+        assert artifact.encoder_bundle is not None and artifact.encoder_bundle.directory == folder.resolve()
+    _flip_unsampled_byte(big)
+    open_current(store).close()  # the size level reads none of it
+    open_version(published.path, checks="sampled").close()
+    with pytest.raises(ArtifactError, match="big.bin fails its sha256"):
+        open_current(store, checks="full")
+    with pytest.raises(ArtifactError, match="big.bin fails its sha256"):
+        open_version(published.path, checks="full")
+    with pytest.raises(ArtifactError, match="built with another encoder"):
+        open_current(store, expect_encoder=identity(16))
+
+
+def test_open_shard_checks_its_part_files(tmp_path: Path) -> None:
+    plain = publish(tmp_path / "plain", clustered(8, 8), np.arange(1, 9, dtype=np.int64))
+    ids_file = plain.path / "ids.npy"
+    ids_file.chmod(0o644)
+    with ids_file.open("r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 1]))
+    with pytest.raises(ArtifactError, match=f"^version {plain.name}: ids.npy fails its sha256"):
+        open_shard(plain.path, 0)  # a small file is hashed whole at every level
+    big = publish(tmp_path / "big", clustered(8, 8), np.arange(1, 9, dtype=np.int64))
+    replaced = big.path / "ids.npy"  # 5 MiB listed with its true checksums, then one unsampled byte changed
+    replaced.chmod(0o644)
+    replaced.write_bytes(bytes(5 << 20))
+    _edit_manifest(big.path, lambda d: d["files"].update({"ids.npy": dataclasses.asdict(file_entry(replaced))}))
+    _flip_unsampled_byte(replaced)
+    with pytest.raises(ArtifactError, match=f"^version {big.name}: ids.npy fails its sha256"):
+        open_shard(big.path, 0, checks="full")
+    sharded = publish(tmp_path / "sharded", clustered(40, 8), np.arange(1, 41, dtype=np.int64), small_config(shards=2))
+    part = sharded.manifest.shards[1]
+    shutil.rmtree(sharded.path / part.dir)
+    with pytest.raises(ArtifactError, match=f"^version {sharded.name}: shard 1 is missing "
+                                            f"\\({sharded.path.resolve() / part.dir} does not exist\\)$"):
+        open_shard(sharded.path, 1)
