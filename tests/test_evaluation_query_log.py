@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,30 @@ def test_closed_log_and_bad_input_are_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"ok": 1}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         list(read_query_log(tmp_path / "bad.jsonl"))
+
+
+def test_record_fields_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1234.56789)
+    path = tmp_path / "a" / "b" / "queries.jsonl"  # missing parents are made
+    with QueryLog(path) as log:
+        log.record(query="café ünïcode", kind="text", stages_ms={"embed": 1.23456, "total": 2}, cache_hit=False,
+                   results=3, version="v1", request_id="r-1")
+        log.record(query=None, kind="image", stages_ms={}, cache_hit=None, results=0, version=None)
+    raw = path.read_text(encoding="utf-8")
+    assert "café ünïcode" in raw  # the text as it is, not \\u escapes
+    first, second = read_query_log(path)
+    assert first == {"ts": 1234.568, "kind": "text", "query": "café ünïcode", "version": "v1", "cache_hit": False,
+                     "results": 3, "request_id": "r-1", "embed": 1.235, "total": 2.0}
+    assert second == {"ts": 1234.568, "kind": "image", "query": None, "version": None, "cache_hit": None,
+                      "results": 0}  # no request id: no key
+
+
+def test_errors_say_what_is_wrong_and_blank_lines_are_skipped(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError, match="is a directory; give a file name"):
+        QueryLog(tmp_path)
+    log = QueryLog(tmp_path / "q.jsonl")
+    with pytest.raises(ValueError, match=r"^results must be >= 0$"):
+        log.record(query="x", kind="text", stages_ms={}, cache_hit=None, results=-1, version=None)
+    log.close()
+    (tmp_path / "gaps.jsonl").write_text('{"n": 1}\n\n   \n{"n": 2}\n')
+    assert [r["n"] for r in read_query_log(tmp_path / "gaps.jsonl")] == [1, 2]
