@@ -17,6 +17,7 @@ from search.query.pipeline import QueryEmbedder
 from search.query.text_cache import QueryEmbeddingCache, normalize_query
 from search.query.timing import StageTimer
 from search.runtime.batcher import MicroBatcher
+from search.runtime.tokenizer import LangText
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,41 @@ def test_without_admission_misses_encode_and_a_language_has_its_own_key(text: An
     np.testing.assert_allclose(green, text.encode(["green"])[0], atol=1e-5)
     assert hit and vector.tolist() == german.tolist()  # found under the language's key, not encoded
     embedder.batcher.close()
+
+
+class SeesLanguages:
+    """The tiny text tower behind a tokenizer that records the source language each row arrives with (the CLIP
+    tower itself takes none), so that a language reaching the encoder is observable; encoding stays real."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.languages: list[str | None] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _texts(self, rows: Any) -> list[str]:
+        self.languages.extend(row.language if isinstance(row, LangText) else None for row in rows)
+        return [row.text if isinstance(row, LangText) else row for row in rows]
+
+    def tokenize(self, rows: Any) -> np.ndarray:
+        return self.inner.tokenize(self._texts(rows))  # type: ignore[no-any-return]
+
+    def encode(self, rows: Any) -> np.ndarray:
+        return self.inner.encode(self._texts(rows))  # type: ignore[no-any-return]
+
+
+def test_a_miss_hands_its_language_to_the_encoder_and_a_default_query_none(text: Any) -> None:
+    seen = SeesLanguages(text)
+    embedder = QueryEmbedder("tiny", QueryEmbeddingCache(100, 600.0), MicroBatcher(seen, window_s=0.0),
+                             ServiceMetrics())
+
+    async def run() -> None:
+        await embedder.embed("ein roter kreis", StageTimer(), "deu_Latn")
+        await embedder.embed("a red circle", StageTimer())
+
+    try:
+        asyncio.run(run())
+    finally:
+        embedder.batcher.close()
+    assert seen.languages == ["deu_Latn", None]
