@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from search.artifact.bundle import ENCODERS_DIR, IMAGE_FILE, SPEC_FILE, TEXT_FILE
+from search.artifact.bundle import ENCODERS_DIR, IMAGE_FILE, SPEC_FILE, TEXT_FILE, TOKENIZER_FILE
 from search.artifact.encoder import file_sha256
 from search.artifact.version import open_current
 from search.http.app import create_app
@@ -67,6 +67,10 @@ def _break(store: Path, how: str) -> None:
         files[SPEC_FILE] = {"sha256": file_sha256(copy / SPEC_FILE), "bytes": (copy / SPEC_FILE).stat().st_size}
     elif how == "corrupt-spec":
         (copy / SPEC_FILE).write_text("{" + " " * (files[SPEC_FILE]["bytes"] - 1))
+    elif how == "corrupt-tokenizer":  # same size, still JSON-looking: only its checksum tells
+        data = bytearray((copy / TOKENIZER_FILE).read_bytes())
+        data[len(data) // 2] ^= 0x20
+        (copy / TOKENIZER_FILE).write_bytes(bytes(data))
     manifest["encoder_files"]["dir"] = f"{ENCODERS_DIR}/{copy.name}"
     version.chmod(stat.S_IRWXU)
     manifest_path.chmod(stat.S_IRUSR | stat.S_IWUSR)
@@ -79,6 +83,7 @@ def _break(store: Path, how: str) -> None:
     ("truncated", "truncated"),
     ("mismatched", "another encoder"),
     ("corrupt-spec", "checksum"),
+    ("corrupt-tokenizer", "sha256"),
 ])
 def test_broken_encoder_files_refuse_the_version_while_the_old_keeps_serving(world, tmp_path, how, reason):
     store = copy_store(world, tmp_path / "store")
