@@ -3,6 +3,7 @@ a seeded random-init checkpoint file, timing of a subprocess. Each script prints
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -111,3 +112,11 @@ async def drive(batcher: Any, texts: list[str], concurrency: int) -> dict[str, f
     latencies.sort()
     return {"qps": round(len(texts) / seconds, 1), "p50_ms": round(statistics.median(latencies) * 1000, 3),
             "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 3)}
+
+
+def report_json(name: str, result: dict[str, Any]) -> None:
+    """Print a benchmark's JSON and keep it as benchmarks/out/NAME.json (the file summary.py and the docs read)."""
+    text = json.dumps(result, indent=2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(text)
+    print(text)

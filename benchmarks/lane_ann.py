@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, machine  # noqa: E402
+from common import OUT, machine, report_json  # noqa: E402
 from serving_store import add_store_arguments, build  # noqa: E402
 
 
@@ -136,10 +135,7 @@ def main() -> None:
         for name, fn in runs:
             result[name] = fn()
     result["load_average_at_end"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lane_ann.json").write_text(text)
-    print(text)
+    report_json("lane_ann", result)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, machine  # noqa: E402
+from common import OUT, machine, report_json  # noqa: E402
 from cpu_profile import profile_process  # noqa: E402
 from serving_store import build, text_encoder  # noqa: E402
 
@@ -385,10 +385,7 @@ def main() -> None:
 
 def finish(result: dict[str, Any]) -> None:
     """Print the result and write it to benchmarks/out/serving_core.json."""
-    text = json.dumps(result, indent=2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "serving_core.json").write_text(text)
-    print(text)
+    report_json("serving_core", result)
 
 
 if __name__ == "__main__":

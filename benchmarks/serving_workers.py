@@ -13,7 +13,6 @@ Prints one JSON object (also written to benchmarks/out/serving_workers.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, machine  # noqa: E402
+from common import OUT, machine, report_json  # noqa: E402
 from serving_core import LUA, wrk  # noqa: E402
 from serving_store import add_store_arguments, build  # noqa: E402
 
@@ -92,10 +91,7 @@ def main() -> None:
     result = {"benchmark": "serving_workers", "machine": machine(), "store": made, "duration_s": args.duration,
               "rounds": args.rounds, "text_precision": args.text_precision, "load_average_1m": load,
               "pss_mb_after_warmup": memory, "summary": summary, "runs": runs}
-    text = json.dumps(result, indent=2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "serving_workers.json").write_text(text)
-    print(text)
+    report_json("serving_workers", result)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
