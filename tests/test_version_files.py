@@ -102,15 +102,21 @@ def test_every_file_is_checked_at_the_level_asked(tmp_path: Path, shards: int) -
         check_version_files(path, manifest, "full")
 
 
-def test_a_version_with_its_encoder_folder_returns_the_verified_bundle(tmp_path: Path) -> None:
-    published = publish(tmp_path / "store", clustered(4, 8), np.arange(1, 5, dtype=np.int64))
-    folder = tmp_path / "store" / "encoders" / "e"
+def _encoder_folder(store: Path, manifest: Manifest) -> Path:
+    """store/encoders/e with an encoder.json naming the manifest's encoder (the other files: each test's own)."""
+    folder = store / "encoders" / "e"
     folder.mkdir(parents=True)
-    spec = {"format": 1, "identity": published.manifest.encoder.to_dict(),
+    spec = {"format": 1, "identity": manifest.encoder.to_dict(),
             "tokenizer": TokenizerSpec(16, 1, 2, "lower", "x+", {"<start>": 1}).to_dict(),
             "preprocess": PreprocessSpec((32, 32), "squash", "bilinear", (0.5,) * 3, (0.5,) * 3).to_dict(),
             "text": TextSpec(True, "argmax", 7).to_dict()}
     (folder / "encoder.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_a_version_with_its_encoder_folder_returns_the_verified_bundle(tmp_path: Path) -> None:
+    published = publish(tmp_path / "store", clustered(4, 8), np.arange(1, 5, dtype=np.int64))
+    folder = _encoder_folder(tmp_path / "store", published.manifest)
     (folder / "tokenizer.json").write_text("{}")
     (folder / "text.onnx").write_bytes(b"t")
     big = _big_file(folder)
@@ -165,13 +171,7 @@ def _edit_manifest(version_dir: Path, edit: Any) -> None:
 def test_open_checks_at_the_level_asked_and_carries_the_encoder_bundle(tmp_path: Path) -> None:
     store = tmp_path / "store"
     published = publish(store, clustered(4, 8), np.arange(1, 5, dtype=np.int64))
-    folder = store / "encoders" / "e"
-    folder.mkdir(parents=True)
-    spec = {"format": 1, "identity": published.manifest.encoder.to_dict(),
-            "tokenizer": TokenizerSpec(16, 1, 2, "lower", "x+", {"<start>": 1}).to_dict(),
-            "preprocess": PreprocessSpec((32, 32), "squash", "bilinear", (0.5,) * 3, (0.5,) * 3).to_dict(),
-            "text": TextSpec(True, "argmax", 7).to_dict()}
-    (folder / "encoder.json").write_text(json.dumps(spec))
+    folder = _encoder_folder(store, published.manifest)
     for name in ("tokenizer.json", "text.onnx", "image.onnx"):
         (folder / name).write_bytes(name.encode())
     files = {f.name: dataclasses.asdict(file_entry(f)) for f in sorted(folder.iterdir())}
