@@ -58,6 +58,7 @@ from http_load import LUA  # noqa: E402
 
 from search.artifact.version import open_current  # noqa: E402
 from search.settings import CacheSettings  # noqa: E402
+from tests.fleet_support import replica_pids  # noqa: E402
 from tests.service_support import free_port, running_server, settings_for, world_store  # noqa: E402
 
 
@@ -187,20 +188,6 @@ def _cold_start(url: str, app: str, query: str) -> dict[str, float]:
     return {"readyz_at_zero_s": round(ready_s, 3), "first_answer_s": round(first_s, 2)}
 
 
-def _replica_pids(app: str, deployment: str) -> list[int]:
-    """The processes of `deployment`'s replicas in Serve application `app` (Ray titles each replica process
-    `ray::ServeReplica:<app>:<deployment>`)."""
-    import psutil
-
-    title = f"ServeReplica:{app}:{deployment}"
-    out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::") and cmdline.split()[0].endswith(title):
-            out.append(proc.info["pid"])
-    return out
-
-
 def _shard_calls(url: str) -> dict[str, int]:
     """The ingress's shard calls so far by kind (photostock_shard_calls_total in /metrics)."""
     out: dict[str, int] = {}
@@ -219,7 +206,7 @@ def _kill_under_load(url: str, app: str, seconds: int, connections: int, work: P
 
     script = work / "report.lua"
     script.write_text(LUA, encoding="utf-8")
-    pids = _replica_pids(app, "Shard0")
+    pids = replica_pids(app, "Shard0")
     if len(pids) != 2:
         raise RuntimeError(f"expected 2 Shard0 replica processes, found {pids}")
     wrk = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),

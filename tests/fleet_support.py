@@ -1,11 +1,26 @@
-"""Shared by the fleet tests that run without Ray: remote calls as the fan-out, the version gate and the
-encoder deadline see them."""
+"""Shared by the fleet tests: remote calls as the fan-out, the version gate and the encoder deadline see them
+(without Ray), and the processes of a running fleet's replicas (for tests and benchmarks that stop one)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from typing import Any
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """The processes of `deployment`'s replicas in Serve application `app`, found by the title Ray gives each:
+    `ray::ServeReplica:<app>:<deployment>` when idle, `...:<deployment>.<method>` while it runs a call (a health
+    check, a request), so both forms are matched: a replica caught mid-call is still one of them."""
+    import psutil
+
+    title = f"ray::ServeReplica:{app}:{deployment}"
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        first = (proc.info["cmdline"] or [""])[0].split(" ", 1)[0]
+        if first == title or first.startswith(title + "."):
+            pids.append(proc.info["pid"])
+    return pids
 
 
 class Done:

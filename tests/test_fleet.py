@@ -31,7 +31,7 @@ from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
-from tests.fleet_support import Done, Stuck, StuckAwaitable
+from tests.fleet_support import Done, Stuck, StuckAwaitable, replica_pids
 from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
 ONE_SECOND = ShardTiming(1.0, 1.0)  # per call, and for a cold shard
@@ -467,15 +467,6 @@ def test_a_takedown_through_the_fleet_hides_the_image_from_every_shard_at_once(f
     assert similar.status_code == 404 and after == before
 
 
-def _replica_pids(app: str, deployment: str) -> list[int]:
-    """The processes of a deployment's replicas (Ray titles each `ray::ServeReplica:<app>:<deployment>`)."""
-    import psutil
-
-    title = f"ServeReplica:{app}:{deployment}"
-    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if (cmd := p.info["cmdline"] or []) and cmd[0].startswith("ray::") and cmd[0].endswith(title)]
-
-
 def _shard_calls(client: httpx.Client, kind: str) -> float:
     """The ingress's shard calls of one kind so far (photostock_shard_calls_total in /metrics)."""
     lines = [line for line in client.get("/metrics").text.splitlines()
@@ -500,7 +491,7 @@ def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore)
 
     deployments = serve.status().applications["photostock"].deployments
     assert deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
-    pids = _replica_pids("photostock", "Shard0")
+    pids = replica_pids("photostock", "Shard0")
     assert len(pids) == 2
     queries = [{"q": q["query"], "k": 5} for q in world.queries[10:26]]  # no other fleet test asks these
     with httpx.Client(base_url=fleet, timeout=120) as client:
@@ -531,7 +522,7 @@ def test_a_stopped_query_encoder_gives_503_naming_it_not_a_hang(fleet: str, worl
     import signal
     import time
 
-    (pid,) = _replica_pids("photostock", "QueryEncoder")
+    (pid,) = replica_pids("photostock", "QueryEncoder")
     cached, fresh = world.queries[30]["query"], world.queries[31]["query"]  # no other fleet test asks these
     with httpx.Client(base_url=fleet, timeout=120) as client:
         assert client.get("/search", params={"q": cached, "k": 3}).status_code == 200
