@@ -1,7 +1,9 @@
 """Serving stored images and thumbnails by id.
 
-Only ids the served artifact knows are served: the id's stored relative path is joined to the image root and
-the resolved result must stay inside that root. Nothing from the client is ever used as a path.
+Only ids the served version indexes, and not taken down, are served (`served_row`, also the rule of
+similar-by-id): the metadata snapshot copies the whole store database, failed and deleted rows included, so
+being in it says nothing. The id's stored relative path is joined to the image root and the resolved result
+must stay inside that root. Nothing from the client is ever used as a path.
 """
 
 from __future__ import annotations
@@ -16,11 +18,23 @@ from cachetools import LRUCache
 from search.artifact.takedown import TakedownList
 from search.artifact.version import Artifact
 
-__all__ = ["ImageNotFound", "ImageStore"]
+__all__ = ["ImageNotFound", "ImageStore", "served_row"]
 
 
 class ImageNotFound(LookupError):
     pass
+
+
+def served_row(artifact: Artifact, hidden: frozenset[int], image_id: int) -> int:
+    """The version row of an id this version serves: in its index ids (the sorted id array the rerank maps
+    ids to rows with, a binary search) and not taken down; ImageNotFound else. One rule for every endpoint
+    that takes an id, so an image that failed to encode, was deleted or is taken down is served by none."""
+    if image_id in hidden:
+        raise ImageNotFound(f"no image {image_id} in index version {artifact.version}")
+    try:
+        return int(artifact.rows_for([image_id])[0])
+    except KeyError:
+        raise ImageNotFound(f"no image {image_id} in index version {artifact.version}") from None
 
 
 class ImageStore:
@@ -33,9 +47,9 @@ class ImageStore:
         self._lock = threading.Lock()
 
     def path_of(self, artifact: Artifact, image_id: int) -> Path:
-        """The file of a served, not taken-down id. The stored bytes of the name (`path_raw`) are used when the
-        snapshot has them, so a name that is not valid UTF-8 is served too."""
-        self._check_visible(artifact, image_id)
+        """The file of an id the version serves (`served_row`). The stored bytes of the name (`path_raw`) are
+        used when the snapshot has them, so a name that is not valid UTF-8 is served too."""
+        self._check_served(artifact, image_id)
         try:
             (meta,) = artifact.metadata([image_id])
         except KeyError as exc:
@@ -48,7 +62,7 @@ class ImageStore:
         return path
 
     def thumbnail(self, artifact: Artifact, image_id: int) -> bytes:
-        self._check_visible(artifact, image_id)  # before the cache: a cached thumbnail must go dark too
+        self._check_served(artifact, image_id)  # before the cache: a cached thumbnail must go dark too
         key = (artifact.version, image_id)
         with self._lock:
             cached = self._thumbs.get(key)
@@ -59,9 +73,9 @@ class ImageStore:
             self._thumbs[key] = data
         return data
 
-    def _check_visible(self, artifact: Artifact, image_id: int) -> None:
-        if self.takedowns is not None and image_id in self.takedowns.hidden(artifact.path):
-            raise ImageNotFound(f"image {image_id} is not available")
+    def _check_served(self, artifact: Artifact, image_id: int) -> None:
+        hidden = self.takedowns.hidden(artifact.path) if self.takedowns is not None else frozenset()
+        served_row(artifact, hidden, image_id)
 
     def _render(self, path: Path) -> bytes:
         from PIL import Image

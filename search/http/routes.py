@@ -8,12 +8,13 @@ import re
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BeforeValidator
 
-from search.artifact.images import ImageNotFound
+from search.artifact.images import ImageNotFound, served_row
 from search.artifact.reload import NoIndexError
 from search.artifact.takedown import UnknownImageError, apply_takedowns, resolve_refs
 from search.http.guidance import is_weak, score_floor
@@ -191,11 +192,10 @@ async def search_similar(request: Request, response: Response, image_id: ImageId
     with timer.stage("total"):
         with state.holder.lease() as artifact:
             try:
-                if image_id in state.searcher.hidden(artifact):
-                    raise KeyError(image_id)
-                vector = artifact.vectors_for([image_id])[0]
-            except KeyError:
-                raise HTTPException(404, f"no image {image_id} in index version {artifact.version}") from None
+                row = served_row(artifact, state.searcher.hidden(artifact), image_id)
+            except ImageNotFound as exc:
+                raise HTTPException(404, str(exc)) from None
+            vector = artifact.vectors_at(np.asarray([row], dtype=np.int64))[0]
         outcome = await state.searcher.search(vector, spec, timer)
     return _respond(response, outcome, spec, None, state, kind="similar")
 
