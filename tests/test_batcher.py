@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,13 +53,17 @@ class GatedEncoder:
         return self.inner.encode_token_ids(tokens)
 
 
-async def _burst(batcher: MicroBatcher, gated: GatedEncoder, queries: list[str]) -> list[np.ndarray]:
+async def _burst(batcher: MicroBatcher, gated: GatedEncoder, queries: list[str],
+                 languages: dict[int, str] | None = None) -> list[Any]:
+    """The first query occupies the session; the rest queue behind it and go together. `languages`: a source
+    language for some of the queries (by position); then each result is a vector or the request's error."""
+    languages = languages or {}
     first = asyncio.ensure_future(batcher.encode(queries[0]))  # occupies the session (held at the gate)
     assert await asyncio.to_thread(gated.started.wait, 30)
-    rest = [asyncio.ensure_future(batcher.encode(q)) for q in queries[1:]]
+    rest = [asyncio.ensure_future(batcher.encode(q, languages.get(i))) for i, q in enumerate(queries) if i > 0]
     await asyncio.sleep(0)  # one loop turn: every request is queued (enqueueing is synchronous)
     gated.gate.set()
-    return list(await asyncio.gather(first, *rest))
+    return list(await asyncio.gather(first, *rest, return_exceptions=bool(languages)))
 
 
 def test_concurrent_mixed_lengths_share_one_padded_batch_and_equal_unbatched(text):
@@ -127,6 +132,32 @@ def test_encoder_failure_reaches_every_waiter_and_unreadies_the_pool(text):
     finally:
         batcher.close()
     assert all(isinstance(r, (RuntimeError, PoolUnavailable)) for r in results)
+
+
+def test_a_language_the_tower_does_not_take_fails_that_request_only_and_keeps_the_session(text):
+    """A caller's bad argument (a source language for the torch CLIP tower, which takes none) is the caller's
+    error: that request gets a ValueError naming it, the requests batched with it get their vectors, and the
+    session stays in the pool (it used to be taken out: the only one, so every later query failed too)."""
+    gated = GatedEncoder(text)
+    sizes: list[int] = []
+    batcher = MicroBatcher(gated, window_s=0.003, max_batch=32, on_batch=sizes.append, calibrate=False,
+                           batch_cost_budget_s=10.0)
+    queries = QUERIES[:4]
+    try:
+        results = asyncio.run(_burst(batcher, gated, queries, languages={2: "deu_Latn"}))
+        assert batcher.ready and all(m.healthy for m in batcher.pool.members)
+        later = asyncio.run(batcher.encode(QUERIES[4]))
+    finally:
+        batcher.close()
+    refused = results.pop(2)
+    assert isinstance(refused, ValueError) and "deu_Latn" in str(refused)
+    assert sizes[:2] == [1, 3]  # the refused request shared its batch with two good ones
+    good = [q for i, q in enumerate(queries) if i != 2]
+    np.testing.assert_allclose(np.stack(results), text.encode(good), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(later, text.encode([QUERIES[4]])[0], atol=1e-5, rtol=0)
+    registry = batcher.pool.metrics.registry
+    assert not registry.get_sample_value("photostock_pool_member_failures_total", {"member": "text-0", "kind": "error"})
+    assert registry.get_sample_value("photostock_pool_member_up", {"member": "text-0"}) == 1
 
 
 def test_cost_cap_fits_the_budget_but_keeps_batching_past_the_knee():

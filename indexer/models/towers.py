@@ -23,6 +23,7 @@ from indexer.models.export import (
     text_tower_module,
 )
 from search.runtime.sessions import ort_session
+from search.runtime.tokenizer import LangText
 from search.runtime.towers import ImageEncoder, OnnxImageEncoder, OnnxTextEncoder, Precision, TrimmingTextEncoder
 
 __all__ = ["TorchImageEncoder", "TorchTextEncoder", "build_image_encoder", "onnx_image_encoder",
@@ -36,8 +37,17 @@ class _NumpyTokenizer:
         self.encoder = encoder
         self.context_length = encoder.context_length
 
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.encoder.tokenize(texts).numpy(), dtype=np.int64)
+    def __call__(self, texts: Sequence[str | LangText]) -> np.ndarray:
+        """ValueError for a `LangText` row: open_clip's tokenizers take no per-text source language, and encoding
+        the text alone would answer for a language the caller did not ask for (the runtime's tokenizer applies
+        them: search.runtime.tokenizer)."""
+        plain: list[str] = []
+        for text in texts:
+            if isinstance(text, LangText):
+                raise ValueError(f"the offline text tower of {self.encoder.identity.model} takes no source "
+                                 f"language (got {text.language!r}): pass the text alone")
+            plain.append(text)
+        return np.asarray(self.encoder.tokenize(plain).numpy(), dtype=np.int64)
 
     def encode(self, text: str) -> list[int]:
         """Token ids without special tokens (open_clip's HFTokenizer has no `encode`: clean, then its HF tokenizer)."""
@@ -61,9 +71,8 @@ class TorchTextEncoder(TrimmingTextEncoder):
         self.tower = text_tower_module(encoder.model) if self.trim else None
         self._tokenizer = _NumpyTokenizer(encoder)
 
-    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+    def tokenize(self, texts: Sequence[str | LangText]) -> np.ndarray:
         return self._tokenizer(texts)
-
 
     def encode_token_ids(self, tokens: np.ndarray) -> np.ndarray:
         import torch

@@ -14,7 +14,10 @@ and a member that frees up takes the next batch without waking anyone; a watchdo
 timeouts. Each member runs one batch at a time on its own thread; results go back to the event loop in one call
 per batch, before the member's bookkeeping. A member that raises, or runs longer than `timeout_s`, is taken out
 (metric + log line) and its batch is retried once elsewhere; with no member left the pool is not ready and
-waiting requests fail with `PoolUnavailable`.
+waiting requests fail with `PoolUnavailable`. An input that `collate` cannot prepare (a caller's bad argument,
+such as a source language the tower does not take) is not the member's fault and would fail on every member:
+that request alone fails with a `ValueError` (`InputError` when collate raised another type), its batch-mates
+go back to the head of the queue, and the member stays in the pool.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from search.runtime.costs import CostModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Collate", "EncodeFn", "Member", "PoolMetrics", "PoolUnavailable", "SessionPool", "stack_rows"]
+__all__ = ["Collate", "EncodeFn", "InputError", "Member", "PoolMetrics", "PoolUnavailable", "SessionPool",
+           "stack_rows"]
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]
 Collate = Callable[[list[Any], int], np.ndarray]  # (inputs, batch's longest real length) -> the stacked batch
@@ -45,6 +49,11 @@ _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2
 
 class PoolUnavailable(RuntimeError):
     """No healthy encode session is left (or the pool is closed)."""
+
+
+class InputError(ValueError):
+    """A request's input could not be prepared for encoding (`collate` raised): the caller's error, not a fault
+    of the session that was to run it."""
 
 
 @dataclass(eq=False)
@@ -298,8 +307,13 @@ class SessionPool:
                 return
             start = time.perf_counter()
             try:
+                inputs = self.collate([r.row for r in batch.requests], batch.length)
+            except Exception as exc:  # the inputs, not the session: the member stays in the pool
+                self._refuse_inputs(member, batch, exc)
+                continue
+            try:
                 run = member.solo if batch.solo and member.solo is not None else member.run
-                out = run(self.collate([r.row for r in batch.requests], batch.length))
+                out = run(inputs)
                 if len(out) != len(batch.requests):
                     raise RuntimeError(f"{member.name} returned {len(out)} rows for {len(batch.requests)}")
             except Exception as exc:  # the member is out; its batch is retried once elsewhere
@@ -325,6 +339,42 @@ class SessionPool:
             if member.running is None:
                 self.metrics.in_flight.labels(member=member.name).set(0)
             self.metrics.encode_seconds.labels(member=member.name).observe(end - start)
+
+    def _refuse_inputs(self, member: Member, batch: _Batch, error: Exception) -> None:
+        """`collate` raised on `batch`: fail the requests whose own input it cannot prepare (each tried alone,
+        off the lock), requeue the others at the head, keep the member. When every input is fine alone, the
+        batch's error goes to all of them (never a loop)."""
+        refused: list[tuple[_Request, BaseException]] = []
+        for r in batch.requests:
+            try:
+                self.collate([r.row], r.length)
+            except Exception as own:
+                refused.append((r, _input_error(own)))
+        if not refused:
+            refused = [(r, _input_error(error)) for r in batch.requests]
+        with self._cond:
+            if member.running is not batch:  # timed out meanwhile: already retried elsewhere
+                return
+            member.running = None
+            failed = {id(r) for r, _ in refused}
+            for r in reversed(batch.requests):
+                if id(r) not in failed and not r.future.done():
+                    self._pending.appendleft(r)
+            for r, reason in refused:
+                _call(r.loop, _fail, r.future, reason)
+            log.warning("encode request refused, %s stays in the pool: %s", member.name, refused[0][1])
+            self._dispatch_ready(time.perf_counter())
+            self.metrics.pending.set(len(self._pending))
+        self.metrics.in_flight.labels(member=member.name).set(0)
+
+
+def _input_error(exc: Exception) -> ValueError:
+    """What the caller gets for an input collate cannot prepare: the tower's own ValueError, else InputError."""
+    if isinstance(exc, ValueError):
+        return exc
+    error = InputError(f"the input cannot be prepared for encoding: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def stack_rows(inputs: list[Any], length: int) -> np.ndarray:
