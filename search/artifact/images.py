@@ -1,9 +1,9 @@
 """Serving stored images and thumbnails by id.
 
-Only ids the served version indexes, and not taken down, are served (`served_row`, also the rule of
-similar-by-id): the metadata snapshot copies the whole store database, failed and deleted rows included, so
-being in it says nothing. The id's stored relative path is joined to the image root and the resolved result
-must stay inside that root. Nothing from the client is ever used as a path.
+Only ids the served version indexes, and not taken down, are served (`served_mask`, also the rule of
+similar-by-id and of the example queries): the metadata snapshot copies the whole store database, failed and
+deleted rows included, so being in it says nothing. The id's stored relative path is joined to the image root
+and the resolved result must stay inside that root. Nothing from the client is ever used as a path.
 """
 
 from __future__ import annotations
@@ -13,28 +13,39 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 from cachetools import LRUCache
 
 from search.artifact.takedown import TakedownList
 from search.artifact.version import Artifact
 
-__all__ = ["ImageNotFound", "ImageStore", "served_row"]
+__all__ = ["ImageNotFound", "ImageStore", "served_mask", "served_row"]
 
 
 class ImageNotFound(LookupError):
     pass
 
 
+def served_mask(artifact: Artifact, hidden: frozenset[int], ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` this version serves: in its index ids (the sorted id array the rerank maps ids to rows
+    with: a binary search per id, never a scan of the version) and not taken down. The one rule for every
+    endpoint that takes or shows an id, so an image that failed to encode, was deleted or is taken down is
+    served by none."""
+    ids = np.asarray(ids, dtype=np.int64)
+    known = artifact.ids
+    if len(known) == 0:
+        return np.zeros(len(ids), dtype=bool)
+    mask = np.asarray(known[np.minimum(np.searchsorted(known, ids), len(known) - 1)] == ids)
+    if hidden:
+        mask &= ~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))
+    return mask
+
+
 def served_row(artifact: Artifact, hidden: frozenset[int], image_id: int) -> int:
-    """The version row of an id this version serves: in its index ids (the sorted id array the rerank maps
-    ids to rows with, a binary search) and not taken down; ImageNotFound else. One rule for every endpoint
-    that takes an id, so an image that failed to encode, was deleted or is taken down is served by none."""
-    if image_id in hidden:
+    """The version row of one id `served_mask` allows; ImageNotFound (a 404) else."""
+    if not served_mask(artifact, hidden, np.asarray([image_id]))[0]:
         raise ImageNotFound(f"no image {image_id} in index version {artifact.version}")
-    try:
-        return int(artifact.rows_for([image_id])[0])
-    except KeyError:
-        raise ImageNotFound(f"no image {image_id} in index version {artifact.version}") from None
+    return int(artifact.rows_for([image_id])[0])
 
 
 class ImageStore:

@@ -2,7 +2,7 @@
 
 The rule: the captions the most visible images share (ties: the caption of the lowest image id first), up to
 `count`, each at most `max_chars` long; when the store has fewer distinct captions, its most frequent tags fill
-the rest. Only images in the version's index count, and taken-down images never do. Every example is
+the rest. Only images the version serves count (`served_mask`: in its index, not taken down). Every example is
 therefore something the store holds and its metadata says in words.
 """
 
@@ -14,6 +14,7 @@ from collections import Counter
 
 import numpy as np
 
+from search.artifact.images import served_mask
 from search.artifact.version import Artifact
 
 __all__ = ["ExampleQueries", "example_queries"]
@@ -26,9 +27,7 @@ def example_queries(artifact: Artifact, count: int, max_chars: int, hidden: froz
         return []
     rows = artifact.metadata_conn().execute("SELECT id, caption, tags FROM images ORDER BY id").fetchall()
     ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-    visible = np.isin(ids, artifact.ids)
-    if hidden:
-        visible &= ~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))
+    visible = served_mask(artifact, hidden, ids)
     captions: Counter[str] = Counter()
     tags: Counter[str] = Counter()
     for row, keep in zip(rows, visible.tolist(), strict=True):
