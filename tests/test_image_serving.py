@@ -1,34 +1,75 @@
 """`GET /images/{id}` serves only what the current version indexes: the version's metadata snapshot copies the
 whole store database, so a file that failed to decode (recorded with its reason, in no index) has a row there
 and, its file still on disk, was served by id. It and a taken-down id answer 404 with the API's JSON error body,
-as similar-by-id does (one rule: search.artifact.images.served_row)."""
+as similar-by-id does (one rule: search.artifact.images.served_mask); the same through a fleet ingress (the
+service's app with remote parts)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from search.artifact.version import open_current
+from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
+from search.fleet.parts import ShardServer
 from search.http.app import create_app
+from search.query.shard import ShardQuery
+from search.runtime.towers import RuntimeEncoder, RuntimeOptions
 from search.settings import ReloadSettings, Settings
+from search.state import RemoteParts
+from tests.fleet_support import Done
 from tests.indexer_support import current_ids, draw, rows, run
 
 BROKEN = b"\x89PNG\r\n\x1a\n" + b"not an image at all" * 20
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, TestClient]]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Four images and one file of broken bytes, indexed by the indexer's own run (the tiny encoder)."""
     base = tmp_path_factory.mktemp("image-serving")
     images, store = base / "images", base / "store"
     for i in range(4):
         draw(images / f"img{i}.png", seed=700 + i, size=(40, 30))
     (images / "broken.png").write_bytes(BROKEN)
     run(images, store)
+    return images, store
+
+
+def _in_process_fleet(settings: Settings) -> RemoteParts:
+    """A fleet ingress's remote parts run in this process: the store's text and image towers and its one
+    shard's ShardServer (the fleet's routes are the service's own: create_app with these injected)."""
+    assert settings.store is not None
+    with open_current(settings.store) as artifact:
+        assert artifact.encoder_bundle is not None
+        encoder = RuntimeEncoder.load(artifact.encoder_bundle, RuntimeOptions(text_precision="fp32"))
+    server = ShardServer(settings, 0)
+
+    async def text(query: str, phase: str, language: str | None = None) -> np.ndarray:
+        return np.asarray(encoder.text.encode([query])[0], np.float32)
+
+    async def pixels(values: np.ndarray) -> np.ndarray:
+        return np.asarray(encoder.image.encode_pixels(values[None])[0], np.float32)
+
+    def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Done:
+        return Done(server.search(version_dir, vectors, asks, hidden))
+
+    return RemoteParts(text, pixels, lambda artifact, hidden: fan_out([RemoteShard("Shard0", call)],
+                                                                      str(artifact.path), hidden,
+                                                                      ShardTiming(30.0, 30.0)))
+
+
+@pytest.fixture(scope="module", params=["service", "fleet ingress"])
+def served(request: pytest.FixtureRequest, built: tuple[Path, Path]) -> Iterator[tuple[Path, Path, TestClient]]:
+    images, store = built
     settings = Settings(store=store, reload=ReloadSettings(watch=False))
-    with TestClient(create_app(settings), base_url="http://localhost", client=("127.0.0.1", 5000)) as client:
+    remote = _in_process_fleet(settings) if request.param == "fleet ingress" else None
+    with TestClient(create_app(settings, remote=remote), base_url="http://localhost",
+                    client=("127.0.0.1", 5000)) as client:
         yield images, store, client
 
 
