@@ -12,7 +12,7 @@ import pytest
 from indexer.models.clip import load_encoder
 from indexer.models.towers import TorchTextEncoder
 from search.runtime.batcher import MicroBatcher
-from search.runtime.pool import PoolUnavailable
+from search.runtime.pool import InputError, PoolUnavailable
 
 QUERIES = ["cat", "a red circle", "a small green crescent on sand", "blue", "a large orange square", "dog",
            "two words", "a tiny purple triangle on grass", "sun", "moon over water",
@@ -158,6 +158,24 @@ def test_a_language_the_tower_does_not_take_fails_that_request_only_and_keeps_th
     registry = batcher.pool.metrics.registry
     assert not registry.get_sample_value("photostock_pool_member_failures_total", {"member": "text-0", "kind": "error"})
     assert registry.get_sample_value("photostock_pool_member_up", {"member": "text-0"}) == 1
+
+
+def test_a_row_the_tokenizer_cannot_read_fails_with_input_error_and_keeps_the_session(text):
+    """Any error of the batch's preparation is the input's: a row that is not text reaches its caller as an
+    InputError (a ValueError) carrying the tokenizer's own error; the query sent with it is answered."""
+    batcher = MicroBatcher(text, window_s=0.003, max_batch=32, calibrate=False)
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(batcher.pool.submit(12345, 3), batcher.encode("a red circle"),
+                                         return_exceptions=True))
+    try:
+        bad, good = asyncio.run(run())
+        assert batcher.ready
+    finally:
+        batcher.close()
+    assert isinstance(bad, InputError) and isinstance(bad, ValueError) and bad.__cause__ is not None
+    assert type(bad.__cause__).__name__ in str(bad)
+    np.testing.assert_allclose(good, text.encode(["a red circle"])[0], atol=1e-5, rtol=0)
 
 
 def test_cost_cap_fits_the_budget_but_keeps_batching_past_the_knee():

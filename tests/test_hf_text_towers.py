@@ -265,6 +265,31 @@ def test_an_unknown_language_is_refused_with_the_reason(nllb, tag: str) -> None:
         resolve_language(tag, runtime_encoder.languages)
 
 
+def test_a_code_the_tokenizer_does_not_take_fails_that_query_and_keeps_the_session(nllb) -> None:
+    """A source-language code handed straight to the batcher (as a fleet's query-encoder call may) that NLLB's
+    tokenizer does not hold: that query gets a ValueError naming it, the session stays in the pool."""
+    import asyncio
+
+    from search.runtime.batcher import MicroBatcher
+
+    _, runtime_encoder = nllb
+    batcher = MicroBatcher(runtime_encoder.text, calibrate=False)
+
+    async def run() -> list[object]:
+        return list(await asyncio.gather(batcher.encode("a red circle", "xxx_Zzzz"),
+                                         batcher.encode("a red circle", "deu_Latn"), return_exceptions=True))
+    try:
+        bad, good = asyncio.run(run())
+        assert batcher.ready and all(m.healthy for m in batcher.pool.members)
+    finally:
+        batcher.close()
+    assert isinstance(bad, ValueError) and "xxx_Zzzz" in str(bad)
+    from search.runtime.tokenizer import LangText
+
+    want = runtime_encoder.text.encode_token_ids(runtime_encoder.text.tokenize([LangText("a red circle", "deu_Latn")]))
+    np.testing.assert_allclose(good, want[0], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("code", ["eng_Latn", "deu_Latn", "jpn_Jpan", "arb_Arab", "zho_Hant"])
 def test_tokens_and_embedding_in_a_source_language_equal_nllbs(nllb, code: str) -> None:
     """transformers' NllbTokenizer with `src_lang` (what NLLB-CLIP's language means) and open_clip's tower."""

@@ -174,7 +174,10 @@ class HFTextTokenizer:
         """NLLB's template for one text: `<lang> ids </s>` (or `ids </s> <lang>`), the ids cut to leave room for
         the two special tokens (on the truncation side), padded to the context (on the padding side)."""
         spec = self.spec
-        code = self._language_ids[language]
+        code = self._language_ids.get(language)
+        if code is None:  # a caller's bad argument (the HTTP layer resolves `lang` before): never a KeyError
+            raise ValueError(f"source language {language!r} is not one this tokenizer takes "
+                             f"({len(self._language_ids)} codes, e.g. {spec.default_language!r})")
         prefix, suffix = ([code], [self._eos]) if spec.language_position == "prefix" else ([], [self._eos, code])
         ids = self.encode(text)
         room = max(0, self.context_length - len(prefix) - len(suffix))
