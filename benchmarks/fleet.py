@@ -13,6 +13,14 @@ the same no-op call carrying a shard's 100-candidate answer there and back, with
 float16 rows the wire sends (search/fleet/wire.py), also at the production shape (100 candidates at D = 512),
 and the answers' pickled sizes).
 
+Replica memory (with the latency run): each Shard0 replica process's RssAnon, RssFile, Pss and USS after both
+served the run's searches, and the extra replica's RssAnon against the shard's index + vectors bytes (the index
+and the rerank vectors are memory-mapped, so replicas on one node share one page-cache copy of them).
+
+`--serving-store`: the production shape instead of the synthetic world: the store of serving_store.py (same
+`--n`, `--factory`, `--model`, `--vectors`; default ViT-B-32 random init, 1M clustered vectors,
+OPQ64_256,IVF4096,PQ64), int8 text tower, distinct mixed-length queries as serving_core.py asks them.
+
 Cold start (`--only cold_start` runs only this): a second fleet application whose QueryEncoder and Shard0 scale to
 zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with shorter delays); once Serve
 reports both at zero replicas, one GET /search with a query not asked before is timed from send to answer (the
@@ -30,6 +38,7 @@ Reports wrk's requests, failures (socket errors + non-2xx) and latency, the ingr
 Prints one JSON object.
 
     .venv/bin/python benchmarks/fleet.py [--requests 200] [--kill-seconds 9] [--only latency|cold_start|kill]
+        [--direct-ingress] [--serving-store [--n 1000000] [--vectors clustered]]
 """
 
 from __future__ import annotations
@@ -53,11 +62,13 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402 - puts the repository root on the path
+from common import OUT, machine  # noqa: E402 - puts the repository root on the path
 from http_load import LUA  # noqa: E402
+from replica_memory import proc_memory  # noqa: E402
+from serving_store import add_store_arguments, build  # noqa: E402
 
-from search.artifact.version import open_current  # noqa: E402
-from search.settings import CacheSettings  # noqa: E402
+from search.artifact.version import current_path, open_current  # noqa: E402
+from search.settings import CacheSettings, Settings  # noqa: E402
 from tests.fleet_support import replica_pids  # noqa: E402
 from tests.service_support import free_port, running_server, settings_for, world_store  # noqa: E402
 
@@ -106,7 +117,6 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
     of one hop on this machine). Medians in ms."""
     from ray import serve
 
-    from search.artifact.version import current_path
     from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
     from search.fleet.parts import ShardServer
     from search.fleet.wire import to_wire
@@ -125,7 +135,8 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
     shard = serve.get_deployment_handle("Shard0", app_name=app)
     server = ShardServer(settings, 0)
     version_dir = str(current_path(store))
-    qv = np.load(store / "vectors.npy")[:1].astype(np.float32)
+    with open_current(store) as artifact:  # a stored vector as the query: any store, any size
+        qv = artifact.rows16(np.asarray([0])).astype(np.float32)
     asks = [ShardQuery(fetch=100)]
     hits32 = server.search(version_dir, qv, asks, frozenset())
     hits16 = to_wire(hits32)
@@ -158,6 +169,25 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
             "answer_d512_bytes_float32": len(pickle.dumps(wide32)),
             "answer_d512_bytes_float16": len(pickle.dumps(wide16)),
             **{f"{name}_p50_ms": round(statistics.median(ms), 2) for name, ms in times.items()}}
+
+
+def _replica_memory(app: str, store: Path) -> dict[str, Any]:
+    """Memory of each running Shard0 replica process after it has served searches: RssAnon (its private heap:
+    what one more replica adds on the node, the index and rerank vectors being memory-mapped files that every
+    replica shares through one page-cache copy), RssFile, Pss and USS, against the shard's index + vectors."""
+    import psutil
+
+    version = current_path(store)
+    part_files = [f for f in version.rglob("*") if f.is_file() and f.name.startswith(("index", "vectors"))]
+    shard_mb = sum(f.stat().st_size for f in part_files) / 2**20
+    replicas = []
+    for pid in replica_pids(app, "Shard0"):
+        mem = proc_memory(pid)
+        mem["USS"] = round(psutil.Process(pid).memory_full_info().uss / 2**20, 1)
+        replicas.append(mem)
+    extra = max(r["RssAnon"] for r in replicas)
+    return {"shard_index_and_vectors_mb": round(shard_mb, 1), "replicas": replicas,
+            "extra_replica_rss_anon_mb": extra, "extra_replica_over_shard": round(extra / shard_mb, 3)}
 
 
 ZERO = {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_delay_s": 2,
@@ -235,6 +265,23 @@ def _kill_under_load(url: str, app: str, seconds: int, connections: int, work: P
             "replacement_running_after_s": round(time.perf_counter() - killed_at, 1)}
 
 
+def _store_under_test(args: argparse.Namespace, base: Path) -> tuple[Path, Settings, list[str], str]:
+    """The store, the service settings both sides run (result-page cache off), 20 queries and a query asked
+    only by the cold start: the synthetic world with its tiny encoder, or (--serving-store) the production
+    shape with distinct mixed-length queries as serving_core.py asks them."""
+    if not args.serving_store:
+        world = world_store(base)
+        settings = settings_for(world).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
+        return world.store, settings, [q["query"] for q in world.queries[:20]], world.queries[-1]["query"]
+    from serving_core import queries
+
+    store = Path(str(build(args.n, args.factory, args.model, OUT / "serving", args.vectors)["store"]))
+    settings = Settings.model_validate({"store": str(store), "runtime": {"text_precision": "int8"},
+                                       "reload": {"watch": False, "verify_checksums": False},
+                                       "cache": {"results_max_mb": 0}})
+    return store, settings, queries(20, 7), queries(1, 99)[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -243,11 +290,13 @@ def main() -> None:
     parser.add_argument("--direct-ingress", action="store_true",
                         help="start Ray with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1) and "
                              "measure the fleet both through the proxy and at the ingress replica's own port")
+    parser.add_argument("--serving-store", action="store_true",
+                        help="the production-shape store of serving_store.py (--n, --factory, --model, --vectors; "
+                             "int8 text tower) instead of the synthetic world's")
+    add_store_arguments(parser)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    world = world_store(base)
-    settings = settings_for(world).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
-    queries = [q["query"] for q in world.queries[:20]]
+    store, settings, queries, cold_query = _store_under_test(args, base)
     config = base / "service.json"
     single: dict[str, list[float]] = {}
     if args.only in (None, "latency"):
@@ -267,16 +316,16 @@ def main() -> None:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        out: dict[str, Any] = {"benchmark": "fleet", "shards": 1}
+        out: dict[str, Any] = {"benchmark": "fleet", "shards": 1, "store": str(store)}
         if args.only in (None, "latency", "kill"):
-            serve.run(build_app({"store": str(world.store), "config": str(config),
+            serve.run(build_app({"store": str(store), "config": str(config),
                                  "ingress": {"num_replicas": 1, **small}, "encoder": {"num_replicas": 1, **small},
                                  "shards": {"count": 1, "num_replicas": 2, **small}}), name="photostock",
                       route_prefix="/")
         if args.only in (None, "latency"):
             fleet = _latencies(f"http://127.0.0.1:{port}", queries, args.requests)
             one, many = _summary(single), _summary(fleet)
-            calls = _handle_calls(world.store, settings, "photostock", args.requests)
+            calls = _handle_calls(store, settings, "photostock", args.requests)
             out.update({"requests": args.requests, "connections": 1, "single_process": one, "fleet": many,
                         "added_p50_ms": round(many["p50_ms"] - one["p50_ms"], 2),
                         "added_p99_ms": round(many["p99_ms"] - one["p99_ms"], 2),
@@ -286,6 +335,7 @@ def main() -> None:
                         "added_p50_split_ms": {
                             "proxy_hop": round(many["healthz_p50_ms"] - one["healthz_p50_ms"], 2),
                             "in_ingress": round(many["in_app_p50_ms"] - one["in_app_p50_ms"], 2)}})
+            out["replica_memory"] = _replica_memory("photostock", store)  # both replicas have served searches
             if args.direct_ingress:
                 direct = _summary(_latencies(f"http://127.0.0.1:{_direct_port()}", queries, args.requests))
                 out.update({"fleet_direct_ingress": direct,
@@ -295,16 +345,16 @@ def main() -> None:
             out["kill_under_load"] = _kill_under_load(f"http://127.0.0.1:{port}", "photostock", args.kill_seconds,
                                                       16, base)
         if args.only in (None, "cold_start"):
-            serve.run(build_app({"store": str(world.store), "config": str(config), "cold_start_timeout_s": 120,
+            serve.run(build_app({"store": str(store), "config": str(config), "cold_start_timeout_s": 120,
                                  "ingress": {"num_replicas": 1, **small},
                                  "encoder": {"autoscaling_config": ZERO, **small},
                                  "shards": {"count": 1, "autoscaling_config": ZERO, **small}}),
                       name="photostock-zero", route_prefix="/zero")
-            with open_current(world.store) as artifact:
+            with open_current(store) as artifact:
                 vectors = len(artifact.ids)
             out["cold_start"] = {"store_vectors": vectors,
                                  **_cold_start(f"http://127.0.0.1:{port}/zero", "photostock-zero",
-                                               world.queries[-1]["query"])}
+                                               cold_query)}
     finally:
         serve.shutdown()
         ray.shutdown()
