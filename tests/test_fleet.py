@@ -107,6 +107,21 @@ def test_build_app_refuses_a_fleet_that_cannot_deploy(ray_module: Any, world: Wo
         build_app({"store": str(world.store), "shards": {"count": 3}})
 
 
+def test_build_app_routes_every_shard_with_the_router_that_keeps_hedges_off_the_first_replica(
+        ray_module: Any, world: WorldStore) -> None:
+    """Each Shard deployment gets ShardRouter as its Serve request router (the fan-out's tags need it), remembering a
+    batch's replicas as long as its calls may run: the first call's budget plus the retry's, twice."""
+    from search.fleet.app import build_app
+
+    app = build_app({"store": str(world.store), "shards": {"count": 1}, "shard_timeout_s": 4})
+    (shard,) = app._bound_deployment.init_args[-1]  # Ingress.bind(store, config, ..., encoder, shards)
+    router = shard._bound_deployment._deployment_config.request_router_config
+    assert shard._bound_deployment.name == "Shard0"
+    assert router.request_router_class == "search.fleet.app.ShardRouter"
+    assert router.get_request_router_class().__name__ == "ShardRouter"
+    assert router.request_router_kwargs == {"ttl_s": 2 * (60.0 + 4)}
+
+
 def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: WorldStore) -> None:
     import yaml
 

@@ -120,7 +120,8 @@ class ShardRouter(RequestRouter):
     when Serve assigns it, before it accepts: a stopped replica that never answers is still avoided.
 
     No FIFO mixin: a replica chosen for a hedge goes to that hedge, not to the oldest call waiting (Serve's default
-    may hand it to another). `request_router_kwargs`: `ttl_s` and `capacity` of `Pins`."""
+    may hand it to another); no locality mixin either (the default's same-zone preference is dropped for shards).
+    `request_router_kwargs`: `ttl_s` and `capacity` of `Pins`."""
 
     def initialize_state(self, **kwargs: Any) -> None:
         self.pins: Pins[ReplicaID] = Pins(**kwargs)
