@@ -144,8 +144,8 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
     wide32 = [replace(hits32[0], ids=np.arange(100, dtype=np.int64), similarity=np.zeros(100, np.float32),
                       vectors=rows)]  # the production shape: 100 candidates at D = 512
     wide16 = to_wire(wide32)
-    fanout = fan_out([RemoteShard("Shard0", lambda *a: shard.search.remote(*a))], version_dir, frozenset(),
-                     ShardTiming(5.0, 5.0))
+    remote = RemoteShard("Shard0", lambda *a: shard.search.remote(*a[:4], tag=a[4]))  # tag: as the ingress sends it
+    fanout = fan_out([remote], version_dir, frozenset(), ShardTiming(5.0, 5.0))
     times: dict[str, list[float]] = {}
     for i in range(n + 20):  # the first 20: warm-up
         for name, call in (("in_process_search", lambda: server.search(version_dir, qv, asks, frozenset())),

@@ -27,6 +27,7 @@ from search.fleet.deadline import call_with_deadline
 from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
 from search.fleet.hedge import HedgeRule
 from search.fleet.parts import ShardServer
+from search.fleet.pinning import CallTag
 from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
@@ -43,7 +44,8 @@ def _hits(n: int) -> list[ShardHits]:
 
 
 def _shard(name: str, outcomes: list[Done], calls: list[str]) -> RemoteShard:
-    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Done:
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int],
+             tag: CallTag) -> Done:
         calls.append(name)
         return outcomes.pop(0)
     return RemoteShard(name, call)
@@ -105,6 +107,21 @@ def test_build_app_refuses_a_fleet_that_cannot_deploy(ray_module: Any, world: Wo
         build_app({"store": str(world.store), "shards": {"count": 3}})
 
 
+def test_build_app_routes_every_shard_with_the_router_that_keeps_hedges_off_the_first_replica(
+        ray_module: Any, world: WorldStore) -> None:
+    """Each Shard deployment gets ShardRouter as its Serve request router (the fan-out's tags need it), remembering a
+    batch's replicas as long as its calls may run: the first call's budget plus the retry's, twice."""
+    from search.fleet.app import build_app
+
+    app = build_app({"store": str(world.store), "shards": {"count": 1}, "shard_timeout_s": 4})
+    (shard,) = app._bound_deployment.init_args[-1]  # Ingress.bind(store, config, ..., encoder, shards)
+    router = shard._bound_deployment._deployment_config.request_router_config
+    assert shard._bound_deployment.name == "Shard0"
+    assert router.request_router_class == "search.fleet.app.ShardRouter"
+    assert router.get_request_router_class().__name__ == "ShardRouter"
+    assert router.request_router_kwargs == {"ttl_s": 2 * (60.0 + 4)}
+
+
 def test_fleet_args_in_configs_fleet_yaml_are_valid_for_a_one_part_store(world: WorldStore) -> None:
     import yaml
 
@@ -159,7 +176,8 @@ def _local_remote(world: WorldStore, fail: bool = False) -> RemoteParts:
     async def pixels(values: np.ndarray) -> np.ndarray:
         return np.asarray(encoder.image.encode_pixels(values[None])[0], np.float32)
 
-    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Done:
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int],
+             tag: CallTag) -> Done:
         if fail:
             return Done(error=ConnectionError("no replica of Shard0 is running"))
         return Done(server.search(version_dir, qv, asks, hidden))
@@ -181,7 +199,8 @@ def _slow_remote(world: WorldStore, encoder_stuck: int) -> tuple[RemoteParts, li
     stuck_encodes: list[StuckAwaitable] = []
     shard_calls, encoder_calls = itertools.count(), itertools.count()
 
-    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int],
+             tag: CallTag) -> Any:
         if next(shard_calls) % 2 == 0:
             stuck.append(Stuck())
             return stuck[-1]
@@ -511,6 +530,54 @@ def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore)
         assert _shard_calls(client, "retry") == retries, hedged
     assert got == [(200, ids) for ids in want]
     assert slowest < 10.0, (slowest, hedged)  # a hedged (or well-routed) answer, not the 30 s deadline
+
+
+@pytest.mark.slow
+def test_a_hedge_or_retry_goes_to_another_replica_than_its_first_call_with_equal_queues(
+        fleet: str, ray_module: Any) -> None:
+    """Serve's own routing with the Shard deployments' router, on two replicas: per round, an untagged call held
+    open on one replica and a batch's first call held open (routed before the next call starts), so the queues are
+    equal when the batch's hedge or retry is routed; it runs on the replica the first call did not, every round.
+    Serve's default router picks by queue length, here either replica: 8 rounds would pass by chance 1 in 256."""
+    from ray import serve
+
+    class Gate:  # holds the calls that wait on it open until the test opens it (defined here: pickled by value)
+        def __init__(self) -> None:
+            self.opened = asyncio.Event()
+
+        async def wait(self) -> None:
+            await self.opened.wait()
+
+        async def open(self) -> None:
+            self.opened.set()
+
+    class Probe:  # answers with the replica that ran the call, once `gate` (if any) opens
+        async def call(self, gate: Any = None, tag: CallTag | None = None) -> str:
+            if gate is not None:
+                await gate.wait.remote()
+            return str(serve.get_replica_context().replica_id.unique_id)
+
+    probe = serve.deployment(name="Probe", num_replicas=2, max_ongoing_requests=8,
+                             ray_actor_options={"num_cpus": 0.05},
+                             request_router_config={"request_router_class": "search.fleet.app.ShardRouter"})(Probe)
+    serve.run(probe.bind(), name="pinning", route_prefix="/pinning")
+    try:
+        handle = serve.get_deployment_handle("Probe", app_name="pinning")
+        rounds = []
+        for i in range(8):
+            gate = ray_module.remote(num_cpus=0)(Gate).remote()
+            tag = CallTag(f"batch-{i}", "first")
+            other: Any = handle.call.remote(gate)
+            other._to_object_ref_sync(_timeout_s=60)  # assigned to a replica
+            first: Any = handle.call.remote(gate, tag=tag)
+            first._to_object_ref_sync(_timeout_s=60)
+            again = handle.call.remote(tag=CallTag(tag.id, "hedge" if i % 2 else "retry")).result(timeout_s=60)
+            gate.open.remote()
+            rounds.append((first.result(timeout_s=60), again, other.result(timeout_s=60)))
+    finally:
+        serve.delete("pinning")
+    assert len({r for r, _, _ in rounds} | {r for _, r, _ in rounds}) == 2  # both replicas ran calls
+    assert all(first != again for first, again, _ in rounds), rounds
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import pytest
 from search.fleet.deadline import call_with_deadline
 from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
 from search.fleet.hedge import HedgeRule, LatencyWindow, hedge_after_s
+from search.fleet.pinning import CallTag
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.state import EncoderUnavailable
 from tests.fleet_support import Answered, Done, Stuck, StuckAwaitable
@@ -50,11 +51,14 @@ def _hits(n: int) -> list[ShardHits]:
     return [ShardHits(np.array([i], np.int64), np.array([0.5], np.float32), None, None, True) for i in range(n)]
 
 
-def _replicas(name: str, answers: list[Any], calls: list[Any]) -> RemoteShard:
-    """A shard whose calls get `answers` in turn (the replicas Serve would route them to)."""
-    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
+def _replicas(name: str, answers: list[Any], calls: list[Any], tags: list[CallTag] | None = None) -> RemoteShard:
+    """A shard whose calls get `answers` in turn (the replicas Serve would route them to); `tags`: each call's."""
+    def call(version_dir: str, qv: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int],
+             tag: CallTag) -> Any:
         answer = answers.pop(0)
         calls.append(answer)
+        if tags is not None:
+            tags.append(tag)
         return answer
     return RemoteShard(name, call)
 
@@ -84,6 +88,19 @@ def test_a_hedged_shard_whose_two_calls_fail_is_still_retried_once() -> None:
     out = _search(shard, ShardTiming(1.0, 1.0, hedge=SOON), kinds=kinds)  # the stuck first passes its deadline
     assert len(calls) == 3 and [len(per) for per in out] == [2]
     assert [kind for _, kind in kinds] == ["first", "hedge", "retry"]
+
+
+def test_a_hedge_and_a_retry_carry_their_first_calls_tag_id_and_each_batch_its_own() -> None:
+    """The id the Shard deployments' router keeps a hedge or retry off the first call's replica by
+    (search/fleet/pinning.py): one per shard and batch, shared by the batch's calls, with each call's kind."""
+    calls: list[Any] = []
+    tags: list[CallTag] = []
+    shard = _replicas("Shard0", [Stuck(), Done(error=RuntimeError("replica died")), Done(_hits(2)), Done(_hits(2))],
+                      calls, tags)
+    _search(shard, ShardTiming(1.0, 1.0, hedge=SOON))
+    _search(shard, ShardTiming(1.0, 1.0, hedge=SOON))
+    assert [t.kind for t in tags] == ["first", "hedge", "retry", "first"]
+    assert tags[0].id == tags[1].id == tags[2].id != tags[3].id
 
 
 def test_a_hedged_shard_fails_with_503_only_when_its_retry_fails_too() -> None:

@@ -4,12 +4,16 @@
   and upload encodes go to `QueryEncoder`, each search batch fans out to every `Shard<i>` through
   search/fleet/fanout.py; the merge, refetch rounds, metadata, pagination and every route stay the service's.
 - `QueryEncoder`: the session pool, micro-batcher and query cache (search/fleet/parts.py), scaled on its own.
-- `Shard<i>`: `shard_search` over part i of the version the ingress names, returning only `ShardHits`.
+- `Shard<i>`: `shard_search` over part i of the version the ingress names, returning only `ShardHits`. Its
+  handles route with `ShardRouter`: a hedge or retry goes to another replica than its batch's earlier calls
+  (search/fleet/pinning.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +21,7 @@ import numpy as np
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from search.artifact.version import Artifact
 from search.fleet.config import load_fleet
@@ -24,6 +29,7 @@ from search.fleet.deadline import call_with_deadline
 from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
 from search.fleet.hedge import LatencyWindow
 from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
+from search.fleet.pinning import CallTag, Pins
 from search.fleet.switch import PartReady, RemotePrepare, version_gate
 from search.fleet.wire import from_wire, to_wire
 from search.http.app import create_app
@@ -31,7 +37,7 @@ from search.query.shard import ShardFanout, ShardHits, ShardQuery
 from search.settings import load_settings
 from search.state import RemoteParts
 
-__all__ = ["Ingress", "QueryEncoder", "Shard", "build_app"]
+__all__ = ["Ingress", "QueryEncoder", "Shard", "ShardRouter", "build_app"]
 
 
 def _settings(store: str, config: str | None) -> Any:
@@ -59,8 +65,9 @@ class ShardReplica:
         self.server = ShardServer(_settings(store, config), index)
 
     async def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
-                     hidden: frozenset[int]) -> list[ShardHits]:
-        # FAISS and the rerank release the GIL: concurrent calls of this replica overlap
+                     hidden: frozenset[int], tag: CallTag | None = None) -> list[ShardHits]:
+        # `tag` is for ShardRouter, in the caller's process. FAISS and the rerank release the GIL: concurrent
+        # calls of this replica overlap
         return to_wire(await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden))
 
     async def prepare(self, version_dir: str) -> PartReady:
@@ -106,6 +113,40 @@ class IngressReplica:
             service.metrics.shard_calls.labels(shard=shard, kind=kind).inc()
 
 
+class ShardRouter(RequestRouter):
+    """Serve's request router for the Shard deployments: power of two choices (two random replicas, the shorter
+    queue wins, as Serve's default) among the replicas `Pins` allows a call, which keeps a hedge or retry
+    (`tag=CallTag` kwarg) off the replicas its batch's earlier calls were sent to. A replica counts as sent to
+    when Serve assigns it, before it accepts: a stopped replica that never answers is still avoided.
+
+    No FIFO mixin: a replica chosen for a hedge goes to that hedge, not to the oldest call waiting (Serve's default
+    may hand it to another); no locality mixin either (the default's same-zone preference is dropped for shards).
+    `request_router_kwargs`: `ttl_s` and `capacity` of `Pins`."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self.pins: Pins[ReplicaID] = Pins(**kwargs)
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()  # assignments whose replica is recorded on arrival
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        tag = _tag(pending_request)
+        by_id = {r.replica_id: r for r in candidate_replicas}
+        allowed = self.pins.allowed(list(by_id), tag)
+        if tag is not None and pending_request is not None and pending_request.future not in self._watched:
+            self._watched.add(pending_request.future)  # Serve resets it when it routes the call again
+            pending_request.future.add_done_callback(lambda assigned: self._sent(tag, assigned))
+        return [[by_id[i] for i in random.sample(allowed, min(2, len(allowed)))]] if allowed else []
+
+    def _sent(self, tag: CallTag, assigned: Any) -> None:
+        if not assigned.cancelled() and assigned.exception() is None:
+            self.pins.sent(tag, assigned.result().replica_id)
+
+
+def _tag(pending_request: PendingRequest | None) -> CallTag | None:
+    tag = pending_request.kwargs.get("tag") if pending_request is not None else None
+    return tag if isinstance(tag, CallTag) else None
+
+
 class OneRequestId:
     """Serve's proxy always echoes the request's X-Request-ID (making one when the client sent none) and hands
     that id to the app, whose own echo would repeat it: the app's copy is dropped from the response. The app
@@ -149,8 +190,9 @@ class WireAnswer:
 
 
 def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
-    def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
-        return WireAnswer(handle.search.remote(version_dir, vectors, asks, hidden))
+    def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int],
+             tag: CallTag) -> Any:
+        return WireAnswer(handle.search.remote(version_dir, vectors, asks, hidden, tag=tag))
     return call
 
 
@@ -166,7 +208,10 @@ def build_app(args: dict[str, Any]) -> Application:
     fleet, _ = load_fleet(args)
     store, config = str(fleet.store.resolve()), str(fleet.config.resolve()) if fleet.config else None
     encoder = QueryEncoder.options(**fleet.encoder.serve_options()).bind(store, config)
-    shard_options = fleet.shards.serve_options()
+    # a batch's calls to one shard end within the first call's budget plus the retry's: ids are kept that long
+    pins = {"ttl_s": 2 * (max(fleet.shard_timeout_s, fleet.cold_start_timeout_s) + fleet.shard_timeout_s)}
+    router = {"request_router_class": f"{__name__}.{ShardRouter.__name__}", "request_router_kwargs": pins}
+    shard_options = {**fleet.shards.serve_options(), "request_router_config": router}
     shards = [Shard.options(name=f"Shard{i}", **shard_options).bind(store, config, i)
               for i in range(fleet.shards.count)]
     timing = ShardTiming(fleet.shard_timeout_s, fleet.cold_start_timeout_s, fleet.shards.idle_to_zero_s(),

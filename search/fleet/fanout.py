@@ -3,9 +3,11 @@ returns something with `.result(timeout_s=...)` and `.cancel()`, as a Serve Depl
 
 Every shard is called at once. Per shard and batch, at most three calls:
 - the first call, with the shard's deadline;
-- a hedge: when the first has not answered by the shard's measured p95 (search/fleet/hedge.py), a second call,
-  which Serve routes to the replica with the shorter queue; the first answer wins, the other call is cancelled;
+- a hedge: when the first has not answered by the shard's measured p95 (search/fleet/hedge.py), a second call;
+  the first answer wins, the other call is cancelled;
 - one retry, when every call made so far failed or passed its deadline.
+Each call carries a `CallTag` (one id per shard and batch, and the call's kind): the Shard deployments' router
+sends a hedge or retry to another replica than the id's earlier calls went to (search/fleet/pinning.py).
 A shard whose calls all fail stops the search with ShardUnavailable (503 naming the shard), never a page
 missing that shard's hits. Waiting on the calls happens in a small thread pool (each waiter blocks on one
 call's `.result`), so one fan-out thread follows every shard's calls and hedge times at once.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from search.fleet.hedge import HedgeRule, LatencyWindow
+from search.fleet.pinning import CallKind, CallTag
 from search.query.shard import ShardFanout, ShardHits, ShardQuery, ShardUnavailable
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,7 @@ class Warmth:
 @dataclass(frozen=True)
 class RemoteShard:
     name: str  # the deployment's name, as a 503 reports it
-    call: Callable[[str, np.ndarray, Sequence[ShardQuery], frozenset[int]], Pending]  # (version dir, ...) -> call
+    call: Callable[[str, np.ndarray, Sequence[ShardQuery], frozenset[int], CallTag], Pending]  # (version dir, ...)
     warmth: Warmth = field(default_factory=lambda: Warmth(None))  # idle_s None: it keeps a replica, always warm
     latency: LatencyWindow = field(default_factory=LatencyWindow)  # its answered calls' times (the hedge's p95)
 
@@ -136,25 +140,29 @@ class _Call:
     failed: bool = False  # seen failed by `step` (a call that finished after `step` looked is waited on)
 
 
+_Args = tuple[str, np.ndarray, list[ShardQuery], frozenset[int]]  # a shard search's arguments, less its tag
+
+
 class _ShardCalls:
     """One shard's calls for one batch: the first, at most one hedge, at most one retry."""
 
-    def __init__(self, shard: RemoteShard, args: tuple[Any, ...], asked: int, first_s: float,
-                 timing: ShardTiming, count: CallCounter | None):
+    def __init__(self, shard: RemoteShard, args: _Args, asked: int, first_s: float, timing: ShardTiming,
+                 count: CallCounter | None):
         self.shard, self.args, self.asked, self.timing, self.count = shard, args, asked, timing, count
         self.calls: list[_Call] = []
         self.hits: list[ShardHits] = []
         self.retried = False
+        self.id = uuid.uuid4().hex  # the tag of this shard's calls for this batch
         warm = first_s <= timing.timeout_s
         self.hedge_at = (time.monotonic() + shard.latency.hedge_after_s(timing.hedge)
                          if timing.hedge is not None and warm else None)
         self._start(first_s, "first")
 
-    def _start(self, timeout_s: float, kind: str) -> None:
+    def _start(self, timeout_s: float, kind: CallKind) -> None:
         if self.count is not None:
             self.count(self.shard.name, kind)
         started = time.monotonic()
-        pending = self.shard.call(*self.args)
+        pending = self.shard.call(*self.args, CallTag(self.id, kind))
         self.calls.append(_Call(pending, _waiters().submit(_settle, pending, timeout_s, self.asked, started)))
 
     def unseen(self) -> list[Future[tuple[list[ShardHits], float]]]:

@@ -1,6 +1,6 @@
 """When the ingress hedges a shard call (no Ray here): a call that has not answered by the shard's measured p95
-gets a second call, which Serve's router sends to the replica with the shorter queue (the first call still
-occupies the slow one); the first answer wins and the other call is cancelled.
+gets a second call, which the Shard deployments' router sends to another replica than the first
+(search/fleet/pinning.py); the first answer wins and the other call is cancelled.
 
 The p95 is the shard's own, over a rolling window of its last answered calls (their time from the call to
 its answer). Until the window holds `min_samples` answers the hedge waits the configured default; it never
