@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from search.artifact.version import open_current
 from search.fleet.fanout import RemoteShard, ShardTiming, fan_out
 from search.fleet.parts import ShardServer
+from search.fleet.pinning import CallTag
 from search.http.app import create_app
 from search.query.shard import ShardQuery
 from search.runtime.towers import RuntimeEncoder, RuntimeOptions
@@ -55,7 +56,8 @@ def _in_process_fleet(settings: Settings) -> RemoteParts:
     async def pixels(values: np.ndarray) -> np.ndarray:
         return np.asarray(encoder.image.encode_pixels(values[None])[0], np.float32)
 
-    def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Done:
+    def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int],
+             tag: CallTag) -> Done:  # tag: read only by Serve's shard router, which is not in the path here
         return Done(server.search(version_dir, vectors, asks, hidden))
 
     return RemoteParts(text, pixels, lambda artifact, hidden: fan_out([RemoteShard("Shard0", call)],
