@@ -39,6 +39,7 @@ import asyncio
 import json
 import os
 import pickle
+import re
 import signal
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +166,76 @@ ZERO = {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_d
         "downscale_to_zero_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 2}
 
 
-def _cold_start(url: str, app: str, query: str) -> dict[str, float]:
-    """Seconds from a query sent to a fleet at zero encoder and shard replicas to its answer."""
+COLD = ("QueryEncoder", "Shard0")  # the deployments at zero replicas before the cold query
+_SERVE_LOG = re.compile(r"^\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ (?:\S+ )?-- (.*)$")
+
+
+def _log_times(path: Path) -> list[tuple[float, str]]:
+    """(epoch seconds, message) of each line of a Serve log (its timestamps are local time, to the ms)."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _SERVE_LOG.match(line)
+        if m:
+            when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append((when, m.group(2)))
+    return out
+
+
+def _cold_breakdown(logs: Path, app: str, sent: float) -> dict[str, dict[str, Any]]:
+    """Where a cold query's time went, per deployment started for it, in seconds after the query was sent, from
+    Serve's own logs (the controller's and the replica's): the autoscaler's decision to leave zero, the replica
+    actor's start, its process up with its imports done (`Started initializing replica`), its constructor done
+    (encoder: ONNX sessions loaded; shard: part open), the controller seeing it running, and its first call
+    answered (with that call's own time in the replica)."""
+    controller = [e for f in sorted(logs.glob("controller_*.log")) for e in _log_times(f) if e[0] >= sent - 1]
+    out: dict[str, dict[str, Any]] = {}
+    for name in COLD:
+        def first(pattern: str, events: list[tuple[float, str]]) -> tuple[float, re.Match[str]] | None:
+            rx = re.compile(pattern)
+            return next(((t, m) for t, msg in events if (m := rx.search(msg))), None)
+
+        who = f"deployment='{name}', app='{app}'"
+        up = first(re.escape(f"Upscaling Deployment(name='{name}', app='{app}') from 0"), controller)
+        start = first(r"Starting Replica\(id='(\w+)', " + re.escape(who), controller)
+        if up is None or start is None:
+            out[name] = {"error": "no replica started after the query (see Serve's controller log)"}
+            continue
+        rid = start[1].group(1)
+        running = first(re.escape(f"Replica(id='{rid}', {who}) started successfully"), controller)
+        replica = [e for f in logs.glob(f"replica_{app}_{name}_{rid}.log") for e in _log_times(f)]
+        init = first(r"^Started initializing replica", replica)
+        ready = first(r"^Finished initializing replica", replica)
+        call = first(r"^CALL (\w+) OK ([\d.]+)ms", replica)
+        times = {"upscale_decided": up[0], "replica_started": start[0], "imports_done": init and init[0],
+                 "constructed": ready and ready[0], "running": running and running[0], "first_call_answered":
+                 call and call[0]}
+        out[name] = {f"{k}_s": round(v - sent, 2) for k, v in times.items() if v is not None}
+        if init is not None and ready is not None:
+            out[name]["process_and_imports_s"] = round(init[0] - start[0], 2)
+            out[name]["constructor_s"] = round(ready[0] - init[0], 2)
+        if call is not None:
+            out[name]["first_call"] = f"{call[1].group(1)} {call[1].group(2)} ms"
+    return out
+
+
+def _import_seconds() -> dict[str, float]:
+    """Seconds a fresh interpreter takes to import what a replica process imports (Ray Serve's replica, then
+    the module its deployment class lives in): the import share of a replica's start, measured on its own."""
+    code = ("import sys, time; t = time.perf_counter(); import ray.serve._private.replica; u = time.perf_counter(); "
+            "[__import__(m) for m in sys.argv[1:]]; print(u - t, time.perf_counter() - u)")
+    out = {}
+    for module in ("search.fleet.app",):
+        done = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        serve_s, module_s = (float(x) for x in done.stdout.split())
+        out["ray_serve_replica"] = round(serve_s, 2)
+        out[module] = round(module_s, 2)
+    return out
+
+
+def _cold_start(url: str, app: str, query: str, logs: Path) -> dict[str, Any]:
+    """Seconds from a query sent to a fleet at zero encoder and shard replicas to its answer, and where they went
+    (`breakdown`, from Serve's logs in `logs`; `imports_s`, measured apart after the query)."""
     from ray import serve
     from ray.serve.schema import ReplicaState  # type: ignore[attr-defined]
 
@@ -182,10 +252,26 @@ def _cold_start(url: str, app: str, query: str) -> dict[str, float]:
         start = time.perf_counter()
         ready = client.get("/readyz")
         ready_s = time.perf_counter() - start
+        sent = time.time()
         r = client.get("/search", params={"q": query, "k": 10})
         first_s = time.perf_counter() - start
     assert ready.status_code == 200 and r.status_code == 200, r.text
-    return {"readyz_at_zero_s": round(ready_s, 3), "first_answer_s": round(first_s, 2)}
+    end = time.monotonic() + 10  # a replica may write its call's log line just after the answer left
+    breakdown = _cold_breakdown(logs, app, sent)
+    while any("first_call" not in d for d in breakdown.values()) and time.monotonic() < end:
+        time.sleep(0.2)
+        breakdown = _cold_breakdown(logs, app, sent)
+    return {"readyz_at_zero_s": round(ready_s, 3), "first_answer_s": round(first_s, 2),
+            "search_s": round(first_s - ready_s, 2), "breakdown": breakdown, "imports_s": _import_seconds()}
+
+
+def _serve_logs() -> Path:
+    """The folder of this Ray session's Serve logs (controller and replicas)."""
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    assert node is not None, "Ray is not started"
+    return Path(node.get_session_dir_path()) / "logs" / "serve"
 
 
 def _shard_calls(url: str) -> dict[str, int]:
@@ -304,7 +390,7 @@ def main() -> None:
                 vectors = len(artifact.ids)
             out["cold_start"] = {"store_vectors": vectors,
                                  **_cold_start(f"http://127.0.0.1:{port}/zero", "photostock-zero",
-                                               world.queries[-1]["query"])}
+                                               world.queries[-1]["query"], _serve_logs())}
     finally:
         serve.shutdown()
         ray.shutdown()
