@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,8 @@ from ray.serve.handle import DeploymentHandle
 
 from search.artifact.version import Artifact
 from search.fleet.config import load_fleet
-from search.fleet.deadline import call_with_deadline
-from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
+from search.fleet.deadline import AwaitablePending, call_with_deadline
+from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, encode_waking, fan_out
 from search.fleet.hedge import LatencyWindow
 from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
 from search.fleet.switch import PartReady, RemotePrepare, version_gate
@@ -66,6 +66,9 @@ class ShardReplica:
     async def prepare(self, version_dir: str) -> PartReady:
         return await asyncio.to_thread(self.server.prepare, version_dir)
 
+    async def wake(self) -> None:
+        """Nothing: the ingress calls this so that Serve starts a replica (search/fleet/fanout.py, `wake_cold`)."""
+
 
 class IngressReplica:
     def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder_timing: ShardTiming,
@@ -76,7 +79,7 @@ class IngressReplica:
         self.encoder_warmth = Warmth(encoder_timing.idle_s)
         window = timing.hedge.window if timing.hedge is not None else 1
         self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s),
-                                   LatencyWindow(window)) for handle in shards]
+                                   LatencyWindow(window), _wake_call(handle)) for handle in shards]
         self.gate = version_gate([RemotePrepare(handle.deployment_name, _prepare_call(handle)) for handle in shards],
                                  max(timing.timeout_s, timing.cold_start_timeout_s))
         self.timing = timing
@@ -88,14 +91,16 @@ class IngressReplica:
         return OneRequestId(self.service_app)
 
     async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
-        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
-                                        lambda: self.encoder.text.remote(text, phase, language),
-                                        self.encoder_warmth, self.encoder_timing)
+        return await self._encode(lambda: self.encoder.text.remote(text, phase, language))
 
     async def _pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
-                                        lambda: self.encoder.pixels.remote(pixels),
-                                        self.encoder_warmth, self.encoder_timing)
+        return await self._encode(lambda: self.encoder.pixels.remote(pixels))
+
+    async def _encode(self, start: Callable[[], AwaitablePending]) -> np.ndarray:
+        """The encoder's answer; the cold shards are woken as it starts (search/fleet/fanout.py)."""
+        return await encode_waking(
+            lambda: call_with_deadline(self.encoder.deployment_name, start, self.encoder_warmth, self.encoder_timing),
+            self.shards, self.timing, self._count)
 
     def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
         return fan_out(self.shards, str(artifact.path), hidden, self.timing, self._count)
@@ -152,6 +157,10 @@ def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
     def call(version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery], hidden: frozenset[int]) -> Any:
         return WireAnswer(handle.search.remote(version_dir, vectors, asks, hidden))
     return call
+
+
+def _wake_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
+    return lambda: handle.wake.remote()
 
 
 def _prepare_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
