@@ -5,11 +5,12 @@
   search/fleet/fanout.py; the merge, refetch rounds, metadata, pagination and every route stay the service's.
 - `QueryEncoder`: the session pool, micro-batcher and query cache (search/fleet/parts.py), scaled on its own.
 - `Shard<i>`: `shard_search` over part i of the version the ingress names, returning only `ShardHits`.
+The encoder's and the shards' replica classes live in search/fleet/replicas.py, which does not import the
+service's HTTP app: a replica process imports only what it runs, and starts sooner from zero.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,57 +24,20 @@ from search.fleet.config import load_fleet
 from search.fleet.deadline import AwaitablePending, call_with_deadline
 from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, encode_waking, fan_out
 from search.fleet.hedge import LatencyWindow
-from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
-from search.fleet.switch import PartReady, RemotePrepare, version_gate
-from search.fleet.wire import from_wire, to_wire
+from search.fleet.replicas import QueryEncoderReplica, ShardReplica, replica_settings
+from search.fleet.switch import RemotePrepare, version_gate
+from search.fleet.wire import from_wire
 from search.http.app import create_app
 from search.query.shard import ShardFanout, ShardHits, ShardQuery
-from search.settings import load_settings
 from search.state import RemoteParts
 
 __all__ = ["Ingress", "QueryEncoder", "Shard", "build_app"]
 
 
-def _settings(store: str, config: str | None) -> Any:
-    return load_settings(config, store=store)
-
-
-class QueryEncoderReplica:
-    def __init__(self, store: str, config: str | None):
-        self.parts: QueryEncoderParts = build_query_encoder(_settings(store, config))
-
-    async def text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
-        return await self.parts.text(text, phase, language)
-
-    async def pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await self.parts.pixels(pixels)
-
-    def __del__(self) -> None:
-        parts = getattr(self, "parts", None)
-        if parts is not None:
-            parts.close()
-
-
-class ShardReplica:
-    def __init__(self, store: str, config: str | None, index: int):
-        self.server = ShardServer(_settings(store, config), index)
-
-    async def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
-                     hidden: frozenset[int]) -> list[ShardHits]:
-        # FAISS and the rerank release the GIL: concurrent calls of this replica overlap
-        return to_wire(await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden))
-
-    async def prepare(self, version_dir: str) -> PartReady:
-        return await asyncio.to_thread(self.server.prepare, version_dir)
-
-    async def wake(self) -> None:
-        """Nothing: the ingress calls this so that Serve starts a replica (search/fleet/fanout.py, `wake_cold`)."""
-
-
 class IngressReplica:
     def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder_timing: ShardTiming,
                  encoder: DeploymentHandle, shards: list[DeploymentHandle]):  # type: ignore[type-arg]
-        self.settings = _settings(store, config)
+        self.settings = replica_settings(store, config)
         self.encoder = encoder
         self.encoder_timing = encoder_timing
         self.encoder_warmth = Warmth(encoder_timing.idle_s)
