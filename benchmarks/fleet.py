@@ -16,7 +16,10 @@ and the answers' pickled sizes).
 Cold start (`--only cold_start` runs only this): a second fleet application whose QueryEncoder and Shard0 scale to
 zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with shorter delays); once Serve
 reports both at zero replicas, one GET /search with a query not asked before is timed from send to answer (the
-encoder and the shard replicas start, load the encoder and open the part).
+encoder and the shard replicas start, load the encoder and open the part). `breakdown`: per deployment, when
+(seconds after the send) Serve decided to leave zero, started the replica actor, had its process up with its
+imports done, its constructor done, saw it running, and had its first call answered, read from Serve's
+controller and replica logs; `imports_s`: the replica modules' imports timed apart in fresh interpreters.
 
 `--direct-ingress`: Ray started with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, experimental in
 Ray 2.60), where the ingress replica serves HTTP on its own port: the fleet is measured through the proxy and at

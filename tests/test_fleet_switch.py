@@ -130,3 +130,27 @@ def test_a_cold_query_wakes_its_cold_shards_before_the_encoder_answers() -> None
         pending.cancel()
     assert first.tolist() == [1.0] * 4 and again.tolist() == [0.0] * 4
     assert wakes == ["Shard0"] and counted == [("Shard0", "wake")]  # once: its wake-up is still out
+
+
+def test_a_wake_up_that_cannot_be_made_is_made_again_by_the_next_cold_query() -> None:
+    timing = ShardTiming(timeout_s=2.0, cold_start_timeout_s=30.0, idle_s=10.0)
+    made: list[str] = []
+    pending = Stuck()
+
+    def wake() -> Stuck:
+        made.append("wake")
+        if len(made) == 1:
+            raise RuntimeError("no route to the deployment yet")
+        return pending
+
+    shard = RemoteShard("Shard0", lambda *a: pending, Warmth(timing.idle_s), wake=wake)
+
+    async def encode() -> int:
+        return 1
+
+    try:
+        assert asyncio.run(encode_waking(encode, [shard], timing)) == 1  # the encode is answered all the same
+        assert asyncio.run(encode_waking(encode, [shard], timing)) == 1
+    finally:
+        pending.cancel()
+    assert made == ["wake", "wake"]

@@ -130,10 +130,17 @@ def wake_cold(shards: Sequence[RemoteShard], timing: ShardTiming, count: CallCou
     the search call after the encode, the shards' replicas would start after the encoder's, the two cold
     starts adding up."""
     for shard in shards:
-        if shard.wake is not None and shard.warmth.wake_due():
-            if count is not None:
-                count(shard.name, "wake")
-            _waiters().submit(_woken, shard, shard.wake(), max(timing.timeout_s, timing.cold_start_timeout_s))
+        if shard.wake is None or not shard.warmth.wake_due():
+            continue
+        if count is not None:
+            count(shard.name, "wake")
+        try:
+            pending = shard.wake()
+        except Exception as exc:  # noqa: BLE001 - not woken: its search call waits for the replica instead
+            log.debug("waking shard %s failed: %s", shard.name, _one_line(exc))
+            shard.warmth.woken(answered=False)
+            continue
+        _waiters().submit(_woken, shard, pending, max(timing.timeout_s, timing.cold_start_timeout_s))
 
 
 async def encode_waking(encode: Callable[[], Awaitable[T]], shards: Sequence[RemoteShard], timing: ShardTiming,
