@@ -21,6 +21,10 @@ encoder and the shard replicas start, load the encoder and open the part). `brea
 imports done, its constructor done, saw it running, and had its first call answered, read from Serve's
 controller and replica logs; `imports_s`: the replica modules' imports timed apart in fresh interpreters.
 
+`--without-ray-data`: every process of the local Ray finds no pandas, as in an install of ray[serve] alone (the
+`fleet` extra) rather than ray[data,serve] (`distributed`): Ray Serve imports pandas in each replica process when
+it is installed, and the fleet never uses it.
+
 `--direct-ingress`: Ray started with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, experimental in
 Ray 2.60), where the ingress replica serves HTTP on its own port: the fleet is measured through the proxy and at
 that port in the same run (`fleet_direct_ingress`).
@@ -33,6 +37,7 @@ Reports wrk's requests, failures (socket errors + non-2xx) and latency, the ingr
 Prints one JSON object.
 
     .venv/bin/python benchmarks/fleet.py [--requests 200] [--kill-seconds 9] [--only latency|cold_start|kill]
+        [--without-ray-data] [--direct-ingress]
 """
 
 from __future__ import annotations
@@ -228,15 +233,16 @@ def _import_seconds() -> dict[str, float]:
     from importlib.util import find_spec
 
     code = ("import sys, time; t = time.perf_counter(); import ray.serve._private.replica; u = time.perf_counter(); "
-            "__import__(sys.argv[1]); print(u - t, time.perf_counter() - u)")
+            "__import__(sys.argv[1]); print(u - t, time.perf_counter() - u, int('pandas' in sys.modules))")
     out = {}
     for module in ("search.fleet.replicas", "search.fleet.app"):
         if find_spec(module) is None:
             continue
         done = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parents[1])
-        serve_s, module_s = (float(x) for x in done.stdout.split())
+        serve_s, module_s, pandas = (float(x) for x in done.stdout.split())
         out["ray_serve_replica"] = round(serve_s, 2)  # the last of the runs
+        out["with_pandas"] = bool(pandas)
         out[module] = round(module_s, 2)
     return out
 
@@ -329,6 +335,18 @@ def _kill_under_load(url: str, app: str, seconds: int, connections: int, work: P
             "replacement_running_after_s": round(time.perf_counter() - killed_at, 1)}
 
 
+def _hide_pandas(base: Path) -> None:
+    """Every process of the local Ray started after this finds no pandas, as an install without ray[data]: a
+    folder first on the path whose `pandas` fails to import as a missing package does (Serve imports it only
+    if it imports)."""
+    stub = base / "without-ray-data"
+    (stub / "pandas").mkdir(parents=True)
+    (stub / "pandas" / "__init__.py").write_text('raise ImportError("No module named \'pandas\'")\n',
+                                                 encoding="utf-8")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(stub), os.environ.get("PYTHONPATH")) if p)
+    sys.path.insert(0, str(stub))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -337,6 +355,8 @@ def main() -> None:
     parser.add_argument("--direct-ingress", action="store_true",
                         help="start Ray with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1) and "
                              "measure the fleet both through the proxy and at the ingress replica's own port")
+    parser.add_argument("--without-ray-data", action="store_true",
+                        help="hide pandas from Ray's processes, as an install of ray[serve] without ray[data]")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     world = world_store(base)
@@ -355,6 +375,8 @@ def main() -> None:
     from search.fleet.app import build_app
 
     small = {"ray_actor_options": {"num_cpus": 0.1}}
+    if args.without_ray_data:
+        _hide_pandas(base)
     if args.direct_ingress:  # read by Serve in every Ray process the local cluster starts
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
@@ -403,6 +425,7 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
     out["machine"] = machine()
+    out["without_ray_data"] = args.without_ray_data
     print(json.dumps(out, indent=2))
 
 
