@@ -189,34 +189,38 @@ def _log_times(path: Path) -> list[tuple[float, str]]:
     return out
 
 
+def _first(pattern: str, events: list[tuple[float, str]]) -> tuple[float, re.Match[str]] | None:
+    """The first (time, match) of `pattern` in a log's events."""
+    rx = re.compile(pattern)
+    return next(((t, m) for t, msg in events if (m := rx.search(msg))), None)
+
+
 def _cold_breakdown(logs: Path, app: str, sent: float) -> dict[str, dict[str, Any]]:
     """Where a cold query's time went, per deployment started for it, in seconds after the query was sent, from
     Serve's own logs (the controller's and the replica's): the autoscaler's decision to leave zero, the replica
     actor's start, its process up with its imports done (`Started initializing replica`), its constructor done
-    (encoder: ONNX sessions loaded; shard: part open), the controller seeing it running, and its first call
-    answered (with that call's own time in the replica)."""
+    (encoder: ONNX sessions loaded; shard: part open), the controller seeing it running, its wake-up call
+    answered (a shard woken as the encode started), and its first real call answered (with that call's own time
+    in the replica)."""
     controller = [e for f in sorted(logs.glob("controller_*.log")) for e in _log_times(f) if e[0] >= sent - 1]
     out: dict[str, dict[str, Any]] = {}
     for name in COLD:
-        def first(pattern: str, events: list[tuple[float, str]]) -> tuple[float, re.Match[str]] | None:
-            rx = re.compile(pattern)
-            return next(((t, m) for t, msg in events if (m := rx.search(msg))), None)
-
         who = f"deployment='{name}', app='{app}'"
-        up = first(re.escape(f"Upscaling Deployment(name='{name}', app='{app}') from 0"), controller)
-        start = first(r"Starting Replica\(id='(\w+)', " + re.escape(who), controller)
+        up = _first(re.escape(f"Upscaling Deployment(name='{name}', app='{app}') from 0"), controller)
+        start = _first(r"Starting Replica\(id='(\w+)', " + re.escape(who), controller)
         if up is None or start is None:
             out[name] = {"error": "no replica started after the query (see Serve's controller log)"}
             continue
         rid = start[1].group(1)
-        running = first(re.escape(f"Replica(id='{rid}', {who}) started successfully"), controller)
+        running = _first(re.escape(f"Replica(id='{rid}', {who}) started successfully"), controller)
         replica = [e for f in logs.glob(f"replica_{app}_{name}_{rid}.log") for e in _log_times(f)]
-        init = first(r"^Started initializing replica", replica)
-        ready = first(r"^Finished initializing replica", replica)
-        call = first(r"^CALL (\w+) OK ([\d.]+)ms", replica)
+        init = _first(r"^Started initializing replica", replica)
+        ready = _first(r"^Finished initializing replica", replica)
+        woken = _first(r"^CALL wake OK", replica)
+        call = _first(r"^CALL (?!wake )(\w+) OK ([\d.]+)ms", replica)
         times = {"upscale_decided": up[0], "replica_started": start[0], "imports_done": init and init[0],
-                 "constructed": ready and ready[0], "running": running and running[0], "first_call_answered":
-                 call and call[0]}
+                 "constructed": ready and ready[0], "running": running and running[0],
+                 "wake_answered": woken and woken[0], "first_call_answered": call and call[0]}
         out[name] = {f"{k}_s": round(v - sent, 2) for k, v in times.items() if v is not None}
         if init is not None and ready is not None:
             out[name]["process_and_imports_s"] = round(init[0] - start[0], 2)
