@@ -154,3 +154,23 @@ def test_a_wake_up_that_cannot_be_made_is_made_again_by_the_next_cold_query() ->
     finally:
         pending.cancel()
     assert made == ["wake", "wake"]
+
+
+def test_a_wake_up_past_its_deadline_is_cancelled_and_made_again_by_the_next_cold_query() -> None:
+    timing = ShardTiming(timeout_s=0.01, cold_start_timeout_s=0.01, idle_s=10.0)  # the wake-up waits 10 ms
+    calls: list[Stuck] = []
+
+    def wake() -> Stuck:
+        calls.append(Stuck())
+        return calls[-1]
+
+    shard = RemoteShard("Shard0", lambda *a: Stuck(), Warmth(timing.idle_s), wake=wake)
+
+    async def encode() -> int:
+        return 1
+
+    assert asyncio.run(encode_waking(encode, [shard], timing)) == 1
+    assert calls[0].cancelled.wait(10)  # past its deadline: cancelled, not left queued at the deployment
+    assert asyncio.run(encode_waking(encode, [shard], timing)) == 1
+    calls[-1].cancel()
+    assert len(calls) == 2  # the shard is still cold: the next query woke it again

@@ -156,6 +156,7 @@ def _woken(shard: RemoteShard, pending: Pending, timeout_s: float) -> None:
     except Exception as exc:  # noqa: BLE001 - a wake-up that fails costs only its overlap: the search call waits
         log.debug("waking shard %s failed: %s", shard.name, _one_line(exc))
         shard.warmth.woken(answered=False)
+        _cancel(pending)  # one past its deadline would otherwise stay queued
         return
     shard.warmth.woken(answered=True)
 
