@@ -18,8 +18,9 @@ zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with
 reports both at zero replicas, one GET /search with a query not asked before is timed from send to answer (the
 encoder and the shard replicas start, load the encoder and open the part). `breakdown`: per deployment, when
 (seconds after the send) Serve decided to leave zero, started the replica actor, had its process up with its
-imports done, its constructor done, saw it running, and had its first call answered, read from Serve's
-controller and replica logs; `imports_s`: the replica modules' imports timed apart in fresh interpreters.
+imports done, its constructor done, saw it running, and had its first call answered (and a shard's wake-up
+call, made as the encode starts), read from Serve's controller and replica logs; `imports_s`: the replica
+modules' imports timed apart in fresh interpreters.
 
 `--without-ray-data`: every process of the local Ray finds no pandas, as in an install of ray[serve] alone (the
 `fleet` extra) rather than ray[data,serve] (`distributed`): Ray Serve imports pandas in each replica process when
@@ -259,7 +260,7 @@ def _cold_start(url: str, app: str, query: str, logs: Path) -> dict[str, Any]:
 
     def at_zero() -> bool:
         deployments = serve.status().applications[app].deployments
-        return all(not deployments[d].replica_states.get(ReplicaState.RUNNING) for d in ("QueryEncoder", "Shard0"))
+        return all(not deployments[d].replica_states.get(ReplicaState.RUNNING) for d in COLD)
 
     end = time.monotonic() + 300
     while not at_zero():
