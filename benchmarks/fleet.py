@@ -24,7 +24,15 @@ OPQ64_256,IVF4096,PQ64), int8 text tower, distinct mixed-length queries as servi
 Cold start (`--only cold_start` runs only this): a second fleet application whose QueryEncoder and Shard0 scale to
 zero (min_replicas 0, 2 s idle to zero, as configs/fleet-scale-to-zero.yaml with shorter delays); once Serve
 reports both at zero replicas, one GET /search with a query not asked before is timed from send to answer (the
-encoder and the shard replicas start, load the encoder and open the part).
+encoder and the shard replicas start, load the encoder and open the part). `breakdown`: per deployment, when
+(seconds after the send) Serve decided to leave zero, started the replica actor, had its process up with its
+imports done, its constructor done, saw it running, and had its first call answered (and a shard's wake-up
+call, made as the encode starts), read from Serve's controller and replica logs; `imports_s`: the replica
+modules' imports timed apart in fresh interpreters.
+
+`--without-ray-data`: every process of the local Ray finds no pandas, as in an install of ray[serve] alone (the
+`fleet` extra) rather than ray[data,serve] (`distributed`): Ray Serve imports pandas in each replica process when
+it is installed, and the fleet never uses it.
 
 `--direct-ingress`: Ray started with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, experimental in
 Ray 2.60), where the ingress replica serves HTTP on its own port: the fleet is measured through the proxy and at
@@ -38,7 +46,7 @@ Reports wrk's requests, failures (socket errors + non-2xx) and latency, the ingr
 Prints one JSON object.
 
     .venv/bin/python benchmarks/fleet.py [--requests 200] [--kill-seconds 9] [--only latency|cold_start|kill]
-        [--direct-ingress] [--serving-store [--n 1000000] [--vectors clustered]]
+        [--without-ray-data] [--direct-ingress] [--serving-store [--n 1000000] [--vectors clustered]]
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import asyncio
 import json
 import os
 import pickle
+import re
 import signal
 import statistics
 import subprocess
@@ -55,6 +64,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +204,92 @@ ZERO = {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_d
         "downscale_to_zero_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 2}
 
 
-def _cold_start(url: str, app: str, query: str) -> dict[str, float]:
-    """Seconds from a query sent to a fleet at zero encoder and shard replicas to its answer."""
+COLD = ("QueryEncoder", "Shard0")  # the deployments at zero replicas before the cold query
+_SERVE_LOG = re.compile(r"^\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ (?:\S+ )?-- (.*)$")
+
+
+def _log_times(path: Path) -> list[tuple[float, str]]:
+    """(epoch seconds, message) of each line of a Serve log (its timestamps are local time, to the ms)."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _SERVE_LOG.match(line)
+        if m:
+            when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append((when, m.group(2)))
+    return out
+
+
+def _first(pattern: str, events: list[tuple[float, str]]) -> tuple[float, re.Match[str]] | None:
+    """The first (time, match) of `pattern` in a log's events."""
+    rx = re.compile(pattern)
+    return next(((t, m) for t, msg in events if (m := rx.search(msg))), None)
+
+
+def _cold_breakdown(logs: Path, app: str, sent: float) -> dict[str, dict[str, Any]]:
+    """Where a cold query's time went, per deployment started for it, in seconds after the query was sent, from
+    Serve's own logs (the controller's and the replica's): the autoscaler's decision to leave zero, the replica
+    actor's start, its process up with its imports done (`Started initializing replica`), its constructor done
+    (encoder: ONNX sessions loaded; shard: part open), the controller seeing it running, its wake-up call
+    answered (a shard woken as the encode started), and its first real call answered (with that call's own time
+    in the replica)."""
+    controller = [e for f in sorted(logs.glob("controller_*.log")) for e in _log_times(f) if e[0] >= sent - 1]
+    out: dict[str, dict[str, Any]] = {}
+    for name in COLD:
+        who = f"deployment='{name}', app='{app}'"
+        up = _first(re.escape(f"Upscaling Deployment(name='{name}', app='{app}') from 0"), controller)
+        start = _first(r"Starting Replica\(id='(\w+)', " + re.escape(who), controller)
+        if up is None or start is None:
+            out[name] = {"error": "no replica started after the query (see Serve's controller log)"}
+            continue
+        rid = start[1].group(1)
+        running = _first(re.escape(f"Replica(id='{rid}', {who}) started successfully"), controller)
+        replica = [e for f in logs.glob(f"replica_{app}_{name}_{rid}.log") for e in _log_times(f)]
+        init = _first(r"^Started initializing replica", replica)
+        ready = _first(r"^Finished initializing replica", replica)
+        woken = _first(r"^CALL wake OK", replica)
+        call = _first(r"^CALL (?!wake )(\w+) OK ([\d.]+)ms", replica)
+        times = {"upscale_decided": up[0], "replica_started": start[0], "imports_done": init and init[0],
+                 "constructed": ready and ready[0], "running": running and running[0],
+                 "wake_answered": woken and woken[0], "first_call_answered": call and call[0]}
+        out[name] = {f"{k}_s": round(v - sent, 2) for k, v in times.items() if v is not None}
+        if init is not None and ready is not None:
+            out[name]["process_and_imports_s"] = round(init[0] - start[0], 2)
+            out[name]["constructor_s"] = round(ready[0] - init[0], 2)
+        if call is not None:
+            out[name]["first_call"] = f"{call[1].group(1)} {call[1].group(2)} ms"
+    return out
+
+
+def _import_seconds() -> dict[str, float]:
+    """Seconds a fresh interpreter takes to import what a replica process imports (Ray Serve's replica, then
+    the module its deployment class lives in: search/fleet/replicas.py for the encoder and the shards where it
+    exists, search/fleet/app.py for the ingress): the import share of a replica's start, measured on its own."""
+    from importlib.util import find_spec
+
+    code = ("import sys, time; t = time.perf_counter(); import ray.serve._private.replica; u = time.perf_counter(); "
+            "__import__(sys.argv[1]); print(u - t, time.perf_counter() - u, int('pandas' in sys.modules))")
+    out = {}
+    for module in ("search.fleet.replicas", "search.fleet.app"):
+        if find_spec(module) is None:
+            continue
+        done = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        serve_s, module_s, pandas = (float(x) for x in done.stdout.split())
+        out["ray_serve_replica"] = round(serve_s, 2)  # the last of the runs
+        out["with_pandas"] = bool(pandas)
+        out[module] = round(module_s, 2)
+    return out
+
+
+def _cold_start(url: str, app: str, query: str, logs: Path) -> dict[str, Any]:
+    """Seconds from a query sent to a fleet at zero encoder and shard replicas to its answer, and where they went
+    (`breakdown`, from Serve's logs in `logs`; `imports_s`, measured apart after the query)."""
     from ray import serve
     from ray.serve.schema import ReplicaState  # type: ignore[attr-defined]
 
     def at_zero() -> bool:
         deployments = serve.status().applications[app].deployments
-        return all(not deployments[d].replica_states.get(ReplicaState.RUNNING) for d in ("QueryEncoder", "Shard0"))
+        return all(not deployments[d].replica_states.get(ReplicaState.RUNNING) for d in COLD)
 
     end = time.monotonic() + 300
     while not at_zero():
@@ -212,10 +300,26 @@ def _cold_start(url: str, app: str, query: str) -> dict[str, float]:
         start = time.perf_counter()
         ready = client.get("/readyz")
         ready_s = time.perf_counter() - start
+        sent = time.time()
         r = client.get("/search", params={"q": query, "k": 10})
         first_s = time.perf_counter() - start
     assert ready.status_code == 200 and r.status_code == 200, r.text
-    return {"readyz_at_zero_s": round(ready_s, 3), "first_answer_s": round(first_s, 2)}
+    end = time.monotonic() + 10  # a replica may write its call's log line just after the answer left
+    breakdown = _cold_breakdown(logs, app, sent)
+    while any("first_call" not in d for d in breakdown.values()) and time.monotonic() < end:
+        time.sleep(0.2)
+        breakdown = _cold_breakdown(logs, app, sent)
+    return {"readyz_at_zero_s": round(ready_s, 3), "first_answer_s": round(first_s, 2),
+            "search_s": round(first_s - ready_s, 2), "breakdown": breakdown, "imports_s": _import_seconds()}
+
+
+def _serve_logs() -> Path:
+    """The folder of this Ray session's Serve logs (controller and replicas)."""
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    assert node is not None, "Ray is not started"
+    return Path(node.get_session_dir_path()) / "logs" / "serve"
 
 
 def _shard_calls(url: str) -> dict[str, int]:
@@ -282,6 +386,18 @@ def _store_under_test(args: argparse.Namespace, base: Path) -> tuple[Path, Setti
     return store, settings, queries(20, 7), queries(1, 99)[0]
 
 
+def _hide_pandas(base: Path) -> None:
+    """Every process of the local Ray started after this finds no pandas, as an install without ray[data]: a
+    folder first on the path whose `pandas` fails to import as a missing package does (Serve imports it only
+    if it imports)."""
+    stub = base / "without-ray-data"
+    (stub / "pandas").mkdir(parents=True)
+    (stub / "pandas" / "__init__.py").write_text('raise ImportError("No module named \'pandas\'")\n',
+                                                 encoding="utf-8")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(stub), os.environ.get("PYTHONPATH")) if p)
+    sys.path.insert(0, str(stub))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -294,6 +410,8 @@ def main() -> None:
                         help="the production-shape store of serving_store.py (--n, --factory, --model, --vectors; "
                              "int8 text tower) instead of the synthetic world's")
     add_store_arguments(parser)
+    parser.add_argument("--without-ray-data", action="store_true",
+                        help="hide pandas from Ray's processes, as an install of ray[serve] without ray[data]")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     store, settings, queries, cold_query = _store_under_test(args, base)
@@ -310,6 +428,8 @@ def main() -> None:
     from search.fleet.app import build_app
 
     small = {"ray_actor_options": {"num_cpus": 0.1}}
+    if args.without_ray_data:
+        _hide_pandas(base)
     if args.direct_ingress:  # read by Serve in every Ray process the local cluster starts
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level="WARNING")
@@ -354,11 +474,12 @@ def main() -> None:
                 vectors = len(artifact.ids)
             out["cold_start"] = {"store_vectors": vectors,
                                  **_cold_start(f"http://127.0.0.1:{port}/zero", "photostock-zero",
-                                               cold_query)}
+                                               cold_query, _serve_logs())}
     finally:
         serve.shutdown()
         ray.shutdown()
     out["machine"] = machine()
+    out["without_ray_data"] = args.without_ray_data
     print(json.dumps(out, indent=2))
 
 

@@ -45,7 +45,7 @@ class ServiceMetrics:
         self.reload_error = Gauge("photostock_reload_error", "Why the last reload was refused (value 1)",
                                   ["reason"], registry=r)
         self.shard_calls = Counter("photostock_shard_calls_total",
-                                   "A fleet ingress's calls to shard deployments, by kind (first, hedge, retry)",
+                                   "A fleet ingress's calls to shard deployments, by kind (first, hedge, retry, wake)",
                                    ["shard", "kind"], registry=r)
         self.encoder = Gauge("photostock_encoder_info", "The encoder the service runs (value 1)",
                              ["model", "weights", "key", "precision"], registry=r)

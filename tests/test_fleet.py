@@ -708,10 +708,13 @@ def test_the_first_query_after_scale_to_zero_is_answered(zero_fleet: tuple[str, 
     with httpx.Client(base_url=url, timeout=180) as client:
         ready = client.get("/readyz")  # the ingress stays warm: ready with nothing else running
         assert at_zero()
+        wakes = _shard_calls(client, "wake")
         first = client.get("/search", params={"q": world.queries[3]["query"], "k": 5})
+        woken = _shard_calls(client, "wake") - wakes
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert first.status_code == 200, first.text
     assert len(first.json()["hits"]) == 5
+    assert woken == 1  # Shard0 was woken as the encode started (its replica starting beside the encoder's)
 
 
 @pytest.mark.slow

@@ -92,3 +92,18 @@ def test_every_indexer_stage_is_checked() -> None:
     assert stages == set(INDEXER_STAGES)
     flat = {p.stem for p in INDEXER.glob("*.py")} - {"__init__", "__main__"}
     assert flat == INDEXER_TOP, f"modules outside a stage package: {sorted(flat - INDEXER_TOP)}"
+
+
+def test_a_fleet_replica_process_imports_no_http_app() -> None:
+    """Serve imports the module of a deployment's class in each replica process it starts: the encoder's and the
+    shards' (search/fleet/replicas.py) must not pull in the service's HTTP app, which only the ingress runs (its
+    import is part of every cold start from zero, docs/scaling.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, search.fleet.replicas; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'ray') "
+            "or m.startswith('search.http')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=SEARCH.parent, env={"PYTHONPATH": str(SEARCH.parent), "PATH": ""})
+    assert done.stdout.strip() == "[]", done.stdout

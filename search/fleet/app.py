@@ -7,14 +7,15 @@
 - `Shard<i>`: `shard_search` over part i of the version the ingress names, returning only `ShardHits`. Its
   handles route with `ShardRouter`: a hedge or retry goes to another replica than its batch's earlier calls
   (search/fleet/pinning.py).
+The encoder's and the shards' replica classes live in search/fleet/replicas.py, which does not import the
+service's HTTP app: a replica process imports only what it runs, and starts sooner from zero.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,65 +26,30 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 from search.artifact.version import Artifact
 from search.fleet.config import load_fleet
-from search.fleet.deadline import call_with_deadline
-from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, fan_out
+from search.fleet.deadline import AwaitablePending, call_with_deadline
+from search.fleet.fanout import RemoteShard, ShardTiming, Warmth, encode_waking, fan_out
 from search.fleet.hedge import LatencyWindow
-from search.fleet.parts import QueryEncoderParts, ShardServer, build_query_encoder
 from search.fleet.pinning import CallTag, Pins
-from search.fleet.switch import PartReady, RemotePrepare, version_gate
-from search.fleet.wire import from_wire, to_wire
+from search.fleet.replicas import QueryEncoderReplica, ShardReplica, replica_settings
+from search.fleet.switch import RemotePrepare, version_gate
+from search.fleet.wire import from_wire
 from search.http.app import create_app
 from search.query.shard import ShardFanout, ShardHits, ShardQuery
-from search.settings import load_settings
 from search.state import RemoteParts
 
 __all__ = ["Ingress", "QueryEncoder", "Shard", "ShardRouter", "build_app"]
 
 
-def _settings(store: str, config: str | None) -> Any:
-    return load_settings(config, store=store)
-
-
-class QueryEncoderReplica:
-    def __init__(self, store: str, config: str | None):
-        self.parts: QueryEncoderParts = build_query_encoder(_settings(store, config))
-
-    async def text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
-        return await self.parts.text(text, phase, language)
-
-    async def pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await self.parts.pixels(pixels)
-
-    def __del__(self) -> None:
-        parts = getattr(self, "parts", None)
-        if parts is not None:
-            parts.close()
-
-
-class ShardReplica:
-    def __init__(self, store: str, config: str | None, index: int):
-        self.server = ShardServer(_settings(store, config), index)
-
-    async def search(self, version_dir: str, vectors: np.ndarray, asks: Sequence[ShardQuery],
-                     hidden: frozenset[int], tag: CallTag | None = None) -> list[ShardHits]:
-        # `tag` is for ShardRouter, in the caller's process. FAISS and the rerank release the GIL: concurrent
-        # calls of this replica overlap
-        return to_wire(await asyncio.to_thread(self.server.search, version_dir, vectors, asks, hidden))
-
-    async def prepare(self, version_dir: str) -> PartReady:
-        return await asyncio.to_thread(self.server.prepare, version_dir)
-
-
 class IngressReplica:
     def __init__(self, store: str, config: str | None, timing: ShardTiming, encoder_timing: ShardTiming,
                  encoder: DeploymentHandle, shards: list[DeploymentHandle]):  # type: ignore[type-arg]
-        self.settings = _settings(store, config)
+        self.settings = replica_settings(store, config)
         self.encoder = encoder
         self.encoder_timing = encoder_timing
         self.encoder_warmth = Warmth(encoder_timing.idle_s)
         window = timing.hedge.window if timing.hedge is not None else 1
         self.shards = [RemoteShard(handle.deployment_name, _shard_call(handle), Warmth(timing.idle_s),
-                                   LatencyWindow(window)) for handle in shards]
+                                   LatencyWindow(window), _wake_call(handle)) for handle in shards]
         self.gate = version_gate([RemotePrepare(handle.deployment_name, _prepare_call(handle)) for handle in shards],
                                  max(timing.timeout_s, timing.cold_start_timeout_s))
         self.timing = timing
@@ -95,14 +61,16 @@ class IngressReplica:
         return OneRequestId(self.service_app)
 
     async def _text(self, text: str, phase: str, language: str | None = None) -> np.ndarray:
-        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
-                                        lambda: self.encoder.text.remote(text, phase, language),
-                                        self.encoder_warmth, self.encoder_timing)
+        return await self._encode(lambda: self.encoder.text.remote(text, phase, language))
 
     async def _pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await call_with_deadline(self.encoder.deployment_name,  # type: ignore[no-any-return]
-                                        lambda: self.encoder.pixels.remote(pixels),
-                                        self.encoder_warmth, self.encoder_timing)
+        return await self._encode(lambda: self.encoder.pixels.remote(pixels))
+
+    async def _encode(self, start: Callable[[], AwaitablePending]) -> np.ndarray:
+        """The encoder's answer; the cold shards are woken as it starts (search/fleet/fanout.py)."""
+        return await encode_waking(
+            lambda: call_with_deadline(self.encoder.deployment_name, start, self.encoder_warmth, self.encoder_timing),
+            self.shards, self.timing, self._count)
 
     def _fanout_for(self, artifact: Artifact, hidden: frozenset[int]) -> ShardFanout:
         return fan_out(self.shards, str(artifact.path), hidden, self.timing, self._count)
@@ -194,6 +162,10 @@ def _shard_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
              tag: CallTag) -> Any:
         return WireAnswer(handle.search.remote(version_dir, vectors, asks, hidden, tag=tag))
     return call
+
+
+def _wake_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]
+    return lambda: handle.wake.remote()
 
 
 def _prepare_call(handle: DeploymentHandle) -> Any:  # type: ignore[type-arg]

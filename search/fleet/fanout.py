@@ -16,7 +16,8 @@ A shard deployment that may scale to zero (autoscaling min_replicas 0) has no re
 call waits for one to start. `Warmth` tells such a call apart (no answer for half the deployment's delay to
 zero) and gives it the cold-start budget instead of the per-call deadline, so the first query after idle is
 answered, not retried into a 503; the budget stays bounded. A cold call is not hedged (a second call would
-wait for the same starting replica).
+wait for the same starting replica). A query the encoder must embed wakes its cold shards as the encode starts
+(`encode_waking`), so Serve starts the encoder's and the shards' replicas together, not one after the other.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,7 +39,9 @@ from search.query.shard import ShardFanout, ShardHits, ShardQuery, ShardUnavaila
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CallCounter", "Pending", "RemoteShard", "ShardTiming", "Warmth", "fan_out"]
+__all__ = ["CallCounter", "Pending", "RemoteShard", "ShardTiming", "Warmth", "encode_waking", "fan_out", "wake_cold"]
+
+T = TypeVar("T")
 
 
 class Pending(Protocol):
@@ -67,16 +70,33 @@ class Warmth:
         self.idle_s = idle_s
         self.clock = clock
         self._last: float | None = None
+        self._waking = False
         self._lock = threading.Lock()
+
+    def _cold(self) -> bool:  # under the lock
+        return self.idle_s is not None and (self._last is None or self.clock() - self._last >= self.idle_s / 2)
 
     def budget(self, timing: ShardTiming) -> float:
         """The deadline of the next first call."""
-        if self.idle_s is None:
-            return timing.timeout_s
         with self._lock:
-            last = self._last
-        cold = last is None or self.clock() - last >= self.idle_s / 2
+            cold = self._cold()
         return max(timing.timeout_s, timing.cold_start_timeout_s) if cold else timing.timeout_s
+
+    def wake_due(self) -> bool:
+        """True when the deployment may be at zero replicas and no wake-up call is out for it (then one is: the
+        caller makes it), so the queries of one cold spell wake it once."""
+        with self._lock:
+            if self._waking or not self._cold():
+                return False
+            self._waking = True
+            return True
+
+    def woken(self, answered: bool) -> None:
+        """The wake-up call ended: answered (a replica is up), or failed (the next cold query wakes it again)."""
+        with self._lock:
+            self._waking = False
+            if answered:
+                self._last = self.clock()
 
     def answered(self) -> None:
         with self._lock:
@@ -89,6 +109,7 @@ class RemoteShard:
     call: Callable[[str, np.ndarray, Sequence[ShardQuery], frozenset[int], CallTag], Pending]  # (version dir, ...)
     warmth: Warmth = field(default_factory=lambda: Warmth(None))  # idle_s None: it keeps a replica, always warm
     latency: LatencyWindow = field(default_factory=LatencyWindow)  # its answered calls' times (the hedge's p95)
+    wake: Callable[[], Pending] | None = None  # a call that does nothing but needs a replica (None: never woken)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -104,7 +125,44 @@ def _waiters() -> ThreadPoolExecutor:
         return _pool
 
 
-CallCounter = Callable[[str, str], None]  # (shard name, "first" | "hedge" | "retry"): one call made
+CallCounter = Callable[[str, str], None]  # (shard name, "first" | "hedge" | "retry" | "wake"): one call made
+
+
+def wake_cold(shards: Sequence[RemoteShard], timing: ShardTiming, count: CallCounter | None = None) -> None:
+    """Start a wake-up call to each shard that may be at zero replicas, without waiting for it: Serve starts a
+    replica for it now. A query vector comes first from the encoder, which may be at zero too; woken only by
+    the search call after the encode, the shards' replicas would start after the encoder's, the two cold
+    starts adding up."""
+    for shard in shards:
+        if shard.wake is None or not shard.warmth.wake_due():
+            continue
+        if count is not None:
+            count(shard.name, "wake")
+        try:
+            pending = shard.wake()
+        except Exception as exc:  # noqa: BLE001 - not woken: its search call waits for the replica instead
+            log.debug("waking shard %s failed: %s", shard.name, _one_line(exc))
+            shard.warmth.woken(answered=False)
+            continue
+        _waiters().submit(_woken, shard, pending, max(timing.timeout_s, timing.cold_start_timeout_s))
+
+
+async def encode_waking(encode: Callable[[], Awaitable[T]], shards: Sequence[RemoteShard], timing: ShardTiming,
+                        count: CallCounter | None = None) -> T:
+    """`encode()`'s answer (the ingress's call to the encoder), its cold shards woken as it starts."""
+    wake_cold(shards, timing, count)
+    return await encode()
+
+
+def _woken(shard: RemoteShard, pending: Pending, timeout_s: float) -> None:
+    try:
+        pending.result(timeout_s=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a wake-up that fails costs only its overlap: the search call waits
+        log.debug("waking shard %s failed: %s", shard.name, _one_line(exc))
+        shard.warmth.woken(answered=False)
+        _cancel(pending)  # one past its deadline would otherwise stay queued
+        return
+    shard.warmth.woken(answered=True)
 
 
 def fan_out(shards: Sequence[RemoteShard], version_dir: str, hidden: frozenset[int],
