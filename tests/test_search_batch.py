@@ -110,11 +110,17 @@ def test_a_fast_query_asks_shards_for_ann_scores_above_its_cutoff_and_a_full_one
     signals = RankPolicy.from_settings(RankSettings(popularity_weight=0.2))
     licence = Filters(licence=("CC0-1.0",))
     fast = shard_query(SearchSpec(k=5, phase="fast", filters=licence, min_score=0.3, exclude_id=7), 24, signals)
-    assert fast == ShardQuery(fetch=24, filters=licence, exclude_id=7, exact=False, min_ann_score=0.3, metadata=False)
+    assert fast == ShardQuery(fetch=24, filters=licence, exclude_id=7, exact=False, min_ann_score=0.3, metadata=False,
+                              rows=False)
     full = shard_query(SearchSpec(k=5, min_score=0.3), 200, signals)
-    assert full == ShardQuery(fetch=200, exact=True, min_ann_score=None, metadata=True)  # the cutoff: after rerank
+    # the cutoff: after rerank; no rows asked: nothing compares hits with each other
+    assert full == ShardQuery(fetch=200, exact=True, min_ann_score=None, metadata=True, rows=False)
     plain = RankPolicy.from_settings(RankSettings(popularity_weight=0.0, freshness_weight=0.0))
     assert not shard_query(SearchSpec(k=5), 200, plain).metadata
+    # dedup and MMR compare the candidates' rows, so only they ask for them (the fast phase does neither)
+    assert shard_query(SearchSpec(k=5, dedup=True), 200, plain).rows
+    assert shard_query(SearchSpec(k=5, diversity=0.3), 200, plain).rows
+    assert not shard_query(SearchSpec(k=5, phase="fast", dedup=True, diversity=0.3), 20, plain).rows
 
 def test_a_shard_answers_ids_exact_scores_and_rows_for_the_merge(world) -> None:
     with open_current(world.store) as artifact:
@@ -126,6 +132,12 @@ def test_a_shard_answers_ids_exact_scores_and_rows_for_the_merge(world) -> None:
         np.testing.assert_array_equal(full.similarity, expect.astype(np.float32))
         assert full.vectors is not None and full.vectors.shape == (len(full.ids), artifact.dim)
         assert fast.vectors is None and len(fast.ids) == 10
+        # without rows: the same ids and exact scores, no (m, D) block to send
+        bare, = shard_search(artifact, q[:1], [ShardQuery(fetch=20, rows=False)])
+        assert bare.vectors is None and bare.ids.tolist() == full.ids.tolist()
+        np.testing.assert_array_equal(bare.similarity, full.similarity)
+        assert merge_ranked([bare], SearchSpec(k=10), RankPolicy.from_settings(RankSettings()).weights, 0.98) == \
+            merge_ranked([full], SearchSpec(k=10), RankPolicy.from_settings(RankSettings()).weights, 0.98)
         assert np.all(np.diff(fast.similarity) <= 0)
         # two shards holding halves of the candidates merge to the one shard's ranking
         half = len(full.ids) // 2

@@ -66,11 +66,13 @@ def first_fetch(spec: SearchSpec, policy: RankPolicy, rerank_candidates: int, n:
 
 
 def shard_query(spec: SearchSpec, fetch: int, policy: RankPolicy) -> ShardQuery:
-    """What one query asks of a shard at this fetch size."""
+    """What one query asks of a shard at this fetch size: the candidates' rows only when dedup or MMR will
+    compare them (a fleet shard then sends ids and scores, not 100 x D floats)."""
     fast = spec.phase == "fast"
     return ShardQuery(fetch=fetch, filters=spec.filters, exclude_id=spec.exclude_id, exact=not fast,
                       min_ann_score=spec.min_score if fast else None,
-                      metadata=policy.reads_metadata and not fast)
+                      metadata=policy.reads_metadata and not fast,
+                      rows=not fast and (spec.dedup or spec.diversity > 0))
 
 
 def search_batch(artifact: Artifact, vectors: np.ndarray, specs: Sequence[SearchSpec], policy: RankPolicy, *,

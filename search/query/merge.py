@@ -33,7 +33,8 @@ def merge_ranked(parts: Sequence[ShardHits], spec: SearchSpec, weights: RerankWe
     if len(ids) == 0:
         return []
     sims = np.concatenate([p.similarity for p in parts])
-    vectors = np.concatenate([p.vectors for p in parts if p.vectors is not None])
+    rows = [p.vectors for p in parts if p.vectors is not None]  # none unless dedup or MMR asked for them
+    vectors = np.concatenate(rows) if rows else np.empty((0, 0), np.float32)
     metas: list[dict[str, Any]] = []
     for p in parts:
         metas.extend(p.metas if p.metas is not None else [{}] * len(p.ids))

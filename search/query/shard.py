@@ -2,8 +2,10 @@
 image), metadata filters and the exact float16 rescoring, for every query of the batch at once.
 
 What a shard answers for each query is everything the cross-shard merge (search/query/merge.py) needs: candidate
-ids, their exact cosine (or, in the fast phase, ANN) scores, their float32 rows (dedup and MMR compare hits with
-each other, possibly across shards) and, when ranking reads them, their metadata rows. Today the service has
+ids, their exact cosine (or, in the fast phase, ANN) scores, their float32 rows when the query collapses
+duplicates or diversifies (dedup and MMR compare hits with each other, possibly across shards; other queries
+never read them, and at D = 512 they are most of what a fleet shard sends back) and, when ranking reads them,
+their metadata rows. Today the service has
 one shard (the artifact it serves); a sharded fleet calls this per shard and merges at the ingress.
 
 Batched work, exactly equal to the same queries one by one: queries with the same fetch size share one FAISS
@@ -54,6 +56,7 @@ class ShardQuery:
     exact: bool = True  # False (fast phase): ANN scores, no rows read
     min_ann_score: float | None = None  # fast phase: the cutoff on the ANN score
     metadata: bool = False  # return the candidates' metadata rows (business signals read them)
+    rows: bool = True  # return the candidates' float32 rows (dedup and MMR read them); False: vectors None
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ShardHits:
 
     ids: np.ndarray  # int64 (m,)
     similarity: np.ndarray  # float32 (m,): exact cosine on the stored float16 rows, or the ANN score (fast)
-    vectors: np.ndarray | None  # float32 (m, D) rows for dedup/MMR; None in the fast phase
+    vectors: np.ndarray | None  # float32 (m, D) rows for dedup/MMR; None in the fast phase or not asked (`rows`)
     metas: list[dict[str, Any]] | None  # snapshot rows when filters or ranking needed them, else None
     exhausted: bool  # the fetch covered the whole shard: asking for more finds nothing new
     # For the exact cross-shard merge (search.query.merge.trim_to_fetch), None when not sent:
@@ -131,7 +134,8 @@ def shard_search(artifact: ShardSource, vectors: np.ndarray, queries: Sequence[S
         for i, ask in enumerate(queries):
             rows_i = block.get(i)
             sims = exact_cosine(q[i], rows_i) if rows_i is not None else ann[i]
-            out.append(ShardHits(ids[i], np.asarray(sims, np.float32), rows_i, metas[i], ask.fetch >= n,
+            out.append(ShardHits(ids[i], np.asarray(sims, np.float32), rows_i if ask.rows else None, metas[i],
+                                 ask.fetch >= n,
                                  np.asarray(ann[i], np.float32), np.asarray(fetched[i], np.float32)))
     return out
 
