@@ -42,9 +42,14 @@ def served_mask(artifact: Artifact, hidden: frozenset[int], ids: np.ndarray) -> 
 
 
 def served_row(artifact: Artifact, hidden: frozenset[int], image_id: int) -> int:
-    """The version row of one id `served_mask` allows; ImageNotFound (a 404) else."""
-    if not served_mask(artifact, hidden, np.asarray([image_id]))[0]:
+    """The version row of one id `served_mask` allows; ImageNotFound (a 404) else. A taken-down id is said to
+    be unavailable, as a missing file is, not absent from the index: the answer does not announce a takedown
+    apart from an image that is gone."""
+    one = np.asarray([image_id])
+    if not served_mask(artifact, frozenset(), one)[0]:
         raise ImageNotFound(f"no image {image_id} in index version {artifact.version}")
+    if not served_mask(artifact, hidden, one)[0]:
+        raise ImageNotFound(f"image {image_id} is not available")
     return int(artifact.rows_for([image_id])[0])
 
 
