@@ -384,7 +384,8 @@ def _store_under_test(args: argparse.Namespace, base: Path) -> tuple[Path, Setti
     shape with distinct mixed-length queries as serving_core.py asks them; in `args.shards` parts."""
     if not args.serving_store:
         world = world_store(base)
-        store = world.store if args.shards == 1 else sharded_world(world, base / "store", args.shards)
+        parts = base / f"store-shards{args.shards}"
+        store = world.store if args.shards == 1 else sharded_world(world, parts, args.shards)
         settings = settings_for(world, store).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
         return store, settings, [q["query"] for q in world.queries[:20]], world.queries[-1]["query"]
     from serving_core import queries
