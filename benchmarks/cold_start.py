@@ -86,7 +86,6 @@ def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, on
     (`clustered_vectors`), as photo embeddings do; isotropic ones are a worst case for an IVF index."""
     import numpy as np
 
-    from indexer.index.index_select import IndexConfig
     from indexer.index.publish import publish_version
     from indexer.models.clip import load_encoder
     from indexer.models.export import export_bundle
@@ -96,15 +95,23 @@ def publish(store: Path, n: int, factory: str | None, model: str, ckpt: Path, on
     vectors = clustered_vectors(n, identity.dim) if clustered else isotropic_vectors(n, identity.dim)
     store.mkdir(parents=True, exist_ok=True)
     write_metadata(store / "metadata.sqlite", n, store / "images")
-    config = IndexConfig.load(ROOT / "configs" / "index.yaml")
-    config = IndexConfig.from_dict({**config.to_dict(), "factory": factory, "recall_queries": 200,
-                                    "latency_queries": 50, "use_gpu": False, "keep_versions": 1})
+    config = index_config(factory)
     start = time.perf_counter()
     files = export_bundle(encoder, store, onnx_cache)
     published = publish_version(store, np.arange(1, n + 1, dtype=np.int64), vectors, store / "metadata.sqlite",
                                 identity, store / "images", config, {"indexed": n, "failed": 0, "deleted": 0}, {},
                                 encoder_files=files)
     return published.name, time.perf_counter() - start
+
+
+def index_config(factory: str | None, shards: int = 1) -> Any:
+    """The index settings of the benchmark stores (configs/index.yaml with the given factory, a shorter recall and
+    latency tuning, CPU, one version kept), as an IndexConfig; `shards` parts (serving_store.sharded_copy)."""
+    from indexer.index.index_select import IndexConfig
+
+    config = IndexConfig.load(ROOT / "configs" / "index.yaml")
+    return IndexConfig.from_dict({**config.to_dict(), "factory": factory, "recall_queries": 200,
+                                  "latency_queries": 50, "use_gpu": False, "keep_versions": 1, "shards": shards})
 
 
 def isotropic_vectors(n: int, dim: int, seed: int = 0) -> Any:

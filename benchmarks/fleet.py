@@ -1,10 +1,14 @@
-"""Added latency of the search fleet (search/fleet/, S = 1) over the single-process service, 1 connection.
+"""Added latency of the search fleet (search/fleet/, S shards) over the single-process service, 1 connection.
 
 The synthetic-world store with the real tiny encoder; the same service settings for both (result-page cache
 off, so every request runs the search; the query-vector cache warmed, so the figure is the search path's hops,
 not the encode). The single-process service is `python -m search serve` in a subprocess; the fleet runs on a
 local 2-CPU Ray (ingress, query encoder, 2 replicas of Shard0, fractional CPUs) deployed with `serve.run`.
 Both are asked the same sequence of GET /search requests, one at a time, each followed by a GET /healthz.
+`--shards S` (latency only): both serve the same store's catalogue in S parts, the fleet as S Shard deployments
+of one replica each; the sharded copy is published beside the store from its stored vectors, nothing re-encoded
+(serving_store.sharded_copy for --serving-store, reused while the store's version is unchanged; the test
+helpers' sharded_copy for the synthetic world).
 Where the added time goes: `added_p50_split_ms` (the proxy's hop, from /healthz; the time inside the ingress
 against the single process's, from the pages' own `timings_ms.total`) and `handle_calls` (one Shard0 search
 through a handle, through the ingress's fan-out over that handle, and in this process; a no-op Serve deployment's
@@ -47,6 +51,7 @@ Prints one JSON object.
 
     .venv/bin/python benchmarks/fleet.py [--requests 200] [--kill-seconds 9] [--only latency|cold_start|kill]
         [--without-ray-data] [--direct-ingress] [--serving-store [--n 1000000] [--vectors clustered]]
+        [--only latency --shards S]
 """
 
 from __future__ import annotations
@@ -75,12 +80,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine  # noqa: E402 - puts the repository root on the path
 from http_load import LUA  # noqa: E402
 from replica_memory import proc_memory  # noqa: E402
-from serving_store import add_store_arguments, build  # noqa: E402
+from serving_store import add_store_arguments, build, sharded_copy  # noqa: E402
 
+from search.artifact.manifest import shard_dir_name  # noqa: E402
 from search.artifact.version import current_path, open_current  # noqa: E402
 from search.settings import CacheSettings, Settings  # noqa: E402
 from tests.fleet_support import replica_pids  # noqa: E402
 from tests.service_support import free_port, running_server, settings_for, world_store  # noqa: E402
+from tests.service_support import sharded_copy as sharded_world  # noqa: E402
 
 
 def _latencies(url: str, queries: list[str], n: int) -> dict[str, list[float]]:
@@ -184,11 +191,13 @@ def _handle_calls(store: Path, settings: Any, app: str, n: int) -> dict[str, flo
 def _replica_memory(app: str, store: Path) -> dict[str, Any]:
     """Memory of each running Shard0 replica process after it has served searches: RssAnon (its private heap:
     what one more replica adds on the node, the index and rerank vectors being memory-mapped files that every
-    replica shares through one page-cache copy), RssFile, Pss and USS, against the shard's index + vectors."""
+    replica shares through one page-cache copy), RssFile, Pss and USS, against the shard's index + vectors
+    (part 0's in a sharded version)."""
     import psutil
 
     version = current_path(store)
-    part_files = [f for f in version.rglob("*") if f.is_file() and f.name.startswith(("index", "vectors"))]
+    part = version / shard_dir_name(0) if (version / shard_dir_name(0)).is_dir() else version
+    part_files = [f for f in part.rglob("*") if f.is_file() and f.name.startswith(("index", "vectors"))]
     shard_mb = sum(f.stat().st_size for f in part_files) / 2**20
     replicas = []
     for pid in replica_pids(app, "Shard0"):
@@ -372,14 +381,17 @@ def _kill_under_load(url: str, app: str, seconds: int, connections: int, work: P
 def _store_under_test(args: argparse.Namespace, base: Path) -> tuple[Path, Settings, list[str], str]:
     """The store, the service settings both sides run (result-page cache off), 20 queries and a query asked
     only by the cold start: the synthetic world with its tiny encoder, or (--serving-store) the production
-    shape with distinct mixed-length queries as serving_core.py asks them."""
+    shape with distinct mixed-length queries as serving_core.py asks them; in `args.shards` parts."""
     if not args.serving_store:
         world = world_store(base)
-        settings = settings_for(world).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
-        return world.store, settings, [q["query"] for q in world.queries[:20]], world.queries[-1]["query"]
+        parts = base / f"store-shards{args.shards}"
+        store = world.store if args.shards == 1 else sharded_world(world, parts, args.shards)
+        settings = settings_for(world, store).model_copy(update={"cache": CacheSettings(results_max_mb=0)})
+        return store, settings, [q["query"] for q in world.queries[:20]], world.queries[-1]["query"]
     from serving_core import queries
 
     store = Path(str(build(args.n, args.factory, args.model, OUT / "serving", args.vectors)["store"]))
+    store = sharded_copy(store, args.shards)
     settings = Settings.model_validate({"store": str(store), "runtime": {"text_precision": "int8"},
                                        "reload": {"watch": False, "verify_checksums": False},
                                        "cache": {"results_max_mb": 0}})
@@ -412,7 +424,11 @@ def main() -> None:
     add_store_arguments(parser)
     parser.add_argument("--without-ray-data", action="store_true",
                         help="hide pandas from Ray's processes, as an install of ray[serve] without ray[data]")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="serve the store in S parts (S Shard deployments, one replica each); latency only")
     args = parser.parse_args()
+    if args.shards < 1 or (args.shards > 1 and args.only != "latency"):
+        parser.error("--shards takes 1 or more, and more than 1 only with --only latency")
     base = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     store, settings, queries, cold_query = _store_under_test(args, base)
     config = base / "service.json"
@@ -436,12 +452,13 @@ def main() -> None:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        out: dict[str, Any] = {"benchmark": "fleet", "shards": 1, "store": str(store)}
-        if args.only in (None, "latency", "kill"):
+        out: dict[str, Any] = {"benchmark": "fleet", "shards": args.shards, "store": str(store)}
+        if args.only in (None, "latency", "kill"):  # S = 1: two replicas (the kill needs a survivor); else one each
+            replicas = 2 if args.shards == 1 else 1
             serve.run(build_app({"store": str(store), "config": str(config),
                                  "ingress": {"num_replicas": 1, **small}, "encoder": {"num_replicas": 1, **small},
-                                 "shards": {"count": 1, "num_replicas": 2, **small}}), name="photostock",
-                      route_prefix="/")
+                                 "shards": {"count": args.shards, "num_replicas": replicas, **small}}),
+                      name="photostock", route_prefix="/")
         if args.only in (None, "latency"):
             fleet = _latencies(f"http://127.0.0.1:{port}", queries, args.requests)
             one, many = _summary(single), _summary(fleet)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cold_start import publish  # noqa: E402
+from cold_start import index_config, publish  # noqa: E402
 from common import OUT, machine, random_checkpoint  # noqa: E402
 
 
@@ -33,6 +34,42 @@ def build(n: int, factory: str, model: str, work: Path, vectors: str = "isotropi
     _, publish_s = publish(store, n, factory, model, ckpt, work / "onnx-cache", clustered=vectors == "clustered")
     result["publish_s"] = round(publish_s, 1)
     return result
+
+def sharded_copy(store: Path, shards: int) -> Path:
+    """The store's current version in `shards` parts, published beside it (`<store>-shards<S>`) from its stored
+    ids and vectors, nothing re-encoded (as `indexer build --shards S` re-shards an indexer store; this store
+    has no indexer database, so its version's arrays are the source). The encoder folder is hard-linked (its
+    files are read-only), the metadata read in place (read-only): the source store is never written. Reused
+    while it was made from the source's current version."""
+    import numpy as np
+
+    from indexer.index.publish import publish_version
+    from search.artifact.manifest import IDS_FILE, VECTORS_FILE, read_manifest
+    from search.artifact.version import current_path
+
+    if shards < 2:
+        return store
+    source = current_path(store)
+    target = store.with_name(f"{store.name}-shards{shards}")
+    marker = target / "resharded-from"
+    if (target / "current").exists() and marker.is_file() and marker.read_text().strip() == source.name:
+        return target
+    manifest = read_manifest(source)
+    if manifest.encoder_files is None or manifest.shard_count != 1:
+        raise RuntimeError(f"{source} is not a one-part version with its encoder files")
+    encoder_dir = target / manifest.encoder_files.dir
+    encoder_dir.mkdir(parents=True, exist_ok=True)
+    for file in (store / manifest.encoder_files.dir).iterdir():
+        if not (encoder_dir / file.name).exists():
+            os.link(file, encoder_dir / file.name)
+    ids = np.load(source / IDS_FILE)
+    vectors = np.load(source / VECTORS_FILE, mmap_mode="r")
+    publish_version(target, ids, vectors, store / "metadata.sqlite", manifest.encoder, Path(manifest.image_root),
+                    index_config(manifest.index.factory, shards), manifest.counts, {},
+                    encoder_files=manifest.encoder_files)
+    marker.write_text(source.name + "\n", encoding="utf-8")
+    return target
+
 
 def text_encoder(store: Path, precision: str = "int8") -> Any:
     """The store's own text tower (an OnnxTextEncoder over its tokenizer and ONNX graph), as the service runs it."""
