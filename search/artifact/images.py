@@ -32,10 +32,7 @@ def served_mask(artifact: Artifact, hidden: frozenset[int], ids: np.ndarray) -> 
     endpoint that takes or shows an id, so an image that failed to encode, was deleted or is taken down is
     served by none."""
     ids = np.asarray(ids, dtype=np.int64)
-    known = artifact.ids
-    if len(known) == 0:
-        return np.zeros(len(ids), dtype=bool)
-    mask = np.asarray(known[np.minimum(np.searchsorted(known, ids), len(known) - 1)] == ids)
+    mask = artifact.holds(ids)
     if hidden:
         mask &= ~np.isin(ids, np.fromiter(hidden, np.int64, len(hidden)))
     return mask
@@ -45,12 +42,13 @@ def served_row(artifact: Artifact, hidden: frozenset[int], image_id: int) -> int
     """The version row of one id `served_mask` allows; ImageNotFound (a 404) else. A taken-down id is said to
     be unavailable, as a missing file is, not absent from the index: the answer does not announce a takedown
     apart from an image that is gone."""
-    one = np.asarray([image_id])
-    if not served_mask(artifact, frozenset(), one)[0]:
-        raise ImageNotFound(f"no image {image_id} in index version {artifact.version}")
-    if not served_mask(artifact, hidden, one)[0]:
+    try:
+        (row,) = artifact.rows_for([image_id])
+    except KeyError:
+        raise ImageNotFound(f"no image {image_id} in index version {artifact.version}") from None
+    if image_id in hidden:  # the takedown half of `served_mask`, for one id the version holds
         raise ImageNotFound(f"image {image_id} is not available")
-    return int(artifact.rows_for([image_id])[0])
+    return int(row)
 
 
 class ImageStore:

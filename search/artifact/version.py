@@ -460,6 +460,10 @@ class Artifact:
         """Whole-version row positions of image ids; KeyError names any id that is not in this version."""
         return _rows_for(self.ids, ids, f"version {self.version}")
 
+    def holds(self, ids: Iterable[int]) -> np.ndarray:
+        """Which of these image ids this version indexes (bool per id), by the lookup `rows_for` uses."""
+        return _located(self.ids, ids)[2]
+
     def vectors_for(self, ids: Iterable[int]) -> np.ndarray:
         """float32 copies of the stored vectors of these image ids (in the given order)."""
         return self.vectors_at(self.rows_for(ids))
@@ -517,17 +521,22 @@ class Artifact:
         return f"Artifact({self.version!r}, {self.manifest.index.factory!r}, n={len(self.ids)}{shards})"
 
 
-def _rows_for(ids_sorted: np.ndarray, ids: Iterable[int], what: str) -> np.ndarray:
-    """Row positions of image ids in an ascending id array; KeyError names any id it does not hold."""
+def _located(ids_sorted: np.ndarray, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids as int64, their row positions in an ascending id array, which of them it holds): one binary search
+    per id; a row is meaningful only where held."""
     wanted = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
     if len(ids_sorted) == 0:
-        if wanted.size:
-            raise KeyError(f"ids not in {what}: {wanted[:10].tolist()}")
-        return wanted
+        return wanted, wanted, np.zeros(wanted.shape, dtype=bool)
     rows = np.searchsorted(ids_sorted, wanted)
-    bad = (rows >= len(ids_sorted)) | (ids_sorted[np.minimum(rows, len(ids_sorted) - 1)] != wanted)
-    if bad.any():
-        raise KeyError(f"ids not in {what}: {wanted[bad][:10].tolist()}")
+    held = (rows < len(ids_sorted)) & (ids_sorted[np.minimum(rows, len(ids_sorted) - 1)] == wanted)
+    return wanted, rows, held
+
+
+def _rows_for(ids_sorted: np.ndarray, ids: Iterable[int], what: str) -> np.ndarray:
+    """Row positions of image ids in an ascending id array; KeyError names any id it does not hold."""
+    wanted, rows, held = _located(ids_sorted, ids)
+    if not held.all():
+        raise KeyError(f"ids not in {what}: {wanted[~held][:10].tolist()}")
     return rows
 
 
