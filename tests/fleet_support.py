@@ -23,6 +23,24 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     return pids
 
 
+def running_replica_pids(app: str, deployment: str, count: int, timeout_s: float = 60.0) -> list[int]:
+    """`count` replica processes of `deployment`, polled until they are all found by title (a title is read
+    while Ray may be rewriting it) or `timeout_s` passes; then AssertionError listing every Ray process title,
+    so a title that no longer matches is seen, not guessed."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while len(pids := replica_pids(app, deployment)) != count:
+        if time.monotonic() > deadline:
+            firsts = ((p.info["cmdline"] or [""])[0].split(" ", 1)[0] for p in psutil.process_iter(["cmdline"]))
+            titles = sorted({first for first in firsts if first.startswith("ray::")})
+            raise AssertionError(f"expected {count} {deployment} replica processes, found {pids}; titles: {titles}")
+        time.sleep(0.1)
+    return pids
+
+
 class Done:
     """A Serve DeploymentResponse that already has its value (or its error)."""
 

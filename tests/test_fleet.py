@@ -32,7 +32,7 @@ from search.http.app import create_app
 from search.query.shard import ShardHits, ShardQuery, ShardUnavailable
 from search.settings import Settings
 from search.state import RemoteParts
-from tests.fleet_support import Done, Stuck, StuckAwaitable, replica_pids
+from tests.fleet_support import Done, Stuck, StuckAwaitable, running_replica_pids
 from tests.service_support import ROOT, WorldStore, copy_store, free_port, runtime_for, settings_for, sharded_copy
 
 ONE_SECOND = ShardTiming(1.0, 1.0)  # per call, and for a cold shard
@@ -510,8 +510,7 @@ def test_a_stopped_shard_replica_is_hedged_around(fleet: str, world: WorldStore)
 
     deployments = serve.status().applications["photostock"].deployments
     assert deployments["Shard0"].replica_states.get(ReplicaState.RUNNING) == 2
-    pids = replica_pids("photostock", "Shard0")
-    assert len(pids) == 2
+    pids = running_replica_pids("photostock", "Shard0", 2)
     queries = [{"q": q["query"], "k": 5} for q in world.queries[10:26]]  # no other fleet test asks these
     with httpx.Client(base_url=fleet, timeout=120) as client:
         want = [[h["id"] for h in client.get("/search", params=q).json()["hits"]] for q in queries]
@@ -589,7 +588,7 @@ def test_a_stopped_query_encoder_gives_503_naming_it_not_a_hang(fleet: str, worl
     import signal
     import time
 
-    (pid,) = replica_pids("photostock", "QueryEncoder")
+    (pid,) = running_replica_pids("photostock", "QueryEncoder", 1)
     cached, fresh = world.queries[30]["query"], world.queries[31]["query"]  # no other fleet test asks these
     with httpx.Client(base_url=fleet, timeout=120) as client:
         assert client.get("/search", params={"q": cached, "k": 3}).status_code == 200
